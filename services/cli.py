@@ -1,0 +1,130 @@
+"""The `riskalert` command line: serve, worker, migrate, demo, rescore."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
+from services.scoring import demo, jobs, scores
+from services.scoring.app import create_app
+from services.scoring.settings import ScoringSettings
+
+app = typer.Typer(help="riskalert: security-risk scores and alerts for sites and corridors.")
+console = Console()
+
+DEMO_DATABASE = "sqlite:///./riskalert-demo.db"
+
+
+def _settings(database_url: str | None) -> ScoringSettings:
+    settings = ScoringSettings()
+    if database_url:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
+
+
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database-url", help="Overrides RISKALERT_DATABASE_URL.")
+]
+
+
+@app.command()
+def migrate(database_url: DatabaseOption = None) -> None:
+    """Apply every pending database migration."""
+    settings = _settings(database_url)
+    upgrade_to_head(settings.database_url)
+    console.print(f"[green]database at head[/green]: {settings.database_url}")
+
+
+def load_demo(settings: ScoringSettings) -> int:
+    """Migrate, load the demo data set and score it; return the demo tenant id."""
+    upgrade_to_head(settings.database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_sessionmaker(engine)
+    try:
+        with factory.begin() as session:
+            now = jobs.utc_now()
+            tenant_id = demo.load(session, now, scores.ensure_model(session, now))
+        jobs.drain(factory, settings)
+    finally:
+        engine.dispose()
+    return tenant_id
+
+
+@app.command("demo")
+def demo_command(database_url: DatabaseOption = None) -> None:
+    """Load the mid-2025 demo timeline, sites and corridors into the database."""
+    settings = _settings(database_url or DEMO_DATABASE)
+    tenant_id = load_demo(settings)
+    console.print(f"demo tenant {tenant_id} loaded into {settings.database_url}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    with_demo: Annotated[
+        bool, typer.Option("--demo", help="Use ./riskalert-demo.db loaded with the demo data.")
+    ] = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run the API (and, unless disabled, the rescoring worker in the same process)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(database_url or (DEMO_DATABASE if with_demo else None))
+    if with_demo:
+        load_demo(settings)
+        console.print(
+            "[bold]demo loaded[/bold]: tenant key "
+            f"[cyan]{demo.DEMO_TENANT_KEY}[/cyan], ingest key [cyan]{demo.DEMO_INGEST_KEY}[/cyan]"
+        )
+        console.print(f"API docs: http://{host}:{port}/docs")
+    if workers > 1:
+        # Each uvicorn worker builds its own app from the environment.
+        import os
+
+        os.environ["RISKALERT_DATABASE_URL"] = settings.database_url
+        uvicorn.run("services.asgi:app", host=host, port=port, workers=workers, factory=True)
+        return
+    uvicorn.run(create_app(settings), host=host, port=port)
+
+
+@app.command()
+def worker(database_url: DatabaseOption = None) -> None:
+    """Run the rescoring worker and the periodic ticks in this process, until SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(database_url)
+    upgrade_to_head(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    factory = make_sessionmaker(engine)
+    rescorer = jobs.RescoreWorker(factory, settings)
+    scheduler = jobs.make_scheduler(factory, settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    rescorer.start()
+    rescorer.wake()
+    scheduler.start()
+    console.print("worker running; SIGTERM stops it after the batch in hand")
+    stop.wait()
+    scheduler.shutdown(wait=True)
+    rescorer.stop()
+    engine.dispose()
+
+
+@app.command()
+def rescore(database_url: DatabaseOption = None) -> None:
+    """Queue every target and rescore them all now."""
+    settings = _settings(database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_sessionmaker(engine)
+    jobs.queue_decay(factory)
+    count = jobs.drain(factory, settings)
+    engine.dispose()
+    console.print(f"rescored {count} targets")

@@ -1,0 +1,176 @@
+"""API keys and roles: who is calling, for which tenant, allowed to do what."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.core.models import ApiKey
+from services.core.problems import Problem
+
+KEY_PREFIX = "rak_"
+
+
+class Role(StrEnum):
+    """What a key may do."""
+
+    SCORES_READ = "scores:read"
+    TARGETS_WRITE = "targets:write"
+    INCIDENTS_WRITE = "incidents:write"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller behind a request's API key."""
+
+    key_id: int | None  # None for the bootstrap admin key from settings
+    tenant_id: int | None
+    roles: frozenset[Role]
+
+    @property
+    def ident(self) -> str:
+        """A stable name for idempotency records and audit entries."""
+        return f"key:{self.key_id}" if self.key_id is not None else "admin:bootstrap"
+
+    @property
+    def has_admin(self) -> bool:
+        """Tell whether this is a platform administrator."""
+        return Role.ADMIN in self.roles
+
+    def has(self, role: Role) -> bool:
+        """Tell whether the key carries `role`; admin implies every platform role."""
+        return role in self.roles or Role.ADMIN in self.roles
+
+
+def hash_key(raw: str) -> str:
+    """Hash a raw key for storage and lookup (keys are random, so a plain digest suffices)."""
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def generate_key() -> tuple[str, str, str]:
+    """Return a new raw key, its display prefix and its hash."""
+    raw = KEY_PREFIX + secrets.token_urlsafe(32)
+    return raw, raw[:12], hash_key(raw)
+
+
+class KeyCache:
+    """Resolved keys for a few seconds, so hot read paths skip the key lookup."""
+
+    def __init__(self, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    def get(self, key_hash: str) -> tuple[bool, Principal | None]:
+        """Return (hit, principal) for a hash."""
+        with self._lock:
+            entry = self._entries.get(key_hash)
+            if entry is None or entry[0] < self._clock():
+                return False, None
+            return True, entry[1]
+
+    def put(self, key_hash: str, principal: Principal | None) -> None:
+        """Remember a resolution (None for an unknown or revoked key)."""
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[key_hash] = (self._clock() + self._ttl, principal)
+
+    def clear(self) -> None:
+        """Forget everything, as after a key is revoked in this process."""
+        with self._lock:
+            self._entries.clear()
+
+
+def principal_for(session: Session, key_hash: str) -> Principal | None:
+    """Look a hashed key up; None when unknown or revoked."""
+    row = session.execute(
+        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    return Principal(row.id, row.tenant_id, frozenset(Role(r) for r in row.roles))
+
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer rak_...`")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: rak_...`")
+
+
+def authenticate(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header: Annotated[str | None, Depends(_header)],
+) -> Principal:
+    """Resolve the caller's key, or answer 401."""
+    raw = header or (bearer.credentials if bearer else None)
+    if not raw:
+        raise Problem(
+            401, "unauthenticated", "an API key is required (Authorization: Bearer or X-API-Key)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key_hash = hash_key(raw)
+    state = request.app.state
+    admin_hash: str | None = state.admin_key_hash
+    if admin_hash is not None and hmac.compare_digest(key_hash, admin_hash):
+        return Principal(None, None, frozenset({Role.ADMIN}))
+    cache: KeyCache = state.key_cache
+    hit, principal = cache.get(key_hash)
+    if not hit:
+        factory: sessionmaker[Session] = state.read_sessions
+        with factory() as session:
+            principal = principal_for(session, key_hash)
+        cache.put(key_hash, principal)
+    if principal is None:
+        raise Problem(
+            401, "unauthenticated", "unknown or revoked API key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+def require(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency that admits callers holding any of `roles`."""
+
+    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if not any(principal.has(role) for role in roles):
+            needed = " or ".join(roles)
+            raise Problem(403, "forbidden", f"this key lacks the role {needed}")
+        return principal
+
+    return check
+
+
+def require_tenant(*roles: Role) -> Callable[[Principal], Principal]:
+    """A dependency that admits tenant keys holding any of `roles`."""
+
+    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.tenant_id is None:
+            raise Problem(403, "tenant-key-required", "this route needs a tenant's API key")
+        if not any(role in principal.roles for role in roles):
+            needed = " or ".join(roles)
+            raise Problem(403, "forbidden", f"this key lacks the role {needed}")
+        return principal
+
+    return check
+
+
+def roles_from(values: Iterable[str]) -> list[str]:
+    """Validate and order role names for storage."""
+    return sorted({Role(v).value for v in values})
+
+
+AnyPrincipal = Annotated[Principal, Depends(authenticate)]

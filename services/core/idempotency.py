@@ -1,0 +1,82 @@
+"""Safe retries of POSTs: a response stored under (caller, Idempotency-Key) is replayed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.core.auth import Principal
+from services.core.models import IdempotencyRecord
+from services.core.problems import Problem
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A response recorded for an idempotency key."""
+
+    status_code: int
+    body: Any
+
+
+def request_fingerprint(path: str, body: BaseModel) -> str:
+    """Hash what identifies a request, so a key reused for another request is refused."""
+    digest = hashlib.sha256(path.encode())
+    digest.update(b"\0")
+    digest.update(body.model_dump_json().encode())
+    return digest.hexdigest()
+
+
+def lookup(
+    session: Session, principal: Principal, key: str, fingerprint: str
+) -> StoredResponse | None:
+    """Return the stored response for a retried request, None for a first attempt."""
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise Problem(
+            422, "validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+            errors=[{"in": "header", "pointer": "", "field": "Idempotency-Key",
+                     "reason": "bad length"}],
+        )
+    row = session.execute(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.principal == principal.ident, IdempotencyRecord.key == key
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        return None
+    if row.request_hash != fingerprint:
+        raise Problem(
+            422, "idempotency-key-reused",
+            "this Idempotency-Key was already used for a different request",
+        )
+    return StoredResponse(row.status_code, json.loads(row.body))
+
+
+def remember(
+    session: Session,
+    principal: Principal,
+    key: str,
+    fingerprint: str,
+    response: StoredResponse,
+    now: datetime,
+) -> None:
+    """Store a response in the same unit of work as the change it reports."""
+    session.add(
+        IdempotencyRecord(
+            principal=principal.ident,
+            key=key,
+            request_hash=fingerprint,
+            status_code=response.status_code,
+            body=json.dumps(response.body, separators=(",", ":"), default=str),
+            created_at=now,
+        )
+    )
+    session.flush()

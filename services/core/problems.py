@@ -1,0 +1,141 @@
+"""RFC 9457 problem documents: one exception type and the handlers that render it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://riskalert.dev/problems/"
+
+log = logging.getLogger(__name__)
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid request",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+class Problem(Exception):
+    """An expected failure that becomes a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: Sequence[Mapping[str, Any]] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.errors = list(errors)
+        self.headers = dict(headers or {})
+
+    def document(self, instance: str | None = None) -> dict[str, Any]:
+        """Render the problem as an RFC 9457 JSON object."""
+        doc: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            doc["instance"] = instance
+        if self.errors:
+            doc["errors"] = self.errors
+        return doc
+
+
+def not_found(what: str) -> Problem:
+    """The 404 used for missing resources and for other tenants' resources alike."""
+    return Problem(404, "not-found", f"{what} not found")
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Turn pydantic errors into `{pointer, field, reason}` entries (RFC 6901 pointers)."""
+    out: list[dict[str, Any]] = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] in {"body", "query", "path", "header", "cookie"}:
+            where, loc = loc[0], loc[1:]
+        else:
+            where = "body"
+        out.append(
+            {
+                "in": where,
+                "pointer": "/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in loc),
+                "field": ".".join(loc) if loc else where,
+                "reason": str(error.get("msg", "invalid")),
+            }
+        )
+    return out
+
+
+def _respond(problem: Problem, request: Request) -> JSONResponse:
+    return JSONResponse(
+        problem.document(str(request.url.path)),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=problem.headers,
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error, expected or not, a problem document without a stack trace."""
+
+    async def on_problem(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Problem)
+        return _respond(exc, request)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = field_errors(exc.errors())
+        fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
+        return _respond(
+            Problem(422, "validation", f"invalid value in: {fields}", errors=errors), request
+        )
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        headers = dict(exc.headers or {})
+        return _respond(Problem(exc.status_code, slug, str(exc.detail), headers=headers), request)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OperationalError):
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            problem = Problem(
+                503, "database-unavailable", "the database is unavailable; retry shortly",
+                headers={"Retry-After": "5"},
+            )
+            return _respond(problem, request)
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _respond(Problem(500, "internal", "an unexpected error occurred"), request)
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

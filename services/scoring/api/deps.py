@@ -1,0 +1,113 @@
+"""Typed dependencies of the scoring routes: sessions, clock, caller, and loaded targets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.core.auth import Principal, Role, require, require_tenant
+from services.core.problems import not_found
+from services.scoring import scores, targets
+from services.scoring.models import Target
+from services.scoring.settings import ScoringSettings
+from services.scoring.taxonomy import TargetKind
+
+MAX_ID = 2_147_483_647
+
+
+def _write_session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.sessions
+    with factory.begin() as session:
+        yield session
+    # Committed: let the in-process worker rescore now instead of at its next poll.
+    worker = request.app.state.worker
+    if worker is not None and session.info.get(scores.RESCORE_QUEUED):
+        worker.wake()
+
+
+def _read_session(request: Request) -> Iterator[Session]:
+    factory: sessionmaker[Session] = request.app.state.read_sessions
+    with factory.begin() as session:
+        yield session
+
+
+def _settings(request: Request) -> ScoringSettings:
+    settings: ScoringSettings = request.app.state.settings
+    return settings
+
+
+def _now(request: Request) -> datetime:
+    now: datetime = request.app.state.clock()
+    return now
+
+
+# Function scope: the unit of work commits before the response is sent, so a failed commit
+# is a 5xx, never a 2xx.
+WriteSession = Annotated[Session, Depends(_write_session, scope="function")]
+ReadSession = Annotated[Session, Depends(_read_session, scope="function")]
+Settings = Annotated[ScoringSettings, Depends(_settings)]
+Now = Annotated[datetime, Depends(_now)]
+
+Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
+Ingestor = Annotated[Principal, Depends(require(Role.INCIDENTS_WRITE))]
+AnyReader = Annotated[
+    Principal, Depends(require(Role.SCORES_READ, Role.TARGETS_WRITE, Role.INCIDENTS_WRITE))
+]
+TenantReader = Annotated[Principal, Depends(require_tenant(Role.SCORES_READ, Role.TARGETS_WRITE))]
+TenantWriter = Annotated[Principal, Depends(require_tenant(Role.TARGETS_WRITE))]
+
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="Return items after this id.")]
+
+
+def page_limit(
+    settings: Settings,
+    limit: Annotated[int, Query(ge=1, le=5000, description="Page size (capped by settings).")] = 100,
+) -> int:
+    """The page size asked for, within the deployment's cap."""
+    return min(limit, settings.max_page_size)
+
+
+Limit = Annotated[int, Depends(page_limit)]
+
+
+def _load(session: Session, principal: Principal, kind: TargetKind, target_id: int) -> Target:
+    assert principal.tenant_id is not None
+    target = targets.get(session, principal.tenant_id, kind, target_id)
+    if target is None:
+        raise not_found(kind.value)
+    return target
+
+
+def _read_site(site_id: Id, principal: TenantReader, session: ReadSession) -> Target:
+    return _load(session, principal, TargetKind.SITE, site_id)
+
+
+def _write_site(site_id: Id, principal: TenantWriter, session: WriteSession) -> Target:
+    return _load(session, principal, TargetKind.SITE, site_id)
+
+
+def _read_corridor(corridor_id: Id, principal: TenantReader, session: ReadSession) -> Target:
+    return _load(session, principal, TargetKind.CORRIDOR, corridor_id)
+
+
+def _write_corridor(corridor_id: Id, principal: TenantWriter, session: WriteSession) -> Target:
+    return _load(session, principal, TargetKind.CORRIDOR, corridor_id)
+
+
+ReadableSite = Annotated[Target, Depends(_read_site)]
+WritableSite = Annotated[Target, Depends(_write_site)]
+ReadableCorridor = Annotated[Target, Depends(_read_corridor)]
+WritableCorridor = Annotated[Target, Depends(_write_corridor)]
+
+
+def active_model(session: ReadSession, now: Now) -> scores.ActiveModel:
+    """The model version in force."""
+    return scores.ensure_model(session, now)
+
+
+Model = Annotated[scores.ActiveModel, Depends(active_model)]

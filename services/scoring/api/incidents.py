@@ -1,0 +1,199 @@
+"""Incident routes: ingest one or a batch (idempotent), query, read one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import ValidationError
+
+from services.core import idempotency
+from services.core.problems import Problem, field_errors, not_found
+from services.scoring import incidents, schemas, scores
+from services.scoring.api.deps import (
+    AnyReader,
+    Cursor,
+    Id,
+    Ingestor,
+    Limit,
+    Model,
+    Now,
+    ReadSession,
+    Settings,
+    WriteSession,
+)
+from services.scoring.taxonomy import Category
+
+router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", max_length=255,
+        description="Makes a retried POST safe: the first response is replayed.",
+    ),
+]
+
+
+def _ingest(
+    session: WriteSession, model: scores.ActiveModel, data: schemas.IncidentIn, now: datetime,
+    settings: Settings,
+) -> incidents.Upserted:
+    incidents.check_times(data, now, settings.clock_skew)
+    result = incidents.upsert(session, data, now)
+    if result.outcome != "unchanged":
+        previous = None if result.outcome == "created" else (
+            result.previous_lat, result.previous_lon
+        )
+        scores.mark_affected(session, result.incident, model.params, now, previous=previous)
+    return result
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={200: {"model": schemas.IncidentFeature, "description": "Updated or unchanged"}},
+    summary="Ingest one incident (upsert on source and source_id)",
+)
+def post_incident(
+    request: Request, response: Response, data: schemas.IncidentIn, principal: Ingestor,
+    session: WriteSession, model: Model, now: Now, settings: Settings,
+    idempotency_key: IdempotencyKey = None,
+) -> schemas.IncidentFeature:
+    """Create the incident (201), or update the one with the same source id (200)."""
+    fingerprint = ""
+    if idempotency_key is not None:
+        fingerprint = idempotency.request_fingerprint(request.url.path, data)
+        stored = idempotency.lookup(session, principal, idempotency_key, fingerprint)
+        if stored is not None:
+            response.status_code = stored.status_code
+            return schemas.IncidentFeature.model_validate(stored.body)
+    result = _ingest(session, model, data, now, settings)
+    response.status_code = 201 if result.outcome == "created" else 200
+    feature = incidents.to_feature(result.incident)
+    if idempotency_key is not None:
+        idempotency.remember(
+            session, principal, idempotency_key, fingerprint,
+            idempotency.StoredResponse(response.status_code, feature.model_dump(mode="json")), now,
+        )
+    return feature
+
+
+@router.post("/batch", summary="Ingest a batch; good items are stored, bad ones reported")
+def post_batch(
+    request: Request, data: schemas.IncidentBatchIn, principal: Ingestor, session: WriteSession,
+    model: Model, now: Now, settings: Settings, idempotency_key: IdempotencyKey = None,
+) -> schemas.BatchResult:
+    """Validate and upsert each item on its own; the result lists every item by index."""
+    if len(data.items) > settings.max_batch_items:
+        raise Problem(
+            413, "batch-too-large",
+            f"a batch holds at most {settings.max_batch_items} items, got {len(data.items)}",
+            errors=[{"in": "body", "pointer": "/items", "field": "items",
+                     "reason": f"more than {settings.max_batch_items} items"}],
+        )
+    fingerprint = ""
+    if idempotency_key is not None:
+        fingerprint = idempotency.request_fingerprint(request.url.path, data)
+        stored = idempotency.lookup(session, principal, idempotency_key, fingerprint)
+        if stored is not None:
+            return schemas.BatchResult.model_validate(stored.body)
+    results: list[schemas.ItemResult] = []
+    seen: dict[tuple[str, str], int] = {}
+    for index, raw in enumerate(data.items):
+        try:
+            item = schemas.IncidentIn.model_validate(raw)
+            key = (item.source, item.source_id)
+            if key in seen:
+                raise Problem(
+                    422, "duplicate-in-batch",
+                    f"same source and source_id as item {seen[key]}",
+                )
+            seen[key] = index
+            with session.begin_nested():
+                result = _ingest(session, model, item, now, settings)
+            results.append(
+                schemas.ItemResult(index=index, status=result.outcome, id=result.incident.id)
+            )
+        except ValidationError as exc:
+            errors = field_errors(exc.errors())
+            fields = ", ".join(sorted({e["field"] for e in errors}))
+            problem = Problem(422, "validation", f"invalid value in: {fields}", errors=errors)
+            results.append(schemas.ItemResult(index=index, status="rejected",
+                                              problem=problem.document()))
+        except Problem as problem:
+            results.append(schemas.ItemResult(index=index, status="rejected",
+                                              problem=problem.document()))
+    counts = {s: sum(r.status == s for r in results)
+              for s in ("created", "updated", "unchanged", "rejected")}
+    body = schemas.BatchResult(results=results, **counts)
+    if idempotency_key is not None:
+        idempotency.remember(
+            session, principal, idempotency_key, fingerprint,
+            idempotency.StoredResponse(200, body.model_dump(mode="json")), now,
+        )
+    return body
+
+
+BBox = Annotated[
+    str | None,
+    Query(
+        pattern=r"^-?\d+(\.\d+)?,-?\d+(\.\d+)?,-?\d+(\.\d+)?,-?\d+(\.\d+)?$",
+        description="min_lon,min_lat,max_lon,max_lat",
+    ),
+]
+
+
+def _parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
+    if bbox is None:
+        return None
+    min_lon, min_lat, max_lon, max_lat = (float(v) for v in bbox.split(","))
+    ok = (-180 <= min_lon <= max_lon <= 180) and (-90 <= min_lat <= max_lat <= 90)
+    if not ok:
+        raise Problem(
+            422, "validation", "bbox must be min_lon,min_lat,max_lon,max_lat within range",
+            errors=[{"in": "query", "pointer": "/bbox", "field": "bbox",
+                     "reason": "corners out of order or out of range"}],
+        )
+    return min_lon, min_lat, max_lon, max_lat
+
+
+class _Window(schemas.Strict):
+    since: schemas.Timestamp | None = None
+    until: schemas.Timestamp | None = None
+
+
+@router.get("", summary="Query incidents by box, time window, category and country")
+def list_incidents(
+    _: AnyReader, session: ReadSession, limit: Limit, after: Cursor = 0, bbox: BBox = None,
+    since: Annotated[datetime | None, Query(description="occurred at or after")] = None,
+    until: Annotated[datetime | None, Query(description="occurred at or before")] = None,
+    category: Annotated[list[Category] | None, Query()] = None,
+    country: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+    include_retracted: bool = False,
+) -> schemas.IncidentCollection:
+    """A page of incidents, as a GeoJSON FeatureCollection."""
+    try:
+        window = _Window(since=since, until=until)
+    except ValidationError as exc:
+        raise Problem(422, "validation", "invalid time window",
+                      errors=field_errors(exc.errors())) from exc
+    rows = incidents.search(
+        session, bbox=_parse_bbox(bbox), since=window.since, until=window.until,
+        categories=category or [], country=country, include_retracted=include_retracted,
+        after=after, limit=limit,
+    )
+    return schemas.IncidentCollection(
+        features=[incidents.to_feature(r) for r in rows],
+        next_cursor=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+@router.get("/{incident_id}", summary="Read one incident")
+def get_incident(incident_id: Id, _: AnyReader, session: ReadSession) -> schemas.IncidentFeature:
+    """One incident as a GeoJSON Feature."""
+    row = incidents.get(session, incident_id)
+    if row is None:
+        raise not_found("incident")
+    return incidents.to_feature(row)

@@ -1,0 +1,73 @@
+"""Score routes not tied to one stored target: ad-hoc geometries, backtests, the change feed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.core.problems import Problem, not_found
+from services.scoring import schemas, scores, targets
+from services.scoring.api.deps import (
+    Cursor,
+    Limit,
+    Model,
+    Now,
+    ReadSession,
+    Settings,
+    TenantReader,
+)
+
+router = APIRouter(prefix="/v1", tags=["scores"])
+
+
+@router.post("/scores", summary="Score an ad-hoc point or line without registering it")
+def score_adhoc(
+    data: schemas.AdhocIn, _: TenantReader, session: ReadSession, model: Model, now: Now
+) -> schemas.ScoreOut:
+    """Score a GeoJSON Point (site-like) or LineString (corridor-like), now or as of a time."""
+    return scores.score_adhoc(session, model, data, data.properties.as_of or now)
+
+
+@router.post("/backtests", summary="Scores of many points or targets at many past times")
+def backtest(
+    data: schemas.BacktestIn, principal: TenantReader, session: ReadSession, model: Model,
+    settings: Settings,
+) -> schemas.BacktestOut:
+    """Each (item, time) is scored from incidents reported by that time only."""
+    pairs = (len(data.points) + len(data.targets)) * len(data.times)
+    if pairs > settings.max_backtest_pairs:
+        raise Problem(
+            413, "backtest-too-large",
+            f"at most {settings.max_backtest_pairs} (item, time) pairs per request, got {pairs}",
+        )
+    assert principal.tenant_id is not None
+    stored = []
+    for ref in data.targets:
+        target = targets.get(session, principal.tenant_id, ref.kind, ref.id)
+        if target is None:
+            raise not_found(ref.kind.value)
+        stored.append(target)
+    return scores.backtest(session, model, data, stored)
+
+
+@router.get("/score-changes", summary="The change feed: every score move, in order")
+def score_changes(
+    principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0
+) -> schemas.ScoreChangePage:
+    """Poll with `after` set to the last `next_cursor`; entries appear in commit order."""
+    rows = scores.changes_page(session, tenant_id=principal.tenant_id, target_id=None,
+                               after=after, limit=limit)
+    return schemas.ScoreChangePage(
+        changes=[
+            schemas.ScoreChangeOut(
+                id=r.id,
+                target=schemas.TargetRef(kind=r.target_kind, id=r.target_id),
+                model_version=r.model_version, as_of=r.as_of,
+                previous_score=r.previous_value, score=r.value,
+                previous_band=r.previous_band, band=r.band,
+                components=r.components, top_incidents=r.top_incidents,
+                cause=r.cause, created_at=r.created_at,
+            )
+            for r in rows
+        ],
+        next_cursor=rows[-1].id if rows else after,
+    )

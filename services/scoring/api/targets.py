@@ -1,0 +1,268 @@
+"""Site and corridor routes: GeoJSON CRUD, scores as of any time, score history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from pydantic import ValidationError
+
+from services.core import audit
+from services.core.problems import Problem, field_errors
+from services.scoring import schemas, scores, targets
+from services.scoring.api.deps import (
+    Cursor,
+    Limit,
+    Model,
+    Now,
+    ReadableCorridor,
+    ReadableSite,
+    ReadSession,
+    TenantReader,
+    TenantWriter,
+    WritableCorridor,
+    WritableSite,
+    WriteSession,
+)
+from services.scoring.models import CurrentScore, Target
+from services.scoring.taxonomy import TargetKind
+
+router = APIRouter(prefix="/v1", tags=["sites and corridors"])
+
+AsOf = Annotated[
+    datetime | None,
+    Query(description="Score as of this time, from incidents reported by then; default: latest."),
+]
+TagFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
+
+
+class _AsOf(schemas.Strict):
+    as_of: schemas.Timestamp
+
+
+def _checked_time(value: datetime, field: str) -> datetime:
+    try:
+        return _AsOf(as_of=value).as_of
+    except ValidationError as exc:
+        errors = [dict(e, field=field, pointer=f"/{field}", **{"in": "query"})
+                  for e in field_errors(exc.errors())]
+        raise Problem(422, "validation", f"invalid value in: {field}", errors=errors) from exc
+
+
+def _score_response(
+    session: ReadSession, model: scores.ActiveModel, target: Target, as_of: datetime | None,
+    now: datetime,
+) -> Response:
+    if as_of is None:
+        stored = scores.current_document(session, target.id)
+        if stored is not None:
+            # Served as stored: the hot read path does no scoring and no re-serialising.
+            return Response(stored, media_type="application/json")
+        as_of = now
+    doc = scores.score_as_of(session, model, target, _checked_time(as_of, "as_of"))
+    return Response(doc.model_dump_json(), media_type="application/json")
+
+
+def _history(
+    session: ReadSession, target: Target, since: datetime | None, until: datetime | None,
+    after: int, limit: int,
+) -> schemas.ScoreHistory:
+    rows = scores.changes_page(
+        session, tenant_id=target.tenant_id, target_id=target.id, after=after, limit=limit,
+        since=_checked_time(since, "since") if since else None,
+        until=_checked_time(until, "until") if until else None,
+    )
+    return schemas.ScoreHistory(
+        target=scores.ref_for(target),
+        points=[
+            schemas.ScoreHistoryPoint(
+                change_id=r.id, as_of=r.as_of, score=r.value, band=r.band,
+                previous_score=r.previous_value, previous_band=r.previous_band,
+                model_version=r.model_version, cause=r.cause,
+            )
+            for r in rows
+        ],
+        next_cursor=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+def _create(
+    session: WriteSession, principal: TenantWriter, model: scores.ActiveModel,
+    data: schemas.SiteIn | schemas.CorridorIn, now: datetime,
+) -> Target:
+    assert principal.tenant_id is not None
+    target = targets.create(session, principal.tenant_id, data, now)
+    # A new target gets its first score in the same unit of work: readers never see it unscored.
+    scores.rescore(session, model, [target.id], now, cause="created", min_delta=0.0)
+    audit.record(session, principal, action=f"{target.kind}.create",
+                 resource=f"{target.kind}/{target.id}", before=None,
+                 after=targets.snapshot(target), now=now)
+    return target
+
+
+def _replace(
+    session: WriteSession, principal: TenantWriter, model: scores.ActiveModel, target: Target,
+    data: schemas.SiteIn | schemas.CorridorIn, now: datetime,
+) -> None:
+    before = targets.snapshot(target)
+    targets.replace(session, target, data, now)
+    scores.rescore(session, model, [target.id], now, cause="updated", min_delta=0.0)
+    audit.record(session, principal, action=f"{target.kind}.update",
+                 resource=f"{target.kind}/{target.id}", before=before,
+                 after=targets.snapshot(target), now=now)
+
+
+def _delete(session: WriteSession, principal: TenantWriter, target: Target, now: datetime) -> None:
+    before = targets.snapshot(target)
+    scores.record_removal(session, target, now)
+    session.delete(target)
+    session.flush()
+    audit.record(session, principal, action=f"{target.kind}.delete",
+                 resource=f"{target.kind}/{target.id}", before=before, after=None, now=now)
+
+
+@router.post("/sites", status_code=201, tags=["sites and corridors"], summary="Register a site")
+def create_site(
+    data: schemas.SiteIn, principal: TenantWriter, session: WriteSession, model: Model, now: Now
+) -> schemas.SiteFeature:
+    """Store a site (GeoJSON Feature with a Point) and score it."""
+    target = _create(session, principal, model, data, now)
+    return targets.to_site_feature(target, session.get(CurrentScore, target.id))
+
+
+@router.get("/sites", summary="List the tenant's sites")
+def list_sites(
+    principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0,
+    tag: TagFilter = None,
+) -> schemas.SiteCollection:
+    """A page of sites as a GeoJSON FeatureCollection, with current scores."""
+    assert principal.tenant_id is not None
+    rows = targets.page(session, principal.tenant_id, TargetKind.SITE, tag=tag, after=after,
+                        limit=limit)
+    return schemas.SiteCollection(
+        features=[targets.to_site_feature(t, s) for t, s in rows],
+        next_cursor=rows[-1][0].id if len(rows) == limit else None,
+    )
+
+
+@router.get("/sites/{site_id}", summary="Read a site")
+def get_site(site: ReadableSite, session: ReadSession) -> schemas.SiteFeature:
+    """One site as GeoJSON."""
+    return targets.to_site_feature(site, session.get(CurrentScore, site.id))
+
+
+@router.put("/sites/{site_id}", summary="Replace a site")
+def put_site(
+    data: schemas.SiteIn, site: WritableSite, principal: TenantWriter, session: WriteSession,
+    model: Model, now: Now,
+) -> schemas.SiteFeature:
+    """Overwrite a site and rescore it."""
+    _replace(session, principal, model, site, data, now)
+    return targets.to_site_feature(site, session.get(CurrentScore, site.id))
+
+
+@router.delete("/sites/{site_id}", status_code=204, summary="Delete a site")
+def delete_site(
+    site: WritableSite, principal: TenantWriter, session: WriteSession, now: Now
+) -> Response:
+    """Remove a site; the change feed gets a final `deleted` entry."""
+    _delete(session, principal, site, now)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/sites/{site_id}/score",
+    response_model=schemas.ScoreOut,
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}, "model": schemas.ScoreOut}},
+    summary="A site's score, now or as of a past time",
+)
+def get_site_score(
+    site: ReadableSite, session: ReadSession, model: Model, now: Now, as_of: AsOf = None
+) -> Response:
+    """The score with components and contributing incidents."""
+    return _score_response(session, model, site, as_of, now)
+
+
+@router.get("/sites/{site_id}/score-history", summary="A site's score changes over time")
+def get_site_history(
+    site: ReadableSite, session: ReadSession, limit: Limit, after: Cursor = 0,
+    since: AsOf = None, until: AsOf = None,
+) -> schemas.ScoreHistory:
+    """Every recorded change of the site's score, oldest first."""
+    return _history(session, site, since, until, after, limit)
+
+
+@router.post("/corridors", status_code=201, summary="Register a corridor")
+def create_corridor(
+    data: schemas.CorridorIn, principal: TenantWriter, session: WriteSession, model: Model,
+    now: Now,
+) -> schemas.CorridorFeature:
+    """Store a corridor (GeoJSON Feature with a LineString) and score it."""
+    target = _create(session, principal, model, data, now)
+    return targets.to_corridor_feature(target, session.get(CurrentScore, target.id))
+
+
+@router.get("/corridors", summary="List the tenant's corridors")
+def list_corridors(
+    principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0,
+    tag: TagFilter = None,
+) -> schemas.CorridorCollection:
+    """A page of corridors as a GeoJSON FeatureCollection, with current scores."""
+    assert principal.tenant_id is not None
+    rows = targets.page(session, principal.tenant_id, TargetKind.CORRIDOR, tag=tag, after=after,
+                        limit=limit)
+    return schemas.CorridorCollection(
+        features=[targets.to_corridor_feature(t, s) for t, s in rows],
+        next_cursor=rows[-1][0].id if len(rows) == limit else None,
+    )
+
+
+@router.get("/corridors/{corridor_id}", summary="Read a corridor")
+def get_corridor(corridor: ReadableCorridor, session: ReadSession) -> schemas.CorridorFeature:
+    """One corridor as GeoJSON."""
+    return targets.to_corridor_feature(corridor, session.get(CurrentScore, corridor.id))
+
+
+@router.put("/corridors/{corridor_id}", summary="Replace a corridor")
+def put_corridor(
+    data: schemas.CorridorIn, corridor: WritableCorridor, principal: TenantWriter,
+    session: WriteSession, model: Model, now: Now,
+) -> schemas.CorridorFeature:
+    """Overwrite a corridor and rescore it."""
+    _replace(session, principal, model, corridor, data, now)
+    return targets.to_corridor_feature(corridor, session.get(CurrentScore, corridor.id))
+
+
+@router.delete("/corridors/{corridor_id}", status_code=204, summary="Delete a corridor")
+def delete_corridor(
+    corridor: WritableCorridor, principal: TenantWriter, session: WriteSession, now: Now
+) -> Response:
+    """Remove a corridor; the change feed gets a final `deleted` entry."""
+    _delete(session, principal, corridor, now)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/corridors/{corridor_id}/score",
+    response_model=schemas.ScoreOut,
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}, "model": schemas.ScoreOut}},
+    summary="A corridor's score and hotspot segments, now or as of a past time",
+)
+def get_corridor_score(
+    corridor: ReadableCorridor, session: ReadSession, model: Model, now: Now, as_of: AsOf = None
+) -> Response:
+    """The score with components, contributing incidents and hotspot segments."""
+    return _score_response(session, model, corridor, as_of, now)
+
+
+@router.get("/corridors/{corridor_id}/score-history", summary="A corridor's score changes")
+def get_corridor_history(
+    corridor: ReadableCorridor, session: ReadSession, limit: Limit, after: Cursor = 0,
+    since: AsOf = None, until: AsOf = None,
+) -> schemas.ScoreHistory:
+    """Every recorded change of the corridor's score, oldest first."""
+    return _history(session, corridor, since, until, after, limit)
+

@@ -1,0 +1,99 @@
+"""The scoring service's app factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.core.auth import KeyCache, hash_key
+from services.core.db import is_sqlite, make_engine, make_sessionmaker, upgrade_to_head
+from services.core.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from services.scoring import jobs, scores
+from services.scoring.api import router
+from services.scoring.settings import ScoringSettings
+
+API_VERSION = "1.0.0"
+
+
+def create_app(
+    settings: ScoringSettings, *, clock: Callable[[], datetime] = jobs.utc_now
+) -> FastAPI:
+    """Build the API for `settings`; tests pass their own settings and clock."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            upgrade_to_head(settings.database_url)
+        engine = make_engine(
+            settings.database_url,
+            busy_timeout_ms=int(settings.sqlite_busy_timeout.total_seconds() * 1000),
+            pool_size=settings.db_pool_size,
+        )
+        app.state.settings = settings
+        app.state.clock = clock
+        app.state.engine = engine
+        app.state.sessions = make_sessionmaker(engine)
+        app.state.read_sessions = make_sessionmaker(engine, read_only=True)
+        app.state.key_cache = KeyCache(settings.key_cache_ttl.total_seconds())
+        admin = settings.admin_api_key
+        app.state.admin_key_hash = hash_key(admin.get_secret_value()) if admin else None
+        with app.state.sessions.begin() as session:
+            scores.ensure_model(session, clock())
+        app.state.worker = None
+        scheduler = None
+        if settings.inline_worker:
+            app.state.worker = jobs.RescoreWorker(app.state.sessions, settings)
+            app.state.worker.start()
+            app.state.worker.wake()
+            scheduler = jobs.make_scheduler(app.state.sessions, settings)
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
+            if app.state.worker is not None:
+                app.state.worker.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="riskalert scoring API",
+        version=API_VERSION,
+        description=(
+            "Security-risk scores for sites and corridors in the Sahel, explained and computable "
+            "as of any past time. Authenticate with `Authorization: Bearer <key>`. Errors are "
+            "RFC 9457 problem documents."
+        ),
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    def healthz() -> dict[str, str]:
+        """Liveness: answers while the process runs."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="The database answers",
+             responses={503: {"description": "Database unreachable"}})
+    def readyz(request: Request) -> JSONResponse:
+        """Readiness: the database answers a query."""
+        try:
+            with request.app.state.read_sessions() as session:
+                session.execute(text("SELECT 1"))
+        except Exception:
+            return JSONResponse(
+                {"type": "https://riskalert.dev/problems/database-unavailable",
+                 "title": "Service unavailable", "status": 503,
+                 "detail": "the database does not answer"},
+                status_code=503, media_type=PROBLEM_MEDIA_TYPE,
+            )
+        return JSONResponse({"status": "ready", "database": "sqlite"
+                             if is_sqlite(settings.database_url) else "postgresql"})
+
+    return app

@@ -1,0 +1,210 @@
+"""Incidents: idempotent upsert on (source, source_id), queries, and what they affect."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.core.problems import Problem
+from services.scoring import schemas
+from services.scoring.models import Incident
+from services.scoring.taxonomy import Category, Lifecycle
+
+Outcome = Literal["created", "updated", "unchanged"]
+
+# Columns an upsert compares to decide whether anything changed.
+_CONTENT_COLUMNS = (
+    "category", "occurred_at", "occurred_precision", "reported_at", "reported_at_estimated",
+    "lat", "lon", "location_precision", "scope_countries", "scope_admin1", "country", "admin1",
+    "admin2", "location_name", "actors", "target_type", "target_foreign_owned_only",
+    "target_sectors", "victim_expatriate", "victim_nationality", "victim_sector",
+    "fatalities_claimed", "fatalities_low", "fatalities_best", "fatalities_high",
+    "source_reliability", "lifecycle", "title", "description", "tags",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Upserted:
+    """An incident after an upsert, and where it was before (to rescore both places)."""
+
+    incident: Incident
+    outcome: Outcome
+    previous_lat: float | None
+    previous_lon: float | None
+    was_area_scoped: bool
+
+
+def check_times(data: schemas.IncidentIn, now: datetime, skew: Any) -> None:
+    """Refuse times in the future beyond the allowed clock skew."""
+    limit = now + skew
+    for field, value in (("occurred_at", data.occurred_at), ("reported_at", data.reported_at)):
+        if value is not None and value > limit:
+            raise Problem(
+                422, "validation", f"{field} lies in the future",
+                errors=[{"in": "body", "pointer": f"/{field}", "field": field,
+                         "reason": f"later than now + {skew}"}],
+            )
+
+
+def _columns(data: schemas.IncidentIn, now: datetime) -> dict[str, Any]:
+    lon, lat = data.location.coordinates if data.location else (None, None)
+    reported_at = data.reported_at or now
+    return {
+        "category": data.category.value,
+        "occurred_at": data.occurred_at,
+        "occurred_precision": data.occurred_precision.value,
+        "reported_at": reported_at,
+        "reported_at_estimated": data.reported_at_estimated,
+        "lat": lat,
+        "lon": lon,
+        "location_precision": data.location_precision.value,
+        "scope_countries": sorted(data.scope.countries) if data.scope else [],
+        "scope_admin1": sorted(data.scope.admin1) if data.scope else [],
+        "country": data.country,
+        "admin1": data.admin1,
+        "admin2": data.admin2,
+        "location_name": data.location_name,
+        "actors": list(data.actors),
+        "target_type": data.target_type.value if data.target_type else None,
+        "target_foreign_owned_only": data.target_profile.foreign_owned_only,
+        "target_sectors": sorted(s.value for s in data.target_profile.sectors),
+        "victim_expatriate": data.victim_profile.expatriate,
+        "victim_nationality": data.victim_profile.nationality,
+        "victim_sector": data.victim_profile.sector.value if data.victim_profile.sector else None,
+        "fatalities_claimed": data.fatalities.claimed,
+        "fatalities_low": data.fatalities.low,
+        "fatalities_best": data.fatalities.best,
+        "fatalities_high": data.fatalities.high,
+        "source_reliability": data.source_reliability,
+        "lifecycle": data.lifecycle.value,
+        "title": data.title,
+        "description": data.description,
+        "tags": list(data.tags),
+    }
+
+
+def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserted:
+    """Insert a new incident or update the one with the same (source, source_id)."""
+    existing = session.execute(
+        select(Incident).where(Incident.source == data.source, Incident.source_id == data.source_id)
+    ).scalar_one_or_none()
+    columns = _columns(data, now)
+    if existing is None:
+        incident = Incident(
+            source=data.source, source_id=data.source_id, revision=1,
+            created_at=now, updated_at=now, **columns,
+        )
+        session.add(incident)
+        session.flush()
+        return Upserted(incident, "created", None, None, False)
+    if data.reported_at is None:
+        # A resend without reported_at keeps the first time we knew of the event.
+        columns["reported_at"] = existing.reported_at
+    previous = (existing.lat, existing.lon, existing.lat is None)
+    if all(getattr(existing, name) == value for name, value in columns.items()):
+        return Upserted(existing, "unchanged", *previous)
+    for name, value in columns.items():
+        setattr(existing, name, value)
+    existing.revision += 1
+    existing.updated_at = now
+    session.flush()
+    return Upserted(existing, "updated", *previous)
+
+
+def get(session: Session, incident_id: int) -> Incident | None:
+    """Load one incident."""
+    return session.get(Incident, incident_id)
+
+
+def search(
+    session: Session,
+    *,
+    bbox: tuple[float, float, float, float] | None,
+    since: datetime | None,
+    until: datetime | None,
+    categories: Sequence[Category],
+    country: str | None,
+    include_retracted: bool,
+    after: int,
+    limit: int,
+) -> Sequence[Incident]:
+    """A page of incidents matching the filters, by id."""
+    query = select(Incident).where(Incident.id > after)
+    if bbox is not None:
+        min_lon, min_lat, max_lon, max_lat = bbox
+        query = query.where(
+            Incident.lat.between(min_lat, max_lat), Incident.lon.between(min_lon, max_lon)
+        )
+    if since is not None:
+        query = query.where(Incident.occurred_at >= since)
+    if until is not None:
+        query = query.where(Incident.occurred_at <= until)
+    if categories:
+        query = query.where(Incident.category.in_([c.value for c in categories]))
+    if country is not None:
+        query = query.where(Incident.country == country)
+    if not include_retracted:
+        query = query.where(Incident.lifecycle != Lifecycle.RETRACTED.value)
+    return session.execute(query.order_by(Incident.id).limit(limit)).scalars().all()
+
+
+def to_feature(row: Incident) -> schemas.IncidentFeature:
+    """Render an incident as a GeoJSON Feature."""
+    geometry = (
+        schemas.PointGeometry(type="Point", coordinates=(row.lon, row.lat))
+        if row.lat is not None and row.lon is not None
+        else None
+    )
+    scope = (
+        schemas.AreaScope(countries=row.scope_countries, admin1=row.scope_admin1)
+        if row.scope_countries
+        else None
+    )
+    properties = schemas.IncidentProperties.model_validate(
+        {
+            "source": row.source,
+            "source_id": row.source_id,
+            "category": row.category,
+            "occurred_at": row.occurred_at,
+            "occurred_precision": row.occurred_precision,
+            "reported_at": row.reported_at,
+            "reported_at_estimated": row.reported_at_estimated,
+            "location_precision": row.location_precision,
+            "scope": scope,
+            "country": row.country,
+            "admin1": row.admin1,
+            "admin2": row.admin2,
+            "location_name": row.location_name,
+            "actors": row.actors,
+            "target_type": row.target_type,
+            "target_profile": {
+                "foreign_owned_only": row.target_foreign_owned_only,
+                "sectors": row.target_sectors,
+            },
+            "victim_profile": {
+                "expatriate": row.victim_expatriate,
+                "nationality": row.victim_nationality,
+                "sector": row.victim_sector,
+            },
+            "fatalities": {
+                "claimed": row.fatalities_claimed,
+                "low": row.fatalities_low,
+                "best": row.fatalities_best,
+                "high": row.fatalities_high,
+            },
+            "source_reliability": row.source_reliability,
+            "lifecycle": row.lifecycle,
+            "title": row.title,
+            "description": row.description,
+            "tags": row.tags,
+            "revision": row.revision,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+        }
+    )
+    return schemas.IncidentFeature(id=row.id, geometry=geometry, properties=properties)

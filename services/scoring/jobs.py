@@ -1,0 +1,117 @@
+"""Background work: the rescoring worker and the periodic ticks (APScheduler 3)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.core.models import IdempotencyRecord
+from services.scoring import scores
+from services.scoring.settings import ScoringSettings
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The wall clock, in UTC."""
+    return datetime.now(UTC)
+
+
+def rescore_pending(
+    factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now
+) -> int:
+    """Rescore one batch of queued targets in one transaction; return how many were taken."""
+    with factory.begin() as session:
+        ids = scores.claim_marks(session, settings.rescore_batch_size)
+        if not ids:
+            return 0
+        now = clock()
+        model = scores.ensure_model(session, now)
+        scores.rescore(
+            session, model, ids, now, cause="incident", min_delta=settings.change_min_delta
+        )
+        scores.release_marks(session, ids)
+    return len(ids)
+
+
+def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now) -> int:
+    """Rescore until the queue is empty; return how many targets were rescored."""
+    total = 0
+    while taken := rescore_pending(factory, settings, clock):
+        total += taken
+    return total
+
+
+def queue_decay(factory: sessionmaker[Session], clock: Clock = utc_now) -> None:
+    """Tick: queue every target, so decay and regional tempo stay current (safe to run twice)."""
+    with factory.begin() as session:
+        scores.mark_all(session, "decay", clock())
+
+
+def purge_idempotency(
+    factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now
+) -> None:
+    """Tick: forget Idempotency-Key responses older than their retention."""
+    with factory.begin() as session:
+        cutoff = clock() - settings.idempotency_ttl
+        session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
+
+
+class RescoreWorker:
+    """A thread that rescores queued targets at once when woken, and polls as a fallback."""
+
+    def __init__(self, factory: sessionmaker[Session], settings: ScoringSettings) -> None:
+        self._factory = factory
+        self._settings = settings
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Ask for a pass now (after new incidents or targets)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in hand, then stop."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        poll = self._settings.worker_poll_interval.total_seconds()
+        while not self._stop.is_set():
+            self._wake.wait(poll)
+            self._wake.clear()
+            try:
+                while not self._stop.is_set() and rescore_pending(self._factory, self._settings):
+                    pass
+            except Exception:
+                # A failed batch rolls back and stays queued; log it and try again next pass.
+                log.exception("rescoring pass failed")
+
+
+def make_scheduler(factory: sessionmaker[Session], settings: ScoringSettings) -> BackgroundScheduler:
+    """The periodic ticks; each is idempotent, so several processes may run them."""
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(
+        queue_decay, "interval", args=[factory],
+        seconds=settings.rescore_interval.total_seconds(),
+        id="queue_decay", coalesce=True, max_instances=1,
+    )
+    scheduler.add_job(
+        purge_idempotency, "interval", args=[factory, settings], hours=1,
+        id="purge_idempotency", coalesce=True, max_instances=1,
+    )
+    return scheduler

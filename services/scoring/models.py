@@ -1,0 +1,165 @@
+"""Tables of the scoring service: incidents, targets, scores, the change feed and the model."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from services.core.db import Base, UTCDateTime
+
+
+class Incident(Base):
+    """An observed event (or threat, or statement); platform-wide intelligence."""
+
+    __tablename__ = "incident"
+    __table_args__ = (
+        UniqueConstraint("source", "source_id"),
+        Index("ix_incident_lat_lon", "lat", "lon"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(String(128))
+    category: Mapped[str] = mapped_column(String(32), index=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    occurred_precision: Mapped[str] = mapped_column(String(8))
+    reported_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    reported_at_estimated: Mapped[bool] = mapped_column(Boolean)
+    lat: Mapped[float | None] = mapped_column(Float)
+    lon: Mapped[float | None] = mapped_column(Float)
+    location_precision: Mapped[str] = mapped_column(String(8))
+    scope_countries: Mapped[list[str]] = mapped_column(JSON)
+    scope_admin1: Mapped[list[str]] = mapped_column(JSON)
+    country: Mapped[str | None] = mapped_column(String(3), index=True)
+    admin1: Mapped[str | None] = mapped_column(String(100))
+    admin2: Mapped[str | None] = mapped_column(String(100))
+    location_name: Mapped[str | None] = mapped_column(String(200))
+    actors: Mapped[list[str]] = mapped_column(JSON)
+    target_type: Mapped[str | None] = mapped_column(String(16))
+    target_foreign_owned_only: Mapped[bool] = mapped_column(Boolean)
+    target_sectors: Mapped[list[str]] = mapped_column(JSON)
+    victim_expatriate: Mapped[bool] = mapped_column(Boolean)
+    victim_nationality: Mapped[str | None] = mapped_column(String(64))
+    victim_sector: Mapped[str | None] = mapped_column(String(16))
+    fatalities_claimed: Mapped[int | None] = mapped_column(Integer)
+    fatalities_low: Mapped[int | None] = mapped_column(Integer)
+    fatalities_best: Mapped[int | None] = mapped_column(Integer)
+    fatalities_high: Mapped[int | None] = mapped_column(Integer)
+    source_reliability: Mapped[float] = mapped_column(Float)
+    lifecycle: Mapped[str] = mapped_column(String(12))
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Target(Base):
+    """A tenant's site (point) or corridor (line), with the box it can be affected within."""
+
+    __tablename__ = "target"
+    __table_args__ = (
+        Index("ix_target_tenant_id_kind", "tenant_id", "kind"),
+        Index("ix_target_box", "box_min_lat", "box_max_lat"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    coordinates: Mapped[list[list[float]]] = mapped_column(JSON)
+    radius_km: Mapped[float] = mapped_column(Float)
+    mode: Mapped[str | None] = mapped_column(String(8))
+    sector: Mapped[str | None] = mapped_column(String(16))
+    foreign_owned: Mapped[bool] = mapped_column(Boolean)
+    expat_staff: Mapped[bool] = mapped_column(Boolean)
+    countries: Mapped[list[str]] = mapped_column(JSON)
+    admin1: Mapped[list[str]] = mapped_column(JSON)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    # The geometry's bounding box widened by radius_km: an incident can only touch the target
+    # when its own reach overlaps this box.
+    box_min_lat: Mapped[float] = mapped_column(Float)
+    box_max_lat: Mapped[float] = mapped_column(Float)
+    box_min_lon: Mapped[float] = mapped_column(Float)
+    box_max_lon: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CurrentScore(Base):
+    """The latest score of a target, with its full explanation, served to readers as is."""
+
+    __tablename__ = "current_score"
+
+    target_id: Mapped[int] = mapped_column(
+        ForeignKey("target.id", ondelete="CASCADE"), primary_key=True
+    )
+    model_version: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+    band: Mapped[str] = mapped_column(String(12))
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime())
+    document: Mapped[str] = mapped_column(Text)
+
+
+class ScoreChange(Base):
+    """One entry of the change feed: a target's score moved (the alerts service's input)."""
+
+    __tablename__ = "score_change"
+    __table_args__ = (
+        Index("ix_score_change_tenant_id_id", "tenant_id", "id"),
+        Index("ix_score_change_target_id_as_of", "target_id", "as_of"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(Integer)
+    target_id: Mapped[int] = mapped_column(Integer)
+    target_kind: Mapped[str] = mapped_column(String(16))
+    model_version: Mapped[int] = mapped_column(Integer)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime())
+    previous_value: Mapped[float | None] = mapped_column(Float)
+    value: Mapped[float] = mapped_column(Float)
+    previous_band: Mapped[str | None] = mapped_column(String(12))
+    band: Mapped[str] = mapped_column(String(12))
+    components: Mapped[dict[str, float]] = mapped_column(JSON)
+    top_incidents: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    cause: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RescoreMark(Base):
+    """A target waiting to be rescored; one row per target however often it is marked."""
+
+    __tablename__ = "rescore_mark"
+
+    target_id: Mapped[int] = mapped_column(
+        ForeignKey("target.id", ondelete="CASCADE"), primary_key=True
+    )
+    cause: Mapped[str] = mapped_column(String(32))
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModelVersion(Base):
+    """A version of the model's parameters; exactly one is active."""
+
+    __tablename__ = "model_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    note: Mapped[str] = mapped_column(String(500))
+    active: Mapped[bool] = mapped_column(Boolean, index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,586 @@
+"""Request and response bodies of the scoring API (GeoJSON in and out)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from datetime import UTC
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from services.core.auth import Role
+from services.scoring.taxonomy import (
+    Band,
+    Category,
+    Component,
+    Lifecycle,
+    LocationPrecision,
+    Mode,
+    Sector,
+    TargetKind,
+    TargetType,
+    TimePrecision,
+)
+
+MAX_CORRIDOR_POINTS = 1000
+
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+Position = tuple[Longitude, Latitude]
+CountryCode = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3, e.g. MLI, BFA, NER")
+]
+ShortText = Annotated[str, Field(max_length=100)]
+Tag = Annotated[str, Field(min_length=1, max_length=64)]
+Count = Annotated[int, Field(ge=0, le=1_000_000)]
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
+
+
+def _plausible_time(value: datetime) -> datetime:
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("time out of range") from exc
+    if not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:
+        raise ValueError(f"time must lie between {EARLIEST_YEAR} and {LATEST_YEAR}")
+    return utc
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
+class Strict(BaseModel):
+    """Refuses unknown fields (a typo is a 422, not a silent default) and NUL characters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any) -> Any:
+        return _no_nul(data)
+
+
+class PointGeometry(Strict):
+    """A GeoJSON Point, [longitude, latitude]."""
+
+    type: Literal["Point"]
+    coordinates: Position
+
+
+class LineStringGeometry(Strict):
+    """A GeoJSON LineString of 2 to 1,000 positions."""
+
+    type: Literal["LineString"]
+    coordinates: Annotated[list[Position], Field(min_length=2, max_length=MAX_CORRIDOR_POINTS)]
+
+    @model_validator(mode="after")
+    def _has_length(self) -> LineStringGeometry:
+        if len(set(self.coordinates)) < 2:
+            raise ValueError("a LineString needs at least two distinct positions")
+        return self
+
+
+class AreaScope(Strict):
+    """Where an area-scoped incident (threat, statement) applies."""
+
+    countries: Annotated[list[CountryCode], Field(min_length=1, max_length=60)]
+    admin1: Annotated[list[ShortText], Field(max_length=100)] = []
+
+
+class TargetProfile(Strict):
+    """Whom a threat or attack targets."""
+
+    foreign_owned_only: bool = False
+    sectors: Annotated[list[Sector], Field(max_length=len(Sector))] = []
+
+
+class VictimProfile(Strict):
+    """Who the victims were (kidnappings)."""
+
+    expatriate: bool = False
+    nationality: Annotated[str | None, Field(max_length=64)] = None
+    sector: Sector | None = None
+
+
+class Fatalities(Strict):
+    """Claimed and independent casualty figures; scoring prefers the independent best."""
+
+    claimed: Count | None = None
+    low: Count | None = None
+    best: Count | None = None
+    high: Count | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Fatalities:
+        known = [v for v in (self.low, self.best, self.high) if v is not None]
+        if known != sorted(known):
+            raise ValueError("independent fatalities must satisfy low <= best <= high")
+        return self
+
+
+class IncidentIn(Strict):
+    """An incident report; (source, source_id) identifies it, so resending updates it."""
+
+    source: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    source_id: Annotated[str, Field(min_length=1, max_length=128)]
+    category: Category
+    occurred_at: Timestamp
+    occurred_precision: TimePrecision = TimePrecision.DAY
+    reported_at: Timestamp | None = Field(
+        None, description="When the system could first know it; defaults to the time received."
+    )
+    reported_at_estimated: bool = False
+    location: PointGeometry | None = None
+    location_precision: LocationPrecision = LocationPrecision.EXACT
+    scope: AreaScope | None = None
+    country: CountryCode | None = None
+    admin1: ShortText | None = None
+    admin2: ShortText | None = None
+    location_name: Annotated[str | None, Field(max_length=200)] = None
+    actors: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=20)] = []
+    target_type: TargetType | None = None
+    target_profile: TargetProfile = TargetProfile()
+    victim_profile: VictimProfile = VictimProfile()
+    fatalities: Fatalities = Fatalities()
+    source_reliability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.7
+    lifecycle: Lifecycle = Lifecycle.CONFIRMED
+    title: Annotated[str, Field(max_length=200)] = ""
+    description: Annotated[str, Field(max_length=4000)] = ""
+    tags: Annotated[list[Tag], Field(max_length=32)] = []
+
+    @model_validator(mode="after")
+    def _located(self) -> IncidentIn:
+        if self.location is None and self.scope is None:
+            raise ValueError("give a location (Point) or an area scope (countries)")
+        if self.reported_at is not None and self.reported_at < self.occurred_at:
+            raise ValueError("reported_at is before occurred_at")
+        return self
+
+
+class IncidentBatchIn(Strict):
+    """Up to `max_batch_items` incidents; each is validated and stored on its own."""
+
+    items: Annotated[
+        list[dict[str, Any]],
+        Field(min_length=1, max_length=10_000, description="Incident objects (see IncidentIn)."),
+    ]
+
+
+class IncidentProperties(BaseModel):
+    """An incident's attributes as served."""
+
+    source: str
+    source_id: str
+    category: Category
+    occurred_at: datetime
+    occurred_precision: TimePrecision
+    reported_at: datetime
+    reported_at_estimated: bool
+    location_precision: LocationPrecision
+    scope: AreaScope | None
+    country: str | None
+    admin1: str | None
+    admin2: str | None
+    location_name: str | None
+    actors: list[str]
+    target_type: TargetType | None
+    target_profile: TargetProfile
+    victim_profile: VictimProfile
+    fatalities: Fatalities
+    source_reliability: float
+    lifecycle: Lifecycle
+    title: str
+    description: str
+    tags: list[str]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class IncidentFeature(BaseModel):
+    """An incident as a GeoJSON Feature (geometry null when area-scoped)."""
+
+    type: Literal["Feature"] = "Feature"
+    id: int
+    geometry: PointGeometry | None
+    properties: IncidentProperties
+
+
+class IncidentCollection(BaseModel):
+    """A page of incidents; pass `next_cursor` as `after` for the next page."""
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[IncidentFeature]
+    next_cursor: int | None
+
+
+class ItemResult(BaseModel):
+    """What happened to one item of a batch."""
+
+    index: int
+    status: Literal["created", "updated", "unchanged", "rejected"]
+    id: int | None = None
+    problem: dict[str, Any] | None = None
+
+
+class BatchResult(BaseModel):
+    """Per-item outcomes of a batch, and their counts."""
+
+    results: list[ItemResult]
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+
+
+class SiteProperties(Strict):
+    """A site's attributes: radius of interest and profile."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    radius_km: Annotated[float, Field(gt=0, le=500, allow_inf_nan=False)] = 25.0
+    sector: Sector | None = None
+    foreign_owned: bool = False
+    expat_staff: bool = False
+    country: CountryCode
+    admin1: ShortText | None = None
+    tags: Annotated[list[Tag], Field(max_length=32)] = []
+
+
+class CorridorProperties(Strict):
+    """A corridor's attributes: buffer, mode and the countries it crosses."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    buffer_km: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 10.0
+    mode: Mode = Mode.ROAD
+    countries: Annotated[list[CountryCode], Field(min_length=1, max_length=20)]
+    sector: Sector | None = None
+    foreign_owned: bool = False
+    expat_staff: bool = False
+    tags: Annotated[list[Tag], Field(max_length=32)] = []
+
+
+class SiteIn(Strict):
+    """A site as a GeoJSON Feature with a Point geometry."""
+
+    type: Literal["Feature"]
+    geometry: PointGeometry
+    properties: SiteProperties
+    id: int | str | None = Field(None, description="Ignored; the service assigns ids.")
+
+
+class CorridorIn(Strict):
+    """A corridor as a GeoJSON Feature with a LineString geometry."""
+
+    type: Literal["Feature"]
+    geometry: LineStringGeometry
+    properties: CorridorProperties
+    id: int | str | None = Field(None, description="Ignored; the service assigns ids.")
+
+
+class ScoreSummary(BaseModel):
+    """The latest stored score of a target."""
+
+    score: float
+    band: Band
+    as_of: datetime
+    model_version: int
+
+
+class SiteOutProperties(SiteProperties):
+    """A stored site's attributes."""
+
+    created_at: datetime
+    updated_at: datetime
+    current_score: ScoreSummary | None
+
+
+class CorridorOutProperties(CorridorProperties):
+    """A stored corridor's attributes."""
+
+    created_at: datetime
+    updated_at: datetime
+    current_score: ScoreSummary | None
+
+
+class SiteFeature(BaseModel):
+    """A stored site."""
+
+    type: Literal["Feature"] = "Feature"
+    id: int
+    geometry: PointGeometry
+    properties: SiteOutProperties
+
+
+class CorridorFeature(BaseModel):
+    """A stored corridor."""
+
+    type: Literal["Feature"] = "Feature"
+    id: int
+    geometry: LineStringGeometry
+    properties: CorridorOutProperties
+
+
+class SiteCollection(BaseModel):
+    """A page of sites."""
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[SiteFeature]
+    next_cursor: int | None
+
+
+class CorridorCollection(BaseModel):
+    """A page of corridors."""
+
+    type: Literal["FeatureCollection"] = "FeatureCollection"
+    features: list[CorridorFeature]
+    next_cursor: int | None
+
+
+class ContributionOut(BaseModel):
+    """One incident behind a score, its share and why."""
+
+    incident_id: int
+    source: str
+    source_id: str
+    title: str
+    category: Category
+    component: Component
+    points: float
+    share: float
+    factors: dict[str, float | str | None]
+    why: str
+
+
+class HotspotProperties(BaseModel):
+    """A corridor piece's own score."""
+
+    index: int
+    score: float
+    band: Band
+    incident_count: int
+
+
+class HotspotFeature(BaseModel):
+    """A corridor piece and its score, worst first."""
+
+    type: Literal["Feature"] = "Feature"
+    geometry: LineStringGeometry
+    properties: HotspotProperties
+
+
+class TargetRef(BaseModel):
+    """What was scored."""
+
+    kind: TargetKind
+    id: int | None = Field(None, description="None for ad-hoc geometries.")
+    name: str | None = None
+
+
+class ScoreOut(BaseModel):
+    """A score, its band and components, and the incidents behind it."""
+
+    target: TargetRef
+    score: float = Field(description="0 to 100")
+    band: Band
+    model_version: int
+    as_of: datetime
+    components: dict[Component, float] = Field(description="Points per component; they sum to score.")
+    escalation: dict[str, float]
+    incident_count: int
+    contributions: list[ContributionOut]
+    hotspots: list[HotspotFeature]
+
+
+class ScoreHistoryPoint(BaseModel):
+    """A target's score after one recorded change."""
+
+    change_id: int
+    as_of: datetime
+    score: float
+    band: Band
+    previous_score: float | None
+    previous_band: Band | None
+    model_version: int
+    cause: str
+
+
+class ScoreHistory(BaseModel):
+    """A target's score over time, oldest first."""
+
+    target: TargetRef
+    points: list[ScoreHistoryPoint]
+    next_cursor: int | None
+
+
+class AdhocProperties(Strict):
+    """Profile of an ad-hoc point or line, and the time to score it as of."""
+
+    radius_km: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = 25.0
+    mode: Mode = Mode.ROAD
+    sector: Sector | None = None
+    foreign_owned: bool = False
+    expat_staff: bool = False
+    countries: Annotated[list[CountryCode], Field(max_length=20)] = []
+    as_of: Timestamp | None = Field(None, description="Defaults to now.")
+
+
+class AdhocIn(Strict):
+    """An ad-hoc GeoJSON Feature (Point or LineString) to score without registering it."""
+
+    type: Literal["Feature"]
+    geometry: Annotated[PointGeometry | LineStringGeometry, Field(discriminator="type")]
+    properties: AdhocProperties = AdhocProperties()
+
+
+class BacktestPoint(Strict):
+    """A bare point for a backtest."""
+
+    lon: Longitude
+    lat: Latitude
+
+
+class BacktestTarget(Strict):
+    """A registered target for a backtest."""
+
+    kind: TargetKind
+    id: int
+
+
+class BacktestIn(Strict):
+    """Score every point (or target) at every time; points use `radius_km` and no profile."""
+
+    points: Annotated[list[BacktestPoint], Field(max_length=100_000)] = []
+    targets: Annotated[list[BacktestTarget], Field(max_length=1000)] = []
+    times: Annotated[list[Timestamp], Field(min_length=1, max_length=10_000)]
+    radius_km: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = 25.0
+
+    @model_validator(mode="after")
+    def _something(self) -> BacktestIn:
+        if not self.points and not self.targets:
+            raise ValueError("give points or targets")
+        return self
+
+
+class BacktestOut(BaseModel):
+    """scores[i][j] is the score of item i (points first, then targets) at times[j]."""
+
+    model_version: int
+    times: list[datetime]
+    scores: list[list[float]]
+    bands: list[list[Band]]
+
+
+class ScoreChangeOut(BaseModel):
+    """One change-feed entry."""
+
+    id: int
+    target: TargetRef
+    model_version: int
+    as_of: datetime
+    previous_score: float | None
+    score: float
+    previous_band: Band | None
+    band: Band
+    components: dict[str, float]
+    top_incidents: list[dict[str, Any]]
+    cause: str
+    created_at: datetime
+
+
+class ScoreChangePage(BaseModel):
+    """A page of the change feed; poll again with `after=next_cursor`."""
+
+    changes: list[ScoreChangeOut]
+    next_cursor: int
+
+
+class TenantIn(Strict):
+    """A new tenant."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class TenantOut(BaseModel):
+    """A tenant."""
+
+    id: int
+    name: str
+    created_at: datetime
+
+
+class ApiKeyIn(Strict):
+    """A new key: for a tenant (scores, targets) or for the platform (tenant_id null)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    tenant_id: int | None = None
+    roles: Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
+
+
+class ApiKeyOut(BaseModel):
+    """A key's metadata (never the key itself)."""
+
+    id: int
+    name: str
+    tenant_id: int | None
+    prefix: str
+    roles: list[Role]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    """A new key; `key` is shown this once and stored only as a hash."""
+
+    key: str
+
+
+class ModelVersionIn(Strict):
+    """New model parameters (a full parameter document, as GET /v1/model returns)."""
+
+    params: dict[str, Any]
+    note: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class ModelVersionOut(BaseModel):
+    """A model version."""
+
+    version: int
+    active: bool
+    note: str
+    created_by: str
+    created_at: datetime
+    params: dict[str, Any]
+
+
+class AuditEntryOut(BaseModel):
+    """One audit log entry."""
+
+    id: int
+    tenant_id: int | None
+    api_key_id: int | None
+    action: str
+    resource: str
+    before: Any | None
+    after: Any | None
+    at: datetime
+
+
+class AuditPage(BaseModel):
+    """A page of the audit log."""
+
+    entries: list[AuditEntryOut]
+    next_cursor: int | None

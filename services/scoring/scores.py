@@ -1,0 +1,487 @@
+"""Scores: compute them as of any time, keep current ones, append changes to the feed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import String, delete, func, literal, or_, select, text, true, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.core.db import UTCDateTime
+from services.core.problems import Problem
+from services.scoring import geo, risk, schemas, targets
+from services.scoring.models import (
+    CurrentScore,
+    Incident,
+    ModelVersion,
+    RescoreMark,
+    ScoreChange,
+    Target,
+)
+from services.scoring.taxonomy import (
+    Band,
+    Category,
+    Lifecycle,
+    LocationPrecision,
+    Sector,
+    TargetKind,
+    TargetType,
+    TimePrecision,
+)
+
+# Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
+RESCORE_QUEUED = "rescore_queued"
+# Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
+CHANGE_FEED_LOCK = 0x5C0E_FEED
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveModel:
+    """The model version in force and its parameters."""
+
+    version: int
+    params: risk.ModelParams
+
+
+def ensure_model(session: Session, now: datetime) -> ActiveModel:
+    """Return the active model version, creating version 1 from the defaults if none exists."""
+    row = session.execute(
+        select(ModelVersion).where(ModelVersion.active.is_(True)).order_by(ModelVersion.id.desc())
+    ).scalars().first()
+    if row is None:
+        row = ModelVersion(
+            params=risk.DEFAULT_PARAMS.to_dict(), note="default parameters", active=True,
+            created_by="system", created_at=now,
+        )
+        session.add(row)
+        session.flush()
+    return ActiveModel(row.id, risk.ModelParams.from_dict(row.params))
+
+
+def publish_model(
+    session: Session, params: dict[str, Any], note: str, created_by: str, now: datetime
+) -> ModelVersion:
+    """Make new parameters the active model version and queue every target for rescoring."""
+    try:
+        parsed = risk.ModelParams.from_dict(params)
+    except ValueError as exc:
+        raise Problem(
+            422, "validation", f"invalid model parameters: {exc}",
+            errors=[{"in": "body", "pointer": "/params", "field": "params", "reason": str(exc)}],
+        ) from exc
+    session.execute(update(ModelVersion).values(active=False))
+    row = ModelVersion(
+        params=parsed.to_dict(), note=note, active=True, created_by=created_by, created_at=now
+    )
+    session.add(row)
+    session.flush()
+    mark_all(session, "model", now)
+    return row
+
+
+def to_model_incident(row: Incident) -> risk.Incident:
+    """The model's view of a stored incident."""
+    return risk.Incident(
+        id=row.id,
+        category=Category(row.category),
+        occurred_at=row.occurred_at,
+        occurred_precision=TimePrecision(row.occurred_precision),
+        reported_at=row.reported_at,
+        lat=row.lat,
+        lon=row.lon,
+        location_precision=LocationPrecision(row.location_precision),
+        scope_countries=frozenset(row.scope_countries),
+        scope_admin1=frozenset(row.scope_admin1),
+        target_foreign_owned_only=row.target_foreign_owned_only,
+        target_sectors=frozenset(Sector(s) for s in row.target_sectors),
+        target_type=TargetType(row.target_type) if row.target_type else None,
+        victim_expatriate=row.victim_expatriate,
+        victim_sector=Sector(row.victim_sector) if row.victim_sector else None,
+        fatalities_claimed=row.fatalities_claimed,
+        fatalities_best=row.fatalities_best,
+        source_reliability=row.source_reliability,
+        lifecycle=Lifecycle(row.lifecycle),
+        title=row.title,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedIncidents:
+    """Incidents loaded for scoring, with the rows they came from (for explanations)."""
+
+    incident_set: risk.IncidentSet
+    rows: dict[int, Incident]
+
+
+def load_incidents(
+    session: Session,
+    params: risk.ModelParams,
+    *,
+    box: tuple[float, float, float, float] | None,
+    until: datetime,
+    since: datetime,
+) -> LoadedIncidents:
+    """Incidents that can count at some time in [since, until]: reported by `until`, recent enough."""
+    lookback = timedelta(days=params.lookback_days)
+    query = select(Incident).where(
+        Incident.reported_at <= until,
+        Incident.occurred_at <= until,
+        Incident.occurred_at >= since - lookback,
+        Incident.lifecycle != Lifecycle.RETRACTED.value,
+    )
+    if box is not None:
+        min_lon, min_lat, max_lon, max_lat = box
+        query = query.where(
+            or_(
+                Incident.lat.is_(None),
+                Incident.lat.between(min_lat, max_lat) & Incident.lon.between(min_lon, max_lon),
+            )
+        )
+    rows = {row.id: row for row in session.execute(query).scalars()}
+    incident_set = risk.IncidentSet([to_model_incident(r) for r in rows.values()], params)
+    return LoadedIncidents(incident_set, rows)
+
+
+def influence_box(
+    coordinates: Sequence[Sequence[float]], radius_km: float, params: risk.ModelParams
+) -> tuple[float, float, float, float]:
+    """The box holding every incident that can affect a geometry."""
+    reach = radius_km + risk.max_influence_km(params)
+    boxes = [geo.bbox_around(c[1], c[0], reach) for c in coordinates]
+    return (
+        min(b[0] for b in boxes), min(b[1] for b in boxes),
+        max(b[2] for b in boxes), max(b[3] for b in boxes),
+    )  # fmt: skip
+
+
+def document(
+    ref: schemas.TargetRef,
+    score: risk.Score,
+    version: int,
+    rows: dict[int, Incident],
+) -> schemas.ScoreOut:
+    """The served form of a score, with incident sources and hotspot geometries."""
+    contributions = []
+    for c in score.contributions:
+        row = rows[c.incident_id]
+        contributions.append(
+            schemas.ContributionOut(
+                incident_id=c.incident_id, source=row.source, source_id=row.source_id,
+                title=row.title, category=c.category, component=c.component,
+                points=round(c.points, 2), share=round(c.share, 4),
+                factors=dict(c.factors), why=c.why,
+            )
+        )
+    hotspots = [
+        schemas.HotspotFeature(
+            geometry=schemas.LineStringGeometry(type="LineString", coordinates=list(h.coordinates)),
+            properties=schemas.HotspotProperties(
+                index=h.index, score=h.score, band=h.band, incident_count=h.incident_count
+            ),
+        )
+        for h in score.hotspots
+    ]
+    return schemas.ScoreOut(
+        target=ref,
+        score=score.value,
+        band=score.band,
+        model_version=version,
+        as_of=score.as_of,
+        components={k: round(v, 2) for k, v in score.components.items()},
+        escalation={k: round(v, 4) for k, v in score.escalation.items()},
+        incident_count=score.incident_count,
+        contributions=contributions,
+        hotspots=hotspots,
+    )
+
+
+def ref_for(target: Target) -> schemas.TargetRef:
+    """How a stored target is named in scores and feeds."""
+    return schemas.TargetRef(kind=TargetKind(target.kind), id=target.id, name=target.name)
+
+
+def score_as_of(
+    session: Session, model: ActiveModel, target: Target, as_of: datetime
+) -> schemas.ScoreOut:
+    """Compute a stored target's score from what was reported by `as_of`."""
+    loaded = load_incidents(
+        session, model.params, box=influence_box(target.coordinates, target.radius_km,
+                                                 model.params),
+        until=as_of, since=as_of,
+    )
+    score = risk.score_target(targets.to_model(target), loaded.incident_set, as_of, model.params)
+    return document(ref_for(target), score, model.version, loaded.rows)
+
+
+def score_adhoc(
+    session: Session, model: ActiveModel, data: schemas.AdhocIn, as_of: datetime
+) -> schemas.ScoreOut:
+    """Compute the score of an unregistered point or line."""
+    p = data.properties
+    if isinstance(data.geometry, schemas.PointGeometry):
+        kind, coordinates = TargetKind.SITE, (data.geometry.coordinates,)
+    else:
+        kind, coordinates = TargetKind.CORRIDOR, tuple(data.geometry.coordinates)
+    spec = risk.Target(
+        kind=kind, coordinates=coordinates, radius_km=p.radius_km,
+        mode=p.mode if kind is TargetKind.CORRIDOR else None, sector=p.sector,
+        foreign_owned=p.foreign_owned, expat_staff=p.expat_staff,
+        countries=frozenset(p.countries),
+    )
+    loaded = load_incidents(
+        session, model.params, box=influence_box(coordinates, p.radius_km, model.params),
+        until=as_of, since=as_of,
+    )
+    score = risk.score_target(spec, loaded.incident_set, as_of, model.params)
+    return document(schemas.TargetRef(kind=kind), score, model.version, loaded.rows)
+
+
+def _insert_marks(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    table = RescoreMark.__table__
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
+def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: datetime) -> int:
+    """Queue targets for rescoring (a target already queued stays queued once)."""
+    rows = [{"target_id": i, "cause": cause, "marked_at": now} for i in sorted(set(target_ids))]
+    if rows:
+        session.execute(_insert_marks(session).values(rows).on_conflict_do_nothing())
+        session.info[RESCORE_QUEUED] = True
+    return len(rows)
+
+
+def mark_all(session: Session, cause: str, now: datetime) -> None:
+    """Queue every target for rescoring (decay, new model)."""
+    stmt = _insert_marks(session).from_select(
+        ["target_id", "cause", "marked_at"],
+        # SQLite needs a WHERE to tell the upsert's ON from a join's ON.
+        select(Target.id, literal(cause, String()), literal(now, UTCDateTime())).where(true()),
+    )
+    session.execute(stmt.on_conflict_do_nothing())
+    session.info[RESCORE_QUEUED] = True
+
+
+def mark_near(
+    session: Session, lat: float, lon: float, reach_km: float, cause: str, now: datetime
+) -> None:
+    """Queue the targets whose boxes come within `reach_km` of a point."""
+    min_lon, min_lat, max_lon, max_lat = geo.bbox_around(lat, lon, reach_km)
+    ids = session.execute(
+        select(Target.id).where(
+            Target.box_max_lat >= min_lat, Target.box_min_lat <= max_lat,
+            Target.box_max_lon >= min_lon, Target.box_min_lon <= max_lon,
+        )
+    ).scalars()
+    mark_targets(session, ids, cause, now)
+
+
+def mark_in_scope(session: Session, incident: risk.Incident, cause: str, now: datetime) -> None:
+    """Queue the targets an area-scoped incident applies to."""
+    rows = session.execute(select(Target)).scalars()
+    ids = [t.id for t in rows if risk.area_scope_matches(incident, targets.to_model(t))]
+    mark_targets(session, ids, cause, now)
+
+
+def mark_affected(
+    session: Session,
+    row: Incident,
+    params: risk.ModelParams,
+    now: datetime,
+    *,
+    previous: tuple[float | None, float | None] | None = None,
+) -> None:
+    """Queue what an incident (and, after an update, where it used to be) can affect."""
+    incident = to_model_incident(row)
+    reach = risk.influence_radius_km(incident, params)
+    if row.lat is None or row.lon is None or reach is None:
+        mark_in_scope(session, incident, "incident", now)
+    else:
+        mark_near(session, row.lat, row.lon, reach, "incident", now)
+    if previous is not None and previous != (row.lat, row.lon):
+        old_lat, old_lon = previous
+        if old_lat is None or old_lon is None:
+            mark_all(session, "incident", now)
+        else:
+            mark_near(session, old_lat, old_lon, risk.max_influence_km(params), "incident", now)
+
+
+def claim_marks(session: Session, limit: int) -> list[int]:
+    """Take up to `limit` queued targets; on Postgres, rows other workers hold are skipped."""
+    query = select(RescoreMark.target_id).order_by(RescoreMark.marked_at).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.execute(query).scalars())
+
+
+def _changed(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
+    if old is None:
+        return True
+    return (
+        old.band != new.band.value
+        or old.model_version != new.model_version
+        or abs(old.value - new.score) >= min_delta
+    )
+
+
+def rescore(
+    session: Session,
+    model: ActiveModel,
+    target_ids: Sequence[int],
+    now: datetime,
+    *,
+    cause: str,
+    min_delta: float,
+) -> int:
+    """Recompute targets as of `now`, store their scores, append real changes; return changes."""
+    if not target_ids:
+        return 0
+    rows = session.execute(select(Target).where(Target.id.in_(target_ids))).scalars().all()
+    if not rows:
+        return 0
+    boxes = [influence_box(t.coordinates, t.radius_km, model.params) for t in rows]
+    union = (
+        min(b[0] for b in boxes), min(b[1] for b in boxes),
+        max(b[2] for b in boxes), max(b[3] for b in boxes),
+    )  # fmt: skip
+    loaded = load_incidents(session, model.params, box=union, until=now, since=now)
+    current = {
+        s.target_id: s
+        for s in session.execute(
+            select(CurrentScore).where(CurrentScore.target_id.in_([t.id for t in rows]))
+        ).scalars()
+    }
+    changes: list[ScoreChange] = []
+    for target in rows:
+        score = risk.score_target(targets.to_model(target), loaded.incident_set, now, model.params)
+        doc = document(ref_for(target), score, model.version, loaded.rows)
+        old = current.get(target.id)
+        if _changed(old, doc, min_delta):
+            changes.append(change_row(target, old, doc, cause, now))
+        body = doc.model_dump_json()
+        if old is None:
+            session.add(
+                CurrentScore(
+                    target_id=target.id, model_version=model.version, value=doc.score,
+                    band=doc.band.value, as_of=now, document=body,
+                )
+            )
+        else:
+            old.model_version, old.value, old.band = model.version, doc.score, doc.band.value
+            old.as_of, old.document = now, body
+    session.flush()
+    append_changes(session, changes)
+    return len(changes)
+
+
+def change_row(
+    target: Target, old: CurrentScore | None, doc: schemas.ScoreOut, cause: str, now: datetime
+) -> ScoreChange:
+    """A feed entry for a target whose score moved."""
+    return ScoreChange(
+        tenant_id=target.tenant_id, target_id=target.id, target_kind=target.kind,
+        model_version=doc.model_version, as_of=doc.as_of,
+        previous_value=old.value if old else None, value=doc.score,
+        previous_band=old.band if old else None, band=doc.band.value,
+        components={k.value: v for k, v in doc.components.items()},
+        top_incidents=[
+            {"incident_id": c.incident_id, "category": c.category.value, "points": c.points}
+            for c in doc.contributions[:5]
+        ],
+        cause=cause, created_at=now,
+    )
+
+
+def append_changes(session: Session, changes: Sequence[ScoreChange]) -> None:
+    """Append feed entries; on Postgres under a lock so ids are committed in order."""
+    if not changes:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_FEED_LOCK})
+    session.add_all(changes)
+    session.flush()
+
+
+def record_removal(session: Session, target: Target, now: datetime) -> None:
+    """Append a final feed entry for a deleted target (score 0, cause `deleted`)."""
+    old = session.get(CurrentScore, target.id)
+    change = ScoreChange(
+        tenant_id=target.tenant_id, target_id=target.id, target_kind=target.kind,
+        model_version=old.model_version if old else 0, as_of=now,
+        previous_value=old.value if old else None, value=0.0,
+        previous_band=old.band if old else None, band=Band.LOW.value,
+        components={}, top_incidents=[], cause="deleted", created_at=now,
+    )
+    append_changes(session, [change])
+
+
+def current_document(session: Session, target_id: int) -> str | None:
+    """The stored JSON of a target's latest score."""
+    return session.execute(
+        select(CurrentScore.document).where(CurrentScore.target_id == target_id)
+    ).scalar_one_or_none()
+
+
+def changes_page(
+    session: Session, *, tenant_id: int | None, target_id: int | None, after: int, limit: int,
+    since: datetime | None = None, until: datetime | None = None,
+) -> Sequence[ScoreChange]:
+    """A page of the change feed after a cursor."""
+    query = select(ScoreChange).where(ScoreChange.id > after)
+    if tenant_id is not None:
+        query = query.where(ScoreChange.tenant_id == tenant_id)
+    if target_id is not None:
+        query = query.where(ScoreChange.target_id == target_id)
+    if since is not None:
+        query = query.where(ScoreChange.as_of >= since)
+    if until is not None:
+        query = query.where(ScoreChange.as_of <= until)
+    return session.execute(query.order_by(ScoreChange.id).limit(limit)).scalars().all()
+
+
+def latest_change_id(session: Session) -> int:
+    """The newest feed id (0 when empty)."""
+    return int(session.execute(select(func.coalesce(func.max(ScoreChange.id), 0))).scalar_one())
+
+
+def release_marks(session: Session, target_ids: Sequence[int]) -> None:
+    """Drop the queue entries of targets just rescored."""
+    session.execute(delete(RescoreMark).where(RescoreMark.target_id.in_(target_ids)))
+
+
+def backtest(
+    session: Session, model: ActiveModel, data: schemas.BacktestIn, stored: Sequence[Target]
+) -> schemas.BacktestOut:
+    """Scores of many points and targets at many times, each from what was reported by then."""
+    earliest, latest = min(data.times), max(data.times)
+    coordinates = [(p.lon, p.lat) for p in data.points] + [
+        c for t in stored for c in t.coordinates
+    ]
+    radius = max([data.radius_km] + [t.radius_km for t in stored])
+    box = influence_box(coordinates, radius, model.params) if coordinates else None
+    loaded = load_incidents(session, model.params, box=box, until=latest, since=earliest)
+    scores: list[list[float]] = []
+    if data.points:
+        n, m = len(data.points), len(data.times)
+        lats = np.repeat(np.array([p.lat for p in data.points], dtype=float), m)
+        lons = np.repeat(np.array([p.lon for p in data.points], dtype=float), m)
+        stamps = np.tile(np.array([t.timestamp() for t in data.times], dtype=float), n)
+        values = risk.score_points(
+            lats, lons, stamps, loaded.incident_set, model.params, radius_km=data.radius_km
+        )
+        scores.extend(values.reshape(n, m).round(1).tolist())
+    for target in stored:
+        spec = targets.to_model(target)
+        scores.append(
+            [risk.score_target(spec, loaded.incident_set, t, model.params, explain_top=0).value
+             for t in data.times]
+        )
+    bands = [[risk.band_for(v, model.params) for v in row] for row in scores]
+    return schemas.BacktestOut(
+        model_version=model.version, times=list(data.times), scores=scores, bands=bands
+    )

@@ -1,0 +1,52 @@
+"""Settings of the scoring service, read once from RISKALERT_* environment variables."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ScoringSettings(BaseSettings):
+    """Everything the scoring service can be told; the app factory takes one of these."""
+
+    model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./riskalert.db",
+        description="SQLAlchemy URL; SQLite by default, postgresql+psycopg://... in production.",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="Bootstrap platform-admin key (creates tenants and keys)."
+    )
+    auto_migrate: bool = Field(True, description="Apply migrations at start-up.")
+    inline_worker: bool = Field(
+        True, description="Run the rescoring worker and scheduler inside the API process."
+    )
+    clock_skew: timedelta = Field(
+        timedelta(minutes=5), description="How far in the future a reported time may lie."
+    )
+    max_batch_items: int = Field(1000, ge=1, le=10_000, description="Incidents per batch POST.")
+    max_page_size: int = Field(500, ge=1, le=5000, description="Largest page of a list.")
+    max_backtest_pairs: int = Field(100_000, ge=1, description="(point, time) pairs per backtest.")
+    rescore_interval: timedelta = Field(
+        timedelta(minutes=10), description="How often every score is re-evaluated for decay."
+    )
+    worker_poll_interval: timedelta = Field(
+        timedelta(seconds=1), description="Fallback polling of the rescoring queue."
+    )
+    rescore_batch_size: int = Field(2000, ge=1, description="Targets rescored per transaction.")
+    change_min_delta: float = Field(
+        1.0, ge=0, description="Smallest score move written to the change feed (band changes always are)."
+    )
+    key_cache_ttl: timedelta = Field(
+        timedelta(seconds=10), description="How long a resolved API key is cached per process."
+    )
+    idempotency_ttl: timedelta = Field(
+        timedelta(hours=24), description="How long Idempotency-Key responses are kept."
+    )
+    sqlite_busy_timeout: timedelta = Field(
+        timedelta(seconds=30), description="How long SQLite waits for the write lock."
+    )
+    db_pool_size: int = Field(10, ge=1, description="Connections per process.")
