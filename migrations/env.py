@@ -5,11 +5,11 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from services.core.db import Base
-
 # The models are imported only so that `alembic check` can compare them with the revisions;
 # the revisions themselves are written with op/sa and never import them.
-import services.core.models  # noqa: F401  isort: skip
+import services.core.models
+from services.core.db import Base
+
 import services.scoring.models  # noqa: F401  isort: skip
 
 config = context.config

@@ -55,7 +55,9 @@ def upgrade() -> None:
         sa.Column("after", sa.JSON(), nullable=True),
         sa.Column("at", UTC_TIME, nullable=False),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenant.id"], name="fk_audit_entry_tenant_id_tenant",
+            ["tenant_id"],
+            ["tenant.id"],
+            name="fk_audit_entry_tenant_id_tenant",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_audit_entry"),
@@ -158,7 +160,9 @@ def upgrade() -> None:
         sa.Column("as_of", UTC_TIME, nullable=False),
         sa.Column("document", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["target_id"], ["target.id"], name="fk_current_score_target_id_target",
+            ["target_id"],
+            ["target.id"],
+            name="fk_current_score_target_id_target",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("target_id", name="pk_current_score"),
@@ -189,7 +193,9 @@ def upgrade() -> None:
         sa.Column("cause", sa.String(32), nullable=False),
         sa.Column("marked_at", UTC_TIME, nullable=False),
         sa.ForeignKeyConstraint(
-            ["target_id"], ["target.id"], name="fk_rescore_mark_target_id_target",
+            ["target_id"],
+            ["target.id"],
+            name="fk_rescore_mark_target_id_target",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("target_id", name="pk_rescore_mark"),

@@ -119,7 +119,9 @@ def authenticate(
     raw = header or (bearer.credentials if bearer else None)
     if not raw:
         raise Problem(
-            401, "unauthenticated", "an API key is required (Authorization: Bearer or X-API-Key)",
+            401,
+            "unauthenticated",
+            "an API key is required (Authorization: Bearer or X-API-Key)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     key_hash = hash_key(raw)
@@ -136,7 +138,9 @@ def authenticate(
         cache.put(key_hash, principal)
     if principal is None:
         raise Problem(
-            401, "unauthenticated", "unknown or revoked API key",
+            401,
+            "unauthenticated",
+            "unknown or revoked API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return principal

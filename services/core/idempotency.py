@@ -41,9 +41,12 @@ def lookup(
     """Return the stored response for a retried request, None for a first attempt."""
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Problem(
-            422, "validation", f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
-            errors=[{"in": "header", "pointer": "", "field": "Idempotency-Key",
-                     "reason": "bad length"}],
+            422,
+            "validation",
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+            errors=[
+                {"in": "header", "pointer": "", "field": "Idempotency-Key", "reason": "bad length"}
+            ],
         )
     row = session.execute(
         select(IdempotencyRecord).where(
@@ -54,7 +57,8 @@ def lookup(
         return None
     if row.request_hash != fingerprint:
         raise Problem(
-            422, "idempotency-key-reused",
+            422,
+            "idempotency-key-reused",
             "this Idempotency-Key was already used for a different request",
         )
     return StoredResponse(row.status_code, json.loads(row.body))

@@ -86,7 +86,8 @@ def field_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "in": where,
-                "pointer": "/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in loc),
+                "pointer": "/"
+                + "/".join(part.replace("~", "~0").replace("/", "~1") for part in loc),
                 "field": ".".join(loc) if loc else where,
                 "reason": str(error.get("msg", "invalid")),
             }
@@ -128,7 +129,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         if isinstance(exc, OperationalError):
             log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
             problem = Problem(
-                503, "database-unavailable", "the database is unavailable; retry shortly",
+                503,
+                "database-unavailable",
+                "the database is unavailable; retry shortly",
                 headers={"Retry-After": "5"},
             )
             return _respond(problem, request)

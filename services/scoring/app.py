@@ -79,8 +79,12 @@ def create_app(
         """Liveness: answers while the process runs."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="The database answers",
-             responses={503: {"description": "Database unreachable"}})
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The database answers",
+        responses={503: {"description": "Database unreachable"}},
+    )
     def readyz(request: Request) -> JSONResponse:
         """Readiness: the database answers a query."""
         try:
@@ -88,12 +92,20 @@ def create_app(
                 session.execute(text("SELECT 1"))
         except Exception:
             return JSONResponse(
-                {"type": "https://riskalert.dev/problems/database-unavailable",
-                 "title": "Service unavailable", "status": 503,
-                 "detail": "the database does not answer"},
-                status_code=503, media_type=PROBLEM_MEDIA_TYPE,
+                {
+                    "type": "https://riskalert.dev/problems/database-unavailable",
+                    "title": "Service unavailable",
+                    "status": 503,
+                    "detail": "the database does not answer",
+                },
+                status_code=503,
+                media_type=PROBLEM_MEDIA_TYPE,
             )
-        return JSONResponse({"status": "ready", "database": "sqlite"
-                             if is_sqlite(settings.database_url) else "postgresql"})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "database": "sqlite" if is_sqlite(settings.database_url) else "postgresql",
+            }
+        )
 
     return app

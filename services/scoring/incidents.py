@@ -45,9 +45,17 @@ def check_times(data: schemas.IncidentIn, now: datetime, skew: Any) -> None:
     for field, value in (("occurred_at", data.occurred_at), ("reported_at", data.reported_at)):
         if value is not None and value > limit:
             raise Problem(
-                422, "validation", f"{field} lies in the future",
-                errors=[{"in": "body", "pointer": f"/{field}", "field": field,
-                         "reason": f"later than now + {skew}"}],
+                422,
+                "validation",
+                f"{field} lies in the future",
+                errors=[
+                    {
+                        "in": "body",
+                        "pointer": f"/{field}",
+                        "field": field,
+                        "reason": f"later than now + {skew}",
+                    }
+                ],
             )
 
 
@@ -96,8 +104,12 @@ def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserte
     columns = _columns(data, now)
     if existing is None:
         incident = Incident(
-            source=data.source, source_id=data.source_id, revision=1,
-            created_at=now, updated_at=now, **columns,
+            source=data.source,
+            source_id=data.source_id,
+            revision=1,
+            created_at=now,
+            updated_at=now,
+            **columns,
         )
         session.add(incident)
         session.flush()

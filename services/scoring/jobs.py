@@ -102,16 +102,27 @@ class RescoreWorker:
                 log.exception("rescoring pass failed")
 
 
-def make_scheduler(factory: sessionmaker[Session], settings: ScoringSettings) -> BackgroundScheduler:
+def make_scheduler(
+    factory: sessionmaker[Session], settings: ScoringSettings
+) -> BackgroundScheduler:
     """The periodic ticks; each is idempotent, so several processes may run them."""
     scheduler = BackgroundScheduler(timezone=UTC)
     scheduler.add_job(
-        queue_decay, "interval", args=[factory],
+        queue_decay,
+        "interval",
+        args=[factory],
         seconds=settings.rescore_interval.total_seconds(),
-        id="queue_decay", coalesce=True, max_instances=1,
+        id="queue_decay",
+        coalesce=True,
+        max_instances=1,
     )
     scheduler.add_job(
-        purge_idempotency, "interval", args=[factory, settings], hours=1,
-        id="purge_idempotency", coalesce=True, max_instances=1,
+        purge_idempotency,
+        "interval",
+        args=[factory, settings],
+        hours=1,
+        id="purge_idempotency",
+        coalesce=True,
+        max_instances=1,
     )
     return scheduler

@@ -85,7 +85,7 @@ def _default_categories() -> dict[Category, CategoryParams]:
         Category.BASE_ESTABLISHED: (v, 0.6, 120, 40, 150),
         Category.OTHER_VIOLENCE: (v, 0.3, 30, 20, 60),
         Category.KIDNAPPING: (k, 1.0, 120, 40, 250),
-        Category.EXPLICIT_THREAT: (t, 0.8, 180, 50, 300),
+        Category.EXPLICIT_THREAT: (t, 0.4, 180, 50, 300),
         Category.POLITICAL_STATEMENT: (t, 0.1, 180, 100, 400),
     }
     return {
@@ -178,7 +178,7 @@ class ModelParams:
     escalation_regional_weight: float = 0.4
     escalation_cap: float = 2.0
     escalation_gain: float = 0.25
-    saturation: float = 1.5
+    saturation: float = 1.0
     band_thresholds: tuple[float, float, float, float] = (20.0, 40.0, 60.0, 80.0)
     hotspot_segment_km: float = 25.0
     hotspot_count: int = 5
@@ -745,7 +745,10 @@ def _escalation(
 
 def _saturate(total: FloatArray, params: ModelParams) -> FloatArray:
     """Map the amplified total onto 0-100."""
-    return np.asarray(100.0 * -np.expm1(-total / params.saturation))
+    # Hyperbolic, not exponential: it never flattens completely, so places in dense conflict
+    # zones still rank against each other instead of all reading 100.
+    x = total / params.saturation
+    return np.asarray(100.0 * x / (1.0 + x))
 
 
 def _round1(value: FloatArray) -> FloatArray:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-
-from datetime import UTC
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -398,7 +396,9 @@ class ScoreOut(BaseModel):
     band: Band
     model_version: int
     as_of: datetime
-    components: dict[Component, float] = Field(description="Points per component; they sum to score.")
+    components: dict[Component, float] = Field(
+        description="Points per component; they sum to score."
+    )
     escalation: dict[str, float]
     incident_count: int
     contributions: list[ContributionOut]

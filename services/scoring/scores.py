@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import String, delete, func, literal, or_, select, text, true, update
+from sqlalchemy import String, Table, delete, func, literal, or_, select, text, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,13 +50,22 @@ class ActiveModel:
 
 def ensure_model(session: Session, now: datetime) -> ActiveModel:
     """Return the active model version, creating version 1 from the defaults if none exists."""
-    row = session.execute(
-        select(ModelVersion).where(ModelVersion.active.is_(True)).order_by(ModelVersion.id.desc())
-    ).scalars().first()
+    row = (
+        session.execute(
+            select(ModelVersion)
+            .where(ModelVersion.active.is_(True))
+            .order_by(ModelVersion.id.desc())
+        )
+        .scalars()
+        .first()
+    )
     if row is None:
         row = ModelVersion(
-            params=risk.DEFAULT_PARAMS.to_dict(), note="default parameters", active=True,
-            created_by="system", created_at=now,
+            params=risk.DEFAULT_PARAMS.to_dict(),
+            note="default parameters",
+            active=True,
+            created_by="system",
+            created_at=now,
         )
         session.add(row)
         session.flush()
@@ -71,7 +80,9 @@ def publish_model(
         parsed = risk.ModelParams.from_dict(params)
     except ValueError as exc:
         raise Problem(
-            422, "validation", f"invalid model parameters: {exc}",
+            422,
+            "validation",
+            f"invalid model parameters: {exc}",
             errors=[{"in": "body", "pointer": "/params", "field": "params", "reason": str(exc)}],
         ) from exc
     session.execute(update(ModelVersion).values(active=False))
@@ -126,7 +137,7 @@ def load_incidents(
     until: datetime,
     since: datetime,
 ) -> LoadedIncidents:
-    """Incidents that can count at some time in [since, until]: reported by `until`, recent enough."""
+    """Incidents that can count at some time in [since, until]: reported by then, recent enough."""
     lookback = timedelta(days=params.lookback_days)
     query = select(Incident).where(
         Incident.reported_at <= until,
@@ -171,10 +182,16 @@ def document(
         row = rows[c.incident_id]
         contributions.append(
             schemas.ContributionOut(
-                incident_id=c.incident_id, source=row.source, source_id=row.source_id,
-                title=row.title, category=c.category, component=c.component,
-                points=round(c.points, 2), share=round(c.share, 4),
-                factors=dict(c.factors), why=c.why,
+                incident_id=c.incident_id,
+                source=row.source,
+                source_id=row.source_id,
+                title=row.title,
+                category=c.category,
+                component=c.component,
+                points=round(c.points, 2),
+                share=round(c.share, 4),
+                factors=dict(c.factors),
+                why=c.why,
             )
         )
     hotspots = [
@@ -210,9 +227,11 @@ def score_as_of(
 ) -> schemas.ScoreOut:
     """Compute a stored target's score from what was reported by `as_of`."""
     loaded = load_incidents(
-        session, model.params, box=influence_box(target.coordinates, target.radius_km,
-                                                 model.params),
-        until=as_of, since=as_of,
+        session,
+        model.params,
+        box=influence_box(target.coordinates, target.radius_km, model.params),
+        until=as_of,
+        since=as_of,
     )
     score = risk.score_target(targets.to_model(target), loaded.incident_set, as_of, model.params)
     return document(ref_for(target), score, model.version, loaded.rows)
@@ -223,19 +242,27 @@ def score_adhoc(
 ) -> schemas.ScoreOut:
     """Compute the score of an unregistered point or line."""
     p = data.properties
+    coordinates: tuple[tuple[float, float], ...]
     if isinstance(data.geometry, schemas.PointGeometry):
         kind, coordinates = TargetKind.SITE, (data.geometry.coordinates,)
     else:
         kind, coordinates = TargetKind.CORRIDOR, tuple(data.geometry.coordinates)
     spec = risk.Target(
-        kind=kind, coordinates=coordinates, radius_km=p.radius_km,
-        mode=p.mode if kind is TargetKind.CORRIDOR else None, sector=p.sector,
-        foreign_owned=p.foreign_owned, expat_staff=p.expat_staff,
+        kind=kind,
+        coordinates=coordinates,
+        radius_km=p.radius_km,
+        mode=p.mode if kind is TargetKind.CORRIDOR else None,
+        sector=p.sector,
+        foreign_owned=p.foreign_owned,
+        expat_staff=p.expat_staff,
         countries=frozenset(p.countries),
     )
     loaded = load_incidents(
-        session, model.params, box=influence_box(coordinates, p.radius_km, model.params),
-        until=as_of, since=as_of,
+        session,
+        model.params,
+        box=influence_box(coordinates, p.radius_km, model.params),
+        until=as_of,
+        since=as_of,
     )
     score = risk.score_target(spec, loaded.incident_set, as_of, model.params)
     return document(schemas.TargetRef(kind=kind), score, model.version, loaded.rows)
@@ -244,6 +271,7 @@ def score_adhoc(
 def _insert_marks(session: Session) -> Any:
     dialect = session.get_bind().dialect.name
     table = RescoreMark.__table__
+    assert isinstance(table, Table)
     return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
 
 
@@ -274,8 +302,10 @@ def mark_near(
     min_lon, min_lat, max_lon, max_lat = geo.bbox_around(lat, lon, reach_km)
     ids = session.execute(
         select(Target.id).where(
-            Target.box_max_lat >= min_lat, Target.box_min_lat <= max_lat,
-            Target.box_max_lon >= min_lon, Target.box_min_lon <= max_lon,
+            Target.box_max_lat >= min_lat,
+            Target.box_min_lat <= max_lat,
+            Target.box_max_lon >= min_lon,
+            Target.box_min_lon <= max_lon,
         )
     ).scalars()
     mark_targets(session, ids, cause, now)
@@ -367,8 +397,12 @@ def rescore(
         if old is None:
             session.add(
                 CurrentScore(
-                    target_id=target.id, model_version=model.version, value=doc.score,
-                    band=doc.band.value, as_of=now, document=body,
+                    target_id=target.id,
+                    model_version=model.version,
+                    value=doc.score,
+                    band=doc.band.value,
+                    as_of=now,
+                    document=body,
                 )
             )
         else:
@@ -384,16 +418,22 @@ def change_row(
 ) -> ScoreChange:
     """A feed entry for a target whose score moved."""
     return ScoreChange(
-        tenant_id=target.tenant_id, target_id=target.id, target_kind=target.kind,
-        model_version=doc.model_version, as_of=doc.as_of,
-        previous_value=old.value if old else None, value=doc.score,
-        previous_band=old.band if old else None, band=doc.band.value,
+        tenant_id=target.tenant_id,
+        target_id=target.id,
+        target_kind=target.kind,
+        model_version=doc.model_version,
+        as_of=doc.as_of,
+        previous_value=old.value if old else None,
+        value=doc.score,
+        previous_band=old.band if old else None,
+        band=doc.band.value,
         components={k.value: v for k, v in doc.components.items()},
         top_incidents=[
             {"incident_id": c.incident_id, "category": c.category.value, "points": c.points}
             for c in doc.contributions[:5]
         ],
-        cause=cause, created_at=now,
+        cause=cause,
+        created_at=now,
     )
 
 
@@ -411,11 +451,19 @@ def record_removal(session: Session, target: Target, now: datetime) -> None:
     """Append a final feed entry for a deleted target (score 0, cause `deleted`)."""
     old = session.get(CurrentScore, target.id)
     change = ScoreChange(
-        tenant_id=target.tenant_id, target_id=target.id, target_kind=target.kind,
-        model_version=old.model_version if old else 0, as_of=now,
-        previous_value=old.value if old else None, value=0.0,
-        previous_band=old.band if old else None, band=Band.LOW.value,
-        components={}, top_incidents=[], cause="deleted", created_at=now,
+        tenant_id=target.tenant_id,
+        target_id=target.id,
+        target_kind=target.kind,
+        model_version=old.model_version if old else 0,
+        as_of=now,
+        previous_value=old.value if old else None,
+        value=0.0,
+        previous_band=old.band if old else None,
+        band=Band.LOW.value,
+        components={},
+        top_incidents=[],
+        cause="deleted",
+        created_at=now,
     )
     append_changes(session, [change])
 
@@ -428,8 +476,14 @@ def current_document(session: Session, target_id: int) -> str | None:
 
 
 def changes_page(
-    session: Session, *, tenant_id: int | None, target_id: int | None, after: int, limit: int,
-    since: datetime | None = None, until: datetime | None = None,
+    session: Session,
+    *,
+    tenant_id: int | None,
+    target_id: int | None,
+    after: int,
+    limit: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> Sequence[ScoreChange]:
     """A page of the change feed after a cursor."""
     query = select(ScoreChange).where(ScoreChange.id > after)
@@ -459,9 +513,7 @@ def backtest(
 ) -> schemas.BacktestOut:
     """Scores of many points and targets at many times, each from what was reported by then."""
     earliest, latest = min(data.times), max(data.times)
-    coordinates = [(p.lon, p.lat) for p in data.points] + [
-        c for t in stored for c in t.coordinates
-    ]
+    coordinates = [(p.lon, p.lat) for p in data.points] + [c for t in stored for c in t.coordinates]
     radius = max([data.radius_km] + [t.radius_km for t in stored])
     box = influence_box(coordinates, radius, model.params) if coordinates else None
     loaded = load_incidents(session, model.params, box=box, until=latest, since=earliest)
@@ -478,8 +530,10 @@ def backtest(
     for target in stored:
         spec = targets.to_model(target)
         scores.append(
-            [risk.score_target(spec, loaded.incident_set, t, model.params, explain_top=0).value
-             for t in data.times]
+            [
+                risk.score_target(spec, loaded.incident_set, t, model.params, explain_top=0).value
+                for t in data.times
+            ]
         )
     bands = [[risk.band_for(v, model.params) for v in row] for row in scores]
     return schemas.BacktestOut(

@@ -38,7 +38,9 @@ class ScoringSettings(BaseSettings):
     )
     rescore_batch_size: int = Field(2000, ge=1, description="Targets rescored per transaction.")
     change_min_delta: float = Field(
-        1.0, ge=0, description="Smallest score move written to the change feed (band changes always are)."
+        1.0,
+        ge=0,
+        description="Smallest score move written to the change feed; band changes always are.",
     )
     key_cache_ttl: timedelta = Field(
         timedelta(seconds=10), description="How long a resolved API key is cached per process."

@@ -136,7 +136,9 @@ def summary(score: CurrentScore | None) -> schemas.ScoreSummary | None:
     if score is None:
         return None
     return schemas.ScoreSummary(
-        score=score.value, band=Band(score.band), as_of=score.as_of,
+        score=score.value,
+        band=Band(score.band),
+        as_of=score.as_of,
         model_version=score.model_version,
     )
 
@@ -148,11 +150,16 @@ def to_site_feature(target: Target, score: CurrentScore | None) -> schemas.SiteF
         id=target.id,
         geometry=schemas.PointGeometry(type="Point", coordinates=(lon, lat)),
         properties=schemas.SiteOutProperties(
-            name=target.name, radius_km=target.radius_km,
+            name=target.name,
+            radius_km=target.radius_km,
             sector=Sector(target.sector) if target.sector else None,
-            foreign_owned=target.foreign_owned, expat_staff=target.expat_staff,
-            country=target.countries[0], admin1=target.admin1[0] if target.admin1 else None,
-            tags=target.tags, created_at=target.created_at, updated_at=target.updated_at,
+            foreign_owned=target.foreign_owned,
+            expat_staff=target.expat_staff,
+            country=target.countries[0],
+            admin1=target.admin1[0] if target.admin1 else None,
+            tags=target.tags,
+            created_at=target.created_at,
+            updated_at=target.updated_at,
             current_score=summary(score),
         ),
     )
@@ -166,10 +173,16 @@ def to_corridor_feature(target: Target, score: CurrentScore | None) -> schemas.C
             type="LineString", coordinates=[(c[0], c[1]) for c in target.coordinates]
         ),
         properties=schemas.CorridorOutProperties(
-            name=target.name, buffer_km=target.radius_km, mode=Mode(target.mode or Mode.ROAD),
-            countries=target.countries, sector=Sector(target.sector) if target.sector else None,
-            foreign_owned=target.foreign_owned, expat_staff=target.expat_staff, tags=target.tags,
-            created_at=target.created_at, updated_at=target.updated_at,
+            name=target.name,
+            buffer_km=target.radius_km,
+            mode=Mode(target.mode or Mode.ROAD),
+            countries=target.countries,
+            sector=Sector(target.sector) if target.sector else None,
+            foreign_owned=target.foreign_owned,
+            expat_staff=target.expat_staff,
+            tags=target.tags,
+            created_at=target.created_at,
+            updated_at=target.updated_at,
             current_score=summary(score),
         ),
     )

@@ -66,7 +66,9 @@ Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="Return items after t
 
 def page_limit(
     settings: Settings,
-    limit: Annotated[int, Query(ge=1, le=5000, description="Page size (capped by settings).")] = 100,
+    limit: Annotated[
+        int, Query(ge=1, le=5000, description="Page size (capped by settings).")
+    ] = 100,
 ) -> int:
     """The page size asked for, within the deployment's cap."""
     return min(limit, settings.max_page_size)

@@ -30,21 +30,25 @@ router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 IdempotencyKey = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key", max_length=255,
+        alias="Idempotency-Key",
+        max_length=255,
         description="Makes a retried POST safe: the first response is replayed.",
     ),
 ]
 
 
 def _ingest(
-    session: WriteSession, model: scores.ActiveModel, data: schemas.IncidentIn, now: datetime,
+    session: WriteSession,
+    model: scores.ActiveModel,
+    data: schemas.IncidentIn,
+    now: datetime,
     settings: Settings,
 ) -> incidents.Upserted:
     incidents.check_times(data, now, settings.clock_skew)
     result = incidents.upsert(session, data, now)
     if result.outcome != "unchanged":
-        previous = None if result.outcome == "created" else (
-            result.previous_lat, result.previous_lon
+        previous = (
+            None if result.outcome == "created" else (result.previous_lat, result.previous_lon)
         )
         scores.mark_affected(session, result.incident, model.params, now, previous=previous)
     return result
@@ -57,8 +61,14 @@ def _ingest(
     summary="Ingest one incident (upsert on source and source_id)",
 )
 def post_incident(
-    request: Request, response: Response, data: schemas.IncidentIn, principal: Ingestor,
-    session: WriteSession, model: Model, now: Now, settings: Settings,
+    request: Request,
+    response: Response,
+    data: schemas.IncidentIn,
+    principal: Ingestor,
+    session: WriteSession,
+    model: Model,
+    now: Now,
+    settings: Settings,
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.IncidentFeature:
     """Create the incident (201), or update the one with the same source id (200)."""
@@ -74,24 +84,41 @@ def post_incident(
     feature = incidents.to_feature(result.incident)
     if idempotency_key is not None:
         idempotency.remember(
-            session, principal, idempotency_key, fingerprint,
-            idempotency.StoredResponse(response.status_code, feature.model_dump(mode="json")), now,
+            session,
+            principal,
+            idempotency_key,
+            fingerprint,
+            idempotency.StoredResponse(response.status_code, feature.model_dump(mode="json")),
+            now,
         )
     return feature
 
 
 @router.post("/batch", summary="Ingest a batch; good items are stored, bad ones reported")
 def post_batch(
-    request: Request, data: schemas.IncidentBatchIn, principal: Ingestor, session: WriteSession,
-    model: Model, now: Now, settings: Settings, idempotency_key: IdempotencyKey = None,
+    request: Request,
+    data: schemas.IncidentBatchIn,
+    principal: Ingestor,
+    session: WriteSession,
+    model: Model,
+    now: Now,
+    settings: Settings,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.BatchResult:
     """Validate and upsert each item on its own; the result lists every item by index."""
     if len(data.items) > settings.max_batch_items:
         raise Problem(
-            413, "batch-too-large",
+            413,
+            "batch-too-large",
             f"a batch holds at most {settings.max_batch_items} items, got {len(data.items)}",
-            errors=[{"in": "body", "pointer": "/items", "field": "items",
-                     "reason": f"more than {settings.max_batch_items} items"}],
+            errors=[
+                {
+                    "in": "body",
+                    "pointer": "/items",
+                    "field": "items",
+                    "reason": f"more than {settings.max_batch_items} items",
+                }
+            ],
         )
     fingerprint = ""
     if idempotency_key is not None:
@@ -107,7 +134,8 @@ def post_batch(
             key = (item.source, item.source_id)
             if key in seen:
                 raise Problem(
-                    422, "duplicate-in-batch",
+                    422,
+                    "duplicate-in-batch",
                     f"same source and source_id as item {seen[key]}",
                 )
             seen[key] = index
@@ -120,18 +148,26 @@ def post_batch(
             errors = field_errors(exc.errors())
             fields = ", ".join(sorted({e["field"] for e in errors}))
             problem = Problem(422, "validation", f"invalid value in: {fields}", errors=errors)
-            results.append(schemas.ItemResult(index=index, status="rejected",
-                                              problem=problem.document()))
+            results.append(
+                schemas.ItemResult(index=index, status="rejected", problem=problem.document())
+            )
         except Problem as problem:
-            results.append(schemas.ItemResult(index=index, status="rejected",
-                                              problem=problem.document()))
-    counts = {s: sum(r.status == s for r in results)
-              for s in ("created", "updated", "unchanged", "rejected")}
+            results.append(
+                schemas.ItemResult(index=index, status="rejected", problem=problem.document())
+            )
+    counts = {
+        s: sum(r.status == s for r in results)
+        for s in ("created", "updated", "unchanged", "rejected")
+    }
     body = schemas.BatchResult(results=results, **counts)
     if idempotency_key is not None:
         idempotency.remember(
-            session, principal, idempotency_key, fingerprint,
-            idempotency.StoredResponse(200, body.model_dump(mode="json")), now,
+            session,
+            principal,
+            idempotency_key,
+            fingerprint,
+            idempotency.StoredResponse(200, body.model_dump(mode="json")),
+            now,
         )
     return body
 
@@ -152,9 +188,17 @@ def _parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     ok = (-180 <= min_lon <= max_lon <= 180) and (-90 <= min_lat <= max_lat <= 90)
     if not ok:
         raise Problem(
-            422, "validation", "bbox must be min_lon,min_lat,max_lon,max_lat within range",
-            errors=[{"in": "query", "pointer": "/bbox", "field": "bbox",
-                     "reason": "corners out of order or out of range"}],
+            422,
+            "validation",
+            "bbox must be min_lon,min_lat,max_lon,max_lat within range",
+            errors=[
+                {
+                    "in": "query",
+                    "pointer": "/bbox",
+                    "field": "bbox",
+                    "reason": "corners out of order or out of range",
+                }
+            ],
         )
     return min_lon, min_lat, max_lon, max_lat
 
@@ -166,7 +210,11 @@ class _Window(schemas.Strict):
 
 @router.get("", summary="Query incidents by box, time window, category and country")
 def list_incidents(
-    _: AnyReader, session: ReadSession, limit: Limit, after: Cursor = 0, bbox: BBox = None,
+    _: AnyReader,
+    session: ReadSession,
+    limit: Limit,
+    after: Cursor = 0,
+    bbox: BBox = None,
     since: Annotated[datetime | None, Query(description="occurred at or after")] = None,
     until: Annotated[datetime | None, Query(description="occurred at or before")] = None,
     category: Annotated[list[Category] | None, Query()] = None,
@@ -177,12 +225,19 @@ def list_incidents(
     try:
         window = _Window(since=since, until=until)
     except ValidationError as exc:
-        raise Problem(422, "validation", "invalid time window",
-                      errors=field_errors(exc.errors())) from exc
+        raise Problem(
+            422, "validation", "invalid time window", errors=field_errors(exc.errors())
+        ) from exc
     rows = incidents.search(
-        session, bbox=_parse_bbox(bbox), since=window.since, until=window.until,
-        categories=category or [], country=country, include_retracted=include_retracted,
-        after=after, limit=limit,
+        session,
+        bbox=_parse_bbox(bbox),
+        since=window.since,
+        until=window.until,
+        categories=category or [],
+        country=country,
+        include_retracted=include_retracted,
+        after=after,
+        limit=limit,
     )
     return schemas.IncidentCollection(
         features=[incidents.to_feature(r) for r in rows],

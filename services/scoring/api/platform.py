@@ -30,8 +30,13 @@ def _tenant_out(t: Tenant) -> schemas.TenantOut:
 
 def _key_out(k: ApiKey) -> schemas.ApiKeyOut:
     return schemas.ApiKeyOut(
-        id=k.id, name=k.name, tenant_id=k.tenant_id, prefix=k.prefix, roles=k.roles,
-        created_at=k.created_at, revoked_at=k.revoked_at,
+        id=k.id,
+        name=k.name,
+        tenant_id=k.tenant_id,
+        prefix=k.prefix,
+        roles=k.roles,
+        created_at=k.created_at,
+        revoked_at=k.revoked_at,
     )
 
 
@@ -45,8 +50,16 @@ def create_tenant(
     tenant = Tenant(name=data.name, created_at=now)
     session.add(tenant)
     session.flush()
-    audit.record(session, principal, action="tenant.create", resource=f"tenant/{tenant.id}",
-                 before=None, after={"name": tenant.name}, now=now, tenant_id=tenant.id)
+    audit.record(
+        session,
+        principal,
+        action="tenant.create",
+        resource=f"tenant/{tenant.id}",
+        before=None,
+        after={"name": tenant.name},
+        now=now,
+        tenant_id=tenant.id,
+    )
     return _tenant_out(tenant)
 
 
@@ -69,13 +82,26 @@ def create_key(
     if data.tenant_id is not None and session.get(Tenant, data.tenant_id) is None:
         raise not_found("tenant")
     raw, prefix, key_hash = generate_key()
-    key = ApiKey(tenant_id=data.tenant_id, name=data.name, prefix=prefix, key_hash=key_hash,
-                 roles=roles_from(data.roles), created_at=now)
+    key = ApiKey(
+        tenant_id=data.tenant_id,
+        name=data.name,
+        prefix=prefix,
+        key_hash=key_hash,
+        roles=roles_from(data.roles),
+        created_at=now,
+    )
     session.add(key)
     session.flush()
-    audit.record(session, principal, action="api_key.create", resource=f"api_key/{key.id}",
-                 before=None, after={"name": key.name, "roles": key.roles, "prefix": prefix},
-                 now=now, tenant_id=key.tenant_id)
+    audit.record(
+        session,
+        principal,
+        action="api_key.create",
+        resource=f"api_key/{key.id}",
+        before=None,
+        after={"name": key.name, "roles": key.roles, "prefix": prefix},
+        now=now,
+        tenant_id=key.tenant_id,
+    )
     return schemas.ApiKeyCreated(**_key_out(key).model_dump(), key=raw)
 
 
@@ -100,17 +126,28 @@ def revoke_key(
         raise not_found("api key")
     if key.revoked_at is None:
         key.revoked_at = now
-        audit.record(session, principal, action="api_key.revoke", resource=f"api_key/{key.id}",
-                     before={"revoked_at": None}, after={"revoked_at": now.isoformat()},
-                     now=now, tenant_id=key.tenant_id)
+        audit.record(
+            session,
+            principal,
+            action="api_key.revoke",
+            resource=f"api_key/{key.id}",
+            before={"revoked_at": None},
+            after={"revoked_at": now.isoformat()},
+            now=now,
+            tenant_id=key.tenant_id,
+        )
     request.app.state.key_cache.clear()
     return Response(status_code=204)
 
 
 def _version_out(row: ModelVersion) -> schemas.ModelVersionOut:
     return schemas.ModelVersionOut(
-        version=row.id, active=row.active, note=row.note, created_by=row.created_by,
-        created_at=row.created_at, params=row.params,
+        version=row.id,
+        active=row.active,
+        note=row.note,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        params=row.params,
     )
 
 
@@ -137,9 +174,15 @@ def publish_model(
     """Activate new parameters as a new version; every target is rescored; audited."""
     before = scores.ensure_model(session, now)
     row = scores.publish_model(session, data.params, data.note, principal.ident, now)
-    audit.record(session, principal, action="model.publish", resource=f"model/{row.id}",
-                 before={"version": before.version, "params": before.params.to_dict()},
-                 after={"version": row.id, "params": row.params, "note": row.note}, now=now)
+    audit.record(
+        session,
+        principal,
+        action="model.publish",
+        resource=f"model/{row.id}",
+        before={"version": before.version, "params": before.params.to_dict()},
+        after={"version": row.id, "params": row.params, "note": row.note},
+        now=now,
+    )
     return _version_out(row)
 
 
@@ -154,8 +197,14 @@ def audit_log(
     return schemas.AuditPage(
         entries=[
             schemas.AuditEntryOut(
-                id=e.id, tenant_id=e.tenant_id, api_key_id=e.api_key_id, action=e.action,
-                resource=e.resource, before=e.before, after=e.after, at=e.at,
+                id=e.id,
+                tenant_id=e.tenant_id,
+                api_key_id=e.api_key_id,
+                action=e.action,
+                resource=e.resource,
+                before=e.before,
+                after=e.after,
+                at=e.at,
             )
             for e in rows
         ],

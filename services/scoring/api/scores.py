@@ -29,14 +29,18 @@ def score_adhoc(
 
 @router.post("/backtests", summary="Scores of many points or targets at many past times")
 def backtest(
-    data: schemas.BacktestIn, principal: TenantReader, session: ReadSession, model: Model,
+    data: schemas.BacktestIn,
+    principal: TenantReader,
+    session: ReadSession,
+    model: Model,
     settings: Settings,
 ) -> schemas.BacktestOut:
     """Each (item, time) is scored from incidents reported by that time only."""
     pairs = (len(data.points) + len(data.targets)) * len(data.times)
     if pairs > settings.max_backtest_pairs:
         raise Problem(
-            413, "backtest-too-large",
+            413,
+            "backtest-too-large",
             f"at most {settings.max_backtest_pairs} (item, time) pairs per request, got {pairs}",
         )
     assert principal.tenant_id is not None
@@ -54,18 +58,24 @@ def score_changes(
     principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0
 ) -> schemas.ScoreChangePage:
     """Poll with `after` set to the last `next_cursor`; entries appear in commit order."""
-    rows = scores.changes_page(session, tenant_id=principal.tenant_id, target_id=None,
-                               after=after, limit=limit)
+    rows = scores.changes_page(
+        session, tenant_id=principal.tenant_id, target_id=None, after=after, limit=limit
+    )
     return schemas.ScoreChangePage(
         changes=[
             schemas.ScoreChangeOut(
                 id=r.id,
                 target=schemas.TargetRef(kind=r.target_kind, id=r.target_id),
-                model_version=r.model_version, as_of=r.as_of,
-                previous_score=r.previous_value, score=r.value,
-                previous_band=r.previous_band, band=r.band,
-                components=r.components, top_incidents=r.top_incidents,
-                cause=r.cause, created_at=r.created_at,
+                model_version=r.model_version,
+                as_of=r.as_of,
+                previous_score=r.previous_value,
+                score=r.value,
+                previous_band=r.previous_band,
+                band=r.band,
+                components=r.components,
+                top_incidents=r.top_incidents,
+                cause=r.cause,
+                created_at=r.created_at,
             )
             for r in rows
         ],

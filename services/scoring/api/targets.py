@@ -45,13 +45,18 @@ def _checked_time(value: datetime, field: str) -> datetime:
     try:
         return _AsOf(as_of=value).as_of
     except ValidationError as exc:
-        errors = [dict(e, field=field, pointer=f"/{field}", **{"in": "query"})
-                  for e in field_errors(exc.errors())]
+        errors = [
+            dict(e, field=field, pointer=f"/{field}", **{"in": "query"})
+            for e in field_errors(exc.errors())
+        ]
         raise Problem(422, "validation", f"invalid value in: {field}", errors=errors) from exc
 
 
 def _score_response(
-    session: ReadSession, model: scores.ActiveModel, target: Target, as_of: datetime | None,
+    session: ReadSession,
+    model: scores.ActiveModel,
+    target: Target,
+    as_of: datetime | None,
     now: datetime,
 ) -> Response:
     if as_of is None:
@@ -65,11 +70,19 @@ def _score_response(
 
 
 def _history(
-    session: ReadSession, target: Target, since: datetime | None, until: datetime | None,
-    after: int, limit: int,
+    session: ReadSession,
+    target: Target,
+    since: datetime | None,
+    until: datetime | None,
+    after: int,
+    limit: int,
 ) -> schemas.ScoreHistory:
     rows = scores.changes_page(
-        session, tenant_id=target.tenant_id, target_id=target.id, after=after, limit=limit,
+        session,
+        tenant_id=target.tenant_id,
+        target_id=target.id,
+        after=after,
+        limit=limit,
         since=_checked_time(since, "since") if since else None,
         until=_checked_time(until, "until") if until else None,
     )
@@ -77,9 +90,14 @@ def _history(
         target=scores.ref_for(target),
         points=[
             schemas.ScoreHistoryPoint(
-                change_id=r.id, as_of=r.as_of, score=r.value, band=r.band,
-                previous_score=r.previous_value, previous_band=r.previous_band,
-                model_version=r.model_version, cause=r.cause,
+                change_id=r.id,
+                as_of=r.as_of,
+                score=r.value,
+                band=r.band,
+                previous_score=r.previous_value,
+                previous_band=r.previous_band,
+                model_version=r.model_version,
+                cause=r.cause,
             )
             for r in rows
         ],
@@ -88,29 +106,48 @@ def _history(
 
 
 def _create(
-    session: WriteSession, principal: TenantWriter, model: scores.ActiveModel,
-    data: schemas.SiteIn | schemas.CorridorIn, now: datetime,
+    session: WriteSession,
+    principal: TenantWriter,
+    model: scores.ActiveModel,
+    data: schemas.SiteIn | schemas.CorridorIn,
+    now: datetime,
 ) -> Target:
     assert principal.tenant_id is not None
     target = targets.create(session, principal.tenant_id, data, now)
     # A new target gets its first score in the same unit of work: readers never see it unscored.
     scores.rescore(session, model, [target.id], now, cause="created", min_delta=0.0)
-    audit.record(session, principal, action=f"{target.kind}.create",
-                 resource=f"{target.kind}/{target.id}", before=None,
-                 after=targets.snapshot(target), now=now)
+    audit.record(
+        session,
+        principal,
+        action=f"{target.kind}.create",
+        resource=f"{target.kind}/{target.id}",
+        before=None,
+        after=targets.snapshot(target),
+        now=now,
+    )
     return target
 
 
 def _replace(
-    session: WriteSession, principal: TenantWriter, model: scores.ActiveModel, target: Target,
-    data: schemas.SiteIn | schemas.CorridorIn, now: datetime,
+    session: WriteSession,
+    principal: TenantWriter,
+    model: scores.ActiveModel,
+    target: Target,
+    data: schemas.SiteIn | schemas.CorridorIn,
+    now: datetime,
 ) -> None:
     before = targets.snapshot(target)
     targets.replace(session, target, data, now)
     scores.rescore(session, model, [target.id], now, cause="updated", min_delta=0.0)
-    audit.record(session, principal, action=f"{target.kind}.update",
-                 resource=f"{target.kind}/{target.id}", before=before,
-                 after=targets.snapshot(target), now=now)
+    audit.record(
+        session,
+        principal,
+        action=f"{target.kind}.update",
+        resource=f"{target.kind}/{target.id}",
+        before=before,
+        after=targets.snapshot(target),
+        now=now,
+    )
 
 
 def _delete(session: WriteSession, principal: TenantWriter, target: Target, now: datetime) -> None:
@@ -118,8 +155,15 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
     scores.record_removal(session, target, now)
     session.delete(target)
     session.flush()
-    audit.record(session, principal, action=f"{target.kind}.delete",
-                 resource=f"{target.kind}/{target.id}", before=before, after=None, now=now)
+    audit.record(
+        session,
+        principal,
+        action=f"{target.kind}.delete",
+        resource=f"{target.kind}/{target.id}",
+        before=before,
+        after=None,
+        now=now,
+    )
 
 
 @router.post("/sites", status_code=201, tags=["sites and corridors"], summary="Register a site")
@@ -133,13 +177,17 @@ def create_site(
 
 @router.get("/sites", summary="List the tenant's sites")
 def list_sites(
-    principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0,
+    principal: TenantReader,
+    session: ReadSession,
+    limit: Limit,
+    after: Cursor = 0,
     tag: TagFilter = None,
 ) -> schemas.SiteCollection:
     """A page of sites as a GeoJSON FeatureCollection, with current scores."""
     assert principal.tenant_id is not None
-    rows = targets.page(session, principal.tenant_id, TargetKind.SITE, tag=tag, after=after,
-                        limit=limit)
+    rows = targets.page(
+        session, principal.tenant_id, TargetKind.SITE, tag=tag, after=after, limit=limit
+    )
     return schemas.SiteCollection(
         features=[targets.to_site_feature(t, s) for t, s in rows],
         next_cursor=rows[-1][0].id if len(rows) == limit else None,
@@ -154,8 +202,12 @@ def get_site(site: ReadableSite, session: ReadSession) -> schemas.SiteFeature:
 
 @router.put("/sites/{site_id}", summary="Replace a site")
 def put_site(
-    data: schemas.SiteIn, site: WritableSite, principal: TenantWriter, session: WriteSession,
-    model: Model, now: Now,
+    data: schemas.SiteIn,
+    site: WritableSite,
+    principal: TenantWriter,
+    session: WriteSession,
+    model: Model,
+    now: Now,
 ) -> schemas.SiteFeature:
     """Overwrite a site and rescore it."""
     _replace(session, principal, model, site, data, now)
@@ -187,8 +239,12 @@ def get_site_score(
 
 @router.get("/sites/{site_id}/score-history", summary="A site's score changes over time")
 def get_site_history(
-    site: ReadableSite, session: ReadSession, limit: Limit, after: Cursor = 0,
-    since: AsOf = None, until: AsOf = None,
+    site: ReadableSite,
+    session: ReadSession,
+    limit: Limit,
+    after: Cursor = 0,
+    since: AsOf = None,
+    until: AsOf = None,
 ) -> schemas.ScoreHistory:
     """Every recorded change of the site's score, oldest first."""
     return _history(session, site, since, until, after, limit)
@@ -196,7 +252,10 @@ def get_site_history(
 
 @router.post("/corridors", status_code=201, summary="Register a corridor")
 def create_corridor(
-    data: schemas.CorridorIn, principal: TenantWriter, session: WriteSession, model: Model,
+    data: schemas.CorridorIn,
+    principal: TenantWriter,
+    session: WriteSession,
+    model: Model,
     now: Now,
 ) -> schemas.CorridorFeature:
     """Store a corridor (GeoJSON Feature with a LineString) and score it."""
@@ -206,13 +265,17 @@ def create_corridor(
 
 @router.get("/corridors", summary="List the tenant's corridors")
 def list_corridors(
-    principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0,
+    principal: TenantReader,
+    session: ReadSession,
+    limit: Limit,
+    after: Cursor = 0,
     tag: TagFilter = None,
 ) -> schemas.CorridorCollection:
     """A page of corridors as a GeoJSON FeatureCollection, with current scores."""
     assert principal.tenant_id is not None
-    rows = targets.page(session, principal.tenant_id, TargetKind.CORRIDOR, tag=tag, after=after,
-                        limit=limit)
+    rows = targets.page(
+        session, principal.tenant_id, TargetKind.CORRIDOR, tag=tag, after=after, limit=limit
+    )
     return schemas.CorridorCollection(
         features=[targets.to_corridor_feature(t, s) for t, s in rows],
         next_cursor=rows[-1][0].id if len(rows) == limit else None,
@@ -227,8 +290,12 @@ def get_corridor(corridor: ReadableCorridor, session: ReadSession) -> schemas.Co
 
 @router.put("/corridors/{corridor_id}", summary="Replace a corridor")
 def put_corridor(
-    data: schemas.CorridorIn, corridor: WritableCorridor, principal: TenantWriter,
-    session: WriteSession, model: Model, now: Now,
+    data: schemas.CorridorIn,
+    corridor: WritableCorridor,
+    principal: TenantWriter,
+    session: WriteSession,
+    model: Model,
+    now: Now,
 ) -> schemas.CorridorFeature:
     """Overwrite a corridor and rescore it."""
     _replace(session, principal, model, corridor, data, now)
@@ -260,9 +327,12 @@ def get_corridor_score(
 
 @router.get("/corridors/{corridor_id}/score-history", summary="A corridor's score changes")
 def get_corridor_history(
-    corridor: ReadableCorridor, session: ReadSession, limit: Limit, after: Cursor = 0,
-    since: AsOf = None, until: AsOf = None,
+    corridor: ReadableCorridor,
+    session: ReadSession,
+    limit: Limit,
+    after: Cursor = 0,
+    since: AsOf = None,
+    until: AsOf = None,
 ) -> schemas.ScoreHistory:
     """Every recorded change of the corridor's score, oldest first."""
     return _history(session, corridor, since, until, after, limit)
-
