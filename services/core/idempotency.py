@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+from fastapi import Header
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.core.auth import Principal
@@ -17,6 +20,16 @@ from services.core.models import IdempotencyRecord
 from services.core.problems import Problem
 
 MAX_KEY_LENGTH = 255
+M = TypeVar("M", bound=BaseModel)
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_KEY_LENGTH,
+        description="Makes a retried POST safe: the first response is replayed.",
+    ),
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +86,50 @@ def remember(
     now: datetime,
 ) -> None:
     """Store a response in the same unit of work as the change it reports."""
-    session.add(
-        IdempotencyRecord(
-            principal=principal.ident,
-            key=key,
-            request_hash=fingerprint,
-            status_code=response.status_code,
-            body=json.dumps(response.body, separators=(",", ":"), default=str),
-            created_at=now,
-        )
+    record = IdempotencyRecord(
+        principal=principal.ident,
+        key=key,
+        request_hash=fingerprint,
+        status_code=response.status_code,
+        body=json.dumps(response.body, separators=(",", ":"), default=str),
+        created_at=now,
     )
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(record)
+    except IntegrityError as exc:
+        # A concurrent request with the same key committed first; this one rolls back whole.
+        raise Problem(
+            409,
+            "idempotency-conflict",
+            "a request with this Idempotency-Key is being processed; retry to get its response",
+        ) from exc
+
+
+def once(
+    session: Session,
+    principal: Principal,
+    key: str | None,
+    path: str,
+    body: BaseModel,
+    now: datetime,
+    response_type: type[M],
+    produce: Callable[[], tuple[int, M]],
+) -> tuple[int, M]:
+    """Run `produce` once per (caller, key); a retry with the same body gets the first response."""
+    if key is None:
+        return produce()
+    fingerprint = request_fingerprint(path, body)
+    stored = lookup(session, principal, key, fingerprint)
+    if stored is not None:
+        return stored.status_code, response_type.model_validate(stored.body)
+    status, result = produce()
+    remember(
+        session,
+        principal,
+        key,
+        fingerprint,
+        StoredResponse(status, result.model_dump(mode="json")),
+        now,
+    )
+    return status, result

@@ -545,20 +545,26 @@ def _category_reach_km(cat: Category, params: ModelParams) -> float:
     return reach
 
 
-def influence_radius_km(incident: Incident, params: ModelParams) -> float | None:
-    """How far from its location an incident can change a target's score (beyond target radius); None for area-scoped."""  # noqa: E501
+def influence_radius_km(
+    incident: Incident, params: ModelParams, *, regional: bool = True
+) -> float | None:
+    """How far beyond a target's radius an incident can change its score; None if area-scoped.
+
+    With `regional=False`, only the primary kernel's reach: the faint regional tail beyond it
+    is left to the periodic re-evaluation.
+    """
     if incident.lat is None or incident.lon is None:
         return None
     reach = _category_reach_km(incident.category, params)
-    if params.regional_weight > 0.0:
+    if regional and params.regional_weight > 0.0:
         reach = max(reach, params.regional_reach_km)
     return params.location_sigma_km[incident.location_precision] + reach
 
 
-def max_influence_km(params: ModelParams) -> float:
+def max_influence_km(params: ModelParams, *, regional: bool = True) -> float:
     """The largest influence radius any point incident can have, for prefiltering."""
     reach = max(_category_reach_km(cat, params) for cat in _CATEGORIES)
-    if params.regional_weight > 0.0:
+    if regional and params.regional_weight > 0.0:
         reach = max(reach, params.regional_reach_km)
     return max(params.location_sigma_km.values()) + reach
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.core.auth import Role
 from services.scoring.taxonomy import (
@@ -33,6 +35,7 @@ ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
+_NUL = "text must not contain NUL characters"
 
 
 def _plausible_time(value: datetime) -> datetime:
@@ -48,17 +51,18 @@ def _plausible_time(value: datetime) -> datetime:
 Timestamp = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
 
 
-def _no_nul(value: Any) -> Any:
+def _nul_paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
+    """Where NUL characters hide in a JSON-like value (keys and strings)."""
     if isinstance(value, str) and "\x00" in value:
-        raise ValueError("text must not contain NUL characters")
-    if isinstance(value, dict):
+        yield path
+    elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
-            _no_nul(item)
+            if isinstance(key, str) and "\x00" in key:
+                yield (*path, key)
+            yield from _nul_paths(item, (*path, key))
     elif isinstance(value, list):
-        for item in value:
-            _no_nul(item)
-    return value
+        for index, item in enumerate(value):
+            yield from _nul_paths(item, (*path, index))
 
 
 class Strict(BaseModel):
@@ -69,7 +73,14 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse_nul(cls, data: Any) -> Any:
-        return _no_nul(data)
+        # Raised as a ValidationError so each error points at the offending field, not the model.
+        errors = [
+            InitErrorDetails(type=PydanticCustomError("nul_character", _NUL), loc=loc, input="")
+            for loc in _nul_paths(data)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return data
 
 
 class PointGeometry(Strict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.core.db import UTCDateTime
 from services.core.problems import Problem
-from services.scoring import geo, risk, schemas, targets
+from services.scoring import geo, incidents, risk, schemas, targets
 from services.scoring.models import (
     CurrentScore,
     Incident,
@@ -295,50 +295,74 @@ def mark_all(session: Session, cause: str, now: datetime) -> None:
     session.info[RESCORE_QUEUED] = True
 
 
-def mark_near(
-    session: Session, lat: float, lon: float, reach_km: float, cause: str, now: datetime
-) -> None:
-    """Queue the targets whose boxes come within `reach_km` of a point."""
-    min_lon, min_lat, max_lon, max_lat = geo.bbox_around(lat, lon, reach_km)
-    ids = session.execute(
-        select(Target.id).where(
-            Target.box_max_lat >= min_lat,
-            Target.box_min_lat <= max_lat,
-            Target.box_max_lon >= min_lon,
-            Target.box_min_lon <= max_lon,
-        )
-    ).scalars()
-    mark_targets(session, ids, cause, now)
+def affected_targets(
+    session: Session, changed: Sequence[incidents.Upserted], params: risk.ModelParams
+) -> set[int]:
+    """Targets that incidents just created, updated or moved can affect directly.
 
-
-def mark_in_scope(session: Session, incident: risk.Incident, cause: str, now: datetime) -> None:
-    """Queue the targets an area-scoped incident applies to."""
-    rows = session.execute(select(Target)).scalars()
-    ids = [t.id for t in rows if risk.area_scope_matches(incident, targets.to_model(t))]
-    mark_targets(session, ids, cause, now)
-
-
-def mark_affected(
-    session: Session,
-    row: Incident,
-    params: risk.ModelParams,
-    now: datetime,
-    *,
-    previous: tuple[float | None, float | None] | None = None,
-) -> None:
-    """Queue what an incident (and, after an update, where it used to be) can affect."""
-    incident = to_model_incident(row)
-    reach = risk.influence_radius_km(incident, params)
-    if row.lat is None or row.lon is None or reach is None:
-        mark_in_scope(session, incident, "incident", now)
-    else:
-        mark_near(session, row.lat, row.lon, reach, "incident", now)
-    if previous is not None and previous != (row.lat, row.lon):
-        old_lat, old_lon = previous
-        if old_lat is None or old_lon is None:
-            mark_all(session, "incident", now)
+    Point incidents: targets whose stored box overlaps the incident's primary reach (the faint
+    regional tail is left to the decay tick). Area-scoped: targets matching scope and profile.
+    An update also affects wherever the incident used to be.
+    """
+    spots: list[tuple[float, float, float]] = []
+    area: list[risk.Incident] = []
+    for item in changed:
+        incident = to_model_incident(item.incident)
+        reach = risk.influence_radius_km(incident, params, regional=False)
+        if item.incident.lat is None or item.incident.lon is None or reach is None:
+            area.append(incident)
         else:
-            mark_near(session, old_lat, old_lon, risk.max_influence_km(params), "incident", now)
+            spots.append((item.incident.lat, item.incident.lon, reach))
+        moved = (item.previous_lat, item.previous_lon) != (item.incident.lat, item.incident.lon)
+        if item.outcome == "updated" and moved:
+            if item.previous_lat is None or item.previous_lon is None:
+                area.append(replace(incident, lat=None, lon=None))
+            else:
+                spots.append(
+                    (
+                        item.previous_lat,
+                        item.previous_lon,
+                        risk.max_influence_km(params, regional=False),
+                    )
+                )
+    ids: set[int] = set()
+    if spots:
+        ids |= _targets_near(session, spots)
+    if area:
+        for target in session.execute(select(Target)).scalars():
+            model = targets.to_model(target)
+            if any(risk.area_scope_matches(incident, model) for incident in area):
+                ids.add(target.id)
+    return ids
+
+
+def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]]) -> set[int]:
+    boxes = np.array([geo.bbox_around(lat, lon, reach) for lat, lon, reach in spots])
+    rows = session.execute(
+        select(
+            Target.id,
+            Target.box_min_lon,
+            Target.box_min_lat,
+            Target.box_max_lon,
+            Target.box_max_lat,
+        ).where(
+            Target.box_max_lat >= float(boxes[:, 1].min()),
+            Target.box_min_lat <= float(boxes[:, 3].max()),
+            Target.box_max_lon >= float(boxes[:, 0].min()),
+            Target.box_min_lon <= float(boxes[:, 2].max()),
+        )
+    ).all()
+    if not rows:
+        return set()
+    table = np.array([r[1:] for r in rows], dtype=float)
+    target_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    hit = np.zeros(len(rows), dtype=bool)
+    for min_lon, min_lat, max_lon, max_lat in boxes:
+        hit |= (
+            (table[:, 3] >= min_lat) & (table[:, 1] <= max_lat)
+            & (table[:, 2] >= min_lon) & (table[:, 0] <= max_lon)
+        )  # fmt: skip
+    return {int(i) for i in target_ids[hit]}
 
 
 def claim_marks(session: Session, limit: int) -> list[int]:

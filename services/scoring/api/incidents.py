@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from services.core import idempotency
+from services.core.idempotency import IdempotencyKey
 from services.core.problems import Problem, field_errors, not_found
 from services.scoring import incidents, schemas, scores
 from services.scoring.api.deps import (
@@ -27,31 +29,21 @@ from services.scoring.taxonomy import Category
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="Makes a retried POST safe: the first response is replayed.",
-    ),
-]
-
 
 def _ingest(
-    session: WriteSession,
-    model: scores.ActiveModel,
-    data: schemas.IncidentIn,
-    now: datetime,
-    settings: Settings,
+    data: schemas.IncidentIn, session: Session, now: datetime, settings: Settings
 ) -> incidents.Upserted:
     incidents.check_times(data, now, settings.clock_skew)
-    result = incidents.upsert(session, data, now)
-    if result.outcome != "unchanged":
-        previous = (
-            None if result.outcome == "created" else (result.previous_lat, result.previous_lon)
-        )
-        scores.mark_affected(session, result.incident, model.params, now, previous=previous)
-    return result
+    return incidents.upsert(session, data, now)
+
+
+def _queue_affected(
+    session: Session, model: scores.ActiveModel, results: list[incidents.Upserted], now: datetime
+) -> None:
+    changed = [r for r in results if r.outcome != "unchanged"]
+    if changed:
+        ids = scores.affected_targets(session, changed, model.params)
+        scores.mark_targets(session, ids, "incident", now)
 
 
 @router.post(
@@ -72,25 +64,22 @@ def post_incident(
     idempotency_key: IdempotencyKey = None,
 ) -> schemas.IncidentFeature:
     """Create the incident (201), or update the one with the same source id (200)."""
-    fingerprint = ""
-    if idempotency_key is not None:
-        fingerprint = idempotency.request_fingerprint(request.url.path, data)
-        stored = idempotency.lookup(session, principal, idempotency_key, fingerprint)
-        if stored is not None:
-            response.status_code = stored.status_code
-            return schemas.IncidentFeature.model_validate(stored.body)
-    result = _ingest(session, model, data, now, settings)
-    response.status_code = 201 if result.outcome == "created" else 200
-    feature = incidents.to_feature(result.incident)
-    if idempotency_key is not None:
-        idempotency.remember(
-            session,
-            principal,
-            idempotency_key,
-            fingerprint,
-            idempotency.StoredResponse(response.status_code, feature.model_dump(mode="json")),
-            now,
-        )
+
+    def produce() -> tuple[int, schemas.IncidentFeature]:
+        result = _ingest(data, session, now, settings)
+        _queue_affected(session, model, [result], now)
+        return (201 if result.outcome == "created" else 200), incidents.to_feature(result.incident)
+
+    response.status_code, feature = idempotency.once(
+        session,
+        principal,
+        idempotency_key,
+        request.url.path,
+        data,
+        now,
+        schemas.IncidentFeature,
+        produce,
+    )
     return feature
 
 
@@ -120,13 +109,28 @@ def post_batch(
                 }
             ],
         )
-    fingerprint = ""
-    if idempotency_key is not None:
-        fingerprint = idempotency.request_fingerprint(request.url.path, data)
-        stored = idempotency.lookup(session, principal, idempotency_key, fingerprint)
-        if stored is not None:
-            return schemas.BatchResult.model_validate(stored.body)
+    _, body = idempotency.once(
+        session,
+        principal,
+        idempotency_key,
+        request.url.path,
+        data,
+        now,
+        schemas.BatchResult,
+        lambda: (200, _ingest_batch(data, session, model, now, settings)),
+    )
+    return body
+
+
+def _ingest_batch(
+    data: schemas.IncidentBatchIn,
+    session: Session,
+    model: scores.ActiveModel,
+    now: datetime,
+    settings: Settings,
+) -> schemas.BatchResult:
     results: list[schemas.ItemResult] = []
+    upserted: list[incidents.Upserted] = []
     seen: dict[tuple[str, str], int] = {}
     for index, raw in enumerate(data.items):
         try:
@@ -140,7 +144,8 @@ def post_batch(
                 )
             seen[key] = index
             with session.begin_nested():
-                result = _ingest(session, model, item, now, settings)
+                result = _ingest(item, session, now, settings)
+            upserted.append(result)
             results.append(
                 schemas.ItemResult(index=index, status=result.outcome, id=result.incident.id)
             )
@@ -155,21 +160,13 @@ def post_batch(
             results.append(
                 schemas.ItemResult(index=index, status="rejected", problem=problem.document())
             )
+    # One queueing pass for the whole batch: each affected target is rescored once.
+    _queue_affected(session, model, upserted, now)
     counts = {
         s: sum(r.status == s for r in results)
         for s in ("created", "updated", "unchanged", "rejected")
     }
-    body = schemas.BatchResult(results=results, **counts)
-    if idempotency_key is not None:
-        idempotency.remember(
-            session,
-            principal,
-            idempotency_key,
-            fingerprint,
-            idempotency.StoredResponse(200, body.model_dump(mode="json")),
-            now,
-        )
-    return body
+    return schemas.BatchResult(results=results, **counts)
 
 
 BBox = Annotated[

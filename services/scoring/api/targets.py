@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import ValidationError
 
-from services.core import audit
+from services.core import audit, idempotency
+from services.core.idempotency import IdempotencyKey
 from services.core.problems import Problem, field_errors
 from services.scoring import schemas, scores, targets
 from services.scoring.api.deps import (
@@ -168,11 +169,31 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
 
 @router.post("/sites", status_code=201, tags=["sites and corridors"], summary="Register a site")
 def create_site(
-    data: schemas.SiteIn, principal: TenantWriter, session: WriteSession, model: Model, now: Now
+    request: Request,
+    data: schemas.SiteIn,
+    principal: TenantWriter,
+    session: WriteSession,
+    model: Model,
+    now: Now,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.SiteFeature:
     """Store a site (GeoJSON Feature with a Point) and score it."""
-    target = _create(session, principal, model, data, now)
-    return targets.to_site_feature(target, session.get(CurrentScore, target.id))
+
+    def produce() -> tuple[int, schemas.SiteFeature]:
+        target = _create(session, principal, model, data, now)
+        return 201, targets.to_site_feature(target, session.get(CurrentScore, target.id))
+
+    _, feature = idempotency.once(
+        session,
+        principal,
+        idempotency_key,
+        request.url.path,
+        data,
+        now,
+        schemas.SiteFeature,
+        produce,
+    )
+    return feature
 
 
 @router.get("/sites", summary="List the tenant's sites")
@@ -252,15 +273,31 @@ def get_site_history(
 
 @router.post("/corridors", status_code=201, summary="Register a corridor")
 def create_corridor(
+    request: Request,
     data: schemas.CorridorIn,
     principal: TenantWriter,
     session: WriteSession,
     model: Model,
     now: Now,
+    idempotency_key: IdempotencyKey = None,
 ) -> schemas.CorridorFeature:
     """Store a corridor (GeoJSON Feature with a LineString) and score it."""
-    target = _create(session, principal, model, data, now)
-    return targets.to_corridor_feature(target, session.get(CurrentScore, target.id))
+
+    def produce() -> tuple[int, schemas.CorridorFeature]:
+        target = _create(session, principal, model, data, now)
+        return 201, targets.to_corridor_feature(target, session.get(CurrentScore, target.id))
+
+    _, feature = idempotency.once(
+        session,
+        principal,
+        idempotency_key,
+        request.url.path,
+        data,
+        now,
+        schemas.CorridorFeature,
+        produce,
+    )
+    return feature
 
 
 @router.get("/corridors", summary="List the tenant's corridors")

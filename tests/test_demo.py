@@ -1,0 +1,183 @@
+"""The demo data set tells the mid-2025 story of docs/domain.md when scored as of past dates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from services.cli import app as cli
+from services.core.db import make_engine, make_sessionmaker
+from services.core.models import ApiKey, Tenant
+from services.scoring import demo, jobs, scores
+from services.scoring.models import CurrentScore, Incident, RescoreMark, ScoreChange, Target
+from tests.conftest import Api
+
+DEMO_KEY = {"Authorization": f"Bearer {demo.DEMO_TENANT_KEY}"}
+KENIEBA = "Keniéba gold mine (foreign-owned)"
+SIKASSO = "Sikasso gold mine (foreign-owned)"
+NORTH_BURKINA = "Northern Burkina mine (locally owned)"
+DAKAR = "Dakar office"
+BKO_TOM = "Charter BKO - TOM"
+
+
+def load_demo(api: Api) -> None:
+    with api.app.state.sessions.begin() as session:
+        now = jobs.utc_now()
+        demo.load(session, now, scores.ensure_model(session, now))
+    api.drain()
+
+
+@pytest.fixture
+def demo_api(api: Api) -> Api:
+    """The app with the demo data set loaded and scored."""
+    load_demo(api)
+    return api
+
+
+def target_path(api: Api, name: str) -> str:
+    for kind in ("sites", "corridors"):
+        for feature in api.client.get(f"/v1/{kind}", headers=DEMO_KEY).json()["features"]:
+            if feature["properties"]["name"] == name:
+                return f"/v1/{kind}/{feature['id']}"
+    raise AssertionError(f"no demo target named {name!r}")
+
+
+def score(api: Api, name: str, as_of: str) -> dict[str, Any]:
+    response = api.client.get(
+        f"{target_path(api, name)}/score", headers=DEMO_KEY, params={"as_of": as_of}
+    )
+    assert response.status_code == 200, response.text
+    doc: dict[str, Any] = response.json()
+    return doc
+
+
+def contributions(doc: dict[str, Any], source_id: str) -> list[dict[str, Any]]:
+    return [c for c in doc["contributions"] if c["source_id"] == source_id]
+
+
+def test_kenieba_mine_has_kidnapping_and_threat_by_12_june_and_nothing_on_1_june(
+    demo_api: Api,
+) -> None:
+    early = score(demo_api, KENIEBA, "2025-06-01T00:00:00Z")
+    assert early["contributions"] == []
+    assert early["band"] == "low"
+
+    late = score(demo_api, KENIEBA, "2025-06-12T00:00:00Z")
+    categories = {c["category"]: c for c in late["contributions"]}
+    assert categories["kidnapping"]["component"] == "kidnapping"
+    assert categories["kidnapping"]["source_id"] == "kidnapping-sw-mali"
+    assert categories["explicit_threat"]["component"] == "threats"
+    assert late["components"]["kidnapping"] > 0
+    assert late["components"]["threats"] > 0
+    assert late["score"] > early["score"]
+
+
+def test_bko_tom_air_corridor_turns_high_once_timbuktu_airport_attack_is_reported(
+    demo_api: Api,
+) -> None:
+    assert score(demo_api, BKO_TOM, "2025-06-01T00:00:00Z")["band"] == "low"
+    # The indirect fire on Timbuktu airport happened on 2 June but was reported only the next
+    # morning: scores as of the evening of 2 June know nothing of it yet, by 4 June they do.
+    assert score(demo_api, BKO_TOM, "2025-06-02T18:00:00Z")["band"] == "low"
+    after = score(demo_api, BKO_TOM, "2025-06-04T00:00:00Z")
+    assert after["band"] in ("high", "critical")
+    assert contributions(after, "timbuktu-airport-indirect-fire")
+    assert after["hotspots"], "a corridor score names its hotspot segments"
+
+
+def test_dakar_site_stays_low_at_all_times(demo_api: Api) -> None:
+    start = datetime(2025, 5, 1, tzinfo=UTC)
+    for day in range(0, 120, 3):
+        as_of = (start + timedelta(days=day)).isoformat()
+        doc = score(demo_api, DAKAR, as_of)
+        assert doc["band"] == "low", as_of
+    current = demo_api.client.get(f"{target_path(demo_api, DAKAR)}/score", headers=DEMO_KEY)
+    assert current.json()["band"] == "low"
+
+
+def test_threat_to_foreign_firms_raises_foreign_owned_mali_site_not_local_burkina_mine(
+    demo_api: Api,
+) -> None:
+    # 9 June: the threat (7 June) is reported, the political communique (9 June) is not yet.
+    as_of = "2025-06-09T00:00:00Z"
+    local = score(demo_api, NORTH_BURKINA, as_of)
+    assert contributions(local, "threat-foreign-companies") == []
+    assert local["components"]["threats"] == 0
+    assert local["score"] > 0, "the locally owned mine still scores its nearby violence"
+
+    foreign = score(demo_api, SIKASSO, as_of)
+    [threat] = contributions(foreign, "threat-foreign-companies")
+    assert threat["component"] == "threats"
+    assert threat["points"] > 0
+    assert foreign["components"]["threats"] > 0
+
+    # Later, the local mine's threat points come from the communique only, never the threat.
+    later = score(demo_api, NORTH_BURKINA, "2025-06-12T00:00:00Z")
+    assert contributions(later, "threat-foreign-companies") == []
+
+
+def test_contributions_carry_why_text_and_factors(demo_api: Api) -> None:
+    doc = score(demo_api, KENIEBA, "2025-06-12T00:00:00Z")
+    assert doc["contributions"]
+    for c in doc["contributions"]:
+        assert c["title"] in c["why"]
+        assert c["points"] > 0
+        for factor in ("age_days", "decay", "category_weight", "credibility", "profile_match"):
+            assert factor in c["factors"], (c["source_id"], factor)
+    [kidnapping] = contributions(doc, "kidnapping-sw-mali")
+    assert "expatriate" in kidnapping["why"]
+    assert kidnapping["factors"]["distance_km"] > 0
+    assert kidnapping["factors"]["profile_match"] > 1
+
+
+def _counts(session: Session) -> dict[str, Any]:
+    tables = (Tenant, ApiKey, Target, Incident, ScoreChange, CurrentScore, RescoreMark)
+    counts: dict[str, Any] = {
+        t.__tablename__: session.execute(select(func.count()).select_from(t)).scalar_one()
+        for t in tables
+    }
+    counts["incident_revisions"] = sorted(session.execute(select(Incident.revision)).scalars())
+    counts["target_ids"] = sorted(session.execute(select(Target.id)).scalars())
+    return counts
+
+
+def test_loading_the_demo_twice_changes_nothing(demo_api: Api) -> None:
+    factory = demo_api.app.state.sessions
+    with factory() as session:
+        before = _counts(session)
+    scores_before = score(demo_api, KENIEBA, "2025-06-12T00:00:00Z")
+    load_demo(demo_api)
+    with factory() as session:
+        after = _counts(session)
+    assert after == before
+    assert before["target"] == 8
+    assert before["incident"] == len(demo.timeline())
+    assert before["rescore_mark"] == 0
+    assert score(demo_api, KENIEBA, "2025-06-12T00:00:00Z") == scores_before
+
+
+def test_demo_command_loads_and_scores_a_fresh_sqlite_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    runner = CliRunner()
+    for _ in range(2):  # a second run is harmless
+        result = runner.invoke(cli, ["demo", "--database-url", url])
+        assert result.exit_code == 0, result.output
+        assert "demo tenant" in result.output
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            counts = _counts(session)
+    finally:
+        engine.dispose()
+    assert counts["tenant"] == 1
+    assert counts["api_key"] == 2
+    assert counts["target"] == 8
+    assert counts["current_score"] == 8
+    assert counts["incident"] == len(demo.timeline())
+    assert counts["rescore_mark"] == 0

@@ -1,0 +1,268 @@
+"""One tenant never sees, changes or learns of another tenant's sites, corridors and scores."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from services.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
+from services.scoring.api.deps import MAX_ID
+from tests.conftest import Api
+
+PATH_PARAM = re.compile(r"\{([^}]+)\}")
+HTTP_METHODS = ("get", "put", "post", "patch", "delete")
+# Path parameters naming platform resources, which no tenant owns.
+PLATFORM_PARAMS = frozenset({"incident_id", "key_id", "tenant_id"})
+# Incidents are platform-wide intelligence (the incidents behind every tenant's scores): any
+# reader key may read them, so tenant B reading one is not a leak of tenant A's data.
+SHARED_READS = frozenset({("GET", "/v1/incidents/{incident_id}")})
+# The tenant routes this file must reach; renaming one without updating the walk fails here.
+EXPECTED_TENANT_OPERATIONS = frozenset(
+    (method, f"/v1/{kind}s/{{{kind}_id}}{suffix}")
+    for kind in ("site", "corridor")
+    for method, suffix in (
+        ("GET", ""),
+        ("PUT", ""),
+        ("DELETE", ""),
+        ("GET", "/score"),
+        ("GET", "/score-history"),
+    )
+)
+
+
+def site_body(name: str = "Mine", lon: float = -8.0, lat: float = 12.6) -> dict[str, Any]:
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [lon, lat]},
+        "properties": {"name": name, "country": "MLI", "sector": "mining"},
+    }
+
+
+def corridor_body(name: str = "Road") -> dict[str, Any]:
+    return {
+        "type": "Feature",
+        "geometry": {"type": "LineString", "coordinates": [[-8.0, 12.6], [-7.5, 11.4]]},
+        "properties": {"name": name, "countries": ["MLI"]},
+    }
+
+
+def incident_body(source_id: str = "inc-1") -> dict[str, Any]:
+    occurred = datetime.now(UTC) - timedelta(days=1)
+    return {
+        "source": "test",
+        "source_id": source_id,
+        "category": "armed_assault",
+        "occurred_at": occurred.isoformat(),
+        "location": {"type": "Point", "coordinates": [-8.0, 12.7]},
+        "country": "MLI",
+    }
+
+
+# Request bodies by the schema a route's OpenAPI operation names.
+BODIES = {"SiteIn": site_body("B's replacement"), "CorridorIn": corridor_body("B's replacement")}
+
+
+def assert_not_found_problem(response: httpx.Response, what: str) -> None:
+    assert response.status_code == 404, f"{what}: {response.status_code} {response.text}"
+    assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE), what
+    doc = response.json()
+    assert doc["type"] == PROBLEM_BASE + "not-found", what
+    assert doc["status"] == 404, what
+
+
+def request_body(operation: dict[str, Any]) -> dict[str, Any] | None:
+    """A minimal valid body for an operation, or None when it takes none."""
+    body = operation.get("requestBody")
+    if body is None:
+        return None
+    ref = body["content"]["application/json"]["schema"]["$ref"]
+    name = ref.rsplit("/", 1)[-1]
+    assert name in BODIES, f"no body for schema {name}: add a minimal valid one to BODIES"
+    return BODIES[name]
+
+
+def operations(api: Api) -> list[tuple[str, str, dict[str, Any], list[str]]]:
+    """Every (method, path, operation, path parameters) of the live OpenAPI schema."""
+    schema = api.client.get("/openapi.json").json()
+    out = []
+    for path, item in schema["paths"].items():
+        for method in HTTP_METHODS:
+            if method in item:
+                out.append((method.upper(), path, item[method], PATH_PARAM.findall(path)))
+    return out
+
+
+def make_tenant_a_resources(api: Api) -> dict[str, int]:
+    site = api.client.post("/v1/sites", headers=api.a, json=site_body("A's mine"))
+    corridor = api.client.post("/v1/corridors", headers=api.a, json=corridor_body("A's road"))
+    assert site.status_code == 201, site.text
+    assert corridor.status_code == 201, corridor.text
+    return {"site_id": site.json()["id"], "corridor_id": corridor.json()["id"]}
+
+
+def make_platform_resources(api: Api) -> dict[str, int]:
+    incident = api.client.post("/v1/incidents", headers=api.ingest, json=incident_body())
+    key = api.client.post(
+        "/v1/api-keys",
+        headers=api.admin,
+        json={"name": "a2", "tenant_id": api.tenant_a, "roles": ["scores:read"]},
+    )
+    assert incident.status_code == 201, incident.text
+    assert key.status_code == 201, key.text
+    return {
+        "incident_id": incident.json()["id"],
+        "key_id": key.json()["id"],
+        "tenant_id": api.tenant_a,
+    }
+
+
+def test_tenant_b_gets_404_problem_on_every_route_naming_tenant_a_resources(api: Api) -> None:
+    a_ids = make_tenant_a_resources(api)
+    before = {
+        "site": api.client.get(f"/v1/sites/{a_ids['site_id']}", headers=api.a).json(),
+        "corridor": api.client.get(f"/v1/corridors/{a_ids['corridor_id']}", headers=api.a).json(),
+    }
+    walked = set()
+    for method, path, operation, params in operations(api):
+        if not params or set(params) & PLATFORM_PARAMS:
+            continue
+        unknown = [p for p in params if p not in a_ids]
+        assert not unknown, f"{method} {path}: give tenant A an id for {unknown} in this test"
+        body = request_body(operation)
+        url = path.format(**a_ids)
+        response = api.client.request(method, url, headers=api.b, json=body)
+        assert_not_found_problem(response, f"B {method} {url}")
+        # The answer must not tell "another tenant's" from "no such id".
+        missing = api.client.request(
+            method, path.format(**dict.fromkeys(a_ids, MAX_ID)), headers=api.b, json=body
+        )
+        assert_not_found_problem(missing, f"B {method} {path} on a missing id")
+        assert response.json()["detail"] == missing.json()["detail"]
+        walked.add((method, path))
+    assert walked >= EXPECTED_TENANT_OPERATIONS, EXPECTED_TENANT_OPERATIONS - walked
+    # B's PUT and DELETE were refused: A's resources are still there, unchanged.
+    after = {
+        "site": api.client.get(f"/v1/sites/{a_ids['site_id']}", headers=api.a).json(),
+        "corridor": api.client.get(f"/v1/corridors/{a_ids['corridor_id']}", headers=api.a).json(),
+    }
+    assert after == before
+
+
+def test_tenant_b_gets_no_success_on_platform_routes_except_shared_incident_reads(
+    api: Api,
+) -> None:
+    ids = make_platform_resources(api)
+    walked = set()
+    for method, path, operation, params in operations(api):
+        if not set(params) & PLATFORM_PARAMS:
+            continue
+        assert set(params) <= PLATFORM_PARAMS, f"{method} {path}: mixed parameters {params}"
+        url = path.format(**ids)
+        response = api.client.request(method, url, headers=api.b, json=request_body(operation))
+        if (method, path) in SHARED_READS:
+            # Not tenant-owned: B sees exactly what A sees.
+            assert response.status_code == 200, response.text
+            assert api.client.request(method, url, headers=api.a).json() == response.json()
+        else:
+            assert response.status_code in (403, 404), f"B {method} {url}: {response.text}"
+            assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+        walked.add((method, path))
+    assert walked >= {("GET", "/v1/incidents/{incident_id}"), ("DELETE", "/v1/api-keys/{key_id}")}
+    # The key B tried to revoke still works.
+    keys = api.client.get("/v1/api-keys", headers=api.admin).json()
+    assert next(k for k in keys if k["id"] == ids["key_id"])["revoked_at"] is None
+
+
+def test_tenant_b_lists_only_its_own_sites_and_corridors(api: Api) -> None:
+    a_ids = make_tenant_a_resources(api)
+    b_site = api.client.post("/v1/sites", headers=api.b, json=site_body("B's mine")).json()
+    sites = api.client.get("/v1/sites", headers=api.b).json()["features"]
+    corridors = api.client.get("/v1/corridors", headers=api.b).json()["features"]
+    assert [s["id"] for s in sites] == [b_site["id"]]
+    assert a_ids["corridor_id"] not in [c["id"] for c in corridors]
+    assert corridors == []
+
+
+def test_tenant_b_change_feed_has_none_of_tenant_a_targets(api: Api) -> None:
+    a_ids = make_tenant_a_resources(api)
+    b_site = api.client.post("/v1/sites", headers=api.b, json=site_body("B's mine")).json()
+    # An incident near both tenants' sites moves both scores.
+    assert api.client.post("/v1/incidents", headers=api.ingest, json=incident_body()).is_success
+    api.drain()
+    a_feed = api.client.get("/v1/score-changes", headers=api.a).json()["changes"]
+    b_feed = api.client.get("/v1/score-changes", headers=api.b).json()["changes"]
+    assert {c["target"]["id"] for c in a_feed} == set(a_ids.values())
+    assert {c["target"]["id"] for c in b_feed} == {b_site["id"]}
+    assert len(b_feed) == 2  # created, then moved by the incident
+
+
+def test_tenant_b_backtest_naming_tenant_a_target_is_404(api: Api) -> None:
+    a_ids = make_tenant_a_resources(api)
+    for kind, target_id in (("site", a_ids["site_id"]), ("corridor", a_ids["corridor_id"])):
+        body = {"targets": [{"kind": kind, "id": target_id}], "times": ["2025-06-01T00:00:00Z"]}
+        assert api.client.post("/v1/backtests", headers=api.a, json=body).status_code == 200
+        response = api.client.post("/v1/backtests", headers=api.b, json=body)
+        assert_not_found_problem(response, f"B backtest of A's {kind}")
+
+
+def test_tenant_b_audit_log_has_none_of_tenant_a_entries(api: Api) -> None:
+    make_tenant_a_resources(api)
+    api.client.post("/v1/sites", headers=api.b, json=site_body("B's mine"))
+    a_entries = api.client.get("/v1/audit-log", headers=api.a).json()["entries"]
+    b_entries = api.client.get("/v1/audit-log", headers=api.b).json()["entries"]
+    assert {e["tenant_id"] for e in a_entries} == {api.tenant_a}
+    assert {e["tenant_id"] for e in b_entries} == {api.tenant_b}
+    assert [e["action"] for e in b_entries] == ["site.create"]
+
+
+def admin_operations(api: Api) -> list[tuple[str, str, dict[str, Any] | None]]:
+    key_id = make_platform_resources(api)["key_id"]
+    model = api.client.get("/v1/model", headers=api.admin).json()
+    return [
+        ("POST", "/v1/tenants", {"name": "Intruder"}),
+        ("GET", "/v1/tenants", None),
+        ("POST", "/v1/api-keys", {"name": "x", "tenant_id": None, "roles": ["admin"]}),
+        ("GET", "/v1/api-keys", None),
+        ("DELETE", f"/v1/api-keys/{key_id}", None),
+        ("POST", "/v1/model/versions", {"params": model["params"], "note": "intrusion"}),
+    ]
+
+
+def test_tenant_and_ingest_keys_get_403_on_admin_routes(api: Api) -> None:
+    admin_ops = admin_operations(api)
+    # Every operation the schema marks as admin-only is in the list above.
+    documented = {(m, p) for m, p, op, _ in operations(api) if "(admin)" in op["summary"]}
+    listed = {(m, re.sub(r"/\d+$", "/{key_id}", p)) for m, p, _ in admin_ops}
+    assert documented <= listed, documented - listed
+    for headers in (api.a, api.b, api.a_read, api.ingest):
+        for method, path, body in admin_ops:
+            response = api.client.request(method, path, headers=headers, json=body)
+            assert response.status_code == 403, f"{method} {path}: {response.text}"
+            assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+    # The admin reaches them (so the 403s above are about the key, not a broken route).
+    assert api.client.get("/v1/tenants", headers=api.admin).status_code == 200
+    assert api.client.get("/v1/api-keys", headers=api.admin).status_code == 200
+    assert api.client.get("/v1/model/versions", headers=api.admin).json()[0]["version"] == 1
+
+
+def test_unknown_or_missing_key_gets_401_problem(api: Api) -> None:
+    site_id = make_tenant_a_resources(api)["site_id"]
+    for headers in (
+        {"Authorization": "Bearer rak_not_a_real_key"},
+        {"X-API-Key": "rak_not_a_real_key"},
+        {},
+    ):
+        for method, path in (
+            ("GET", "/v1/sites"),
+            ("GET", f"/v1/sites/{site_id}"),
+            ("GET", "/v1/tenants"),
+            ("GET", "/v1/score-changes"),
+        ):
+            response = api.client.request(method, path, headers=headers)
+            assert response.status_code == 401, f"{headers} {method} {path}"
+            assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
+            assert response.json()["type"] == PROBLEM_BASE + "unauthenticated"
+            assert response.headers["www-authenticate"] == "Bearer"
