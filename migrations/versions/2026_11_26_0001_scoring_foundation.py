@@ -159,6 +159,8 @@ def upgrade() -> None:
         sa.Column("band", sa.String(12), nullable=False),
         sa.Column("as_of", UTC_TIME, nullable=False),
         sa.Column("document", sa.Text(), nullable=False),
+        sa.Column("fed_value", sa.Float(), nullable=False),
+        sa.Column("fed_band", sa.String(12), nullable=False),
         sa.ForeignKeyConstraint(
             ["target_id"],
             ["target.id"],

@@ -113,6 +113,10 @@ class CurrentScore(Base):
     band: Mapped[str] = mapped_column(String(12))
     as_of: Mapped[datetime] = mapped_column(UTCDateTime())
     document: Mapped[str] = mapped_column(Text)
+    # The score and band of the target's last change-feed entry: moves are measured from
+    # what consumers last saw, so a slow drift is reported once it adds up.
+    fed_value: Mapped[float] = mapped_column(Float)
+    fed_band: Mapped[str] = mapped_column(String(12))
 
 
 class ScoreChange(Base):

@@ -377,9 +377,9 @@ def _changed(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) 
     if old is None:
         return True
     return (
-        old.band != new.band.value
+        old.fed_band != new.band.value
         or old.model_version != new.model_version
-        or abs(old.value - new.score) >= min_delta
+        or abs(old.fed_value - new.score) >= min_delta
     )
 
 
@@ -415,7 +415,8 @@ def rescore(
         score = risk.score_target(targets.to_model(target), loaded.incident_set, now, model.params)
         doc = document(ref_for(target), score, model.version, loaded.rows)
         old = current.get(target.id)
-        if _changed(old, doc, min_delta):
+        fed = _changed(old, doc, min_delta)
+        if fed:
             changes.append(change_row(target, old, doc, cause, now))
         body = doc.model_dump_json()
         if old is None:
@@ -427,11 +428,15 @@ def rescore(
                     band=doc.band.value,
                     as_of=now,
                     document=body,
+                    fed_value=doc.score,
+                    fed_band=doc.band.value,
                 )
             )
         else:
             old.model_version, old.value, old.band = model.version, doc.score, doc.band.value
             old.as_of, old.document = now, body
+            if fed:
+                old.fed_value, old.fed_band = doc.score, doc.band.value
     session.flush()
     append_changes(session, changes)
     return len(changes)
@@ -447,9 +452,9 @@ def change_row(
         target_kind=target.kind,
         model_version=doc.model_version,
         as_of=doc.as_of,
-        previous_value=old.value if old else None,
+        previous_value=old.fed_value if old else None,
         value=doc.score,
-        previous_band=old.band if old else None,
+        previous_band=old.fed_band if old else None,
         band=doc.band.value,
         components={k.value: v for k, v in doc.components.items()},
         top_incidents=[
@@ -480,9 +485,9 @@ def record_removal(session: Session, target: Target, now: datetime) -> None:
         target_kind=target.kind,
         model_version=old.model_version if old else 0,
         as_of=now,
-        previous_value=old.value if old else None,
+        previous_value=old.fed_value if old else None,
         value=0.0,
-        previous_band=old.band if old else None,
+        previous_band=old.fed_band if old else None,
         band=Band.LOW.value,
         components={},
         top_incidents=[],

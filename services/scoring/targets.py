@@ -107,17 +107,27 @@ def get(session: Session, tenant_id: int, kind: TargetKind, target_id: int) -> T
 
 def page(
     session: Session, tenant_id: int, kind: TargetKind, *, tag: str | None, after: int, limit: int
-) -> Sequence[tuple[Target, CurrentScore | None]]:
-    """A page of a tenant's targets of one kind, with their current scores."""
+) -> list[tuple[Target, CurrentScore | None]]:
+    """A page of a tenant's targets of one kind (optionally with a tag), with current scores."""
     query = (
         select(Target, CurrentScore)
         .outerjoin(CurrentScore, CurrentScore.target_id == Target.id)
-        .where(Target.tenant_id == tenant_id, Target.kind == kind.value, Target.id > after)
+        .where(Target.tenant_id == tenant_id, Target.kind == kind.value)
         .order_by(Target.id)
-        .limit(limit * 4 if tag else limit)
     )
-    rows = [(t, s) for t, s in session.execute(query).tuples() if not tag or tag in t.tags]
-    return rows[:limit]
+    if tag is None:
+        return list(session.execute(query.where(Target.id > after).limit(limit)).tuples())
+    # Tags live in a JSON list, which the two engines query differently: filter here, scanning
+    # forward in chunks until the page is full or the targets run out.
+    found: list[tuple[Target, CurrentScore | None]] = []
+    cursor, chunk = after, max(limit, 200)
+    while len(found) < limit:
+        rows = list(session.execute(query.where(Target.id > cursor).limit(chunk)).tuples())
+        found.extend((t, s) for t, s in rows if tag in t.tags)
+        if len(rows) < chunk:
+            break
+        cursor = rows[-1][0].id
+    return found[:limit]
 
 
 def snapshot(target: Target) -> dict[str, object]:
