@@ -288,6 +288,7 @@ def test_incident_without_location_or_scope_is_422_and_not_stored(api: Api) -> N
     reasons = " ".join(e["reason"] for e in doc["errors"])
     assert "location" in reasons
     assert "scope" in reasons
+    assert [e["field"] for e in doc["errors"]] == ["scope"]
     assert stored(api) == []
 
 
@@ -538,9 +539,7 @@ def test_bad_bbox_is_422_naming_bbox(api: Api, bbox: str) -> None:
         ({"after": -1}, "after"),
     ],
 )
-def test_bad_query_parameter_is_422_naming_it(
-    api: Api, params: dict[str, Any], field: str
-) -> None:
+def test_bad_query_parameter_is_422_naming_it(api: Api, params: dict[str, Any], field: str) -> None:
     response = api.client.get("/v1/incidents", params=params, headers=api.a_read)
 
     assert field in error_fields(assert_problem(response, 422))
@@ -571,7 +570,9 @@ def test_incident_routes_without_key_are_401(api: Api) -> None:
 def test_tenant_keys_cannot_post_incidents(api: Api) -> None:
     for headers in (api.a, api.a_read):
         one = api.client.post("/v1/incidents", json=incident(), headers=headers)
-        batch = api.client.post("/v1/incidents/batch", json={"items": [incident()]}, headers=headers)
+        batch = api.client.post(
+            "/v1/incidents/batch", json={"items": [incident()]}, headers=headers
+        )
         assert assert_problem(one, 403)["type"].endswith("/forbidden")
         assert_problem(batch, 403)
     assert stored(api) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -9,6 +10,7 @@ from datetime import datetime
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from services.core.auth import KeyCache, hash_key
 from services.core.db import is_sqlite, make_engine, make_sessionmaker, upgrade_to_head
@@ -18,6 +20,8 @@ from services.scoring.api import router
 from services.scoring.settings import ScoringSettings
 
 API_VERSION = "1.0.0"
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -42,8 +46,13 @@ def create_app(
         app.state.key_cache = KeyCache(settings.key_cache_ttl.total_seconds())
         admin = settings.admin_api_key
         app.state.admin_key_hash = hash_key(admin.get_secret_value()) if admin else None
-        with app.state.sessions.begin() as session:
-            scores.ensure_model(session, clock())
+        try:
+            with app.state.sessions.begin() as session:
+                scores.ensure_model(session, clock())
+        except OperationalError as exc:
+            # Start anyway: requests answer 503 and /readyz fails until the database is back;
+            # the first request then creates the model version (see deps.active_model).
+            log.warning("database unavailable at start-up: %s", exc)
         app.state.worker = None
         scheduler = None
         if settings.inline_worker:

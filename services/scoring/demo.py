@@ -349,6 +349,7 @@ def load(session: Session, now: datetime, model: scores.ActiveModel) -> int:
             targets.create(session, tenant.id, schemas.CorridorIn.model_validate(body), now)
     for body in timeline():
         incidents.upsert(session, schemas.IncidentIn.model_validate(body), now)
-    scores.mark_all(session, "demo", now)
+    # Feed causes are a closed list (docs/architecture.md); the demo brings new incidents.
+    scores.mark_all(session, "incident", now)
     session.flush()
     return tenant.id

@@ -61,7 +61,8 @@ def check_times(data: schemas.IncidentIn, now: datetime, skew: Any) -> None:
 
 def _columns(data: schemas.IncidentIn, now: datetime) -> dict[str, Any]:
     lon, lat = data.location.coordinates if data.location else (None, None)
-    reported_at = data.reported_at or now
+    # Unknown report time: we learn of it now (but never before it happened, within skew).
+    reported_at = data.reported_at or max(now, data.occurred_at)
     return {
         "category": data.category.value,
         "occurred_at": data.occurred_at,

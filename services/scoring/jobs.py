@@ -30,16 +30,21 @@ def rescore_pending(
 ) -> int:
     """Rescore one batch of queued targets in one transaction; return how many were taken."""
     with factory.begin() as session:
-        ids = scores.claim_marks(session, settings.rescore_batch_size)
-        if not ids:
+        marks = scores.claim_marks(session, settings.rescore_batch_size)
+        if not marks:
             return 0
         now = clock()
         model = scores.ensure_model(session, now)
-        scores.rescore(
-            session, model, ids, now, cause="incident", min_delta=settings.change_min_delta
-        )
-        scores.release_marks(session, ids)
-    return len(ids)
+        # The feed names why each target was rescored (incident, decay, model...).
+        by_cause: dict[str, list[int]] = {}
+        for target_id, cause in marks.items():
+            by_cause.setdefault(cause, []).append(target_id)
+        for cause, ids in by_cause.items():
+            scores.rescore(
+                session, model, ids, now, cause=cause, min_delta=settings.change_min_delta
+            )
+        scores.release_marks(session, list(marks))
+    return len(marks)
 
 
 def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now) -> int:

@@ -6,7 +6,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.core.auth import Role
@@ -155,7 +164,7 @@ class IncidentIn(Strict):
     reported_at_estimated: bool = False
     location: PointGeometry | None = None
     location_precision: LocationPrecision = LocationPrecision.EXACT
-    scope: AreaScope | None = None
+    scope: Annotated[AreaScope | None, Field(validate_default=True)] = None
     country: CountryCode | None = None
     admin1: ShortText | None = None
     admin2: ShortText | None = None
@@ -171,13 +180,21 @@ class IncidentIn(Strict):
     description: Annotated[str, Field(max_length=4000)] = ""
     tags: Annotated[list[Tag], Field(max_length=32)] = []
 
-    @model_validator(mode="after")
-    def _located(self) -> IncidentIn:
-        if self.location is None and self.scope is None:
+    @field_validator("scope")
+    @classmethod
+    def _located(cls, scope: AreaScope | None, info: ValidationInfo) -> AreaScope | None:
+        # Runs after `location` (declared earlier), so the error names the field that is missing.
+        if scope is None and info.data.get("location") is None and "location" in info.data:
             raise ValueError("give a location (Point) or an area scope (countries)")
-        if self.reported_at is not None and self.reported_at < self.occurred_at:
+        return scope
+
+    @field_validator("reported_at")
+    @classmethod
+    def _after_occurrence(cls, reported: datetime | None, info: ValidationInfo) -> datetime | None:
+        occurred = info.data.get("occurred_at")
+        if reported is not None and occurred is not None and reported < occurred:
             raise ValueError("reported_at is before occurred_at")
-        return self
+        return reported
 
 
 class IncidentBatchIn(Strict):

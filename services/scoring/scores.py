@@ -365,12 +365,16 @@ def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]])
     return {int(i) for i in target_ids[hit]}
 
 
-def claim_marks(session: Session, limit: int) -> list[int]:
-    """Take up to `limit` queued targets; on Postgres, rows other workers hold are skipped."""
-    query = select(RescoreMark.target_id).order_by(RescoreMark.marked_at).limit(limit)
+def claim_marks(session: Session, limit: int) -> dict[int, str]:
+    """Take up to `limit` queued targets with their causes; on Postgres, held rows are skipped."""
+    query = (
+        select(RescoreMark.target_id, RescoreMark.cause)
+        .order_by(RescoreMark.marked_at)
+        .limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    return list(session.execute(query).scalars())
+    return {target_id: cause for target_id, cause in session.execute(query)}
 
 
 def _changed(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:

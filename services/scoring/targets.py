@@ -116,13 +116,13 @@ def page(
         .order_by(Target.id)
     )
     if tag is None:
-        return list(session.execute(query.where(Target.id > after).limit(limit)).tuples())
+        return [(t, s) for t, s in session.execute(query.where(Target.id > after).limit(limit))]
     # Tags live in a JSON list, which the two engines query differently: filter here, scanning
     # forward in chunks until the page is full or the targets run out.
     found: list[tuple[Target, CurrentScore | None]] = []
     cursor, chunk = after, max(limit, 200)
     while len(found) < limit:
-        rows = list(session.execute(query.where(Target.id > cursor).limit(chunk)).tuples())
+        rows = [(t, s) for t, s in session.execute(query.where(Target.id > cursor).limit(chunk))]
         found.extend((t, s) for t, s in rows if tag in t.tags)
         if len(rows) < chunk:
             break

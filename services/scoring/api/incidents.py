@@ -142,9 +142,9 @@ def _ingest_batch(
                     "duplicate-in-batch",
                     f"same source and source_id as item {seen[key]}",
                 )
-            seen[key] = index
             with session.begin_nested():
                 result = _ingest(item, session, now, settings)
+            seen[key] = index
             upserted.append(result)
             results.append(
                 schemas.ItemResult(index=index, status=result.outcome, id=result.incident.id)

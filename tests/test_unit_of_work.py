@@ -1,0 +1,182 @@
+"""One unit of work per request: a failed commit is a 5xx and stores nothing; errors stay terse."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from services.scoring.app import create_app
+from tests.conftest import ADMIN_KEY, Api, make_settings
+
+DJIBO = [-1.63, 14.10]
+SITE = {
+    "type": "Feature",
+    "geometry": {"type": "Point", "coordinates": DJIBO},
+    "properties": {"name": "Djibo camp", "country": "BFA"},
+}
+INCIDENT = {
+    "source": "acled",
+    "source_id": "evt-1",
+    "category": "armed_assault",
+    "occurred_at": "2025-06-01T00:00:00Z",
+    "location": {"type": "Point", "coordinates": DJIBO},
+    "fatalities": {"best": 20},
+}
+SECRET = "s3cr3t-internal-detail"
+TABLES = ("target", "current_score", "score_change", "audit_entry", "incident", "rescore_mark")
+
+
+def assert_terse_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """A problem document that tells nothing about the code or the failure's internals."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    doc: dict[str, Any] = response.json()
+    assert doc["status"] == status
+    assert doc["type"].startswith("https://riskalert.dev/problems/")
+    for leak in ("Traceback", 'File "', SECRET, "sqlalchemy", "psycopg", "services/"):
+        assert leak not in response.text
+    return doc
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    """Rows per table the write paths touch."""
+    with engine.connect() as conn:
+        return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in TABLES}
+
+
+@pytest.fixture
+def failing_commits(api: Api) -> Iterator[list[BaseException]]:
+    """Make every commit of the app's write sessions raise the exception put in the list."""
+    failure: list[BaseException] = [RuntimeError(SECRET)]
+
+    def refuse(session: Session) -> None:
+        raise failure[0]
+
+    factory = api.app.state.sessions
+    event.listen(factory, "before_commit", refuse)
+    yield failure
+    event.remove(factory, "before_commit", refuse)
+
+
+COMMIT_FAILURES = [
+    pytest.param(RuntimeError(SECRET), 500, id="bug"),
+    pytest.param(
+        OperationalError("COMMIT", {}, Exception(f"server closed the connection {SECRET}")),
+        503,
+        id="database-lost",
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "status"), COMMIT_FAILURES)
+def test_failed_commit_of_new_site_is_5xx_and_stores_nothing(
+    api: Api,
+    engine: Engine,
+    failing_commits: list[BaseException],
+    error: BaseException,
+    status: int,
+) -> None:
+    failing_commits[0] = error
+
+    response = api.client.post("/v1/sites", json=SITE, headers=api.a)
+
+    assert_terse_problem(response, status)
+    assert row_counts(engine) == dict.fromkeys(TABLES, 0)
+
+
+def test_failed_commit_of_incident_is_5xx_and_stores_nothing(
+    api: Api, engine: Engine, failing_commits: list[BaseException]
+) -> None:
+    one = api.client.post("/v1/incidents", json=INCIDENT, headers=api.ingest)
+    batch = api.client.post("/v1/incidents/batch", json={"items": [INCIDENT]}, headers=api.ingest)
+
+    assert_terse_problem(one, 500)
+    assert_terse_problem(batch, 500)
+    assert row_counts(engine) == dict.fromkeys(TABLES, 0)
+
+
+def test_retry_after_failed_commit_with_same_idempotency_key_is_done_fresh(
+    api: Api, engine: Engine
+) -> None:
+    headers = {**api.a, "Idempotency-Key": "site-1"}
+
+    def refuse(session: Session) -> None:
+        raise RuntimeError(SECRET)
+
+    factory = api.app.state.sessions
+    event.listen(factory, "before_commit", refuse)
+    try:
+        assert_terse_problem(api.client.post("/v1/sites", json=SITE, headers=headers), 500)
+    finally:
+        event.remove(factory, "before_commit", refuse)
+
+    retry = api.client.post("/v1/sites", json=SITE, headers=headers)
+
+    assert retry.status_code == 201, retry.text
+    assert row_counts(engine)["target"] == 1
+
+
+def test_unexpected_exception_in_route_is_500_problem_without_traceback(
+    api: Api, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise KeyError(SECRET)
+
+    monkeypatch.setattr("services.scoring.targets.create", boom)
+    monkeypatch.setattr("services.scoring.incidents.search", boom)
+
+    write = api.client.post("/v1/sites", json=SITE, headers=api.a)
+    read = api.client.get("/v1/incidents", headers=api.a_read)
+
+    doc = assert_terse_problem(write, 500)
+    assert doc["type"].endswith("/internal")
+    assert doc["instance"] == "/v1/sites"
+    assert assert_terse_problem(read, 500)["instance"] == "/v1/incidents"
+    assert row_counts(engine) == dict.fromkeys(TABLES, 0)
+
+
+def _closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def down_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL nothing answers on."""
+    if request.param == "postgresql":
+        return f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/riskalert"
+    return f"sqlite:///{tmp_path / 'no-such-directory' / 'riskalert.db'}"
+
+
+def test_database_down_gives_503_problems_not_500(down_url: str) -> None:
+    app = create_app(make_settings(down_url, auto_migrate=False))
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    tenant = {"Authorization": "Bearer rak_some_tenant_key"}
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        responses = [
+            client.get("/readyz"),
+            client.get("/v1/sites", headers=tenant),
+            client.post("/v1/sites", json=SITE, headers=tenant),
+            client.post("/v1/incidents", json=INCIDENT, headers=admin),
+            client.get("/v1/incidents", headers=admin),
+        ]
+        alive = client.get("/healthz")
+
+    for response in responses:
+        doc = assert_terse_problem(response, 503)
+        assert doc["type"].endswith("/database-unavailable")
+        assert str(down_url.rsplit("/", 1)[0]) not in response.text
+    assert all(r.headers.get("retry-after") == "5" for r in responses[1:])
+    assert alive.status_code == 200
