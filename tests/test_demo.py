@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,8 +161,8 @@ def test_loading_the_demo_twice_changes_nothing(demo_api: Api) -> None:
     assert score(demo_api, KENIEBA, "2025-06-12T00:00:00Z") == scores_before
 
 
-def test_demo_command_loads_and_scores_a_fresh_sqlite_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'demo.db'}"
+def test_demo_command_loads_and_scores_the_database(db_url: str) -> None:
+    url = db_url
     runner = CliRunner()
     for _ in range(2):  # a second run is harmless
         result = runner.invoke(cli, ["demo", "--database-url", url])
