@@ -1,4 +1,4 @@
-"""The baseline for read throughput: a bare FastAPI app returning constant JSON, served like the API.
+"""Read-throughput baseline: a bare FastAPI app returning constant JSON, served like the API.
 
 `python -m benchmarks.bare_app --port 8001` runs it exactly as `riskalert serve` runs the real
 app: logging.basicConfig at INFO, then uvicorn.run(app, host=..., port=...) with uvicorn's

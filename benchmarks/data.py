@@ -225,7 +225,7 @@ def _fatalities(rng: np.random.Generator, category: str) -> dict[str, int | None
     out: dict[str, int | None] = {
         "low": int(best * 0.7),
         "best": best,
-        "high": int(math.ceil(best * 1.5)),
+        "high": math.ceil(best * 1.5),
     }
     if rng.uniform() < 0.3:
         out["claimed"] = int(best * rng.uniform(1.5, 4.0)) + 1
@@ -253,7 +253,9 @@ def _incident_body(
         "location_precision": precision,
         "source_reliability": round(float(rng.uniform(0.4, 0.95)), 2),
         "lifecycle": str(
-            rng.choice(["confirmed", "developing", "updated", "retracted"], p=[0.85, 0.1, 0.04, 0.01])
+            rng.choice(
+                ["confirmed", "developing", "updated", "retracted"], p=[0.85, 0.1, 0.04, 0.01]
+            )
         ),
         "title": f"{category.replace('_', ' ')} #{index}",
         "fatalities": _fatalities(rng, category),
@@ -327,7 +329,10 @@ def incidents(
                     cl = None
                     if location is not None:
                         spread = OFFSPRING_SPREAD_KM / KM_PER_DEGREE
-                        cl = (location[0] + rng.normal(0, spread), location[1] + rng.normal(0, spread))
+                        cl = (
+                            location[0] + rng.normal(0, spread),
+                            location[1] + rng.normal(0, spread),
+                        )
                     children.append((ct, cc, cl))
             pending = children
             generation += 1
