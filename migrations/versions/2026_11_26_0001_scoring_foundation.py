@@ -194,6 +194,8 @@ def upgrade() -> None:
         sa.Column("target_id", sa.Integer(), nullable=False),
         sa.Column("cause", sa.String(32), nullable=False),
         sa.Column("marked_at", UTC_TIME, nullable=False),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column("claimed_until", UTC_TIME, nullable=True),
         sa.ForeignKeyConstraint(
             ["target_id"],
             ["target.id"],
@@ -202,6 +204,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("target_id", name="pk_rescore_mark"),
     )
+    op.create_index("ix_rescore_mark_marked_at", "rescore_mark", ["marked_at"])
     op.create_table(
         "model_version",
         sa.Column("id", sa.Integer(), nullable=False),

@@ -7,12 +7,13 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -106,11 +107,16 @@ def principal_for(session: Session, key_hash: str) -> Principal | None:
     return Principal(row.id, row.tenant_id, frozenset(Role(r) for r in row.roles))
 
 
+def _lookup(factory: sessionmaker[Session], key_hash: str) -> Principal | None:
+    with factory() as session:
+        return principal_for(session, key_hash)
+
+
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer rak_...`")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="or `X-API-Key: rak_...`")
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header: Annotated[str | None, Depends(_header)],
@@ -132,9 +138,7 @@ def authenticate(
     cache: KeyCache = state.key_cache
     hit, principal = cache.get(key_hash)
     if not hit:
-        factory: sessionmaker[Session] = state.read_sessions
-        with factory() as session:
-            principal = principal_for(session, key_hash)
+        principal = await run_in_threadpool(_lookup, state.read_sessions, key_hash)
         cache.put(key_hash, principal)
     if principal is None:
         raise Problem(
@@ -146,10 +150,10 @@ def authenticate(
     return principal
 
 
-def require(*roles: Role) -> Callable[[Principal], Principal]:
+def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits callers holding any of `roles`."""
 
-    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if not any(principal.has(role) for role in roles):
             needed = " or ".join(roles)
             raise Problem(403, "forbidden", f"this key lacks the role {needed}")
@@ -158,10 +162,10 @@ def require(*roles: Role) -> Callable[[Principal], Principal]:
     return check
 
 
-def require_tenant(*roles: Role) -> Callable[[Principal], Principal]:
+def require_tenant(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits tenant keys holding any of `roles`."""
 
-    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if principal.tenant_id is None:
             raise Problem(403, "tenant-key-required", "this route needs a tenant's API key")
         if not any(role in principal.roles for role in roles):

@@ -11,6 +11,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core.db import make_sessionmaker
 from services.core.models import IdempotencyRecord
 from services.scoring import scores
 from services.scoring.settings import ScoringSettings
@@ -28,23 +29,34 @@ def utc_now() -> datetime:
 def rescore_pending(
     factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now
 ) -> int:
-    """Rescore one batch of queued targets in one transaction; return how many were taken."""
+    """Rescore one batch of queued targets; return how many were taken.
+
+    Three steps, so the slow middle one holds no write lock (SQLite) and no row locks
+    (Postgres) that ingest requests would wait on: lease the marks (short write), compute
+    (read-only), store the scores and release the marks (short write). A crash in between
+    leaves the leases to expire and the targets are taken again.
+    """
+    now = clock()
     with factory.begin() as session:
-        marks = scores.claim_marks(session, settings.rescore_batch_size)
-        if not marks:
-            return 0
-        now = clock()
+        claims = scores.claim_marks(
+            session, settings.rescore_batch_size, now, settings.rescore_lease
+        )
+    if not claims:
+        return 0
+    with make_sessionmaker(factory.kw["bind"], read_only=True).begin() as session:
         model = scores.ensure_model(session, now)
-        # The feed names why each target was rescored (incident, decay, model...).
-        by_cause: dict[str, list[int]] = {}
-        for target_id, cause in marks.items():
-            by_cause.setdefault(cause, []).append(target_id)
-        for cause, ids in by_cause.items():
-            scores.rescore(
-                session, model, ids, now, cause=cause, min_delta=settings.change_min_delta
-            )
-        scores.release_marks(session, list(marks))
-    return len(marks)
+        computed = scores.compute(session, model, [c.target_id for c in claims], now)
+    with factory.begin() as session:
+        scores.store(
+            session,
+            computed,
+            now,
+            # The feed names why each target was rescored (incident, decay, model...).
+            causes={c.target_id: c.cause for c in claims},
+            min_delta=settings.change_min_delta,
+        )
+        scores.release_marks(session, claims)
+    return len(claims)
 
 
 def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now) -> int:

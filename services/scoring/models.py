@@ -153,7 +153,11 @@ class RescoreMark(Base):
         ForeignKey("target.id", ondelete="CASCADE"), primary_key=True
     )
     cause: Mapped[str] = mapped_column(String(32))
-    marked_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # Bumped whenever the target is queued again, so a worker releases only what it computed.
+    generation: Mapped[int] = mapped_column(Integer)
+    # Set while a worker holds the target; past this time another worker may take it.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ModelVersion(Base):

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import String, Table, delete, func, literal, or_, select, text, true, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -276,10 +289,25 @@ def _insert_marks(session: Session) -> Any:
 
 
 def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: datetime) -> int:
-    """Queue targets for rescoring (a target already queued stays queued once)."""
-    rows = [{"target_id": i, "cause": cause, "marked_at": now} for i in sorted(set(target_ids))]
+    """Queue targets for rescoring; one row per target, bumped if already queued or in work."""
+    rows = [
+        {"target_id": i, "cause": cause, "marked_at": now, "generation": 1}
+        for i in sorted(set(target_ids))
+    ]
     if rows:
-        session.execute(_insert_marks(session).values(rows).on_conflict_do_nothing())
+        stmt = _insert_marks(session).values(rows)
+        # A target being rescored right now may have missed this change: a new generation
+        # keeps its mark when the worker releases the old one, and frees it to be taken again.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[RescoreMark.target_id],
+            set_={
+                "cause": stmt.excluded.cause,
+                "marked_at": stmt.excluded.marked_at,
+                "generation": RescoreMark.generation + 1,
+                "claimed_until": None,
+            },
+        )
+        session.execute(stmt)
         session.info[RESCORE_QUEUED] = True
     return len(rows)
 
@@ -287,9 +315,11 @@ def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: d
 def mark_all(session: Session, cause: str, now: datetime) -> None:
     """Queue every target for rescoring (decay, new model)."""
     stmt = _insert_marks(session).from_select(
-        ["target_id", "cause", "marked_at"],
+        ["target_id", "cause", "marked_at", "generation"],
         # SQLite needs a WHERE to tell the upsert's ON from a join's ON.
-        select(Target.id, literal(cause, String()), literal(now, UTCDateTime())).where(true()),
+        select(
+            Target.id, literal(cause, String()), literal(now, UTCDateTime()), literal(1, Integer())
+        ).where(true()),
     )
     session.execute(stmt.on_conflict_do_nothing())
     session.info[RESCORE_QUEUED] = True
@@ -365,16 +395,36 @@ def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]])
     return {int(i) for i in target_ids[hit]}
 
 
-def claim_marks(session: Session, limit: int) -> dict[int, str]:
-    """Take up to `limit` queued targets with their causes; on Postgres, held rows are skipped."""
-    query = (
-        select(RescoreMark.target_id, RescoreMark.cause)
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A queued target taken by one worker until its lease ends."""
+
+    target_id: int
+    cause: str
+    generation: int
+
+
+def claim_marks(session: Session, limit: int, now: datetime, lease: timedelta) -> list[Claim]:
+    """Lease up to `limit` queued targets not leased by a live worker (short transaction).
+
+    On Postgres the candidates are picked with SKIP LOCKED, so workers never wait on each other;
+    a worker that dies leaves its leases to expire and the targets are taken again.
+    """
+    candidates = (
+        select(RescoreMark.target_id)
+        .where(or_(RescoreMark.claimed_until.is_(None), RescoreMark.claimed_until < now))
         .order_by(RescoreMark.marked_at)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return {target_id: cause for target_id, cause in session.execute(query)}
+        candidates = candidates.with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(RescoreMark)
+        .where(RescoreMark.target_id.in_(candidates.scalar_subquery()))
+        .values(claimed_until=now + lease)
+        .returning(RescoreMark.target_id, RescoreMark.cause, RescoreMark.generation)
+    ).all()
+    return [Claim(target_id, cause, generation) for target_id, cause, generation in rows]
 
 
 def _changed(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
@@ -387,6 +437,87 @@ def _changed(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A target's freshly computed score, ready to store."""
+
+    target: Target
+    doc: schemas.ScoreOut
+
+
+def compute(
+    session: Session, model: ActiveModel, target_ids: Sequence[int], now: datetime
+) -> list[Computed]:
+    """Score targets as of `now` (reads only: run it outside any write transaction)."""
+    if not target_ids:
+        return []
+    rows = session.execute(select(Target).where(Target.id.in_(target_ids))).scalars().all()
+    if not rows:
+        return []
+    boxes = [influence_box(t.coordinates, t.radius_km, model.params) for t in rows]
+    union = (
+        min(b[0] for b in boxes), min(b[1] for b in boxes),
+        max(b[2] for b in boxes), max(b[3] for b in boxes),
+    )  # fmt: skip
+    loaded = load_incidents(session, model.params, box=union, until=now, since=now)
+    out = []
+    for target in rows:
+        score = risk.score_target(targets.to_model(target), loaded.incident_set, now, model.params)
+        out.append(Computed(target, document(ref_for(target), score, model.version, loaded.rows)))
+    return out
+
+
+def store(
+    session: Session,
+    computed: Sequence[Computed],
+    now: datetime,
+    *,
+    causes: Mapping[int, str],
+    min_delta: float,
+) -> int:
+    """Store computed scores and append the real moves to the feed; return how many moved."""
+    ids = [c.target.id for c in computed]
+    # A target deleted since it was computed has nothing left to store.
+    alive = set(session.execute(select(Target.id).where(Target.id.in_(ids))).scalars())
+    current = {
+        s.target_id: s
+        for s in session.execute(
+            select(CurrentScore).where(CurrentScore.target_id.in_(ids))
+        ).scalars()
+    }
+    changes: list[ScoreChange] = []
+    for item in computed:
+        target, doc = item.target, item.doc
+        if target.id not in alive:
+            continue
+        old = current.get(target.id)
+        fed = _changed(old, doc, min_delta)
+        if fed:
+            changes.append(change_row(target, old, doc, causes[target.id], now))
+        body = doc.model_dump_json()
+        if old is None:
+            session.add(
+                CurrentScore(
+                    target_id=target.id,
+                    model_version=doc.model_version,
+                    value=doc.score,
+                    band=doc.band.value,
+                    as_of=doc.as_of,
+                    document=body,
+                    fed_value=doc.score,
+                    fed_band=doc.band.value,
+                )
+            )
+        else:
+            old.model_version, old.value, old.band = doc.model_version, doc.score, doc.band.value
+            old.as_of, old.document = doc.as_of, body
+            if fed:
+                old.fed_value, old.fed_band = doc.score, doc.band.value
+    session.flush()
+    append_changes(session, changes)
+    return len(changes)
+
+
 def rescore(
     session: Session,
     model: ActiveModel,
@@ -396,54 +527,11 @@ def rescore(
     cause: str,
     min_delta: float,
 ) -> int:
-    """Recompute targets as of `now`, store their scores, append real changes; return changes."""
-    if not target_ids:
-        return 0
-    rows = session.execute(select(Target).where(Target.id.in_(target_ids))).scalars().all()
-    if not rows:
-        return 0
-    boxes = [influence_box(t.coordinates, t.radius_km, model.params) for t in rows]
-    union = (
-        min(b[0] for b in boxes), min(b[1] for b in boxes),
-        max(b[2] for b in boxes), max(b[3] for b in boxes),
-    )  # fmt: skip
-    loaded = load_incidents(session, model.params, box=union, until=now, since=now)
-    current = {
-        s.target_id: s
-        for s in session.execute(
-            select(CurrentScore).where(CurrentScore.target_id.in_([t.id for t in rows]))
-        ).scalars()
-    }
-    changes: list[ScoreChange] = []
-    for target in rows:
-        score = risk.score_target(targets.to_model(target), loaded.incident_set, now, model.params)
-        doc = document(ref_for(target), score, model.version, loaded.rows)
-        old = current.get(target.id)
-        fed = _changed(old, doc, min_delta)
-        if fed:
-            changes.append(change_row(target, old, doc, cause, now))
-        body = doc.model_dump_json()
-        if old is None:
-            session.add(
-                CurrentScore(
-                    target_id=target.id,
-                    model_version=model.version,
-                    value=doc.score,
-                    band=doc.band.value,
-                    as_of=now,
-                    document=body,
-                    fed_value=doc.score,
-                    fed_band=doc.band.value,
-                )
-            )
-        else:
-            old.model_version, old.value, old.band = model.version, doc.score, doc.band.value
-            old.as_of, old.document = now, body
-            if fed:
-                old.fed_value, old.fed_band = doc.score, doc.band.value
-    session.flush()
-    append_changes(session, changes)
-    return len(changes)
+    """Compute and store in one unit of work (for a single target changed by a request)."""
+    computed = compute(session, model, target_ids, now)
+    return store(
+        session, computed, now, causes={c.target.id: cause for c in computed}, min_delta=min_delta
+    )
 
 
 def change_row(
@@ -536,9 +624,16 @@ def latest_change_id(session: Session) -> int:
     return int(session.execute(select(func.coalesce(func.max(ScoreChange.id), 0))).scalar_one())
 
 
-def release_marks(session: Session, target_ids: Sequence[int]) -> None:
-    """Drop the queue entries of targets just rescored."""
-    session.execute(delete(RescoreMark).where(RescoreMark.target_id.in_(target_ids)))
+def release_marks(session: Session, claims: Sequence[Claim]) -> None:
+    """Drop the queue entries just rescored, unless they were queued again meanwhile."""
+    if claims:
+        session.execute(
+            delete(RescoreMark).where(
+                tuple_(RescoreMark.target_id, RescoreMark.generation).in_(
+                    [(c.target_id, c.generation) for c in claims]
+                )
+            )
+        )
 
 
 def backtest(

@@ -36,7 +36,11 @@ class ScoringSettings(BaseSettings):
     worker_poll_interval: timedelta = Field(
         timedelta(seconds=1), description="Fallback polling of the rescoring queue."
     )
-    rescore_batch_size: int = Field(2000, ge=1, description="Targets rescored per transaction.")
+    rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
+    rescore_lease: timedelta = Field(
+        timedelta(seconds=60),
+        description="How long a worker holds queued targets before another may take them.",
+    )
     change_min_delta: float = Field(
         1.0,
         ge=0,

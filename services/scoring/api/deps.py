@@ -35,12 +35,14 @@ def _read_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _settings(request: Request) -> ScoringSettings:
+# Dependencies that do no I/O are async: FastAPI runs them on the event loop instead of
+# hopping to the thread pool, which matters on the hot read path.
+async def _settings(request: Request) -> ScoringSettings:
     settings: ScoringSettings = request.app.state.settings
     return settings
 
 
-def _now(request: Request) -> datetime:
+async def _now(request: Request) -> datetime:
     now: datetime = request.app.state.clock()
     return now
 
@@ -64,7 +66,7 @@ Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="Return items after this id.")]
 
 
-def page_limit(
+async def page_limit(
     settings: Settings,
     limit: Annotated[
         int, Query(ge=1, le=5000, description="Page size (capped by settings).")

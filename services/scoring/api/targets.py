@@ -54,11 +54,7 @@ def _checked_time(value: datetime, field: str) -> datetime:
 
 
 def _score_response(
-    session: ReadSession,
-    model: scores.ActiveModel,
-    target: Target,
-    as_of: datetime | None,
-    now: datetime,
+    session: ReadSession, target: Target, as_of: datetime | None, now: datetime
 ) -> Response:
     if as_of is None:
         stored = scores.current_document(session, target.id)
@@ -66,6 +62,7 @@ def _score_response(
             # Served as stored: the hot read path does no scoring and no re-serialising.
             return Response(stored, media_type="application/json")
         as_of = now
+    model = scores.ensure_model(session, now)
     doc = scores.score_as_of(session, model, target, _checked_time(as_of, "as_of"))
     return Response(doc.model_dump_json(), media_type="application/json")
 
@@ -252,10 +249,10 @@ def delete_site(
     summary="A site's score, now or as of a past time",
 )
 def get_site_score(
-    site: ReadableSite, session: ReadSession, model: Model, now: Now, as_of: AsOf = None
+    site: ReadableSite, session: ReadSession, now: Now, as_of: AsOf = None
 ) -> Response:
     """The score with components and contributing incidents."""
-    return _score_response(session, model, site, as_of, now)
+    return _score_response(session, site, as_of, now)
 
 
 @router.get("/sites/{site_id}/score-history", summary="A site's score changes over time")
@@ -356,10 +353,10 @@ def delete_corridor(
     summary="A corridor's score and hotspot segments, now or as of a past time",
 )
 def get_corridor_score(
-    corridor: ReadableCorridor, session: ReadSession, model: Model, now: Now, as_of: AsOf = None
+    corridor: ReadableCorridor, session: ReadSession, now: Now, as_of: AsOf = None
 ) -> Response:
     """The score with components, contributing incidents and hotspot segments."""
-    return _score_response(session, model, corridor, as_of, now)
+    return _score_response(session, corridor, as_of, now)
 
 
 @router.get("/corridors/{corridor_id}/score-history", summary="A corridor's score changes")
