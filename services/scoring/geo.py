@@ -77,12 +77,20 @@ def point_to_polyline_km(
         px = _wrap_lon(lo - lon_a) * kx
         py = (la - lat_a) * KM_PER_DEGREE
         t = np.where(len2 > 0.0, np.clip((px * bx + py * by) / safe_len2, 0.0, 1.0), 0.0)
-        # The projection only picks the nearest point; haversine measures it, so long segments
-        # and far points keep great-circle accuracy.
-        d = haversine_km(la, lo, lat_a + t * dlat_ab, lon_a + t * dlon_ab)
-        nearest = np.argmin(d, axis=1)
+        # The cheap planar distance picks the nearest segment; haversine then measures only that
+        # one, so long segments and far points keep great-circle accuracy.
+        dx = px - t * bx
+        dy = py - t * by
+        nearest = np.argmin(dx * dx + dy * dy, axis=1)
+        rows = np.arange(nearest.shape[0])
+        tn = t[rows, nearest]
         seg_out[start : start + chunk] = nearest
-        dist_out[start : start + chunk] = d[np.arange(d.shape[0]), nearest]
+        dist_out[start : start + chunk] = haversine_km(
+            la[:, 0],
+            lo[:, 0],
+            lat_a[nearest] + tn * dlat_ab[nearest],
+            lon_a[nearest] + tn * dlon_ab[nearest],
+        )
     return dist_out, seg_out
 
 

@@ -610,6 +610,7 @@ class IncidentSet:
         # Point incidents first, sorted by latitude so a box search is two binary searches.
         self.incidents: tuple[Incident, ...] = tuple(point + area)
         self.n_point = len(point)
+        self.max_influence_km = max_influence_km(params)
         self.lat: FloatArray = np.array([i.lat for i in point], dtype=np.float64)
         self.lon: FloatArray = np.array([i.lon for i in point], dtype=np.float64)
 
@@ -954,7 +955,7 @@ def score_target(
         float(coords[:, 1].max()),
         float(coords[:, 0].min()),
         float(coords[:, 0].max()),
-        target.radius_km + max_influence_km(params),
+        target.radius_km + incidents.max_influence_km,
     )
     area = [
         incidents.n_point + j
@@ -1017,8 +1018,7 @@ def score_target(
             comp_points[comp] = round(score * float(by_comp[i]) / raw / (1.0 + e), 2)
         comp_points[Component.ESCALATION] = round(score * e / (1.0 + e), 2)
 
-    order = np.argsort(-points, kind="stable")
-    top = [int(k) for k in order[: max(0, explain_top)] if points[k] > 0.0]
+    top = _largest(points, explain_top)
     contributions = tuple(
         _contribution(
             incidents,
@@ -1053,6 +1053,18 @@ def score_target(
             {"local_ratio": float(ratio_l), "regional_ratio": float(ratio_r), "factor": e}
         ),
     )
+
+
+def _largest(points: FloatArray, k: int) -> list[int]:
+    """Indices of the k largest positive points, largest first (ties by index)."""
+    if k <= 0 or points.shape[0] == 0:
+        return []
+    # A partial selection first: a full sort of thousands of candidates per target is waste.
+    head = (
+        np.argpartition(-points, k - 1)[:k] if points.shape[0] > k else np.arange(points.shape[0])
+    )
+    head = head[np.lexsort((head, -points[head]))]
+    return [int(i) for i in head if points[i] > 0.0]
 
 
 def _hotspots(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import (
@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from services.core.db import UTCDateTime
@@ -47,6 +48,8 @@ from services.scoring.taxonomy import (
     TimePrecision,
 )
 
+# Incidents listed in a score's explanation (the rest still count, and are counted).
+EXPLAIN_TOP = 10
 # Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
 RESCORE_QUEUED = "rescore_queued"
 # Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
@@ -108,7 +111,19 @@ def publish_model(
     return row
 
 
-def to_model_incident(row: Incident) -> risk.Incident:
+# Only what the model and explanations read: loading whole ORM rows costs more than scoring.
+_MODEL_COLUMNS = (
+    Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
+    Incident.occurred_precision, Incident.reported_at, Incident.lat, Incident.lon,
+    Incident.location_precision, Incident.scope_countries, Incident.scope_admin1,
+    Incident.target_foreign_owned_only, Incident.target_sectors, Incident.target_type,
+    Incident.victim_expatriate, Incident.victim_sector, Incident.fatalities_claimed,
+    Incident.fatalities_best, Incident.source_reliability, Incident.lifecycle, Incident.title,
+)  # fmt: skip
+IncidentRow = Incident | Row[Any]
+
+
+def to_model_incident(row: IncidentRow) -> risk.Incident:
     """The model's view of a stored incident."""
     return risk.Incident(
         id=row.id,
@@ -139,7 +154,7 @@ class LoadedIncidents:
     """Incidents loaded for scoring, with the rows they came from (for explanations)."""
 
     incident_set: risk.IncidentSet
-    rows: dict[int, Incident]
+    rows: dict[int, IncidentRow]
 
 
 def load_incidents(
@@ -152,7 +167,7 @@ def load_incidents(
 ) -> LoadedIncidents:
     """Incidents that can count at some time in [since, until]: reported by then, recent enough."""
     lookback = timedelta(days=params.lookback_days)
-    query = select(Incident).where(
+    query = select(*_MODEL_COLUMNS).where(
         Incident.reported_at <= until,
         Incident.occurred_at <= until,
         Incident.occurred_at >= since - lookback,
@@ -166,7 +181,7 @@ def load_incidents(
                 Incident.lat.between(min_lat, max_lat) & Incident.lon.between(min_lon, max_lon),
             )
         )
-    rows = {row.id: row for row in session.execute(query).scalars()}
+    rows: dict[int, IncidentRow] = {row.id: cast(Row[Any], row) for row in session.execute(query)}
     incident_set = risk.IncidentSet([to_model_incident(r) for r in rows.values()], params)
     return LoadedIncidents(incident_set, rows)
 
@@ -187,7 +202,7 @@ def document(
     ref: schemas.TargetRef,
     score: risk.Score,
     version: int,
-    rows: dict[int, Incident],
+    rows: dict[int, IncidentRow],
 ) -> schemas.ScoreOut:
     """The served form of a score, with incident sources and hotspot geometries."""
     contributions = []
@@ -246,7 +261,9 @@ def score_as_of(
         until=as_of,
         since=as_of,
     )
-    score = risk.score_target(targets.to_model(target), loaded.incident_set, as_of, model.params)
+    score = risk.score_target(
+        targets.to_model(target), loaded.incident_set, as_of, model.params, explain_top=EXPLAIN_TOP
+    )
     return document(ref_for(target), score, model.version, loaded.rows)
 
 
@@ -277,7 +294,9 @@ def score_adhoc(
         until=as_of,
         since=as_of,
     )
-    score = risk.score_target(spec, loaded.incident_set, as_of, model.params)
+    score = risk.score_target(
+        spec, loaded.incident_set, as_of, model.params, explain_top=EXPLAIN_TOP
+    )
     return document(schemas.TargetRef(kind=kind), score, model.version, loaded.rows)
 
 
@@ -462,7 +481,13 @@ def compute(
     loaded = load_incidents(session, model.params, box=union, until=now, since=now)
     out = []
     for target in rows:
-        score = risk.score_target(targets.to_model(target), loaded.incident_set, now, model.params)
+        score = risk.score_target(
+            targets.to_model(target),
+            loaded.incident_set,
+            now,
+            model.params,
+            explain_top=EXPLAIN_TOP,
+        )
         out.append(Computed(target, document(ref_for(target), score, model.version, loaded.rows)))
     return out
 
