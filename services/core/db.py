@@ -83,16 +83,26 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10)
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
-            conn.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
+            # Read-only sessions run each statement on its own (no transaction to open or
+            # close); writers take the write lock up front.
+            if not conn.get_execution_options().get(READ_ONLY_OPTION, False):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # No pre-ping: it costs a round trip per request. A connection found dead raises a
+    # disconnect error (a 503 to the client) and SQLAlchemy then discards the whole pool.
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
 
 
 def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
-    """Build a session factory; read-only ones never take SQLite's write lock."""
-    bind = engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
+    """Build a session factory; read-only ones run in autocommit and never take a write lock."""
+    bind = engine
+    if read_only:
+        options: dict[str, Any] = {READ_ONLY_OPTION: True}
+        if engine.dialect.name == "postgresql":
+            # No BEGIN/COMMIT round trips around reads; every read route makes one query.
+            options["isolation_level"] = "AUTOCOMMIT"
+        bind = engine.execution_options(**options)
     return sessionmaker(bind, expire_on_commit=False, autoflush=True)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from services.core.problems import Problem
@@ -99,9 +99,31 @@ def _columns(data: schemas.IncidentIn, now: datetime) -> dict[str, Any]:
 
 def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserted:
     """Insert a new incident or update the one with the same (source, source_id)."""
-    existing = session.execute(
-        select(Incident).where(Incident.source == data.source, Incident.source_id == data.source_id)
-    ).scalar_one_or_none()
+    return upsert_many(session, [data], now)[0]
+
+
+def upsert_many(
+    session: Session, items: Sequence[schemas.IncidentIn], now: datetime
+) -> list[Upserted]:
+    """Upsert validated incidents with distinct (source, source_id): one lookup, one flush."""
+    keys = [(d.source, d.source_id) for d in items]
+    existing: dict[tuple[str, str], Incident] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        for row in session.execute(
+            select(Incident).where(tuple_(Incident.source, Incident.source_id).in_(chunk))
+        ).scalars():
+            existing[(row.source, row.source_id)] = row
+    out = [
+        _apply(session, data, existing.get(key), now) for data, key in zip(items, keys, strict=True)
+    ]
+    session.flush()
+    return out
+
+
+def _apply(
+    session: Session, data: schemas.IncidentIn, existing: Incident | None, now: datetime
+) -> Upserted:
     columns = _columns(data, now)
     if existing is None:
         incident = Incident(
@@ -113,7 +135,6 @@ def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserte
             **columns,
         )
         session.add(incident)
-        session.flush()
         return Upserted(incident, "created", None, None, False)
     if data.reported_at is None:
         # A resend without reported_at keeps the first time we knew of the event.
@@ -125,7 +146,6 @@ def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserte
         setattr(existing, name, value)
     existing.revision += 1
     existing.updated_at = now
-    session.flush()
     return Upserted(existing, "updated", *previous)
 
 

@@ -64,28 +64,37 @@ class ActiveModel:
     params: risk.ModelParams
 
 
+# Parsed parameters by (version, created_at): a stored version never changes, and parsing and
+# validating the parameter document costs more than the query that finds the active version.
+_parsed: dict[tuple[int, datetime], risk.ModelParams] = {}
+
+
 def ensure_model(session: Session, now: datetime) -> ActiveModel:
     """Return the active model version, creating version 1 from the defaults if none exists."""
-    row = (
-        session.execute(
-            select(ModelVersion)
-            .where(ModelVersion.active.is_(True))
-            .order_by(ModelVersion.id.desc())
-        )
-        .scalars()
-        .first()
+    active = session.execute(
+        select(ModelVersion.id, ModelVersion.created_at)
+        .where(ModelVersion.active.is_(True))
+        .order_by(ModelVersion.id.desc())
+        .limit(1)
+    ).first()
+    if active is not None:
+        key = (active.id, active.created_at)
+        if key not in _parsed:
+            row = session.get_one(ModelVersion, active.id)
+            if len(_parsed) > 64:
+                _parsed.clear()
+            _parsed[key] = risk.ModelParams.from_dict(row.params)
+        return ActiveModel(active.id, _parsed[key])
+    row = ModelVersion(
+        params=risk.DEFAULT_PARAMS.to_dict(),
+        note="default parameters",
+        active=True,
+        created_by="system",
+        created_at=now,
     )
-    if row is None:
-        row = ModelVersion(
-            params=risk.DEFAULT_PARAMS.to_dict(),
-            note="default parameters",
-            active=True,
-            created_by="system",
-            created_at=now,
-        )
-        session.add(row)
-        session.flush()
-    return ActiveModel(row.id, risk.ModelParams.from_dict(row.params))
+    session.add(row)
+    session.flush()
+    return ActiveModel(row.id, risk.DEFAULT_PARAMS)
 
 
 def publish_model(
@@ -612,13 +621,6 @@ def record_removal(session: Session, target: Target, now: datetime) -> None:
         created_at=now,
     )
     append_changes(session, [change])
-
-
-def current_document(session: Session, target_id: int) -> str | None:
-    """The stored JSON of a target's latest score."""
-    return session.execute(
-        select(CurrentScore.document).where(CurrentScore.target_id == target_id)
-    ).scalar_one_or_none()
 
 
 def changes_page(

@@ -105,6 +105,18 @@ def get(session: Session, tenant_id: int, kind: TargetKind, target_id: int) -> T
     ).scalar_one_or_none()
 
 
+def get_with_score(
+    session: Session, tenant_id: int, kind: TargetKind, target_id: int
+) -> tuple[Target, CurrentScore | None] | None:
+    """Load a tenant's target and its current score in one query (the hot read path)."""
+    row = session.execute(
+        select(Target, CurrentScore)
+        .outerjoin(CurrentScore, CurrentScore.target_id == Target.id)
+        .where(Target.id == target_id, Target.tenant_id == tenant_id, Target.kind == kind.value)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
 def page(
     session: Session, tenant_id: int, kind: TargetKind, *, tag: str | None, after: int, limit: int
 ) -> list[tuple[Target, CurrentScore | None]]:

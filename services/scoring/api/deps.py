@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.core.auth import Principal, Role, require, require_tenant
 from services.core.problems import not_found
 from services.scoring import scores, targets
-from services.scoring.models import Target
+from services.scoring.models import CurrentScore, Target
 from services.scoring.settings import ScoringSettings
 from services.scoring.taxonomy import TargetKind
 
@@ -87,25 +88,41 @@ def _load(session: Session, principal: Principal, kind: TargetKind, target_id: i
     return target
 
 
-def _read_site(site_id: Id, principal: TenantReader, session: ReadSession) -> Target:
-    return _load(session, principal, TargetKind.SITE, site_id)
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A target found for a reader, with its current score (None until first scored)."""
+
+    target: Target
+    score: CurrentScore | None
+
+
+def _locate(session: Session, principal: Principal, kind: TargetKind, target_id: int) -> Located:
+    assert principal.tenant_id is not None
+    found = targets.get_with_score(session, principal.tenant_id, kind, target_id)
+    if found is None:
+        raise not_found(kind.value)
+    return Located(*found)
+
+
+def _read_site(site_id: Id, principal: TenantReader, session: ReadSession) -> Located:
+    return _locate(session, principal, TargetKind.SITE, site_id)
 
 
 def _write_site(site_id: Id, principal: TenantWriter, session: WriteSession) -> Target:
     return _load(session, principal, TargetKind.SITE, site_id)
 
 
-def _read_corridor(corridor_id: Id, principal: TenantReader, session: ReadSession) -> Target:
-    return _load(session, principal, TargetKind.CORRIDOR, corridor_id)
+def _read_corridor(corridor_id: Id, principal: TenantReader, session: ReadSession) -> Located:
+    return _locate(session, principal, TargetKind.CORRIDOR, corridor_id)
 
 
 def _write_corridor(corridor_id: Id, principal: TenantWriter, session: WriteSession) -> Target:
     return _load(session, principal, TargetKind.CORRIDOR, corridor_id)
 
 
-ReadableSite = Annotated[Target, Depends(_read_site)]
+ReadableSite = Annotated[Located, Depends(_read_site)]
 WritableSite = Annotated[Target, Depends(_write_site)]
-ReadableCorridor = Annotated[Target, Depends(_read_corridor)]
+ReadableCorridor = Annotated[Located, Depends(_read_corridor)]
 WritableCorridor = Annotated[Target, Depends(_write_corridor)]
 
 

@@ -129,12 +129,15 @@ def _ingest_batch(
     now: datetime,
     settings: Settings,
 ) -> schemas.BatchResult:
-    results: list[schemas.ItemResult] = []
-    upserted: list[incidents.Upserted] = []
+    # Every item is checked before anything is written: the valid ones are then stored
+    # together, and a database error fails the whole batch instead of half of it.
+    results: dict[int, schemas.ItemResult] = {}
+    valid: dict[int, schemas.IncidentIn] = {}
     seen: dict[tuple[str, str], int] = {}
     for index, raw in enumerate(data.items):
         try:
             item = schemas.IncidentIn.model_validate(raw)
+            incidents.check_times(item, now, settings.clock_skew)
             key = (item.source, item.source_id)
             if key in seen:
                 raise Problem(
@@ -142,31 +145,32 @@ def _ingest_batch(
                     "duplicate-in-batch",
                     f"same source and source_id as item {seen[key]}",
                 )
-            with session.begin_nested():
-                result = _ingest(item, session, now, settings)
             seen[key] = index
-            upserted.append(result)
-            results.append(
-                schemas.ItemResult(index=index, status=result.outcome, id=result.incident.id)
-            )
+            valid[index] = item
         except ValidationError as exc:
             errors = field_errors(exc.errors())
             fields = ", ".join(sorted({e["field"] for e in errors}))
             problem = Problem(422, "validation", f"invalid value in: {fields}", errors=errors)
-            results.append(
-                schemas.ItemResult(index=index, status="rejected", problem=problem.document())
+            results[index] = schemas.ItemResult(
+                index=index, status="rejected", problem=problem.document()
             )
         except Problem as problem:
-            results.append(
-                schemas.ItemResult(index=index, status="rejected", problem=problem.document())
+            results[index] = schemas.ItemResult(
+                index=index, status="rejected", problem=problem.document()
             )
+    upserted = incidents.upsert_many(session, list(valid.values()), now)
+    for index, result in zip(valid, upserted, strict=True):
+        results[index] = schemas.ItemResult(
+            index=index, status=result.outcome, id=result.incident.id
+        )
     # One queueing pass for the whole batch: each affected target is rescored once.
     _queue_affected(session, model, upserted, now)
+    ordered = [results[i] for i in range(len(data.items))]
     counts = {
-        s: sum(r.status == s for r in results)
+        s: sum(r.status == s for r in ordered)
         for s in ("created", "updated", "unchanged", "rejected")
     }
-    return schemas.BatchResult(results=results, **counts)
+    return schemas.BatchResult(results=ordered, **counts)
 
 
 BBox = Annotated[

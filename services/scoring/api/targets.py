@@ -15,6 +15,7 @@ from services.scoring import schemas, scores, targets
 from services.scoring.api.deps import (
     Cursor,
     Limit,
+    Located,
     Model,
     Now,
     ReadableCorridor,
@@ -54,16 +55,15 @@ def _checked_time(value: datetime, field: str) -> datetime:
 
 
 def _score_response(
-    session: ReadSession, target: Target, as_of: datetime | None, now: datetime
+    session: ReadSession, located: Located, as_of: datetime | None, now: datetime
 ) -> Response:
     if as_of is None:
-        stored = scores.current_document(session, target.id)
-        if stored is not None:
+        if located.score is not None:
             # Served as stored: the hot read path does no scoring and no re-serialising.
-            return Response(stored, media_type="application/json")
+            return Response(located.score.document, media_type="application/json")
         as_of = now
     model = scores.ensure_model(session, now)
-    doc = scores.score_as_of(session, model, target, _checked_time(as_of, "as_of"))
+    doc = scores.score_as_of(session, model, located.target, _checked_time(as_of, "as_of"))
     return Response(doc.model_dump_json(), media_type="application/json")
 
 
@@ -213,9 +213,9 @@ def list_sites(
 
 
 @router.get("/sites/{site_id}", summary="Read a site")
-def get_site(site: ReadableSite, session: ReadSession) -> schemas.SiteFeature:
+def get_site(site: ReadableSite) -> schemas.SiteFeature:
     """One site as GeoJSON."""
-    return targets.to_site_feature(site, session.get(CurrentScore, site.id))
+    return targets.to_site_feature(site.target, site.score)
 
 
 @router.put("/sites/{site_id}", summary="Replace a site")
@@ -265,7 +265,7 @@ def get_site_history(
     until: AsOf = None,
 ) -> schemas.ScoreHistory:
     """Every recorded change of the site's score, oldest first."""
-    return _history(session, site, since, until, after, limit)
+    return _history(session, site.target, since, until, after, limit)
 
 
 @router.post("/corridors", status_code=201, summary="Register a corridor")
@@ -317,9 +317,9 @@ def list_corridors(
 
 
 @router.get("/corridors/{corridor_id}", summary="Read a corridor")
-def get_corridor(corridor: ReadableCorridor, session: ReadSession) -> schemas.CorridorFeature:
+def get_corridor(corridor: ReadableCorridor) -> schemas.CorridorFeature:
     """One corridor as GeoJSON."""
-    return targets.to_corridor_feature(corridor, session.get(CurrentScore, corridor.id))
+    return targets.to_corridor_feature(corridor.target, corridor.score)
 
 
 @router.put("/corridors/{corridor_id}", summary="Replace a corridor")
@@ -369,4 +369,4 @@ def get_corridor_history(
     until: AsOf = None,
 ) -> schemas.ScoreHistory:
     """Every recorded change of the corridor's score, oldest first."""
-    return _history(session, corridor, since, until, after, limit)
+    return _history(session, corridor.target, since, until, after, limit)
