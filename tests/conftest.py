@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +47,33 @@ def _postgres_reachable() -> str | None:
         return str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
 
 
-@pytest.fixture(scope="session")
-def postgres_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A migrated Postgres database for this test process, dropped at the end."""
+@contextmanager
+def scratch_postgres(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards.
+
+    Skips when PostgreSQL is unreachable, except under CI=true, where that fails the test.
+    """
     problem = _postgres_reachable()
     if problem is not None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"PostgreSQL unreachable under CI=true: {problem}")
         pytest.skip(f"PostgreSQL unreachable: {problem}")
-    name = f"riskalert_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    upgrade_to_head(url)
-    yield url
-    with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    """A migrated Postgres database for this test process, dropped at the end."""
+    with scratch_postgres("riskalert_test") as url:
+        upgrade_to_head(url)
+        yield url
 
 
 @pytest.fixture(scope="session")

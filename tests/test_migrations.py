@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -24,7 +21,7 @@ from services.core.db import (
     downgrade_to_base,
     upgrade_to_head,
 )
-from tests.conftest import BACKENDS, POSTGRES_ADMIN_URL, _libpq, _postgres_reachable
+from tests.conftest import BACKENDS, scratch_postgres
 
 
 @pytest.fixture(params=BACKENDS)
@@ -33,19 +30,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    problem = _postgres_reachable()
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"PostgreSQL unreachable under CI=true: {problem}")
-        pytest.skip(f"PostgreSQL unreachable: {problem}")
-    name = f"riskalert_migrations_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(_libpq(POSTGRES_ADMIN_URL), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("riskalert_migrations") as url:
+        yield url
 
 
 def _tables(url: str) -> set[str]:

@@ -282,6 +282,25 @@ def test_inline_worker_raises_site_score_after_incident_post_without_drain(
     assert wait_until(lambda: site_score(api, site) > 0), "the worker did not rescore in 10 s"
 
 
+def test_worker_of_another_process_is_woken_by_notify_without_polling(
+    api: Api, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("NOTIFY wakes workers on PostgreSQL; SQLite runs one process")
+    # A worker that would poll only once a minute: only the NOTIFY sent when the API's
+    # unit of work commits can wake it within the deadline.
+    settings = api.settings.model_copy(update={"worker_poll_interval": timedelta(minutes=1)})
+    worker = jobs.RescoreWorker(api.app.state.sessions, settings)
+    site = create_site(api, "site", *east_of_base(20))
+    worker.start()
+    try:
+        assert worker.listening.wait(10), "the listener did not connect"
+        post_incident(api, incident_body("near-base", BASE_LAT, BASE_LON))
+        assert wait_until(lambda: site_score(api, site) > 0), "NOTIFY did not wake the worker"
+    finally:
+        worker.stop()
+
+
 def test_publishing_a_model_version_creates_version_2_queues_everything_and_is_audited(
     api: Api,
 ) -> None:

@@ -7,8 +7,10 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import delete
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.db import make_sessionmaker
@@ -83,7 +85,11 @@ def purge_idempotency(
 
 
 class RescoreWorker:
-    """A thread that rescores queued targets at once when woken, and polls as a fallback."""
+    """A thread that rescores queued targets at once when woken, and polls as a fallback.
+
+    It is woken by this process after a commit that queued work and, on PostgreSQL, by a
+    NOTIFY from any process (so a separate `riskalert worker` reacts within milliseconds).
+    """
 
     def __init__(self, factory: sessionmaker[Session], settings: ScoringSettings) -> None:
         self._factory = factory
@@ -91,10 +97,18 @@ class RescoreWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
+        self.listening = threading.Event()  # set once LISTEN is in place (PostgreSQL)
+        self._listener: threading.Thread | None = None
+        if settings.database_url.startswith("postgresql"):
+            self._listener = threading.Thread(
+                target=self._listen, name="rescore-listener", daemon=True
+            )
 
     def start(self) -> None:
-        """Start the thread."""
+        """Start the thread (and the NOTIFY listener on PostgreSQL)."""
         self._thread.start()
+        if self._listener is not None:
+            self._listener.start()
 
     def wake(self) -> None:
         """Ask for a pass now (after new incidents or targets)."""
@@ -105,6 +119,27 @@ class RescoreWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self._listener is not None:
+            self._listener.join(timeout)
+
+    def _listen(self) -> None:
+        poll = self._settings.worker_poll_interval.total_seconds()
+        url = make_url(self._settings.database_url).set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                    conn.execute(f"LISTEN {scores.RESCORE_CHANNEL}")
+                    self.listening.set()
+                    while not self._stop.is_set():
+                        # Short waits, so a stop request is noticed within a second.
+                        for _ in conn.notifies(timeout=min(poll, 1.0), stop_after=1):
+                            self._wake.set()
+            except psycopg.Error:
+                self.listening.clear()
+                # Polling still runs meanwhile; retry the listener after a pause.
+                log.warning("rescore listener lost its connection; reconnecting", exc_info=True)
+                self._stop.wait(poll)
 
     def _run(self) -> None:
         poll = self._settings.worker_poll_interval.total_seconds()

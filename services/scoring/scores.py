@@ -52,6 +52,8 @@ from services.scoring.taxonomy import (
 EXPLAIN_TOP = 10
 # Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
 RESCORE_QUEUED = "rescore_queued"
+# PostgreSQL NOTIFY channel: workers in other processes are woken when the queueing commits.
+RESCORE_CHANNEL = "riskalert_rescore"
 # Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
 CHANGE_FEED_LOCK = 0x5C0E_FEED
 
@@ -323,7 +325,7 @@ def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: d
         for i in sorted(set(target_ids))
     ]
     if rows:
-        stmt = _insert_marks(session).values(rows)
+        stmt = _insert_marks(session)
         # A target being rescored right now may have missed this change: a new generation
         # keeps its mark when the worker releases the old one, and frees it to be taken again.
         stmt = stmt.on_conflict_do_update(
@@ -335,9 +337,19 @@ def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: d
                 "claimed_until": None,
             },
         )
-        session.execute(stmt)
-        session.info[RESCORE_QUEUED] = True
+        # Parameter lists, not one literal multi-row VALUES: the statement compiles once.
+        session.execute(stmt, rows)
+        _queued(session)
     return len(rows)
+
+
+def _queued(session: Session) -> None:
+    if session.info.get(RESCORE_QUEUED):
+        return
+    session.info[RESCORE_QUEUED] = True
+    if session.get_bind().dialect.name == "postgresql":
+        # Transactional: delivered to listeners only if and when this unit of work commits.
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": RESCORE_CHANNEL})
 
 
 def mark_all(session: Session, cause: str, now: datetime) -> None:
@@ -350,7 +362,7 @@ def mark_all(session: Session, cause: str, now: datetime) -> None:
         ).where(true()),
     )
     session.execute(stmt.on_conflict_do_nothing())
-    session.info[RESCORE_QUEUED] = True
+    _queued(session)
 
 
 def affected_targets(

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from services.core import audit, idempotency
@@ -54,17 +55,20 @@ def _checked_time(value: datetime, field: str) -> datetime:
         raise Problem(422, "validation", f"invalid value in: {field}", errors=errors) from exc
 
 
-def _score_response(
+async def _score_response(
     session: ReadSession, located: Located, as_of: datetime | None, now: datetime
 ) -> Response:
-    if as_of is None:
-        if located.score is not None:
-            # Served as stored: the hot read path does no scoring and no re-serialising.
-            return Response(located.score.document, media_type="application/json")
-        as_of = now
+    if as_of is None and located.score is not None:
+        # Served as stored, on the event loop: no scoring, no re-serialising, no thread hop.
+        return Response(located.score.document, media_type="application/json")
+    when = now if as_of is None else _checked_time(as_of, "as_of")
+    body = await run_in_threadpool(_compute_score, session, located.target, when, now)
+    return Response(body, media_type="application/json")
+
+
+def _compute_score(session: ReadSession, target: Target, as_of: datetime, now: datetime) -> str:
     model = scores.ensure_model(session, now)
-    doc = scores.score_as_of(session, model, located.target, _checked_time(as_of, "as_of"))
-    return Response(doc.model_dump_json(), media_type="application/json")
+    return scores.score_as_of(session, model, target, as_of).model_dump_json()
 
 
 def _history(
@@ -248,11 +252,11 @@ def delete_site(
     responses={200: {"content": {"application/json": {}}, "model": schemas.ScoreOut}},
     summary="A site's score, now or as of a past time",
 )
-def get_site_score(
+async def get_site_score(
     site: ReadableSite, session: ReadSession, now: Now, as_of: AsOf = None
 ) -> Response:
     """The score with components and contributing incidents."""
-    return _score_response(session, site, as_of, now)
+    return await _score_response(session, site, as_of, now)
 
 
 @router.get("/sites/{site_id}/score-history", summary="A site's score changes over time")
@@ -352,11 +356,11 @@ def delete_corridor(
     responses={200: {"content": {"application/json": {}}, "model": schemas.ScoreOut}},
     summary="A corridor's score and hotspot segments, now or as of a past time",
 )
-def get_corridor_score(
+async def get_corridor_score(
     corridor: ReadableCorridor, session: ReadSession, now: Now, as_of: AsOf = None
 ) -> Response:
     """The score with components, contributing incidents and hotspot segments."""
-    return _score_response(session, corridor, as_of, now)
+    return await _score_response(session, corridor, as_of, now)
 
 
 @router.get("/corridors/{corridor_id}/score-history", summary="A corridor's score changes")
