@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from services.core.problems import PROBLEM_MEDIA_TYPE
-from services.scoring import geo, jobs, scores
+from services.scoring import geo, incidents, jobs, scores
 from services.scoring.models import CurrentScore, RescoreMark
-from services.scoring.schemas import ScoreOut, TargetRef
+from services.scoring.schemas import IncidentIn, ScoreOut, TargetRef
 from services.scoring.taxonomy import Band, TargetKind
 from tests.conftest import Api
 
@@ -453,3 +453,28 @@ def test_feed_skips_moves_below_change_min_delta_but_records_band_changes(
     assert change["previous_band"] == "low"
     assert change["previous_score"] == 0
     assert weak_score > 0
+
+
+def test_incident_cache_picks_up_new_and_retracted_incidents_without_a_full_reload(
+    api: Api,
+) -> None:
+    factory = api.app.state.sessions
+    cache = scores.IncidentCache()
+    t0 = datetime.now(UTC)
+    with factory.begin() as session:
+        model = scores.ensure_model(session, t0)
+        incidents.upsert(session, IncidentIn.model_validate(incident_body("a", 14.0, -1.5)), t0)
+        incidents.upsert(session, IncidentIn.model_validate(incident_body("b", 14.1, -1.5)), t0)
+    with factory.begin() as session:
+        assert len(cache.loaded(session, model.params, t0).incident_set) == 2
+
+    t1 = t0 + timedelta(seconds=5)
+    retracted = incident_body("a", 14.0, -1.5) | {"lifecycle": "retracted"}
+    with factory.begin() as session:
+        incidents.upsert(session, IncidentIn.model_validate(retracted), t1)
+        incidents.upsert(session, IncidentIn.model_validate(incident_body("c", 14.2, -1.5)), t1)
+    with factory.begin() as session:
+        loaded = cache.loaded(session, model.params, t1 + timedelta(seconds=1))
+
+    assert len(loaded.incident_set) == 2  # b and c; a is retracted
+    assert {row.source_id for row in loaded.rows.values()} == {"a", "b", "c"}

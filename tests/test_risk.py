@@ -82,9 +82,15 @@ def site(lonlat: tuple[float, float] = MINE_SW_MALI, **overrides: Any) -> Target
     return Target(**values)
 
 
-def score(target: Target, incidents: list[Incident], as_of: datetime = AS_OF, **kw: Any) -> Any:
-    """Score a target against a fresh IncidentSet under the default parameters."""
-    return score_target(target, IncidentSet(incidents, DEFAULT_PARAMS), as_of, DEFAULT_PARAMS, **kw)
+def score(
+    target: Target,
+    incidents: list[Incident],
+    as_of: datetime = AS_OF,
+    params: ModelParams = DEFAULT_PARAMS,
+    **kw: Any,
+) -> Any:
+    """Score a target against a fresh IncidentSet (default parameters unless given)."""
+    return score_target(target, IncidentSet(incidents, params), as_of, params, **kw)
 
 
 def synthetic_incidents(n: int, seed: int = 7) -> list[Incident]:
@@ -148,13 +154,29 @@ def test_incident_older_than_the_lookback_is_ignored() -> None:
     assert score(site(), [old]).value == 0.0
 
 
-def test_decay_halves_at_the_category_half_life() -> None:
-    half_life = DEFAULT_PARAMS.categories[Category.ARMED_ASSAULT].half_life_days
+def test_decay_halves_at_the_category_half_life_without_persistence() -> None:
+    params = replace(DEFAULT_PARAMS, persistence_share=0.0)
+    half_life = params.categories[Category.ARMED_ASSAULT].half_life_days
     at = [
-        score(site(), [incident(occurred_at=AS_OF - timedelta(days=days))]).contributions[0]
+        score(
+            site(), [incident(occurred_at=AS_OF - timedelta(days=days))], params=params
+        ).contributions[0]
         for days in (0, half_life, 2 * half_life)
     ]
     assert [c.factors["decay"] for c in at] == pytest.approx([1.0, 0.5, 0.25])
+
+
+def test_a_share_of_the_weight_persists_for_a_year() -> None:
+    p = DEFAULT_PARAMS
+    half_life = p.categories[Category.ARMED_ASSAULT].half_life_days
+    contribution = score(
+        site(), [incident(occurred_at=AS_OF - timedelta(days=4 * half_life))]
+    ).contributions[0]
+    fast = (1 - p.persistence_share) * 0.5**4
+    slow = p.persistence_share * 0.5 ** (4 * half_life / p.persistence_half_life_days)
+    assert contribution.factors["decay"] == pytest.approx(fast + slow)
+    # Four half-lives on, the slow memory holds most of what is left.
+    assert slow > fast
 
 
 def test_independent_fatality_figure_is_preferred_over_the_claimed_one() -> None:

@@ -123,6 +123,7 @@ def upgrade() -> None:
     op.create_index("ix_incident_reported_at", "incident", ["reported_at"])
     op.create_index("ix_incident_country", "incident", ["country"])
     op.create_index("ix_incident_lat_lon", "incident", ["lat", "lon"])
+    op.create_index("ix_incident_updated_at", "incident", ["updated_at"])
     op.create_table(
         "target",
         sa.Column("id", sa.Integer(), nullable=False),

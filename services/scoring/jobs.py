@@ -29,7 +29,10 @@ def utc_now() -> datetime:
 
 
 def rescore_pending(
-    factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now
+    factory: sessionmaker[Session],
+    settings: ScoringSettings,
+    clock: Clock = utc_now,
+    cache: scores.IncidentCache | None = None,
 ) -> int:
     """Rescore one batch of queued targets; return how many were taken.
 
@@ -47,7 +50,7 @@ def rescore_pending(
         return 0
     with make_sessionmaker(factory.kw["bind"], read_only=True).begin() as session:
         model = scores.ensure_model(session, now)
-        computed = scores.compute(session, model, [c.target_id for c in claims], now)
+        computed = scores.compute(session, model, [c.target_id for c in claims], now, cache)
     with factory.begin() as session:
         scores.store(
             session,
@@ -64,7 +67,8 @@ def rescore_pending(
 def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now) -> int:
     """Rescore until the queue is empty; return how many targets were rescored."""
     total = 0
-    while taken := rescore_pending(factory, settings, clock):
+    cache = scores.IncidentCache()
+    while taken := rescore_pending(factory, settings, clock, cache):
         total += taken
     return total
 
@@ -98,6 +102,7 @@ class RescoreWorker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
         self.listening = threading.Event()  # set once LISTEN is in place (PostgreSQL)
+        self._cache = scores.IncidentCache()
         self._listener: threading.Thread | None = None
         if settings.database_url.startswith("postgresql"):
             self._listener = threading.Thread(
@@ -147,7 +152,9 @@ class RescoreWorker:
             self._wake.wait(poll)
             self._wake.clear()
             try:
-                while not self._stop.is_set() and rescore_pending(self._factory, self._settings):
+                while not self._stop.is_set() and rescore_pending(
+                    self._factory, self._settings, cache=self._cache
+                ):
                     pass
             except Exception:
                 # A failed batch rolls back and stays queued; log it and try again next pass.

@@ -65,7 +65,7 @@ class Incident(Base):
     tags: Mapped[list[str]] = mapped_column(JSON)
     revision: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Target(Base):

@@ -100,6 +100,8 @@ class ModelParams:
 
     categories: Mapping[Category, CategoryParams] = field(default_factory=_default_categories)
     lookback_days: float = 365.0
+    persistence_share: float = 0.15
+    persistence_half_life_days: float = 365.0
     claimed_fatalities_discount: float = 0.5
     severity_log_coefficient: float = 0.5
     credibility_floor: float = 0.5
@@ -330,6 +332,7 @@ for _f in fields(ModelParams):
 # Values that divide or set a time/distance scale must be strictly positive.
 _POSITIVE = {
     "lookback_days",
+    "persistence_half_life_days",
     "regional_scale_km",
     "escalation_recent_days",
     "escalation_baseline_days",
@@ -338,7 +341,12 @@ _POSITIVE = {
     "saturation",
     "hotspot_segment_km",
 }
-_UNIT_INTERVAL = {"claimed_fatalities_discount", "credibility_floor", "developing_factor"}
+_UNIT_INTERVAL = {
+    "claimed_fatalities_discount",
+    "credibility_floor",
+    "developing_factor",
+    "persistence_share",
+}
 
 
 def _check_value(path: str, value: float, *, positive: bool = False) -> float:
@@ -750,6 +758,15 @@ def _escalation(
     return local, regional, params.escalation_gain * esc
 
 
+def _decay(age_days: FloatArray, half_life_days: FloatArray, params: ModelParams) -> FloatArray:
+    """How much of an incident's weight is left at an age: a fast and a slow memory."""
+    # Violence persists where it has been: a small share of every incident's weight fades
+    # over a year, not weeks, so places with a long record keep ranking above quiet ones.
+    fast = 0.5 ** (age_days / half_life_days)
+    slow = 0.5 ** (age_days / params.persistence_half_life_days)
+    return np.asarray((1.0 - params.persistence_share) * fast + params.persistence_share * slow)
+
+
 def _saturate(total: FloatArray, params: ModelParams) -> FloatArray:
     """Map the amplified total onto 0-100."""
     # Hyperbolic, not exponential: it never flattens completely, so places in dense conflict
@@ -984,7 +1001,7 @@ def score_target(
     mode_factor = np.concatenate(
         (spatial.mode_factor, _area_mode_factor(incidents, idx[n_pt:], target))
     )
-    decay = 0.5 ** (age / incidents.half_life_days[idx])
+    decay = _decay(age, incidents.half_life_days[idx], params)
     c = incidents.static[idx] * decay * kernel * profile.factor * mode_factor
 
     local_w = incidents.weight_severity[idx] * kernel * profile.allowed
@@ -1292,7 +1309,7 @@ def score_points(
             which = inverse[sel]
             age = (t - occurred) / DAY_S
             valid = (reported <= t) & (age >= 0.0) & (age <= params.lookback_days)
-            decay = np.where(valid, 0.5 ** (age / half_life), 0.0)
+            decay = np.where(valid, _decay(age, half_life, params), 0.0)
             raw = np.sum(base[which] * decay, axis=1)
             local_recent, local_base = _window_sums(local_w[which], age, valid, params)
             regional_recent, regional_base = _window_sums(regional_w[which], age, valid, params)

@@ -197,6 +197,59 @@ def load_incidents(
     return LoadedIncidents(incident_set, rows)
 
 
+class IncidentCache:
+    """A worker's incidents in memory, topped up with the rows changed since its last look.
+
+    Reloading every incident for every batch of targets costs more than scoring them. Rows
+    stamped up to `overlap` before the last look are read again, so a transaction that stamped
+    its rows earlier but committed later (or a process whose clock lags) is still seen; a full
+    reload every `full_reload` bounds what could ever be missed, and drops incidents that aged
+    out. Incidents are never deleted (a retraction is an update), so updates are all there is.
+    """
+
+    def __init__(
+        self,
+        overlap: timedelta = timedelta(minutes=1),
+        full_reload: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self._overlap = overlap
+        self._full_reload = full_reload
+        self._rows: dict[int, IncidentRow] = {}
+        self._params: risk.ModelParams | None = None
+        self._full_at: datetime | None = None
+        self._seen: datetime | None = None
+        self._loaded: LoadedIncidents | None = None
+
+    def loaded(self, session: Session, params: risk.ModelParams, now: datetime) -> LoadedIncidents:
+        """Every incident that can count as of `now` (and some that cannot: scoring filters)."""
+        query = select(*_MODEL_COLUMNS)
+        full = (
+            self._loaded is None
+            or self._params != params
+            or self._full_at is None
+            or self._seen is None
+            or now - self._full_at > self._full_reload
+        )
+        if full:
+            query = query.where(Incident.occurred_at >= now - timedelta(days=params.lookback_days))
+            self._rows = {}
+            self._full_at = now
+        else:
+            assert self._seen is not None
+            query = query.where(Incident.updated_at > self._seen - self._overlap)
+        changed = {row.id: cast(Row[Any], row) for row in session.execute(query)}
+        self._seen = now
+        if full or changed:
+            self._rows.update(changed)
+            self._params = params
+            incident_set = risk.IncidentSet(
+                [to_model_incident(r) for r in self._rows.values()], params
+            )
+            self._loaded = LoadedIncidents(incident_set, dict(self._rows))
+        assert self._loaded is not None
+        return self._loaded
+
+
 def influence_box(
     coordinates: Sequence[Sequence[float]], radius_km: float, params: risk.ModelParams
 ) -> tuple[float, float, float, float]:
@@ -486,7 +539,11 @@ class Computed:
 
 
 def compute(
-    session: Session, model: ActiveModel, target_ids: Sequence[int], now: datetime
+    session: Session,
+    model: ActiveModel,
+    target_ids: Sequence[int],
+    now: datetime,
+    cache: IncidentCache | None = None,
 ) -> list[Computed]:
     """Score targets as of `now` (reads only: run it outside any write transaction)."""
     if not target_ids:
@@ -494,12 +551,15 @@ def compute(
     rows = session.execute(select(Target).where(Target.id.in_(target_ids))).scalars().all()
     if not rows:
         return []
-    boxes = [influence_box(t.coordinates, t.radius_km, model.params) for t in rows]
-    union = (
-        min(b[0] for b in boxes), min(b[1] for b in boxes),
-        max(b[2] for b in boxes), max(b[3] for b in boxes),
-    )  # fmt: skip
-    loaded = load_incidents(session, model.params, box=union, until=now, since=now)
+    if cache is not None:
+        loaded = cache.loaded(session, model.params, now)
+    else:
+        boxes = [influence_box(t.coordinates, t.radius_km, model.params) for t in rows]
+        union = (
+            min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes),
+        )  # fmt: skip
+        loaded = load_incidents(session, model.params, box=union, until=now, since=now)
     out = []
     for target in rows:
         score = risk.score_target(
