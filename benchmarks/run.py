@@ -253,8 +253,8 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def start_api(db: Database, worker: str, logs: Path) -> Server:
-    """`riskalert serve` (and `riskalert worker` when separate) on a free loopback port."""
+def start_api(db: Database, worker: str, logs: Path, worker_processes: int = 1) -> Server:
+    """`riskalert serve` (and `riskalert worker`s when separate) on a free loopback port."""
     env = dict(os.environ)
     env.update(
         RISKALERT_DATABASE_URL=db.url,
@@ -271,11 +271,12 @@ def start_api(db: Database, worker: str, logs: Path) -> Server:
     )
     server = Server(f"riskalert serve ({db.backend})", proc, port, log_path)
     if worker == "separate":
-        server.extra.append(
-            start_process(
-                [str(BIN / "riskalert"), "worker"], env, logs / f"worker-{db.backend}.log"
+        for n in range(worker_processes):
+            server.extra.append(
+                start_process(
+                    [str(BIN / "riskalert"), "worker"], env, logs / f"worker-{db.backend}-{n}.log"
+                )
             )
-        )
     try:
         wait_ready(server, "/readyz")
     except Exception:
@@ -634,7 +635,8 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
                 out["db_version"] = conn.exec_driver_sql("SHOW server_version").scalar_one()
             else:
                 out["db_version"] = sqlite3.sqlite_version
-        api = start_api(db, out["worker"], logs)
+        api = start_api(db, out["worker"], logs, args.worker_processes)
+        out["worker_processes"] = args.worker_processes if out["worker"] == "separate" else 0
         bare = start_bare(logs)
         profiles: dict[str, Any] = {}
         try:
@@ -797,6 +799,12 @@ def main() -> None:
         choices=["inline", "separate"],
         default="inline",
         help="PostgreSQL only: rescoring in the API process, or a `riskalert worker`",
+    )
+    p.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        help="with --worker separate: how many `riskalert worker` processes share the queue",
     )
     p.add_argument("--full-rescore", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
