@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, pool, text
 
 # The models are imported only so that `alembic check` can compare them with the revisions;
 # the revisions themselves are written with op/sa and never import them.
@@ -13,6 +13,7 @@ from services.core.db import Base
 import services.scoring.models  # noqa: F401  isort: skip
 
 config = context.config
+LOCK_KEY = 0x5C0E_0A1E
 target_metadata = Base.metadata
 
 
@@ -41,6 +42,10 @@ def run_migrations_online() -> None:
             compare_type=True,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Processes starting together all migrate: one does, the others wait here
+                # and then find the database at head.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
             context.run_migrations()
     engine.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Annotated
@@ -86,10 +87,10 @@ def serve(
         )
         console.print(f"API docs: http://{host}:{port}/docs")
     if workers > 1:
-        # Each uvicorn worker builds its own app from the environment.
-        import os
-
+        # Each uvicorn worker builds its own app from the environment; migrate once, here.
+        upgrade_to_head(settings.database_url)
         os.environ["RISKALERT_DATABASE_URL"] = settings.database_url
+        os.environ["RISKALERT_AUTO_MIGRATE"] = "false"
         uvicorn.run("services.asgi:app", host=host, port=port, workers=workers, factory=True)
         return
     uvicorn.run(create_app(settings), host=host, port=port)
