@@ -194,9 +194,10 @@ def upgrade() -> None:
         "rescore_mark",
         sa.Column("target_id", sa.Integer(), nullable=False),
         sa.Column("cause", sa.String(32), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("marked_at", UTC_TIME, nullable=False),
         sa.Column("generation", sa.Integer(), nullable=False),
-        sa.Column("claimed_until", UTC_TIME, nullable=True),
+        sa.Column("lease_expires_at", UTC_TIME, nullable=True),
         sa.ForeignKeyConstraint(
             ["target_id"],
             ["target.id"],
@@ -205,7 +206,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("target_id", name="pk_rescore_mark"),
     )
-    op.create_index("ix_rescore_mark_marked_at", "rescore_mark", ["marked_at"])
+    op.create_index("ix_rescore_mark_priority_marked_at", "rescore_mark", ["priority", "marked_at"])
     op.create_table(
         "model_version",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -216,7 +217,15 @@ def upgrade() -> None:
         sa.Column("created_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_model_version"),
     )
-    op.create_index("ix_model_version_active", "model_version", ["active"])
+    # Exactly one active version: processes racing to create the first one cannot both win.
+    op.create_index(
+        "uq_model_version_active",
+        "model_version",
+        ["active"],
+        unique=True,
+        sqlite_where=sa.text("active"),
+        postgresql_where=sa.text("active"),
+    )
 
 
 def downgrade() -> None:

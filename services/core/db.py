@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,9 +121,3 @@ def upgrade_to_head(url: str) -> None:
 def downgrade_to_base(url: str) -> None:
     """Revert every migration."""
     command.downgrade(alembic_config(url), "base")
-
-
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yield a session in one transaction, committed on success and rolled back on error."""
-    with factory.begin() as session:
-        yield session

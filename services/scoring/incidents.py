@@ -4,42 +4,75 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select, tuple_
+from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
 from services.core.problems import Problem
-from services.scoring import schemas
+from services.scoring import risk, schemas
 from services.scoring.models import Incident
-from services.scoring.taxonomy import Category, Lifecycle
+from services.scoring.taxonomy import (
+    Category,
+    Lifecycle,
+    LocationPrecision,
+    Sector,
+    TargetType,
+    TimePrecision,
+)
 
 Outcome = Literal["created", "updated", "unchanged"]
 
-# Columns an upsert compares to decide whether anything changed.
-_CONTENT_COLUMNS = (
-    "category", "occurred_at", "occurred_precision", "reported_at", "reported_at_estimated",
-    "lat", "lon", "location_precision", "scope_countries", "scope_admin1", "country", "admin1",
-    "admin2", "location_name", "actors", "target_type", "target_foreign_owned_only",
-    "target_sectors", "victim_expatriate", "victim_nationality", "victim_sector",
-    "fatalities_claimed", "fatalities_low", "fatalities_best", "fatalities_high",
-    "source_reliability", "lifecycle", "title", "description", "tags",
+# Only what the model and explanations read: loading whole ORM rows costs more than scoring.
+MODEL_COLUMNS = (
+    Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
+    Incident.occurred_precision, Incident.reported_at, Incident.lat, Incident.lon,
+    Incident.location_precision, Incident.scope_countries, Incident.scope_admin1,
+    Incident.target_foreign_owned_only, Incident.target_sectors, Incident.target_type,
+    Incident.victim_expatriate, Incident.victim_sector, Incident.fatalities_claimed,
+    Incident.fatalities_best, Incident.source_reliability, Incident.lifecycle, Incident.title,
 )  # fmt: skip
+Row = Incident | SqlRow[Any]
+
+
+def to_model(row: Row) -> risk.Incident:
+    """The model's view of a stored incident."""
+    return risk.Incident(
+        id=row.id,
+        category=Category(row.category),
+        occurred_at=row.occurred_at,
+        occurred_precision=TimePrecision(row.occurred_precision),
+        reported_at=row.reported_at,
+        lat=row.lat,
+        lon=row.lon,
+        location_precision=LocationPrecision(row.location_precision),
+        scope_countries=frozenset(row.scope_countries),
+        scope_admin1=frozenset(row.scope_admin1),
+        target_foreign_owned_only=row.target_foreign_owned_only,
+        target_sectors=frozenset(Sector(s) for s in row.target_sectors),
+        target_type=TargetType(row.target_type) if row.target_type else None,
+        victim_expatriate=row.victim_expatriate,
+        victim_sector=Sector(row.victim_sector) if row.victim_sector else None,
+        fatalities_claimed=row.fatalities_claimed,
+        fatalities_best=row.fatalities_best,
+        source_reliability=row.source_reliability,
+        lifecycle=Lifecycle(row.lifecycle),
+        title=row.title,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Upserted:
-    """An incident after an upsert, and where it was before (to rescore both places)."""
+    """An incident after an upsert, and the model's view of it before (to rescore both)."""
 
     incident: Incident
     outcome: Outcome
-    previous_lat: float | None
-    previous_lon: float | None
-    was_area_scoped: bool
+    previous: risk.Incident | None
 
 
-def check_times(data: schemas.IncidentIn, now: datetime, skew: Any) -> None:
+def check_times(data: schemas.IncidentIn, now: datetime, skew: timedelta) -> None:
     """Refuse times in the future beyond the allowed clock skew."""
     limit = now + skew
     for field, value in (("occurred_at", data.occurred_at), ("reported_at", data.reported_at)):
@@ -135,18 +168,18 @@ def _apply(
             **columns,
         )
         session.add(incident)
-        return Upserted(incident, "created", None, None, False)
-    if data.reported_at is None:
-        # A resend without reported_at keeps the first time we knew of the event.
-        columns["reported_at"] = existing.reported_at
-    previous = (existing.lat, existing.lon, existing.lat is None)
+        return Upserted(incident, "created", None)
+    # The first time anyone could know of the event stays the first: a later resend cannot
+    # hide it from an as-of score that already used it.
+    columns["reported_at"] = min(existing.reported_at, columns["reported_at"])
     if all(getattr(existing, name) == value for name, value in columns.items()):
-        return Upserted(existing, "unchanged", *previous)
+        return Upserted(existing, "unchanged", None)
+    previous = to_model(existing)
     for name, value in columns.items():
         setattr(existing, name, value)
     existing.revision += 1
     existing.updated_at = now
-    return Upserted(existing, "updated", *previous)
+    return Upserted(existing, "updated", previous)
 
 
 def get(session: Session, incident_id: int) -> Incident | None:

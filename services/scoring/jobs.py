@@ -13,7 +13,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.db import make_sessionmaker
+from services.core.db import is_sqlite, make_sessionmaker
 from services.core.models import IdempotencyRecord
 from services.scoring import scores
 from services.scoring.settings import ScoringSettings
@@ -33,6 +33,7 @@ def rescore_pending(
     settings: ScoringSettings,
     clock: Clock = utc_now,
     cache: scores.IncidentCache | None = None,
+    reader: sessionmaker[Session] | None = None,
 ) -> int:
     """Rescore one batch of queued targets; return how many were taken.
 
@@ -46,21 +47,28 @@ def rescore_pending(
         claims = scores.claim_marks(
             session, settings.rescore_batch_size, now, settings.rescore_lease
         )
-    if not claims:
+        model = scores.ensure_model(session, now) if claims else None
+    if model is None:
         return 0
-    with make_sessionmaker(factory.kw["bind"], read_only=True).begin() as session:
-        model = scores.ensure_model(session, now)
-        computed = scores.compute(session, model, [c.target_id for c in claims], now, cache)
-    with factory.begin() as session:
-        scores.store(
-            session,
-            computed,
-            now,
-            # The feed names why each target was rescored (incident, decay, model...).
-            causes={c.target_id: c.cause for c in claims},
-            min_delta=settings.change_min_delta,
-        )
-        scores.release_marks(session, claims)
+    try:
+        with (reader or factory).begin() as session:
+            ids = [c.target_id for c in claims]
+            computed = scores.compute(session, model, ids, now, cache)
+        with factory.begin() as session:
+            scores.store(
+                session,
+                computed,
+                now,
+                # The feed names why each target was rescored (incident, decay, model...).
+                causes={c.target_id: c.cause for c in claims},
+                min_delta=settings.change_min_delta,
+            )
+            scores.release_marks(session, claims)
+    except Exception:
+        # Hand the batch back at once rather than when its lease expires.
+        with factory.begin() as session:
+            scores.return_marks(session, claims)
+        raise
     return len(claims)
 
 
@@ -68,7 +76,8 @@ def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Cloc
     """Rescore until the queue is empty; return how many targets were rescored."""
     total = 0
     cache = scores.IncidentCache()
-    while taken := rescore_pending(factory, settings, clock, cache):
+    reader = make_sessionmaker(factory.kw["bind"], read_only=True)
+    while taken := rescore_pending(factory, settings, clock, cache, reader):
         total += taken
     return total
 
@@ -103,8 +112,9 @@ class RescoreWorker:
         self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
         self.listening = threading.Event()  # set once LISTEN is in place (PostgreSQL)
         self._cache = scores.IncidentCache()
+        self._reader = make_sessionmaker(factory.kw["bind"], read_only=True)
         self._listener: threading.Thread | None = None
-        if settings.database_url.startswith("postgresql"):
+        if not is_sqlite(settings.database_url):
             self._listener = threading.Thread(
                 target=self._listen, name="rescore-listener", daemon=True
             )
@@ -153,7 +163,7 @@ class RescoreWorker:
             self._wake.clear()
             try:
                 while not self._stop.is_set() and rescore_pending(
-                    self._factory, self._settings, cache=self._cache
+                    self._factory, self._settings, cache=self._cache, reader=self._reader
                 ):
                     pass
             except Exception:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -152,22 +153,32 @@ class RescoreMark(Base):
     target_id: Mapped[int] = mapped_column(
         ForeignKey("target.id", ondelete="CASCADE"), primary_key=True
     )
+    __table_args__ = (Index("ix_rescore_mark_priority_marked_at", "priority", "marked_at"),)
+
     cause: Mapped[str] = mapped_column(String(32))
-    marked_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # 0 for work someone waits for (incidents, edits, a new model), 1 for the decay pass.
+    priority: Mapped[int] = mapped_column(Integer)
+    marked_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Bumped whenever the target is queued again, so a worker releases only what it computed.
     generation: Mapped[int] = mapped_column(Integer)
     # Set while a worker holds the target; past this time another worker may take it.
-    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class ModelVersion(Base):
     """A version of the model's parameters; exactly one is active."""
 
     __tablename__ = "model_version"
+    __table_args__ = (
+        Index(
+            "uq_model_version_active", "active", unique=True,
+            sqlite_where=text("active"), postgresql_where=text("active"),
+        ),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     note: Mapped[str] = mapped_column(String(500))
-    active: Mapped[bool] = mapped_column(Boolean, index=True)
+    active: Mapped[bool] = mapped_column(Boolean)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -12,8 +12,8 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    case,
     delete,
-    func,
     literal,
     or_,
     select,
@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.core.db import UTCDateTime
@@ -37,16 +38,7 @@ from services.scoring.models import (
     ScoreChange,
     Target,
 )
-from services.scoring.taxonomy import (
-    Band,
-    Category,
-    Lifecycle,
-    LocationPrecision,
-    Sector,
-    TargetKind,
-    TargetType,
-    TimePrecision,
-)
+from services.scoring.taxonomy import Band, Lifecycle, Sector, TargetKind
 
 # Incidents listed in a score's explanation (the rest still count, and are counted).
 EXPLAIN_TOP = 10
@@ -71,31 +63,47 @@ class ActiveModel:
 _parsed: dict[tuple[int, datetime], risk.ModelParams] = {}
 
 
-def ensure_model(session: Session, now: datetime) -> ActiveModel:
-    """Return the active model version, creating version 1 from the defaults if none exists."""
+def active_model(session: Session) -> ActiveModel | None:
+    """The model version in force, or None on a database where none was created yet."""
     active = session.execute(
         select(ModelVersion.id, ModelVersion.created_at)
         .where(ModelVersion.active.is_(True))
         .order_by(ModelVersion.id.desc())
         .limit(1)
     ).first()
-    if active is not None:
-        key = (active.id, active.created_at)
-        if key not in _parsed:
-            row = session.get_one(ModelVersion, active.id)
-            if len(_parsed) > 64:
-                _parsed.clear()
-            _parsed[key] = risk.ModelParams.from_dict(row.params)
-        return ActiveModel(active.id, _parsed[key])
-    row = ModelVersion(
-        params=risk.DEFAULT_PARAMS.to_dict(),
-        note="default parameters",
-        active=True,
-        created_by="system",
-        created_at=now,
-    )
-    session.add(row)
-    session.flush()
+    if active is None:
+        return None
+    key = (active.id, active.created_at)
+    if key not in _parsed:
+        row = session.get_one(ModelVersion, active.id)
+        if len(_parsed) > 64:
+            _parsed.clear()
+        _parsed[key] = risk.ModelParams.from_dict(row.params)
+    return ActiveModel(active.id, _parsed[key])
+
+
+def ensure_model(session: Session, now: datetime) -> ActiveModel:
+    """The model version in force, creating version 1 from the defaults if there is none.
+
+    Takes a write session (the creation is guarded by a savepoint).
+    """
+    found = active_model(session)
+    if found is not None:
+        return found
+    try:
+        # Processes starting on an empty database race to create version 1; the unique
+        # index on the active version lets one win, and the others read its row.
+        with session.begin_nested():
+            row = ModelVersion(
+                params=risk.DEFAULT_PARAMS.to_dict(),
+                note="default parameters",
+                active=True,
+                created_by="system",
+                created_at=now,
+            )
+            session.add(row)
+    except IntegrityError:
+        return ensure_model(session, now)
     return ActiveModel(row.id, risk.DEFAULT_PARAMS)
 
 
@@ -122,50 +130,12 @@ def publish_model(
     return row
 
 
-# Only what the model and explanations read: loading whole ORM rows costs more than scoring.
-_MODEL_COLUMNS = (
-    Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
-    Incident.occurred_precision, Incident.reported_at, Incident.lat, Incident.lon,
-    Incident.location_precision, Incident.scope_countries, Incident.scope_admin1,
-    Incident.target_foreign_owned_only, Incident.target_sectors, Incident.target_type,
-    Incident.victim_expatriate, Incident.victim_sector, Incident.fatalities_claimed,
-    Incident.fatalities_best, Incident.source_reliability, Incident.lifecycle, Incident.title,
-)  # fmt: skip
-IncidentRow = Incident | Row[Any]
-
-
-def to_model_incident(row: IncidentRow) -> risk.Incident:
-    """The model's view of a stored incident."""
-    return risk.Incident(
-        id=row.id,
-        category=Category(row.category),
-        occurred_at=row.occurred_at,
-        occurred_precision=TimePrecision(row.occurred_precision),
-        reported_at=row.reported_at,
-        lat=row.lat,
-        lon=row.lon,
-        location_precision=LocationPrecision(row.location_precision),
-        scope_countries=frozenset(row.scope_countries),
-        scope_admin1=frozenset(row.scope_admin1),
-        target_foreign_owned_only=row.target_foreign_owned_only,
-        target_sectors=frozenset(Sector(s) for s in row.target_sectors),
-        target_type=TargetType(row.target_type) if row.target_type else None,
-        victim_expatriate=row.victim_expatriate,
-        victim_sector=Sector(row.victim_sector) if row.victim_sector else None,
-        fatalities_claimed=row.fatalities_claimed,
-        fatalities_best=row.fatalities_best,
-        source_reliability=row.source_reliability,
-        lifecycle=Lifecycle(row.lifecycle),
-        title=row.title,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class LoadedIncidents:
     """Incidents loaded for scoring, with the rows they came from (for explanations)."""
 
     incident_set: risk.IncidentSet
-    rows: dict[int, IncidentRow]
+    rows: dict[int, incidents.Row]
 
 
 def load_incidents(
@@ -178,7 +148,7 @@ def load_incidents(
 ) -> LoadedIncidents:
     """Incidents that can count at some time in [since, until]: reported by then, recent enough."""
     lookback = timedelta(days=params.lookback_days)
-    query = select(*_MODEL_COLUMNS).where(
+    query = select(*incidents.MODEL_COLUMNS).where(
         Incident.reported_at <= until,
         Incident.occurred_at <= until,
         Incident.occurred_at >= since - lookback,
@@ -192,8 +162,8 @@ def load_incidents(
                 Incident.lat.between(min_lat, max_lat) & Incident.lon.between(min_lon, max_lon),
             )
         )
-    rows: dict[int, IncidentRow] = {row.id: cast(Row[Any], row) for row in session.execute(query)}
-    incident_set = risk.IncidentSet([to_model_incident(r) for r in rows.values()], params)
+    rows: dict[int, incidents.Row] = {row.id: cast(Row[Any], row) for row in session.execute(query)}
+    incident_set = risk.IncidentSet([incidents.to_model(r) for r in rows.values()], params)
     return LoadedIncidents(incident_set, rows)
 
 
@@ -214,7 +184,7 @@ class IncidentCache:
     ) -> None:
         self._overlap = overlap
         self._full_reload = full_reload
-        self._rows: dict[int, IncidentRow] = {}
+        self._rows: dict[int, incidents.Row] = {}
         self._params: risk.ModelParams | None = None
         self._full_at: datetime | None = None
         self._seen: datetime | None = None
@@ -222,7 +192,7 @@ class IncidentCache:
 
     def loaded(self, session: Session, params: risk.ModelParams, now: datetime) -> LoadedIncidents:
         """Every incident that can count as of `now` (and some that cannot: scoring filters)."""
-        query = select(*_MODEL_COLUMNS)
+        query = select(*incidents.MODEL_COLUMNS)
         full = (
             self._loaded is None
             or self._params != params
@@ -243,7 +213,7 @@ class IncidentCache:
             self._rows.update(changed)
             self._params = params
             incident_set = risk.IncidentSet(
-                [to_model_incident(r) for r in self._rows.values()], params
+                [incidents.to_model(r) for r in self._rows.values()], params
             )
             self._loaded = LoadedIncidents(incident_set, dict(self._rows))
         assert self._loaded is not None
@@ -266,7 +236,7 @@ def document(
     ref: schemas.TargetRef,
     score: risk.Score,
     version: int,
-    rows: dict[int, IncidentRow],
+    rows: dict[int, incidents.Row],
 ) -> schemas.ScoreOut:
     """The served form of a score, with incident sources and hotspot geometries."""
     contributions = []
@@ -364,35 +334,56 @@ def score_adhoc(
     return document(schemas.TargetRef(kind=kind), score, model.version, loaded.rows)
 
 
-def _insert_marks(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
+# Rescoring that someone waits for (a new incident, a target just edited, a new model) goes
+# before the periodic decay pass, which may have queued every target a moment earlier.
+URGENT, ROUTINE = 0, 1
+_PRIORITY = {"decay": ROUTINE}
+
+
+def _queue(session: Session, rows: Any) -> None:
+    """Insert queue rows (values or a SELECT); a target already queued keeps one row, bumped."""
     table = RescoreMark.__table__
     assert isinstance(table, Table)
-    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    stmt = insert if isinstance(rows, list) else insert.from_select(MARK_COLUMNS, rows)
+    new = stmt.excluded
+    # A target being rescored right now may have missed this change: a new generation keeps
+    # its row when the worker releases the one it took, and freeing the lease lets it be taken
+    # again. The row keeps its earliest time and most urgent priority, so it never moves back.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[RescoreMark.target_id],
+        set_={
+            "generation": RescoreMark.generation + 1,
+            "lease_expires_at": None,
+            "cause": case((new.priority <= RescoreMark.priority, new.cause),
+                          else_=RescoreMark.cause),
+            "priority": case((new.priority < RescoreMark.priority, new.priority),
+                             else_=RescoreMark.priority),
+            "marked_at": case((new.marked_at < RescoreMark.marked_at, new.marked_at),
+                              else_=RescoreMark.marked_at),
+        },
+    )  # fmt: skip
+    if isinstance(rows, list):
+        # Parameter lists, not one literal multi-row VALUES: the statement compiles once.
+        session.execute(stmt, rows)
+    else:
+        session.execute(stmt)
+    _queued(session)
+
+
+MARK_COLUMNS = ["target_id", "cause", "priority", "marked_at", "generation"]
 
 
 def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: datetime) -> int:
-    """Queue targets for rescoring; one row per target, bumped if already queued or in work."""
+    """Queue targets for rescoring; one row per target however often it is queued."""
+    priority = _PRIORITY.get(cause, URGENT)
     rows = [
-        {"target_id": i, "cause": cause, "marked_at": now, "generation": 1}
+        {"target_id": i, "cause": cause, "priority": priority, "marked_at": now, "generation": 1}
         for i in sorted(set(target_ids))
     ]
     if rows:
-        stmt = _insert_marks(session)
-        # A target being rescored right now may have missed this change: a new generation
-        # keeps its mark when the worker releases the old one, and frees it to be taken again.
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[RescoreMark.target_id],
-            set_={
-                "cause": stmt.excluded.cause,
-                "marked_at": stmt.excluded.marked_at,
-                "generation": RescoreMark.generation + 1,
-                "claimed_until": None,
-            },
-        )
-        # Parameter lists, not one literal multi-row VALUES: the statement compiles once.
-        session.execute(stmt, rows)
-        _queued(session)
+        _queue(session, rows)
     return len(rows)
 
 
@@ -407,56 +398,64 @@ def _queued(session: Session) -> None:
 
 def mark_all(session: Session, cause: str, now: datetime) -> None:
     """Queue every target for rescoring (decay, new model)."""
-    stmt = _insert_marks(session).from_select(
-        ["target_id", "cause", "marked_at", "generation"],
+    _queue(
+        session,
         # SQLite needs a WHERE to tell the upsert's ON from a join's ON.
         select(
-            Target.id, literal(cause, String()), literal(now, UTCDateTime()), literal(1, Integer())
+            Target.id,
+            literal(cause, String()),
+            literal(_PRIORITY.get(cause, URGENT), Integer()),
+            literal(now, UTCDateTime()),
+            literal(1, Integer()),
         ).where(true()),
     )
-    session.execute(stmt.on_conflict_do_nothing())
-    _queued(session)
 
 
 def affected_targets(
     session: Session, changed: Sequence[incidents.Upserted], params: risk.ModelParams
 ) -> set[int]:
-    """Targets that incidents just created, updated or moved can affect directly.
+    """Targets that incidents just created or updated can affect directly, then or now.
 
     Point incidents: targets whose stored box overlaps the incident's primary reach (the faint
     regional tail is left to the decay tick). Area-scoped: targets matching scope and profile.
-    An update also affects wherever the incident used to be.
+    An update also affects whatever the incident's previous version could.
     """
     spots: list[tuple[float, float, float]] = []
     area: list[risk.Incident] = []
     for item in changed:
-        incident = to_model_incident(item.incident)
-        reach = risk.influence_radius_km(incident, params, regional=False)
-        if item.incident.lat is None or item.incident.lon is None or reach is None:
-            area.append(incident)
-        else:
-            spots.append((item.incident.lat, item.incident.lon, reach))
-        moved = (item.previous_lat, item.previous_lon) != (item.incident.lat, item.incident.lon)
-        if item.outcome == "updated" and moved:
-            if item.previous_lat is None or item.previous_lon is None:
-                area.append(replace(incident, lat=None, lon=None))
+        versions = [incidents.to_model(item.incident)]
+        if item.previous is not None:
+            versions.append(item.previous)
+        for incident in versions:
+            reach = risk.influence_radius_km(incident, params, regional=False)
+            if incident.lat is None or incident.lon is None or reach is None:
+                area.append(incident)
             else:
-                spots.append(
-                    (
-                        item.previous_lat,
-                        item.previous_lon,
-                        risk.max_influence_km(params, regional=False),
-                    )
-                )
+                spots.append((incident.lat, incident.lon, reach))
     ids: set[int] = set()
     if spots:
         ids |= _targets_near(session, spots)
     if area:
-        for target in session.execute(select(Target)).scalars():
-            model = targets.to_model(target)
-            if any(risk.area_scope_matches(incident, model) for incident in area):
-                ids.add(target.id)
+        ids |= _targets_in_scope(session, area)
     return ids
+
+
+def _targets_in_scope(session: Session, area: Sequence[risk.Incident]) -> set[int]:
+    profile = select(
+        Target.id, Target.kind, Target.countries, Target.admin1, Target.sector,
+        Target.foreign_owned,
+    )  # fmt: skip
+    found = set()
+    for target_id, kind, countries, admin1, sector, foreign_owned in session.execute(profile):
+        # Only what scope and profile matching read; geometry does not matter here.
+        model = risk.Target(
+            kind=TargetKind(kind), coordinates=((0.0, 0.0),), radius_km=0.0,
+            sector=Sector(sector) if sector else None, foreign_owned=foreign_owned,
+            countries=frozenset(countries), admin1=frozenset(admin1),
+        )  # fmt: skip
+        if any(risk.area_scope_matches(incident, model) for incident in area):
+            found.add(target_id)
+    return found
 
 
 def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]]) -> set[int]:
@@ -505,8 +504,8 @@ def claim_marks(session: Session, limit: int, now: datetime, lease: timedelta) -
     """
     candidates = (
         select(RescoreMark.target_id)
-        .where(or_(RescoreMark.claimed_until.is_(None), RescoreMark.claimed_until < now))
-        .order_by(RescoreMark.marked_at)
+        .where(or_(RescoreMark.lease_expires_at.is_(None), RescoreMark.lease_expires_at < now))
+        .order_by(RescoreMark.priority, RescoreMark.marked_at)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -514,7 +513,7 @@ def claim_marks(session: Session, limit: int, now: datetime, lease: timedelta) -
     rows = session.execute(
         update(RescoreMark)
         .where(RescoreMark.target_id.in_(candidates.scalar_subquery()))
-        .values(claimed_until=now + lease)
+        .values(lease_expires_at=now + lease)
         .returning(RescoreMark.target_id, RescoreMark.cause, RescoreMark.generation)
     ).all()
     return [Claim(target_id, cause, generation) for target_id, cause, generation in rows]
@@ -594,9 +593,10 @@ def store(
     changes: list[ScoreChange] = []
     for item in computed:
         target, doc = item.target, item.doc
-        if target.id not in alive:
-            continue
         old = current.get(target.id)
+        if target.id not in alive or (old is not None and old.as_of > doc.as_of):
+            # Deleted meanwhile, or another worker already stored a newer score: keep it.
+            continue
         fed = _changed(old, doc, min_delta)
         if fed:
             changes.append(change_row(target, old, doc, causes[target.id], now))
@@ -718,9 +718,14 @@ def changes_page(
     return session.execute(query.order_by(ScoreChange.id).limit(limit)).scalars().all()
 
 
-def latest_change_id(session: Session) -> int:
-    """The newest feed id (0 when empty)."""
-    return int(session.execute(select(func.coalesce(func.max(ScoreChange.id), 0))).scalar_one())
+def return_marks(session: Session, claims: Sequence[Claim]) -> None:
+    """Give leased targets back to the queue (after a failed batch)."""
+    if claims:
+        session.execute(
+            update(RescoreMark)
+            .where(RescoreMark.target_id.in_([c.target_id for c in claims]))
+            .values(lease_expires_at=None)
+        )
 
 
 def release_marks(session: Session, claims: Sequence[Claim]) -> None:

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.scoring import risk, schemas
+from services.scoring import geo, risk, schemas
 from services.scoring.models import CurrentScore, Target
 from services.scoring.taxonomy import Band, Mode, Sector, TargetKind
-
-KM_PER_DEGREE_LAT = 111.32
 
 
 def _box(coordinates: Sequence[Sequence[float]], radius_km: float) -> dict[str, float]:
     lons = [c[0] for c in coordinates]
     lats = [c[1] for c in coordinates]
-    dlat = radius_km / KM_PER_DEGREE_LAT
-    # Widen longitudes at the latitude farthest from the equator, where degrees are shortest.
-    widest = min(89.0, max(abs(min(lats)), abs(max(lats))) + dlat)
-    dlon = radius_km / (KM_PER_DEGREE_LAT * math.cos(math.radians(widest)))
+    min_lon, min_lat, max_lon, max_lat = geo.bbox_spanning(
+        min(lats), max(lats), min(lons), max(lons), radius_km
+    )
     return {
-        "box_min_lat": max(-90.0, min(lats) - dlat),
-        "box_max_lat": min(90.0, max(lats) + dlat),
-        "box_min_lon": max(-180.0, min(lons) - dlon),
-        "box_max_lon": min(180.0, max(lons) + dlon),
+        "box_min_lat": min_lat,
+        "box_max_lat": max_lat,
+        "box_min_lon": min_lon,
+        "box_max_lon": max_lon,
     }
 
 
