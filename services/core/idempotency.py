@@ -26,6 +26,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,
         max_length=MAX_KEY_LENGTH,
         description="Makes a retried POST safe: the first response is replayed.",
     ),

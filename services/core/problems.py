@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://riskalert.dev/problems/"
+PROBLEM_SCHEMA_REF = "#/components/schemas/ProblemDocument"
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,32 @@ _TITLES = {
     500: "Internal error",
     503: "Service unavailable",
 }
+
+
+class FieldError(BaseModel):
+    """Where a request is wrong: the part, an RFC 6901 pointer into it, the field and why."""
+
+    in_: Literal["body", "query", "path", "header", "cookie"] = Field(alias="in")
+    pointer: str
+    field: str
+    reason: str
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem document, as every error response carries (documentation only)."""
+
+    type: str = Field(description="Stable URI of the kind of problem.")
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[FieldError] = []
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries declaring problem documents for `statuses`."""
+    content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_SCHEMA_REF}}}
+    return {s: {"description": _TITLES.get(s, "Error"), "content": content} for s in statuses}
 
 
 class Problem(Exception):
@@ -74,20 +103,29 @@ def not_found(what: str) -> Problem:
     return Problem(404, "not-found", f"{what} not found")
 
 
-def field_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Turn pydantic errors into `{pointer, field, reason}` entries (RFC 6901 pointers)."""
+def field_errors(
+    errors: Sequence[Mapping[str, Any]], *, location: str = "body"
+) -> list[dict[str, Any]]:
+    """Turn pydantic errors into `{pointer, field, reason}` entries (RFC 6901 pointers).
+
+    `location` is the request part of errors whose `loc` does not start with one.
+    """
     out: list[dict[str, Any]] = []
     for error in errors:
         loc = [str(part) for part in error.get("loc", ())]
         if loc and loc[0] in {"body", "query", "path", "header", "cookie"}:
             where, loc = loc[0], loc[1:]
         else:
-            where = "body"
+            where = location
+        if error.get("type") == "json_invalid":
+            # Its loc ends with a character offset, not a field: the whole body is at fault.
+            loc = []
         out.append(
             {
                 "in": where,
-                "pointer": "/"
-                + "/".join(part.replace("~", "~0").replace("/", "~1") for part in loc),
+                "pointer": "".join(
+                    "/" + part.replace("~", "~0").replace("/", "~1") for part in loc
+                ),
                 "field": ".".join(loc) if loc else where,
                 "reason": str(error.get("msg", "invalid")),
             }
@@ -104,8 +142,44 @@ def _respond(problem: Problem, request: Request) -> JSONResponse:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method served at the request's path (Starlette names only the first route's)."""
+    path = {
+        "type": "http",
+        "path": request.url.path,
+        "root_path": request.scope.get("root_path", ""),
+    }
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**path, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Make every error, expected or not, a problem document without a stack trace."""
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # `problem_responses` refer to the ProblemDocument schema: publish it with the others.
+        schema = generate_openapi()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "ProblemDocument" not in components:
+            document = ProblemDocument.model_json_schema(
+                ref_template="#/components/schemas/{model}", mode="serialization"
+            )
+            components.update(document.pop("$defs", {}))
+            components["ProblemDocument"] = document
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
@@ -123,6 +197,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
         return _respond(Problem(exc.status_code, slug, str(exc.detail), headers=headers), request)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,11 @@ from sqlalchemy.exc import OperationalError
 
 from services.core.auth import KeyCache, hash_key
 from services.core.db import is_sqlite, make_engine, make_sessionmaker, upgrade_to_head
-from services.core.problems import PROBLEM_MEDIA_TYPE, install_problem_handlers
+from services.core.problems import (
+    PROBLEM_MEDIA_TYPE,
+    install_problem_handlers,
+    problem_responses,
+)
 from services.scoring import jobs, scores
 from services.scoring.api import router
 from services.scoring.settings import ScoringSettings
@@ -96,7 +100,7 @@ def create_app(
         "/readyz",
         tags=["health"],
         summary="The database answers",
-        responses={503: {"description": "Database unreachable"}},
+        responses=problem_responses(503),
     )
     def readyz(request: Request) -> JSONResponse:
         """Readiness: the database answers a query."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -10,6 +11,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -33,6 +35,8 @@ from services.scoring.taxonomy import (
 )
 
 MAX_CORRIDOR_POINTS = 1000
+# Ids are 32-bit integer columns: a larger one would overflow the database, not just miss.
+MAX_ID = 2_147_483_647
 
 Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
 Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
@@ -43,8 +47,25 @@ CountryCode = Annotated[
 ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
+RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
 _NUL = "text must not contain NUL characters"
+
+
+_DATE_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _date_time_text(value: Any) -> Any:
+    # pydantic would also read a number (or a numeric string) as Unix time; the API publishes
+    # RFC 3339 date-time strings only, so anything else is refused rather than guessed.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _DATE_TIME_TEXT.match(value):
+        raise ValueError("expected an RFC 3339 date-time such as 2025-06-01T12:00:00Z")
+    return value
+
+
+DateTimeText = BeforeValidator(_date_time_text)
 
 
 def _plausible_time(value: datetime) -> datetime:
@@ -57,7 +78,7 @@ def _plausible_time(value: datetime) -> datetime:
     return utc
 
 
-Timestamp = Annotated[AwareDatetime, AfterValidator(_plausible_time)]
+Timestamp = Annotated[AwareDatetime, DateTimeText, AfterValidator(_plausible_time)]
 
 
 def _nul_paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
@@ -485,7 +506,7 @@ class BacktestTarget(Strict):
     """A registered target for a backtest."""
 
     kind: TargetKind
-    id: int
+    id: RowId
 
 
 class BacktestIn(Strict):
@@ -554,7 +575,7 @@ class ApiKeyIn(Strict):
     """A new key: for a tenant (scores, targets) or for the platform (tenant_id null)."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    tenant_id: int | None = None
+    tenant_id: RowId | None = None
     roles: Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
 
 

@@ -14,10 +14,9 @@ from services.core.auth import Principal, Role, require, require_tenant
 from services.core.problems import not_found
 from services.scoring import scores, targets
 from services.scoring.models import CurrentScore, Target
+from services.scoring.schemas import MAX_ID
 from services.scoring.settings import ScoringSettings
 from services.scoring.taxonomy import TargetKind
-
-MAX_ID = 2_147_483_647
 
 
 def _write_session(request: Request) -> Iterator[Session]:

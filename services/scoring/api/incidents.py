@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.core import idempotency
 from services.core.idempotency import IdempotencyKey
-from services.core.problems import Problem, field_errors, not_found
+from services.core.problems import Problem, field_errors, not_found, problem_responses
 from services.scoring import incidents, schemas, scores
 from services.scoring.api.deps import (
     AnyReader,
@@ -49,7 +49,10 @@ def _queue_affected(
 @router.post(
     "",
     status_code=201,
-    responses={200: {"model": schemas.IncidentFeature, "description": "Updated or unchanged"}},
+    responses={
+        200: {"model": schemas.IncidentFeature, "description": "Updated or unchanged"},
+        **problem_responses(400, 409),
+    },
     summary="Ingest one incident (upsert on source and source_id)",
 )
 def post_incident(
@@ -83,7 +86,11 @@ def post_incident(
     return feature
 
 
-@router.post("/batch", summary="Ingest a batch; good items are stored, bad ones reported")
+@router.post(
+    "/batch",
+    responses=problem_responses(400, 409, 413),
+    summary="Ingest a batch; good items are stored, bad ones reported",
+)
 def post_batch(
     request: Request,
     data: schemas.IncidentBatchIn,
@@ -216,8 +223,12 @@ def list_incidents(
     limit: Limit,
     after: Cursor = 0,
     bbox: BBox = None,
-    since: Annotated[datetime | None, Query(description="occurred at or after")] = None,
-    until: Annotated[datetime | None, Query(description="occurred at or before")] = None,
+    since: Annotated[
+        datetime | None, Query(description="occurred at or after"), schemas.DateTimeText
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="occurred at or before"), schemas.DateTimeText
+    ] = None,
     category: Annotated[list[Category] | None, Query()] = None,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
     include_retracted: bool = False,
@@ -226,9 +237,9 @@ def list_incidents(
     try:
         window = _Window(since=since, until=until)
     except ValidationError as exc:
-        raise Problem(
-            422, "validation", "invalid time window", errors=field_errors(exc.errors())
-        ) from exc
+        errors = field_errors(exc.errors(), location="query")
+        fields = ", ".join(sorted({e["field"] for e in errors}))
+        raise Problem(422, "validation", f"invalid value in: {fields}", errors=errors) from exc
     rows = incidents.search(
         session,
         bbox=_parse_bbox(bbox),
@@ -246,7 +257,7 @@ def list_incidents(
     )
 
 
-@router.get("/{incident_id}", summary="Read one incident")
+@router.get("/{incident_id}", responses=problem_responses(404), summary="Read one incident")
 def get_incident(incident_id: Id, _: AnyReader, session: ReadSession) -> schemas.IncidentFeature:
     """One incident as a GeoJSON Feature."""
     row = incidents.get(session, incident_id)

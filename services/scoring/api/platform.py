@@ -8,7 +8,7 @@ from sqlalchemy import select
 from services.core import audit
 from services.core.auth import AnyPrincipal, generate_key, roles_from
 from services.core.models import ApiKey, Tenant
-from services.core.problems import Problem, not_found
+from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import schemas, scores
 from services.scoring.api.deps import (
     Admin,
@@ -40,7 +40,12 @@ def _key_out(k: ApiKey) -> schemas.ApiKeyOut:
     )
 
 
-@router.post("/tenants", status_code=201, summary="Create a tenant (admin)")
+@router.post(
+    "/tenants",
+    status_code=201,
+    responses=problem_responses(400, 409),
+    summary="Create a tenant (admin)",
+)
 def create_tenant(
     data: schemas.TenantIn, principal: Admin, session: WriteSession, now: Now
 ) -> schemas.TenantOut:
@@ -74,7 +79,12 @@ def list_tenants(
     return [_tenant_out(t) for t in rows]
 
 
-@router.post("/api-keys", status_code=201, summary="Create an API key (admin)")
+@router.post(
+    "/api-keys",
+    status_code=201,
+    responses=problem_responses(400, 404),
+    summary="Create an API key (admin)",
+)
 def create_key(
     data: schemas.ApiKeyIn, principal: Admin, session: WriteSession, now: Now
 ) -> schemas.ApiKeyCreated:
@@ -116,7 +126,12 @@ def list_keys(
     return [_key_out(k) for k in rows]
 
 
-@router.delete("/api-keys/{key_id}", status_code=204, summary="Revoke an API key (admin)")
+@router.delete(
+    "/api-keys/{key_id}",
+    status_code=204,
+    responses=problem_responses(404),
+    summary="Revoke an API key (admin)",
+)
 def revoke_key(
     key_id: Id, request: Request, principal: Admin, session: WriteSession, now: Now
 ) -> Response:
@@ -167,7 +182,12 @@ def list_models(_: AnyPrincipal, session: ReadSession) -> list[schemas.ModelVers
     return [_version_out(r) for r in rows]
 
 
-@router.post("/model/versions", status_code=201, summary="Publish new parameters (admin)")
+@router.post(
+    "/model/versions",
+    status_code=201,
+    responses=problem_responses(400),
+    summary="Publish new parameters (admin)",
+)
 def publish_model(
     data: schemas.ModelVersionIn, principal: Admin, session: WriteSession, now: Now
 ) -> schemas.ModelVersionOut:

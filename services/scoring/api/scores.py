@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.core.problems import Problem, not_found
+from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import schemas, scores, targets
 from services.scoring.api.deps import (
     Cursor,
@@ -19,7 +19,11 @@ from services.scoring.api.deps import (
 router = APIRouter(prefix="/v1", tags=["scores"])
 
 
-@router.post("/scores", summary="Score an ad-hoc point or line without registering it")
+@router.post(
+    "/scores",
+    responses=problem_responses(400),
+    summary="Score an ad-hoc point or line without registering it",
+)
 def score_adhoc(
     data: schemas.AdhocIn, _: TenantReader, session: ReadSession, model: Model, now: Now
 ) -> schemas.ScoreOut:
@@ -27,7 +31,11 @@ def score_adhoc(
     return scores.score_adhoc(session, model, data, data.properties.as_of or now)
 
 
-@router.post("/backtests", summary="Scores of many points or targets at many past times")
+@router.post(
+    "/backtests",
+    responses=problem_responses(400, 404, 413),
+    summary="Scores of many points or targets at many past times",
+)
 def backtest(
     data: schemas.BacktestIn,
     principal: TenantReader,

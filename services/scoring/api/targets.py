@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from services.core import audit, idempotency
 from services.core.idempotency import IdempotencyKey
-from services.core.problems import Problem, field_errors
+from services.core.problems import Problem, field_errors, problem_responses
 from services.scoring import schemas, scores, targets
 from services.scoring.api.deps import (
     Cursor,
@@ -36,6 +36,7 @@ router = APIRouter(prefix="/v1", tags=["sites and corridors"])
 AsOf = Annotated[
     datetime | None,
     Query(description="Score as of this time, from incidents reported by then; default: latest."),
+    schemas.DateTimeText,
 ]
 TagFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
 
@@ -168,7 +169,12 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
     )
 
 
-@router.post("/sites", status_code=201, tags=["sites and corridors"], summary="Register a site")
+@router.post(
+    "/sites",
+    status_code=201,
+    responses=problem_responses(400, 409),
+    summary="Register a site",
+)
 def create_site(
     request: Request,
     data: schemas.SiteIn,
@@ -216,13 +222,13 @@ def list_sites(
     )
 
 
-@router.get("/sites/{site_id}", summary="Read a site")
+@router.get("/sites/{site_id}", responses=problem_responses(404), summary="Read a site")
 def get_site(site: ReadableSite) -> schemas.SiteFeature:
     """One site as GeoJSON."""
     return targets.to_site_feature(site.target, site.score)
 
 
-@router.put("/sites/{site_id}", summary="Replace a site")
+@router.put("/sites/{site_id}", responses=problem_responses(400, 404), summary="Replace a site")
 def put_site(
     data: schemas.SiteIn,
     site: WritableSite,
@@ -236,7 +242,9 @@ def put_site(
     return targets.to_site_feature(site, session.get(CurrentScore, site.id))
 
 
-@router.delete("/sites/{site_id}", status_code=204, summary="Delete a site")
+@router.delete(
+    "/sites/{site_id}", responses=problem_responses(404), status_code=204, summary="Delete a site"
+)
 def delete_site(
     site: WritableSite, principal: TenantWriter, session: WriteSession, now: Now
 ) -> Response:
@@ -249,7 +257,10 @@ def delete_site(
     "/sites/{site_id}/score",
     response_model=schemas.ScoreOut,
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}, "model": schemas.ScoreOut}},
+    responses={
+        200: {"content": {"application/json": {}}, "model": schemas.ScoreOut},
+        **problem_responses(404),
+    },
     summary="A site's score, now or as of a past time",
 )
 async def get_site_score(
@@ -259,7 +270,11 @@ async def get_site_score(
     return await _score_response(session, site, as_of, now)
 
 
-@router.get("/sites/{site_id}/score-history", summary="A site's score changes over time")
+@router.get(
+    "/sites/{site_id}/score-history",
+    responses=problem_responses(404),
+    summary="A site's score changes over time",
+)
 def get_site_history(
     site: ReadableSite,
     session: ReadSession,
@@ -272,7 +287,12 @@ def get_site_history(
     return _history(session, site.target, since, until, after, limit)
 
 
-@router.post("/corridors", status_code=201, summary="Register a corridor")
+@router.post(
+    "/corridors",
+    status_code=201,
+    responses=problem_responses(400, 409),
+    summary="Register a corridor",
+)
 def create_corridor(
     request: Request,
     data: schemas.CorridorIn,
@@ -320,13 +340,15 @@ def list_corridors(
     )
 
 
-@router.get("/corridors/{corridor_id}", summary="Read a corridor")
+@router.get("/corridors/{corridor_id}", responses=problem_responses(404), summary="Read a corridor")
 def get_corridor(corridor: ReadableCorridor) -> schemas.CorridorFeature:
     """One corridor as GeoJSON."""
     return targets.to_corridor_feature(corridor.target, corridor.score)
 
 
-@router.put("/corridors/{corridor_id}", summary="Replace a corridor")
+@router.put(
+    "/corridors/{corridor_id}", responses=problem_responses(400, 404), summary="Replace a corridor"
+)
 def put_corridor(
     data: schemas.CorridorIn,
     corridor: WritableCorridor,
@@ -340,7 +362,12 @@ def put_corridor(
     return targets.to_corridor_feature(corridor, session.get(CurrentScore, corridor.id))
 
 
-@router.delete("/corridors/{corridor_id}", status_code=204, summary="Delete a corridor")
+@router.delete(
+    "/corridors/{corridor_id}",
+    responses=problem_responses(404),
+    status_code=204,
+    summary="Delete a corridor",
+)
 def delete_corridor(
     corridor: WritableCorridor, principal: TenantWriter, session: WriteSession, now: Now
 ) -> Response:
@@ -353,7 +380,10 @@ def delete_corridor(
     "/corridors/{corridor_id}/score",
     response_model=schemas.ScoreOut,
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}, "model": schemas.ScoreOut}},
+    responses={
+        200: {"content": {"application/json": {}}, "model": schemas.ScoreOut},
+        **problem_responses(404),
+    },
     summary="A corridor's score and hotspot segments, now or as of a past time",
 )
 async def get_corridor_score(
@@ -363,7 +393,11 @@ async def get_corridor_score(
     return await _score_response(session, corridor, as_of, now)
 
 
-@router.get("/corridors/{corridor_id}/score-history", summary="A corridor's score changes")
+@router.get(
+    "/corridors/{corridor_id}/score-history",
+    responses=problem_responses(404),
+    summary="A corridor's score changes",
+)
 def get_corridor_history(
     corridor: ReadableCorridor,
     session: ReadSession,

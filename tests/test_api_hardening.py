@@ -1,0 +1,159 @@
+"""What an OpenAPI fuzzer found: every refusal is a documented problem document, never a 5xx."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Api
+
+PROBLEM = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/ProblemDocument"
+SITE = {
+    "type": "Feature",
+    "geometry": {"type": "Point", "coordinates": [-1.63, 14.10]},
+    "properties": {"name": "Djibo camp", "country": "BFA"},
+}
+
+
+def assert_problem(response: Any, status: int, field: str, where: str) -> dict[str, Any]:
+    """Check a problem document of `status` that names `field` in request part `where`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    doc: dict[str, Any] = response.json()
+    assert doc["type"].startswith("https://riskalert.dev/problems/")
+    assert {(e["field"], e["in"]) for e in doc["errors"]} == {(field, where)}
+    assert field in doc["detail"]
+    return doc
+
+
+def operations(api: Api) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every operation of the published OpenAPI document, by (method, path)."""
+    paths = api.client.get("/openapi.json").json()["paths"]
+    return {(m.upper(), p): op for p, ops in paths.items() for m, op in ops.items()}
+
+
+def test_every_v1_operation_documents_its_refusals_as_problem_documents(api: Api) -> None:
+    ops = operations(api)
+    for (method, path), op in ops.items():
+        if not path.startswith("/v1/"):
+            continue
+        for status in ("401", "403", "422", "503"):
+            content = op["responses"][status]["content"]
+            assert content == {PROBLEM: {"schema": {"$ref": PROBLEM_REF}}}, (method, path, status)
+    assert "404" in ops[("GET", "/v1/sites/{site_id}")]["responses"]
+    assert "404" in ops[("POST", "/v1/backtests")]["responses"]
+    assert "413" in ops[("POST", "/v1/incidents/batch")]["responses"]
+    assert "409" in ops[("POST", "/v1/tenants")]["responses"]
+    assert "400" in ops[("PUT", "/v1/corridors/{corridor_id}")]["responses"]
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert schemas["ProblemDocument"]["required"] == ["type", "title", "status", "detail"]
+    assert schemas["FieldError"]["required"] == ["in", "pointer", "field", "reason"]
+
+
+def test_refusals_carry_a_status_the_schema_documents(api: Api) -> None:
+    ops = operations(api)
+    cases = [
+        ("GET", "/v1/sites", "/v1/sites", {}, None),  # no key: 401
+        ("POST", "/v1/tenants", "/v1/tenants", api.a, {"name": "x"}),  # not admin: 403
+        ("GET", "/v1/sites/{site_id}", "/v1/sites/77", api.a, None),  # unknown: 404
+        ("POST", "/v1/sites", "/v1/sites", api.a, b"\xff\xfe{"),  # not UTF-8: 400
+    ]
+    for method, template, url, headers, body in cases:
+        if isinstance(body, bytes):
+            response = api.client.request(
+                method, url, headers={**headers, "Content-Type": "application/json"}, content=body
+            )
+        else:
+            response = api.client.request(method, url, headers=headers, json=body)
+        assert response.headers["content-type"].startswith(PROBLEM), url
+        assert str(response.status_code) in ops[(method, template)]["responses"], url
+
+
+@pytest.mark.parametrize("target_id", [2**31, 2**63, 10**20])
+def test_backtest_of_a_target_id_beyond_the_id_range_is_refused_not_a_500(
+    api: Api, target_id: int
+) -> None:
+    body = {"targets": [{"kind": "site", "id": target_id}], "times": ["2025-06-01T00:00:00Z"]}
+    response = api.client.post("/v1/backtests", headers=api.a, json=body)
+    doc = assert_problem(response, 422, "targets.0.id", "body")
+    assert doc["errors"][0]["pointer"] == "/targets/0/id"
+
+
+@pytest.mark.parametrize("tenant_id", [2**31, 2**63, 10**20])
+def test_api_key_for_a_tenant_id_beyond_the_id_range_is_refused_not_a_500(
+    api: Api, tenant_id: int
+) -> None:
+    body = {"name": "k", "tenant_id": tenant_id, "roles": ["scores:read"]}
+    response = api.client.post("/v1/api-keys", headers=api.admin, json=body)
+    assert_problem(response, 422, "tenant_id", "body")
+
+
+def test_empty_idempotency_key_is_refused_as_the_schema_says(api: Api) -> None:
+    op = operations(api)[("POST", "/v1/sites")]
+    header = next(p for p in op["parameters"] if p["name"] == "Idempotency-Key")
+    assert header["schema"]["anyOf"][0]["minLength"] == 1
+    response = api.client.post("/v1/sites", headers={**api.a, "Idempotency-Key": ""}, json=SITE)
+    assert_problem(response, 422, "Idempotency-Key", "header")
+
+
+@pytest.mark.parametrize("value", ["0.5", "12", "1735689600000"])
+def test_numbers_are_not_read_as_unix_times_in_queries(api: Api, value: str) -> None:
+    site_id = api.client.post("/v1/sites", headers=api.a, json=SITE).json()["id"]
+    response = api.client.get(f"/v1/sites/{site_id}/score", headers=api.a, params={"as_of": value})
+    assert_problem(response, 422, "as_of", "query")
+    response = api.client.get(
+        f"/v1/sites/{site_id}/score-history", headers=api.a, params={"until": value}
+    )
+    assert_problem(response, 422, "until", "query")
+    response = api.client.get("/v1/incidents", headers=api.ingest, params={"since": value})
+    assert_problem(response, 422, "since", "query")
+
+
+def test_numbers_are_not_read_as_unix_times_in_bodies(api: Api) -> None:
+    point = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [-1.63, 14.1]}}
+    response = api.client.post(
+        "/v1/scores", headers=api.a, json={**point, "properties": {"as_of": 0}}
+    )
+    assert_problem(response, 422, "properties.as_of", "body")
+    response = api.client.post(
+        "/v1/scores", headers=api.a, json={**point, "properties": {"as_of": "2025-06-01T00:00Z"}}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["as_of"] == "2025-06-01T00:00:00Z"
+
+
+def test_incident_time_window_errors_point_at_the_query(api: Api) -> None:
+    response = api.client.get(
+        "/v1/incidents", headers=api.ingest, params={"since": "1800-01-01T00:00:00Z"}
+    )
+    doc = assert_problem(response, 422, "since", "query")
+    assert doc["errors"][0]["pointer"] == "/since"
+
+
+def test_malformed_json_names_the_whole_body(api: Api) -> None:
+    response = api.client.post(
+        "/v1/sites", headers={**api.a, "Content-Type": "application/json"}, content=b"{"
+    )
+    doc = assert_problem(response, 422, "body", "body")
+    assert doc["errors"][0]["pointer"] == ""
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "allow"),
+    [
+        ("OPTIONS", "/v1/sites", "GET, POST"),
+        ("PATCH", "/v1/sites/1", "GET, PUT, DELETE"),
+        ("DELETE", "/v1/model/versions", "GET, POST"),
+        ("POST", "/healthz", "GET"),
+    ],
+)
+def test_method_not_allowed_lists_every_method_of_the_path(
+    api: Api, method: str, url: str, allow: str
+) -> None:
+    response = api.client.request(method, url, headers=api.a)
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith(PROBLEM)
+    assert response.headers["allow"] == allow
