@@ -157,3 +157,82 @@ def test_method_not_allowed_lists_every_method_of_the_path(
     assert response.status_code == 405
     assert response.headers["content-type"].startswith(PROBLEM)
     assert response.headers["allow"] == allow
+
+
+def test_a_tenant_key_cannot_be_given_platform_roles(api: Api) -> None:
+    for role in ("admin", "incidents:write"):
+        response = api.client.post(
+            "/v1/api-keys",
+            headers=api.admin,
+            json={"name": "sneaky", "tenant_id": api.tenant_a, "roles": [role]},
+        )
+        doc = assert_problem(response, 422, "body", "body")
+        assert role in doc["detail"] + " ".join(e["reason"] for e in doc["errors"])
+
+
+def test_a_platform_key_cannot_be_given_tenant_roles(api: Api) -> None:
+    response = api.client.post(
+        "/v1/api-keys", headers=api.admin, json={"name": "odd", "roles": ["scores:read"]}
+    )
+    assert response.status_code == 422
+
+
+def test_a_tenant_key_holding_admin_in_the_database_is_not_an_admin(api: Api) -> None:
+    from services.core.auth import Role, generate_key
+    from services.core.models import ApiKey
+    from services.scoring import jobs
+
+    raw, prefix, key_hash = generate_key()
+    with api.app.state.sessions.begin() as session:
+        session.add(
+            ApiKey(
+                tenant_id=api.tenant_a, name="legacy", prefix=prefix, key_hash=key_hash,
+                roles=[Role.ADMIN.value], created_at=jobs.utc_now(),
+            )
+        )  # fmt: skip
+    headers = {"Authorization": f"Bearer {raw}"}
+    assert api.client.get("/v1/tenants", headers=headers).status_code == 403
+    assert api.client.get("/v1/api-keys", headers=headers).status_code == 403
+
+
+def test_a_score_as_of_the_future_is_refused(api: Api) -> None:
+    site = api.client.post(
+        "/v1/sites",
+        headers=api.a,
+        json={
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [-1.5, 14.0]},
+            "properties": {"name": "s", "country": "BFA"},
+        },
+    ).json()
+    response = api.client.get(
+        f"/v1/sites/{site['id']}/score", params={"as_of": "2199-01-01T00:00:00Z"}, headers=api.a
+    )
+    assert_problem(response, 422, "as_of", "query")
+
+
+def test_concurrent_posts_of_one_incident_store_it_once_and_never_fail_with_5xx(
+    api: Api,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {
+        "source": "race",
+        "source_id": "one",
+        "category": "ied",
+        "occurred_at": "2025-06-01T00:00:00Z",
+        "location": {"type": "Point", "coordinates": [-1.5, 14.0]},
+    }
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(
+            pool.map(
+                lambda _: (
+                    api.client.post("/v1/incidents", json=body, headers=api.ingest).status_code
+                ),
+                range(4),
+            )
+        )
+    assert set(statuses) <= {200, 201, 409}, statuses
+    assert 201 in statuses
+    listed = api.client.get("/v1/incidents", headers=api.ingest).json()["features"]
+    assert [f["properties"]["source_id"] for f in listed] == ["one"]

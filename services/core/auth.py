@@ -33,6 +33,10 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+TENANT_ROLES = frozenset({Role.SCORES_READ, Role.TARGETS_WRITE})
+PLATFORM_ROLES = frozenset({Role.INCIDENTS_WRITE, Role.ADMIN})
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The caller behind a request's API key."""
@@ -46,13 +50,11 @@ class Principal:
         """A stable name for idempotency records and audit entries."""
         return f"key:{self.key_id}" if self.key_id is not None else "admin:bootstrap"
 
-    @property
-    def has_admin(self) -> bool:
-        """Tell whether this is a platform administrator."""
-        return Role.ADMIN in self.roles
-
     def has(self, role: Role) -> bool:
-        """Tell whether the key carries `role`; admin implies every platform role."""
+        """Tell whether the key carries `role`; a platform admin holds every platform role."""
+        if self.tenant_id is not None:
+            # Whatever was stored, a tenant's key never holds a platform-wide power.
+            return role in self.roles and role in TENANT_ROLES
         return role in self.roles or Role.ADMIN in self.roles
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -209,6 +209,17 @@ def install_problem_handlers(app: FastAPI) -> None:
                 "database-unavailable",
                 "the database is unavailable; retry shortly",
                 headers={"Retry-After": "5"},
+            )
+            return _respond(problem, request)
+        if isinstance(exc, IntegrityError):
+            # Two requests raced to create the same thing (on PostgreSQL; SQLite serialises
+            # writers); this one was rolled back whole and can simply be retried.
+            log.info("conflicting concurrent write on %s %s", request.method, request.url.path)
+            problem = Problem(
+                409,
+                "concurrent-conflict",
+                "a concurrent request wrote the same resource; retry",
+                headers={"Retry-After": "1"},
             )
             return _respond(problem, request)
         log.exception("unhandled error on %s %s", request.method, request.url.path)

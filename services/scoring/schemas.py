@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from services.core.auth import Role
+from services.core.auth import PLATFORM_ROLES, TENANT_ROLES, Role
 from services.scoring.taxonomy import (
     Band,
     Category,
@@ -577,6 +577,16 @@ class ApiKeyIn(Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     tenant_id: RowId | None = None
     roles: Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
+
+    @model_validator(mode="after")
+    def _roles_fit_the_owner(self) -> ApiKeyIn:
+        # A tenant key must never reach platform-wide powers (other tenants, shared incidents).
+        allowed = TENANT_ROLES if self.tenant_id is not None else PLATFORM_ROLES
+        wrong = sorted(set(self.roles) - allowed)
+        if wrong:
+            owner = "a tenant key" if self.tenant_id is not None else "a platform key"
+            raise ValueError(f"{owner} cannot hold {', '.join(wrong)}")
+        return self
 
 
 class ApiKeyOut(BaseModel):

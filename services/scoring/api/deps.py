@@ -128,9 +128,14 @@ ReadableCorridor = Annotated[Located, Depends(_read_corridor)]
 WritableCorridor = Annotated[Target, Depends(_write_corridor)]
 
 
-def active_model(session: ReadSession, now: Now) -> scores.ActiveModel:
-    """The model version in force."""
-    return scores.ensure_model(session, now)
+def active_model(request: Request, session: ReadSession, now: Now) -> scores.ActiveModel:
+    """The model version in force (created, in a write transaction of its own, if none is)."""
+    found = scores.active_model(session)
+    if found is not None:
+        return found
+    factory: sessionmaker[Session] = request.app.state.sessions
+    with factory.begin() as write:
+        return scores.ensure_model(write, now)
 
 
 Model = Annotated[scores.ActiveModel, Depends(active_model)]

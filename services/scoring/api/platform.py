@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from sqlalchemy import select
 
 from services.core import audit
-from services.core.auth import AnyPrincipal, generate_key, roles_from
+from services.core.auth import AnyPrincipal, Role, generate_key, roles_from
 from services.core.models import ApiKey, Tenant
 from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import schemas, scores
@@ -15,6 +15,7 @@ from services.scoring.api.deps import (
     Cursor,
     Id,
     Limit,
+    Model,
     Now,
     ReadSession,
     WriteSession,
@@ -167,10 +168,9 @@ def _version_out(row: ModelVersion) -> schemas.ModelVersionOut:
 
 
 @router.get("/model", summary="The model version in force and its parameters")
-def get_model(_: AnyPrincipal, session: ReadSession, now: Now) -> schemas.ModelVersionOut:
+def get_model(_: AnyPrincipal, session: ReadSession, model: Model) -> schemas.ModelVersionOut:
     """The active parameters; see docs/scoring.md for what each means."""
-    active = scores.ensure_model(session, now)
-    row = session.get(ModelVersion, active.version)
+    row = session.get(ModelVersion, model.version)
     assert row is not None
     return _version_out(row)
 
@@ -211,7 +211,7 @@ def audit_log(
     principal: AnyPrincipal, session: ReadSession, limit: Limit, after: Cursor = 0
 ) -> schemas.AuditPage:
     """Who changed what and when, with before and after."""
-    if principal.tenant_id is None and not principal.has_admin:
+    if principal.tenant_id is None and not principal.has(Role.ADMIN):
         raise Problem(403, "forbidden", "platform keys other than admin have no audit log")
     rows = audit.entries(session, tenant_id=principal.tenant_id, after_id=after, limit=limit)
     return schemas.AuditPage(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -27,6 +27,7 @@ from services.scoring.api.deps import (
     WritableCorridor,
     WritableSite,
     WriteSession,
+    active_model,
 )
 from services.scoring.models import CurrentScore, Target
 from services.scoring.taxonomy import TargetKind
@@ -57,18 +58,28 @@ def _checked_time(value: datetime, field: str) -> datetime:
 
 
 async def _score_response(
-    session: ReadSession, located: Located, as_of: datetime | None, now: datetime
+    request: Request, session: ReadSession, located: Located, as_of: datetime | None, now: datetime
 ) -> Response:
     if as_of is None and located.score is not None:
         # Served as stored, on the event loop: no scoring, no re-serialising, no thread hop.
         return Response(located.score.document, media_type="application/json")
     when = now if as_of is None else _checked_time(as_of, "as_of")
-    body = await run_in_threadpool(_compute_score, session, located.target, when, now)
+    skew: timedelta = request.app.state.settings.clock_skew
+    if when > now + skew:
+        # A score of the future would only be today's score under a misleading label.
+        raise Problem(
+            422, "validation", "as_of lies in the future",
+            errors=[{"in": "query", "pointer": "/as_of", "field": "as_of",
+                     "reason": f"later than now + {skew}"}],
+        )  # fmt: skip
+    body = await run_in_threadpool(_compute_score, request, session, located.target, when, now)
     return Response(body, media_type="application/json")
 
 
-def _compute_score(session: ReadSession, target: Target, as_of: datetime, now: datetime) -> str:
-    model = scores.ensure_model(session, now)
+def _compute_score(
+    request: Request, session: ReadSession, target: Target, as_of: datetime, now: datetime
+) -> str:
+    model = active_model(request, session, now)
     return scores.score_as_of(session, model, target, as_of).model_dump_json()
 
 
@@ -142,6 +153,9 @@ def _replace(
     before = targets.snapshot(target)
     targets.replace(session, target, data, now)
     scores.rescore(session, model, [target.id], now, cause="updated", min_delta=0.0)
+    # A worker may be computing this target from its old geometry right now: queueing it
+    # again makes that worker keep the mark, and the target is scored once more.
+    scores.mark_targets(session, [target.id], "updated", now)
     audit.record(
         session,
         principal,
@@ -264,10 +278,10 @@ def delete_site(
     summary="A site's score, now or as of a past time",
 )
 async def get_site_score(
-    site: ReadableSite, session: ReadSession, now: Now, as_of: AsOf = None
+    request: Request, site: ReadableSite, session: ReadSession, now: Now, as_of: AsOf = None
 ) -> Response:
     """The score with components and contributing incidents."""
-    return await _score_response(session, site, as_of, now)
+    return await _score_response(request, session, site, as_of, now)
 
 
 @router.get(
@@ -387,10 +401,14 @@ def delete_corridor(
     summary="A corridor's score and hotspot segments, now or as of a past time",
 )
 async def get_corridor_score(
-    corridor: ReadableCorridor, session: ReadSession, now: Now, as_of: AsOf = None
+    request: Request,
+    corridor: ReadableCorridor,
+    session: ReadSession,
+    now: Now,
+    as_of: AsOf = None,
 ) -> Response:
     """The score with components, contributing incidents and hotspot segments."""
-    return await _score_response(session, corridor, as_of, now)
+    return await _score_response(request, session, corridor, as_of, now)
 
 
 @router.get(
