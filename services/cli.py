@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Annotated
 
@@ -66,6 +68,15 @@ def demo_command(database_url: DatabaseOption = None) -> None:
     console.print(f"demo tenant {tenant_id} loaded into {settings.database_url}")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
@@ -79,6 +90,16 @@ def serve(
     """Run the API (and, unless disabled, the rescoring worker in the same process)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(database_url or (DEMO_DATABASE if with_demo else None))
+    if (
+        with_demo
+        and not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback
+    ):
+        # The demo's keys are printed in the README: never serve them beyond this machine.
+        raise typer.BadParameter("--demo serves only on a loopback address", param_hint="--host")
+    if settings.inline_worker:
+        # The rescoring thread shares the interpreter with the request threads: hand the GIL
+        # over every millisecond instead of every five, so requests are not held behind it.
+        sys.setswitchinterval(0.001)
     if with_demo:
         load_demo(settings)
         console.print(
@@ -101,7 +122,8 @@ def worker(database_url: DatabaseOption = None) -> None:
     """Run the rescoring worker and the periodic ticks in this process, until SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(database_url)
-    upgrade_to_head(settings.database_url)
+    if settings.auto_migrate:
+        upgrade_to_head(settings.database_url)
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     factory = make_sessionmaker(engine)
     rescorer = jobs.RescoreWorker(factory, settings)

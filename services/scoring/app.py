@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -61,9 +60,6 @@ def create_app(
         app.state.worker = None
         scheduler = None
         if settings.inline_worker:
-            # The rescoring thread shares the interpreter with the request threads: hand the
-            # GIL over every millisecond instead of every 5, so requests are not held behind it.
-            sys.setswitchinterval(0.001)
             app.state.worker = jobs.RescoreWorker(app.state.sessions, settings)
             app.state.worker.start()
             app.state.worker.wake()
