@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from services.core.problems import PROBLEM_MEDIA_TYPE
 from services.scoring import geo, incidents, jobs, scores
+from services.scoring.feed import worth_recording
 from services.scoring.models import CurrentScore, RescoreMark
 from services.scoring.schemas import IncidentIn, ScoreOut, TargetRef
 from services.scoring.taxonomy import Band, TargetKind
@@ -411,21 +412,21 @@ def _stored(
 
 
 def test_score_moves_below_min_delta_are_not_changes_but_band_and_model_changes_are() -> None:
-    assert scores._changed(None, _doc(0.0, Band.LOW), 1.0), "a first score is a change"
-    assert not scores._changed(_stored(10.0, Band.LOW), _doc(10.9, Band.LOW), 1.0)
-    assert scores._changed(_stored(10.0, Band.LOW), _doc(11.0, Band.LOW), 1.0)
-    assert scores._changed(_stored(10.0, Band.LOW), _doc(9.0, Band.LOW), 1.0)
+    assert worth_recording(None, _doc(0.0, Band.LOW), 1.0), "a first score is a change"
+    assert not worth_recording(_stored(10.0, Band.LOW), _doc(10.9, Band.LOW), 1.0)
+    assert worth_recording(_stored(10.0, Band.LOW), _doc(11.0, Band.LOW), 1.0)
+    assert worth_recording(_stored(10.0, Band.LOW), _doc(9.0, Band.LOW), 1.0)
     # A band change is written however small the move.
-    assert scores._changed(_stored(19.9, Band.LOW), _doc(20.0, Band.MODERATE), 1.0)
-    assert scores._changed(_stored(20.0, Band.MODERATE), _doc(19.9, Band.LOW), 50.0)
-    assert scores._changed(_stored(10.0, Band.LOW), _doc(10.0, Band.LOW, version=2), 1.0)
+    assert worth_recording(_stored(19.9, Band.LOW), _doc(20.0, Band.MODERATE), 1.0)
+    assert worth_recording(_stored(20.0, Band.MODERATE), _doc(19.9, Band.LOW), 50.0)
+    assert worth_recording(_stored(10.0, Band.LOW), _doc(10.0, Band.LOW, version=2), 1.0)
 
 
 def test_slow_drift_is_fed_once_it_adds_up_from_the_last_fed_score() -> None:
     # Stored 10.6 after unfed steps from 10.0: 10.9 is 0.3 from stored but 0.9 from fed.
     drifting = _stored(10.6, Band.LOW, fed=(10.0, Band.LOW))
-    assert not scores._changed(drifting, _doc(10.9, Band.LOW), 1.0)
-    assert scores._changed(drifting, _doc(11.0, Band.LOW), 1.0)
+    assert not worth_recording(drifting, _doc(10.9, Band.LOW), 1.0)
+    assert worth_recording(drifting, _doc(11.0, Band.LOW), 1.0)
 
 
 def test_feed_skips_moves_below_change_min_delta_but_records_band_changes(

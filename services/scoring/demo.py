@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.core.auth import Role, hash_key
 from services.core.models import ApiKey, Tenant
-from services.scoring import incidents, schemas, scores, targets
+from services.scoring import incidents, queue, schemas, scores, targets
 
 AIRPORTS_CSV = Path(__file__).with_name("airports_sahel.csv")
 DEMO_TENANT = "Demo Mining & Logistics"
@@ -350,6 +350,6 @@ def load(session: Session, now: datetime, model: scores.ActiveModel) -> int:
     for body in timeline():
         incidents.upsert(session, schemas.IncidentIn.model_validate(body), now)
     # Feed causes are a closed list (docs/architecture.md); the demo brings new incidents.
-    scores.mark_all(session, "incident", now)
+    queue.add_all(session, "incident", now)
     session.flush()
     return tenant.id

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.db import is_sqlite, make_sessionmaker
 from services.core.models import IdempotencyRecord
-from services.scoring import scores
+from services.scoring import queue, scores
 from services.scoring.settings import ScoringSettings
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,7 @@ def rescore_pending(
     """
     now = clock()
     with factory.begin() as session:
-        claims = scores.claim_marks(
-            session, settings.rescore_batch_size, now, settings.rescore_lease
-        )
+        claims = queue.claim(session, settings.rescore_batch_size, now, settings.rescore_lease)
         model = scores.ensure_model(session, now) if claims else None
     if model is None:
         return 0
@@ -63,11 +61,11 @@ def rescore_pending(
                 causes={c.target_id: c.cause for c in claims},
                 min_delta=settings.change_min_delta,
             )
-            scores.release_marks(session, claims)
+            queue.release(session, claims)
     except Exception:
         # Hand the batch back at once rather than when its lease expires.
         with factory.begin() as session:
-            scores.return_marks(session, claims)
+            queue.give_back(session, claims)
         raise
     return len(claims)
 
@@ -85,7 +83,7 @@ def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Cloc
 def queue_decay(factory: sessionmaker[Session], clock: Clock = utc_now) -> None:
     """Tick: queue every target, so decay and regional tempo stay current (safe to run twice)."""
     with factory.begin() as session:
-        scores.mark_all(session, "decay", clock())
+        queue.add_all(session, "decay", clock())
 
 
 def purge_idempotency(
@@ -144,7 +142,7 @@ class RescoreWorker:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {scores.RESCORE_CHANNEL}")
+                    conn.execute(f"LISTEN {queue.CHANNEL}")
                     self.listening.set()
                     while not self._stop.is_set():
                         # Short waits, so a stop request is noticed within a second.

@@ -2,52 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import (
-    Integer,
-    String,
-    Table,
-    case,
-    delete,
-    literal,
     or_,
     select,
-    text,
-    true,
-    tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.core.db import UTCDateTime
 from services.core.problems import Problem
-from services.scoring import geo, incidents, risk, schemas, targets
+from services.scoring import feed, geo, incidents, queue, risk, schemas, targets
 from services.scoring.models import (
     CurrentScore,
     Incident,
     ModelVersion,
-    RescoreMark,
     ScoreChange,
     Target,
 )
-from services.scoring.taxonomy import Band, Lifecycle, Sector, TargetKind
+from services.scoring.taxonomy import Lifecycle, TargetKind
 
 # Incidents listed in a score's explanation (the rest still count, and are counted).
 EXPLAIN_TOP = 10
-# Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
-RESCORE_QUEUED = "rescore_queued"
-# PostgreSQL NOTIFY channel: workers in other processes are woken when the queueing commits.
-RESCORE_CHANNEL = "riskalert_rescore"
-# Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
-CHANGE_FEED_LOCK = 0x5C0E_FEED
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +108,7 @@ def publish_model(
     )
     session.add(row)
     session.flush()
-    mark_all(session, "model", now)
+    queue.add_all(session, "model", now)
     return row
 
 
@@ -334,201 +316,6 @@ def score_adhoc(
     return document(schemas.TargetRef(kind=kind), score, model.version, loaded.rows)
 
 
-# Rescoring that someone waits for (a new incident, a target just edited, a new model) goes
-# before the periodic decay pass, which may have queued every target a moment earlier.
-URGENT, ROUTINE = 0, 1
-_PRIORITY = {"decay": ROUTINE}
-
-
-def _queue(session: Session, rows: Any) -> None:
-    """Insert queue rows (values or a SELECT); a target already queued keeps one row, bumped."""
-    table = RescoreMark.__table__
-    assert isinstance(table, Table)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    stmt = insert if isinstance(rows, list) else insert.from_select(MARK_COLUMNS, rows)
-    new = stmt.excluded
-    # A target being rescored right now may have missed this change: a new generation keeps
-    # its row when the worker releases the one it took, and freeing the lease lets it be taken
-    # again. The row keeps its earliest time and most urgent priority, so it never moves back.
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[RescoreMark.target_id],
-        set_={
-            "generation": RescoreMark.generation + 1,
-            "lease_expires_at": None,
-            "cause": case((new.priority <= RescoreMark.priority, new.cause),
-                          else_=RescoreMark.cause),
-            "priority": case((new.priority < RescoreMark.priority, new.priority),
-                             else_=RescoreMark.priority),
-            "marked_at": case((new.marked_at < RescoreMark.marked_at, new.marked_at),
-                              else_=RescoreMark.marked_at),
-        },
-    )  # fmt: skip
-    if isinstance(rows, list):
-        # Parameter lists, not one literal multi-row VALUES: the statement compiles once.
-        session.execute(stmt, rows)
-    else:
-        session.execute(stmt)
-    _queued(session)
-
-
-MARK_COLUMNS = ["target_id", "cause", "priority", "marked_at", "generation"]
-
-
-def mark_targets(session: Session, target_ids: Iterable[int], cause: str, now: datetime) -> int:
-    """Queue targets for rescoring; one row per target however often it is queued."""
-    priority = _PRIORITY.get(cause, URGENT)
-    rows = [
-        {"target_id": i, "cause": cause, "priority": priority, "marked_at": now, "generation": 1}
-        for i in sorted(set(target_ids))
-    ]
-    if rows:
-        _queue(session, rows)
-    return len(rows)
-
-
-def _queued(session: Session) -> None:
-    if session.info.get(RESCORE_QUEUED):
-        return
-    session.info[RESCORE_QUEUED] = True
-    if session.get_bind().dialect.name == "postgresql":
-        # Transactional: delivered to listeners only if and when this unit of work commits.
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": RESCORE_CHANNEL})
-
-
-def mark_all(session: Session, cause: str, now: datetime) -> None:
-    """Queue every target for rescoring (decay, new model)."""
-    _queue(
-        session,
-        # SQLite needs a WHERE to tell the upsert's ON from a join's ON.
-        select(
-            Target.id,
-            literal(cause, String()),
-            literal(_PRIORITY.get(cause, URGENT), Integer()),
-            literal(now, UTCDateTime()),
-            literal(1, Integer()),
-        ).where(true()),
-    )
-
-
-def affected_targets(
-    session: Session, changed: Sequence[incidents.Upserted], params: risk.ModelParams
-) -> set[int]:
-    """Targets that incidents just created or updated can affect directly, then or now.
-
-    Point incidents: targets whose stored box overlaps the incident's primary reach (the faint
-    regional tail is left to the decay tick). Area-scoped: targets matching scope and profile.
-    An update also affects whatever the incident's previous version could.
-    """
-    spots: list[tuple[float, float, float]] = []
-    area: list[risk.Incident] = []
-    for item in changed:
-        versions = [incidents.to_model(item.incident)]
-        if item.previous is not None:
-            versions.append(item.previous)
-        for incident in versions:
-            reach = risk.influence_radius_km(incident, params, regional=False)
-            if incident.lat is None or incident.lon is None or reach is None:
-                area.append(incident)
-            else:
-                spots.append((incident.lat, incident.lon, reach))
-    ids: set[int] = set()
-    if spots:
-        ids |= _targets_near(session, spots)
-    if area:
-        ids |= _targets_in_scope(session, area)
-    return ids
-
-
-def _targets_in_scope(session: Session, area: Sequence[risk.Incident]) -> set[int]:
-    profile = select(
-        Target.id, Target.kind, Target.countries, Target.admin1, Target.sector,
-        Target.foreign_owned,
-    )  # fmt: skip
-    found = set()
-    for target_id, kind, countries, admin1, sector, foreign_owned in session.execute(profile):
-        # Only what scope and profile matching read; geometry does not matter here.
-        model = risk.Target(
-            kind=TargetKind(kind), coordinates=((0.0, 0.0),), radius_km=0.0,
-            sector=Sector(sector) if sector else None, foreign_owned=foreign_owned,
-            countries=frozenset(countries), admin1=frozenset(admin1),
-        )  # fmt: skip
-        if any(risk.area_scope_matches(incident, model) for incident in area):
-            found.add(target_id)
-    return found
-
-
-def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]]) -> set[int]:
-    boxes = np.array([geo.bbox_around(lat, lon, reach) for lat, lon, reach in spots])
-    rows = session.execute(
-        select(
-            Target.id,
-            Target.box_min_lon,
-            Target.box_min_lat,
-            Target.box_max_lon,
-            Target.box_max_lat,
-        ).where(
-            Target.box_max_lat >= float(boxes[:, 1].min()),
-            Target.box_min_lat <= float(boxes[:, 3].max()),
-            Target.box_max_lon >= float(boxes[:, 0].min()),
-            Target.box_min_lon <= float(boxes[:, 2].max()),
-        )
-    ).all()
-    if not rows:
-        return set()
-    table = np.array([r[1:] for r in rows], dtype=float)
-    target_ids = np.array([r[0] for r in rows], dtype=np.int64)
-    hit = np.zeros(len(rows), dtype=bool)
-    for min_lon, min_lat, max_lon, max_lat in boxes:
-        hit |= (
-            (table[:, 3] >= min_lat) & (table[:, 1] <= max_lat)
-            & (table[:, 2] >= min_lon) & (table[:, 0] <= max_lon)
-        )  # fmt: skip
-    return {int(i) for i in target_ids[hit]}
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """A queued target taken by one worker until its lease ends."""
-
-    target_id: int
-    cause: str
-    generation: int
-
-
-def claim_marks(session: Session, limit: int, now: datetime, lease: timedelta) -> list[Claim]:
-    """Lease up to `limit` queued targets not leased by a live worker (short transaction).
-
-    On Postgres the candidates are picked with SKIP LOCKED, so workers never wait on each other;
-    a worker that dies leaves its leases to expire and the targets are taken again.
-    """
-    candidates = (
-        select(RescoreMark.target_id)
-        .where(or_(RescoreMark.lease_expires_at.is_(None), RescoreMark.lease_expires_at < now))
-        .order_by(RescoreMark.priority, RescoreMark.marked_at)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    rows = session.execute(
-        update(RescoreMark)
-        .where(RescoreMark.target_id.in_(candidates.scalar_subquery()))
-        .values(lease_expires_at=now + lease)
-        .returning(RescoreMark.target_id, RescoreMark.cause, RescoreMark.generation)
-    ).all()
-    return [Claim(target_id, cause, generation) for target_id, cause, generation in rows]
-
-
-def _changed(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
-    if old is None:
-        return True
-    return (
-        old.fed_band != new.band.value
-        or old.model_version != new.model_version
-        or abs(old.fed_value - new.score) >= min_delta
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Computed:
     """A target's freshly computed score, ready to store."""
@@ -597,9 +384,9 @@ def store(
         if target.id not in alive or (old is not None and old.as_of > doc.as_of):
             # Deleted meanwhile, or another worker already stored a newer score: keep it.
             continue
-        fed = _changed(old, doc, min_delta)
+        fed = feed.worth_recording(old, doc, min_delta)
         if fed:
-            changes.append(change_row(target, old, doc, causes[target.id], now))
+            changes.append(feed.entry(target, old, doc, causes[target.id], now))
         body = doc.model_dump_json()
         if old is None:
             session.add(
@@ -620,7 +407,7 @@ def store(
             if fed:
                 old.fed_value, old.fed_band = doc.score, doc.band.value
     session.flush()
-    append_changes(session, changes)
+    feed.append(session, changes)
     return len(changes)
 
 
@@ -638,106 +425,6 @@ def rescore(
     return store(
         session, computed, now, causes={c.target.id: cause for c in computed}, min_delta=min_delta
     )
-
-
-def change_row(
-    target: Target, old: CurrentScore | None, doc: schemas.ScoreOut, cause: str, now: datetime
-) -> ScoreChange:
-    """A feed entry for a target whose score moved."""
-    return ScoreChange(
-        tenant_id=target.tenant_id,
-        target_id=target.id,
-        target_kind=target.kind,
-        model_version=doc.model_version,
-        as_of=doc.as_of,
-        previous_value=old.fed_value if old else None,
-        value=doc.score,
-        previous_band=old.fed_band if old else None,
-        band=doc.band.value,
-        components={k.value: v for k, v in doc.components.items()},
-        top_incidents=[
-            {"incident_id": c.incident_id, "category": c.category.value, "points": c.points}
-            for c in doc.contributions[:5]
-        ],
-        cause=cause,
-        created_at=now,
-    )
-
-
-def append_changes(session: Session, changes: Sequence[ScoreChange]) -> None:
-    """Append feed entries; on Postgres under a lock so ids are committed in order."""
-    if not changes:
-        return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_FEED_LOCK})
-    session.add_all(changes)
-    session.flush()
-
-
-def record_removal(session: Session, target: Target, now: datetime) -> None:
-    """Append a final feed entry for a deleted target (score 0, cause `deleted`)."""
-    old = session.get(CurrentScore, target.id)
-    change = ScoreChange(
-        tenant_id=target.tenant_id,
-        target_id=target.id,
-        target_kind=target.kind,
-        model_version=old.model_version if old else 0,
-        as_of=now,
-        previous_value=old.fed_value if old else None,
-        value=0.0,
-        previous_band=old.fed_band if old else None,
-        band=Band.LOW.value,
-        components={},
-        top_incidents=[],
-        cause="deleted",
-        created_at=now,
-    )
-    append_changes(session, [change])
-
-
-def changes_page(
-    session: Session,
-    *,
-    tenant_id: int | None,
-    target_id: int | None,
-    after: int,
-    limit: int,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> Sequence[ScoreChange]:
-    """A page of the change feed after a cursor."""
-    query = select(ScoreChange).where(ScoreChange.id > after)
-    if tenant_id is not None:
-        query = query.where(ScoreChange.tenant_id == tenant_id)
-    if target_id is not None:
-        query = query.where(ScoreChange.target_id == target_id)
-    if since is not None:
-        query = query.where(ScoreChange.as_of >= since)
-    if until is not None:
-        query = query.where(ScoreChange.as_of <= until)
-    return session.execute(query.order_by(ScoreChange.id).limit(limit)).scalars().all()
-
-
-def return_marks(session: Session, claims: Sequence[Claim]) -> None:
-    """Give leased targets back to the queue (after a failed batch)."""
-    if claims:
-        session.execute(
-            update(RescoreMark)
-            .where(RescoreMark.target_id.in_([c.target_id for c in claims]))
-            .values(lease_expires_at=None)
-        )
-
-
-def release_marks(session: Session, claims: Sequence[Claim]) -> None:
-    """Drop the queue entries just rescored, unless they were queued again meanwhile."""
-    if claims:
-        session.execute(
-            delete(RescoreMark).where(
-                tuple_(RescoreMark.target_id, RescoreMark.generation).in_(
-                    [(c.target_id, c.generation) for c in claims]
-                )
-            )
-        )
 
 
 def backtest(

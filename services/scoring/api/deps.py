@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.auth import Principal, Role, require, require_tenant
 from services.core.problems import not_found
-from services.scoring import scores, targets
+from services.scoring import queue, scores, targets
 from services.scoring.models import CurrentScore, Target
 from services.scoring.schemas import MAX_ID
 from services.scoring.settings import ScoringSettings
@@ -25,7 +25,7 @@ def _write_session(request: Request) -> Iterator[Session]:
         yield session
     # Committed: let the in-process worker rescore now instead of at its next poll.
     worker = request.app.state.worker
-    if worker is not None and session.info.get(scores.RESCORE_QUEUED):
+    if worker is not None and session.info.get(queue.QUEUED):
         worker.wake()
 
 

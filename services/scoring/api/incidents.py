@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from services.core import idempotency
 from services.core.idempotency import IdempotencyKey
 from services.core.problems import Problem, field_errors, not_found, problem_responses
-from services.scoring import incidents, schemas, scores
+from services.scoring import incidents, queue, schemas, scores
 from services.scoring.api.deps import (
     AnyReader,
     Cursor,
@@ -42,8 +42,8 @@ def _queue_affected(
 ) -> None:
     changed = [r for r in results if r.outcome != "unchanged"]
     if changed:
-        ids = scores.affected_targets(session, changed, model.params)
-        scores.mark_targets(session, ids, "incident", now)
+        ids = queue.affected_targets(session, changed, model.params)
+        queue.add(session, ids, "incident", now)
 
 
 @router.post(

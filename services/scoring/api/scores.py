@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.core.problems import Problem, not_found, problem_responses
-from services.scoring import schemas, scores, targets
+from services.scoring import feed, schemas, scores, targets
 from services.scoring.api.deps import (
     Cursor,
     Limit,
@@ -66,7 +66,7 @@ def score_changes(
     principal: TenantReader, session: ReadSession, limit: Limit, after: Cursor = 0
 ) -> schemas.ScoreChangePage:
     """Poll with `after` set to the last `next_cursor`; entries appear in commit order."""
-    rows = scores.changes_page(
+    rows = feed.page(
         session, tenant_id=principal.tenant_id, target_id=None, after=after, limit=limit
     )
     return schemas.ScoreChangePage(

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from services.core import audit, idempotency
 from services.core.idempotency import IdempotencyKey
 from services.core.problems import Problem, field_errors, problem_responses
-from services.scoring import schemas, scores, targets
+from services.scoring import feed, queue, schemas, scores, targets
 from services.scoring.api.deps import (
     Cursor,
     Limit,
@@ -91,7 +91,7 @@ def _history(
     after: int,
     limit: int,
 ) -> schemas.ScoreHistory:
-    rows = scores.changes_page(
+    rows = feed.page(
         session,
         tenant_id=target.tenant_id,
         target_id=target.id,
@@ -155,7 +155,7 @@ def _replace(
     scores.rescore(session, model, [target.id], now, cause="updated", min_delta=0.0)
     # A worker may be computing this target from its old geometry right now: queueing it
     # again makes that worker keep the mark, and the target is scored once more.
-    scores.mark_targets(session, [target.id], "updated", now)
+    queue.add(session, [target.id], "updated", now)
     audit.record(
         session,
         principal,
@@ -169,7 +169,7 @@ def _replace(
 
 def _delete(session: WriteSession, principal: TenantWriter, target: Target, now: datetime) -> None:
     before = targets.snapshot(target)
-    scores.record_removal(session, target, now)
+    feed.record_removal(session, target, now)
     session.delete(target)
     session.flush()
     audit.record(

@@ -1,0 +1,109 @@
+"""The change feed: an append-only log of score moves, the alerts service's input.
+
+Ids become visible in commit order (an advisory lock on PostgreSQL; SQLite has one writer), so
+a consumer reading `id > cursor` never skips an entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from services.scoring import schemas
+from services.scoring.models import CurrentScore, ScoreChange, Target
+from services.scoring.taxonomy import Band
+
+# Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
+CHANGE_FEED_LOCK = 0x5C0E_FEED
+
+
+def worth_recording(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
+    """Whether a new score is a move to record: first score, new band or model, or a real move."""
+    if old is None:
+        return True
+    return (
+        old.fed_band != new.band.value
+        or old.model_version != new.model_version
+        or abs(old.fed_value - new.score) >= min_delta
+    )
+
+
+def entry(
+    target: Target, old: CurrentScore | None, doc: schemas.ScoreOut, cause: str, now: datetime
+) -> ScoreChange:
+    """A feed entry for a target whose score moved."""
+    return ScoreChange(
+        tenant_id=target.tenant_id,
+        target_id=target.id,
+        target_kind=target.kind,
+        model_version=doc.model_version,
+        as_of=doc.as_of,
+        previous_value=old.fed_value if old else None,
+        value=doc.score,
+        previous_band=old.fed_band if old else None,
+        band=doc.band.value,
+        components={k.value: v for k, v in doc.components.items()},
+        top_incidents=[
+            {"incident_id": c.incident_id, "category": c.category.value, "points": c.points}
+            for c in doc.contributions[:5]
+        ],
+        cause=cause,
+        created_at=now,
+    )
+
+
+def append(session: Session, changes: Sequence[ScoreChange]) -> None:
+    """Append feed entries; on Postgres under a lock so ids are committed in order."""
+    if not changes:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_FEED_LOCK})
+    session.add_all(changes)
+    session.flush()
+
+
+def record_removal(session: Session, target: Target, now: datetime) -> None:
+    """Append a final feed entry for a deleted target (score 0, cause `deleted`)."""
+    old = session.get(CurrentScore, target.id)
+    change = ScoreChange(
+        tenant_id=target.tenant_id,
+        target_id=target.id,
+        target_kind=target.kind,
+        model_version=old.model_version if old else 0,
+        as_of=now,
+        previous_value=old.fed_value if old else None,
+        value=0.0,
+        previous_band=old.fed_band if old else None,
+        band=Band.LOW.value,
+        components={},
+        top_incidents=[],
+        cause="deleted",
+        created_at=now,
+    )
+    append(session, [change])
+
+
+def page(
+    session: Session,
+    *,
+    tenant_id: int | None,
+    target_id: int | None,
+    after: int,
+    limit: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Sequence[ScoreChange]:
+    """A page of the change feed after a cursor."""
+    query = select(ScoreChange).where(ScoreChange.id > after)
+    if tenant_id is not None:
+        query = query.where(ScoreChange.tenant_id == tenant_id)
+    if target_id is not None:
+        query = query.where(ScoreChange.target_id == target_id)
+    if since is not None:
+        query = query.where(ScoreChange.as_of >= since)
+    if until is not None:
+        query = query.where(ScoreChange.as_of <= until)
+    return session.execute(query.order_by(ScoreChange.id).limit(limit)).scalars().all()

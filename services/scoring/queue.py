@@ -1,0 +1,248 @@
+"""The rescore queue: which targets wait to be rescored, and the workers' leases on them.
+
+One row per target however often it is queued. Ingest and edits queue targets in their own
+transaction; workers lease batches (SKIP LOCKED on PostgreSQL), compute, and release what they
+computed unless it was queued again meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    case,
+    delete,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.core.db import UTCDateTime
+from services.scoring import geo, incidents, risk
+from services.scoring.models import RescoreMark, Target
+from services.scoring.taxonomy import Sector, TargetKind
+
+# Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
+QUEUED = "rescore_queued"
+# PostgreSQL NOTIFY channel: workers in other processes are woken when the queueing commits.
+CHANNEL = "riskalert_rescore"
+
+
+# Rescoring that someone waits for (a new incident, a target just edited, a new model) goes
+# before the periodic decay pass, which may have queued every target a moment earlier.
+URGENT, ROUTINE = 0, 1
+_PRIORITY = {"decay": ROUTINE}
+
+
+def _queue(session: Session, rows: Any) -> None:
+    """Insert queue rows (values or a SELECT); a target already queued keeps one row, bumped."""
+    table = RescoreMark.__table__
+    assert isinstance(table, Table)
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    stmt = insert if isinstance(rows, list) else insert.from_select(MARK_COLUMNS, rows)
+    new = stmt.excluded
+    # A target being rescored right now may have missed this change: a new generation keeps
+    # its row when the worker releases the one it took, and freeing the lease lets it be taken
+    # again. The row keeps its earliest time and most urgent priority, so it never moves back.
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[RescoreMark.target_id],
+        set_={
+            "generation": RescoreMark.generation + 1,
+            "lease_expires_at": None,
+            "cause": case((new.priority <= RescoreMark.priority, new.cause),
+                          else_=RescoreMark.cause),
+            "priority": case((new.priority < RescoreMark.priority, new.priority),
+                             else_=RescoreMark.priority),
+            "marked_at": case((new.marked_at < RescoreMark.marked_at, new.marked_at),
+                              else_=RescoreMark.marked_at),
+        },
+    )  # fmt: skip
+    if isinstance(rows, list):
+        # Parameter lists, not one literal multi-row VALUES: the statement compiles once.
+        session.execute(stmt, rows)
+    else:
+        session.execute(stmt)
+    _note(session)
+
+
+MARK_COLUMNS = ["target_id", "cause", "priority", "marked_at", "generation"]
+
+
+def add(session: Session, target_ids: Iterable[int], cause: str, now: datetime) -> int:
+    """Queue targets for rescoring; one row per target however often it is queued."""
+    priority = _PRIORITY.get(cause, URGENT)
+    rows = [
+        {"target_id": i, "cause": cause, "priority": priority, "marked_at": now, "generation": 1}
+        for i in sorted(set(target_ids))
+    ]
+    if rows:
+        _queue(session, rows)
+    return len(rows)
+
+
+def _note(session: Session) -> None:
+    if session.info.get(QUEUED):
+        return
+    session.info[QUEUED] = True
+    if session.get_bind().dialect.name == "postgresql":
+        # Transactional: delivered to listeners only if and when this unit of work commits.
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
+
+
+def add_all(session: Session, cause: str, now: datetime) -> None:
+    """Queue every target for rescoring (decay, new model)."""
+    _queue(
+        session,
+        # SQLite needs a WHERE to tell the upsert's ON from a join's ON.
+        select(
+            Target.id,
+            literal(cause, String()),
+            literal(_PRIORITY.get(cause, URGENT), Integer()),
+            literal(now, UTCDateTime()),
+            literal(1, Integer()),
+        ).where(true()),
+    )
+
+
+def affected_targets(
+    session: Session, changed: Sequence[incidents.Upserted], params: risk.ModelParams
+) -> set[int]:
+    """Targets that incidents just created or updated can affect directly, then or now.
+
+    Point incidents: targets whose stored box overlaps the incident's primary reach (the faint
+    regional tail is left to the decay tick). Area-scoped: targets matching scope and profile.
+    An update also affects whatever the incident's previous version could.
+    """
+    spots: list[tuple[float, float, float]] = []
+    area: list[risk.Incident] = []
+    for item in changed:
+        versions = [incidents.to_model(item.incident)]
+        if item.previous is not None:
+            versions.append(item.previous)
+        for incident in versions:
+            reach = risk.influence_radius_km(incident, params, regional=False)
+            if incident.lat is None or incident.lon is None or reach is None:
+                area.append(incident)
+            else:
+                spots.append((incident.lat, incident.lon, reach))
+    ids: set[int] = set()
+    if spots:
+        ids |= _targets_near(session, spots)
+    if area:
+        ids |= _targets_in_scope(session, area)
+    return ids
+
+
+def _targets_in_scope(session: Session, area: Sequence[risk.Incident]) -> set[int]:
+    profile = select(
+        Target.id, Target.kind, Target.countries, Target.admin1, Target.sector,
+        Target.foreign_owned,
+    )  # fmt: skip
+    found = set()
+    for target_id, kind, countries, admin1, sector, foreign_owned in session.execute(profile):
+        # Only what scope and profile matching read; geometry does not matter here.
+        model = risk.Target(
+            kind=TargetKind(kind), coordinates=((0.0, 0.0),), radius_km=0.0,
+            sector=Sector(sector) if sector else None, foreign_owned=foreign_owned,
+            countries=frozenset(countries), admin1=frozenset(admin1),
+        )  # fmt: skip
+        if any(risk.area_scope_matches(incident, model) for incident in area):
+            found.add(target_id)
+    return found
+
+
+def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]]) -> set[int]:
+    boxes = np.array([geo.bbox_around(lat, lon, reach) for lat, lon, reach in spots])
+    rows = session.execute(
+        select(
+            Target.id,
+            Target.box_min_lon,
+            Target.box_min_lat,
+            Target.box_max_lon,
+            Target.box_max_lat,
+        ).where(
+            Target.box_max_lat >= float(boxes[:, 1].min()),
+            Target.box_min_lat <= float(boxes[:, 3].max()),
+            Target.box_max_lon >= float(boxes[:, 0].min()),
+            Target.box_min_lon <= float(boxes[:, 2].max()),
+        )
+    ).all()
+    if not rows:
+        return set()
+    table = np.array([r[1:] for r in rows], dtype=float)
+    target_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    hit = np.zeros(len(rows), dtype=bool)
+    for min_lon, min_lat, max_lon, max_lat in boxes:
+        hit |= (
+            (table[:, 3] >= min_lat) & (table[:, 1] <= max_lat)
+            & (table[:, 2] >= min_lon) & (table[:, 0] <= max_lon)
+        )  # fmt: skip
+    return {int(i) for i in target_ids[hit]}
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A queued target taken by one worker until its lease ends."""
+
+    target_id: int
+    cause: str
+    generation: int
+
+
+def claim(session: Session, limit: int, now: datetime, lease: timedelta) -> list[Claim]:
+    """Lease up to `limit` queued targets not leased by a live worker (short transaction).
+
+    On Postgres the candidates are picked with SKIP LOCKED, so workers never wait on each other;
+    a worker that dies leaves its leases to expire and the targets are taken again.
+    """
+    candidates = (
+        select(RescoreMark.target_id)
+        .where(or_(RescoreMark.lease_expires_at.is_(None), RescoreMark.lease_expires_at < now))
+        .order_by(RescoreMark.priority, RescoreMark.marked_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    rows = session.execute(
+        update(RescoreMark)
+        .where(RescoreMark.target_id.in_(candidates.scalar_subquery()))
+        .values(lease_expires_at=now + lease)
+        .returning(RescoreMark.target_id, RescoreMark.cause, RescoreMark.generation)
+    ).all()
+    return [Claim(target_id, cause, generation) for target_id, cause, generation in rows]
+
+
+def give_back(session: Session, claims: Sequence[Claim]) -> None:
+    """Give leased targets back to the queue (after a failed batch)."""
+    if claims:
+        session.execute(
+            update(RescoreMark)
+            .where(RescoreMark.target_id.in_([c.target_id for c in claims]))
+            .values(lease_expires_at=None)
+        )
+
+
+def release(session: Session, claims: Sequence[Claim]) -> None:
+    """Drop the queue entries just rescored, unless they were queued again meanwhile."""
+    if claims:
+        session.execute(
+            delete(RescoreMark).where(
+                tuple_(RescoreMark.target_id, RescoreMark.generation).in_(
+                    [(c.target_id, c.generation) for c in claims]
+                )
+            )
+        )
