@@ -207,3 +207,38 @@ def api_factory(db_url: str) -> Iterator[Callable[..., Api]]:
 def api(api_factory: Callable[..., Api]) -> Api:
     """The app on the test database with default test settings."""
     return api_factory()
+
+
+def assert_problem(response: Any, status: int) -> dict[str, Any]:
+    """Check an RFC 9457 problem document without a stack trace, and return it."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    doc: dict[str, Any] = response.json()
+    assert doc["status"] == status
+    assert doc["type"].startswith("https://riskalert.dev/problems/")
+    assert "Traceback" not in response.text
+    return doc
+
+
+def error_fields(doc: dict[str, Any]) -> set[str]:
+    """The fields a validation problem names."""
+    return {e["field"] for e in doc.get("errors", [])}
+
+
+DELETE = object()
+
+
+def setter(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation of a request body: set (or, with DELETE, remove) a dotted path."""
+
+    def apply(body: dict[str, Any]) -> None:
+        *parents, leaf = path.split(".")
+        target = body
+        for part in parents:
+            target = target[part]
+        if value is DELETE:
+            del target[leaf]
+        else:
+            target[leaf] = value
+
+    return apply

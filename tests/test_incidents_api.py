@@ -6,10 +6,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, assert_problem, error_fields, setter
 
 DJIBO = (-1.63, 14.10)
 TIMBUKTU = (-3.01, 16.73)
@@ -50,22 +49,6 @@ def site(name: str, lonlat: tuple[float, float], country: str, **props: Any) -> 
         "geometry": {"type": "Point", "coordinates": list(lonlat)},
         "properties": {"name": name, "country": country, **props},
     }
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    """Check an RFC 9457 problem document and return it."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    doc: dict[str, Any] = response.json()
-    assert doc["status"] == status
-    assert doc["type"].startswith("https://riskalert.dev/problems/")
-    assert "Traceback" not in response.text
-    return doc
-
-
-def error_fields(doc: dict[str, Any]) -> set[str]:
-    """The fields a validation problem names."""
-    return {e["field"] for e in doc.get("errors", [])}
 
 
 def stored(api: Api, **params: Any) -> list[dict[str, Any]]:
@@ -238,27 +221,16 @@ def _drop_location(body: dict[str, Any]) -> None:
     del body["location"]
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def apply(body: dict[str, Any]) -> None:
-        *parents, leaf = path.split(".")
-        target = body
-        for part in parents:
-            target = target[part]
-        target[leaf] = value
-
-    return apply
-
-
 INVALID_INCIDENTS: list[Any] = [
-    pytest.param(_set("location.coordinates", [-1.63, 95.0]), "location.coordinates.1", id="lat"),
-    pytest.param(_set("occurred_at", "2025-06-01T10:00:00"), "occurred_at", id="naive-time"),
-    pytest.param(_set("occurred_at", iso(ago(days=-1))), "occurred_at", id="future"),
-    pytest.param(_set("fatalities", {"best": -1}), "fatalities.best", id="negative-deaths"),
-    pytest.param(_set("fatalities", {"low": 10, "best": 5}), "fatalities", id="low-over-best"),
-    pytest.param(_set("category", "alien_invasion"), "category", id="unknown-category"),
-    pytest.param(_set("severity", 3), "severity", id="unknown-field"),
-    pytest.param(_set("title", "Attack\x00 on camp"), "title", id="nul-in-title"),
-    pytest.param(_set("occurred_at", "0001-01-01T00:00:00Z"), "occurred_at", id="year-1"),
+    pytest.param(setter("location.coordinates", [-1.63, 95.0]), "location.coordinates.1", id="lat"),
+    pytest.param(setter("occurred_at", "2025-06-01T10:00:00"), "occurred_at", id="naive-time"),
+    pytest.param(setter("occurred_at", iso(ago(days=-1))), "occurred_at", id="future"),
+    pytest.param(setter("fatalities", {"best": -1}), "fatalities.best", id="negative-deaths"),
+    pytest.param(setter("fatalities", {"low": 10, "best": 5}), "fatalities", id="low-over-best"),
+    pytest.param(setter("category", "alien_invasion"), "category", id="unknown-category"),
+    pytest.param(setter("severity", 3), "severity", id="unknown-field"),
+    pytest.param(setter("title", "Attack\x00 on camp"), "title", id="nul-in-title"),
+    pytest.param(setter("occurred_at", "0001-01-01T00:00:00Z"), "occurred_at", id="year-1"),
 ]
 
 

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import DELETE, Api, assert_problem, error_fields, setter
 
 DJIBO = (-1.63, 14.10)
 DAKAR = (-17.44, 14.69)
@@ -74,21 +73,6 @@ def incident(
     }
     body.update(fields)
     return body
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    """Check an RFC 9457 problem document and return it."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    doc: dict[str, Any] = response.json()
-    assert doc["status"] == status
-    assert doc["type"].startswith("https://riskalert.dev/problems/")
-    return doc
-
-
-def error_fields(doc: dict[str, Any]) -> set[str]:
-    """The fields a validation problem names."""
-    return {e["field"] for e in doc.get("errors", [])}
 
 
 def post(api: Api, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
@@ -269,33 +253,18 @@ def test_deleted_site_is_gone_and_feed_gets_deleted_entry(api: Api) -> None:
     assert changes_for(api, api.b, site_id) == []
 
 
-def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
-    def apply(body: dict[str, Any]) -> None:
-        *parents, leaf = path.split(".")
-        target = body
-        for part in parents:
-            target = target[part]
-        if value is _DELETE:
-            del target[leaf]
-        else:
-            target[leaf] = value
-
-    return apply
-
-
-_DELETE = object()
 LINE = {"type": "LineString", "coordinates": [list(c) for c in OUAGA_DJIBO]}
 
 INVALID_SITES: list[Any] = [
-    pytest.param(_set("geometry.coordinates", [-1.6]), "geometry.coordinates.1", id="one-coord"),
-    pytest.param(_set("geometry.coordinates", [200, 14]), "geometry.coordinates.0", id="lon-200"),
-    pytest.param(_set("geometry.coordinates", [-1.6, -91]), "geometry.coordinates.1", id="lat"),
-    pytest.param(_set("geometry", LINE), "geometry.type", id="linestring-for-site"),
-    pytest.param(_set("properties.radius_km", 0), "properties.radius_km", id="radius-0"),
-    pytest.param(_set("properties.country", _DELETE), "properties.country", id="no-country"),
-    pytest.param(_set("properties.country", "bfa"), "properties.country", id="lowercase"),
-    pytest.param(_set("properties.colour", "red"), "properties.colour", id="unknown-field"),
-    pytest.param(_set("properties.name", "a\x00b"), "properties.name", id="nul-in-name"),
+    pytest.param(setter("geometry.coordinates", [-1.6]), "geometry.coordinates.1", id="one-coord"),
+    pytest.param(setter("geometry.coordinates", [200, 14]), "geometry.coordinates.0", id="lon-200"),
+    pytest.param(setter("geometry.coordinates", [-1.6, -91]), "geometry.coordinates.1", id="lat"),
+    pytest.param(setter("geometry", LINE), "geometry.type", id="linestring-for-site"),
+    pytest.param(setter("properties.radius_km", 0), "properties.radius_km", id="radius-0"),
+    pytest.param(setter("properties.country", DELETE), "properties.country", id="no-country"),
+    pytest.param(setter("properties.country", "bfa"), "properties.country", id="lowercase"),
+    pytest.param(setter("properties.colour", "red"), "properties.colour", id="unknown-field"),
+    pytest.param(setter("properties.name", "a\x00b"), "properties.name", id="nul-in-name"),
 ]
 
 
@@ -314,7 +283,7 @@ def test_invalid_site_is_422_naming_what_is_wrong(
 
 
 def _line(points: list[list[float]]) -> Callable[[dict[str, Any]], None]:
-    return _set("geometry.coordinates", points)
+    return setter("geometry.coordinates", points)
 
 
 MANY_POINTS = [[-1.5 + i * 0.001, 12.0 + i * 0.001] for i in range(1001)]
@@ -325,13 +294,13 @@ INVALID_CORRIDORS: list[Any] = [
     pytest.param(_line(MANY_POINTS), "geometry.coordinates", id="1001-points"),
     pytest.param(_line([[-1.5, 12.0], [200, 12.0]]), "geometry.coordinates.1.0", id="lon-200"),
     pytest.param(
-        _set("geometry", {"type": "Point", "coordinates": [-1.5, 12.0]}),
+        setter("geometry", {"type": "Point", "coordinates": [-1.5, 12.0]}),
         "geometry.type",
         id="point-for-corridor",
     ),
-    pytest.param(_set("properties.buffer_km", 0), "properties.buffer_km", id="buffer-0"),
-    pytest.param(_set("properties.countries", []), "properties.countries", id="no-countries"),
-    pytest.param(_set("properties.mode", "rail"), "properties.mode", id="unknown-mode"),
+    pytest.param(setter("properties.buffer_km", 0), "properties.buffer_km", id="buffer-0"),
+    pytest.param(setter("properties.countries", []), "properties.countries", id="no-countries"),
+    pytest.param(setter("properties.mode", "rail"), "properties.mode", id="unknown-mode"),
 ]
 
 
