@@ -236,3 +236,12 @@ def test_concurrent_posts_of_one_incident_store_it_once_and_never_fail_with_5xx(
     assert 201 in statuses
     listed = api.client.get("/v1/incidents", headers=api.ingest).json()["features"]
     assert [f["properties"]["source_id"] for f in listed] == ["one"]
+
+
+def test_a_key_for_a_tenant_that_does_not_exist_is_422_naming_tenant_id(api: Api) -> None:
+    response = api.client.post(
+        "/v1/api-keys",
+        headers=api.admin,
+        json={"name": "orphan", "tenant_id": 424242, "roles": ["scores:read"]},
+    )
+    assert_problem(response, 422, "tenant_id", "body")

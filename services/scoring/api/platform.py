@@ -91,7 +91,12 @@ def create_key(
 ) -> schemas.ApiKeyCreated:
     """Issue a key; the raw key is in this response only."""
     if data.tenant_id is not None and session.get(Tenant, data.tenant_id) is None:
-        raise not_found("tenant")
+        # The request names a tenant that does not exist: the body is wrong, not the URL.
+        raise Problem(
+            422, "validation", "invalid value in: tenant_id",
+            errors=[{"in": "body", "pointer": "/tenant_id", "field": "tenant_id",
+                     "reason": "no such tenant"}],
+        )  # fmt: skip
     raw, prefix, key_hash = generate_key()
     key = ApiKey(
         tenant_id=data.tenant_id,
