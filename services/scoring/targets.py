@@ -101,6 +101,20 @@ def get(session: Session, tenant_id: int, kind: TargetKind, target_id: int) -> T
     ).scalar_one_or_none()
 
 
+def get_many(
+    session: Session, tenant_id: int, refs: Sequence[tuple[TargetKind, int]]
+) -> dict[tuple[TargetKind, int], Target]:
+    """Load a tenant's targets by (kind, id) in one query; others' and missing ones are absent."""
+    if not refs:
+        return {}
+    rows = session.execute(
+        select(Target).where(
+            Target.tenant_id == tenant_id, Target.id.in_({target_id for _, target_id in refs})
+        )
+    ).scalars()
+    return {(TargetKind(t.kind), t.id): t for t in rows}
+
+
 def get_with_score(
     session: Session, tenant_id: int, kind: TargetKind, target_id: int
 ) -> tuple[Target, CurrentScore | None] | None:

@@ -52,12 +52,11 @@ def backtest(
             f"at most {settings.max_backtest_pairs} (item, time) pairs per request, got {pairs}",
         )
     assert principal.tenant_id is not None
-    stored = []
+    found = targets.get_many(session, principal.tenant_id, [(t.kind, t.id) for t in data.targets])
     for ref in data.targets:
-        target = targets.get(session, principal.tenant_id, ref.kind, ref.id)
-        if target is None:
+        if (ref.kind, ref.id) not in found:
             raise not_found(ref.kind.value)
-        stored.append(target)
+    stored = [found[(ref.kind, ref.id)] for ref in data.targets]
     return scores.backtest(session, model, data, stored)
 
 
