@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Path, Query, Request
+from pydantic import BaseModel
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.auth import Principal, Role, require, require_tenant
+from services.core import idempotency
+from services.core.auth import Principal, Role, authenticate, require, require_tenant
+from services.core.idempotency import IdempotencyKey
 from services.core.problems import not_found
 from services.scoring import queue, scores, targets
 from services.scoring.models import CurrentScore, Target
@@ -139,3 +142,39 @@ def active_model(request: Request, session: ReadSession, now: Now) -> scores.Act
 
 
 Model = Annotated[scores.ActiveModel, Depends(active_model)]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """A create POST's Idempotency-Key context: the work runs once, retries get its response."""
+
+    session: Session
+    principal: Principal
+    key: str | None
+    path: str
+    now: datetime
+
+    def once(
+        self, body: BaseModel, response_type: type[M], produce: Callable[[], tuple[int, M]]
+    ) -> tuple[int, M]:
+        """Run `produce` unless this key already has a response, which is replayed instead."""
+        return idempotency.once(
+            self.session, self.principal, self.key, self.path, body, self.now, response_type,
+            produce,
+        )  # fmt: skip
+
+
+def _retries(
+    request: Request,
+    session: WriteSession,
+    principal: Annotated[Principal, Depends(authenticate)],
+    now: Now,
+    key: IdempotencyKey = None,
+) -> Retries:
+    return Retries(session, principal, key, request.url.path, now)
+
+
+Retryable = Annotated[Retries, Depends(_retries)]

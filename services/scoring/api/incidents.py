@@ -5,12 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from services.core import idempotency
-from services.core.idempotency import IdempotencyKey
 from services.core.problems import Problem, field_errors, not_found, problem_responses
 from services.scoring import incidents, queue, schemas, scores
 from services.scoring.api.deps import (
@@ -22,6 +20,7 @@ from services.scoring.api.deps import (
     Model,
     Now,
     ReadSession,
+    Retryable,
     Settings,
     WriteSession,
 )
@@ -56,7 +55,6 @@ def _queue_affected(
     summary="Ingest one incident (upsert on source and source_id)",
 )
 def post_incident(
-    request: Request,
     response: Response,
     data: schemas.IncidentIn,
     principal: Ingestor,
@@ -64,7 +62,7 @@ def post_incident(
     model: Model,
     now: Now,
     settings: Settings,
-    idempotency_key: IdempotencyKey = None,
+    retries: Retryable,
 ) -> schemas.IncidentFeature:
     """Create the incident (201), or update the one with the same source id (200)."""
 
@@ -73,16 +71,7 @@ def post_incident(
         _queue_affected(session, model, [result], now)
         return (201 if result.outcome == "created" else 200), incidents.to_feature(result.incident)
 
-    response.status_code, feature = idempotency.once(
-        session,
-        principal,
-        idempotency_key,
-        request.url.path,
-        data,
-        now,
-        schemas.IncidentFeature,
-        produce,
-    )
+    response.status_code, feature = retries.once(data, schemas.IncidentFeature, produce)
     return feature
 
 
@@ -92,14 +81,13 @@ def post_incident(
     summary="Ingest a batch; good items are stored, bad ones reported",
 )
 def post_batch(
-    request: Request,
     data: schemas.IncidentBatchIn,
     principal: Ingestor,
     session: WriteSession,
     model: Model,
     now: Now,
     settings: Settings,
-    idempotency_key: IdempotencyKey = None,
+    retries: Retryable,
 ) -> schemas.BatchResult:
     """Validate and upsert each item on its own; the result lists every item by index."""
     if len(data.items) > settings.max_batch_items:
@@ -116,15 +104,8 @@ def post_batch(
                 }
             ],
         )
-    _, body = idempotency.once(
-        session,
-        principal,
-        idempotency_key,
-        request.url.path,
-        data,
-        now,
-        schemas.BatchResult,
-        lambda: (200, _ingest_batch(data, session, model, now, settings)),
+    _, body = retries.once(
+        data, schemas.BatchResult, lambda: (200, _ingest_batch(data, session, model, now, settings))
     )
     return body
 

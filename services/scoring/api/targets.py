@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from services.core import audit, idempotency
-from services.core.idempotency import IdempotencyKey
+from services.core import audit
 from services.core.problems import Problem, field_errors, problem_responses
 from services.scoring import feed, queue, schemas, scores, targets
 from services.scoring.api.deps import (
@@ -22,6 +21,7 @@ from services.scoring.api.deps import (
     ReadableCorridor,
     ReadableSite,
     ReadSession,
+    Retryable,
     TenantReader,
     TenantWriter,
     WritableCorridor,
@@ -190,13 +190,12 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
     summary="Register a site",
 )
 def create_site(
-    request: Request,
     data: schemas.SiteIn,
     principal: TenantWriter,
     session: WriteSession,
     model: Model,
     now: Now,
-    idempotency_key: IdempotencyKey = None,
+    retries: Retryable,
 ) -> schemas.SiteFeature:
     """Store a site (GeoJSON Feature with a Point) and score it."""
 
@@ -204,16 +203,7 @@ def create_site(
         target = _create(session, principal, model, data, now)
         return 201, targets.to_site_feature(target, session.get(CurrentScore, target.id))
 
-    _, feature = idempotency.once(
-        session,
-        principal,
-        idempotency_key,
-        request.url.path,
-        data,
-        now,
-        schemas.SiteFeature,
-        produce,
-    )
+    _, feature = retries.once(data, schemas.SiteFeature, produce)
     return feature
 
 
@@ -308,13 +298,12 @@ def get_site_history(
     summary="Register a corridor",
 )
 def create_corridor(
-    request: Request,
     data: schemas.CorridorIn,
     principal: TenantWriter,
     session: WriteSession,
     model: Model,
     now: Now,
-    idempotency_key: IdempotencyKey = None,
+    retries: Retryable,
 ) -> schemas.CorridorFeature:
     """Store a corridor (GeoJSON Feature with a LineString) and score it."""
 
@@ -322,16 +311,7 @@ def create_corridor(
         target = _create(session, principal, model, data, now)
         return 201, targets.to_corridor_feature(target, session.get(CurrentScore, target.id))
 
-    _, feature = idempotency.once(
-        session,
-        principal,
-        idempotency_key,
-        request.url.path,
-        data,
-        now,
-        schemas.CorridorFeature,
-        produce,
-    )
+    _, feature = retries.once(data, schemas.CorridorFeature, produce)
     return feature
 
 
