@@ -206,12 +206,10 @@ def influence_box(
     coordinates: Sequence[Sequence[float]], radius_km: float, params: risk.ModelParams
 ) -> tuple[float, float, float, float]:
     """The box holding every incident that can affect a geometry."""
+    lons = [c[0] for c in coordinates]
+    lats = [c[1] for c in coordinates]
     reach = radius_km + risk.max_influence_km(params)
-    boxes = [geo.bbox_around(c[1], c[0], reach) for c in coordinates]
-    return (
-        min(b[0] for b in boxes), min(b[1] for b in boxes),
-        max(b[2] for b in boxes), max(b[3] for b in boxes),
-    )  # fmt: skip
+    return geo.bbox_spanning(min(lats), max(lats), min(lons), max(lons), reach)
 
 
 def document(
@@ -270,17 +268,7 @@ def score_as_of(
     session: Session, model: ActiveModel, target: Target, as_of: datetime
 ) -> schemas.ScoreOut:
     """Compute a stored target's score from what was reported by `as_of`."""
-    loaded = load_incidents(
-        session,
-        model.params,
-        box=influence_box(target.coordinates, target.radius_km, model.params),
-        until=as_of,
-        since=as_of,
-    )
-    score = risk.score_target(
-        targets.to_model(target), loaded.incident_set, as_of, model.params, explain_top=EXPLAIN_TOP
-    )
-    return document(ref_for(target), score, model.version, loaded.rows)
+    return _score_spec(session, model, targets.to_model(target), ref_for(target), as_of)
 
 
 def score_adhoc(
@@ -303,17 +291,27 @@ def score_adhoc(
         expat_staff=p.expat_staff,
         countries=frozenset(p.countries),
     )
+    return _score_spec(session, model, spec, schemas.TargetRef(kind=kind), as_of)
+
+
+def _score_spec(
+    session: Session,
+    model: ActiveModel,
+    spec: risk.Target,
+    ref: schemas.TargetRef,
+    as_of: datetime,
+) -> schemas.ScoreOut:
     loaded = load_incidents(
         session,
         model.params,
-        box=influence_box(coordinates, p.radius_km, model.params),
+        box=influence_box(spec.coordinates, spec.radius_km, model.params),
         until=as_of,
         since=as_of,
     )
     score = risk.score_target(
         spec, loaded.incident_set, as_of, model.params, explain_top=EXPLAIN_TOP
     )
-    return document(schemas.TargetRef(kind=kind), score, model.version, loaded.rows)
+    return document(ref, score, model.version, loaded.rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,12 +338,10 @@ def compute(
     if cache is not None:
         loaded = cache.loaded(session, model.params, now)
     else:
-        boxes = [influence_box(t.coordinates, t.radius_km, model.params) for t in rows]
-        union = (
-            min(b[0] for b in boxes), min(b[1] for b in boxes),
-            max(b[2] for b in boxes), max(b[3] for b in boxes),
-        )  # fmt: skip
-        loaded = load_incidents(session, model.params, box=union, until=now, since=now)
+        box = influence_box(
+            [c for t in rows for c in t.coordinates], max(t.radius_km for t in rows), model.params
+        )
+        loaded = load_incidents(session, model.params, box=box, until=now, since=now)
     out = []
     for target in rows:
         score = risk.score_target(
