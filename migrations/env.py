@@ -8,9 +8,10 @@ from sqlalchemy import create_engine, pool, text
 # The models are imported only so that `alembic check` can compare them with the revisions;
 # the revisions themselves are written with op/sa and never import them.
 import services.core.models
+import services.scoring.models
 from services.core.db import Base
 
-import services.scoring.models  # noqa: F401  isort: skip
+import services.alerts.models  # noqa: F401  isort: skip
 
 config = context.config
 LOCK_KEY = 0x5C0E_0A1E

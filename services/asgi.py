@@ -2,10 +2,10 @@
 
 from fastapi import FastAPI
 
-from services.scoring.app import create_app
-from services.scoring.settings import ScoringSettings
+from services.app import create_app
+from services.settings import Settings
 
 
 def app() -> FastAPI:
     """Build the app from the environment (RISKALERT_*)."""
-    return create_app(ScoringSettings())
+    return create_app(Settings())

@@ -14,10 +14,11 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from services.alerts import jobs as alert_jobs
+from services.app import create_app
 from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
 from services.scoring import demo, jobs, scores
-from services.scoring.app import create_app
-from services.scoring.settings import ScoringSettings
+from services.settings import Settings
 
 app = typer.Typer(help="riskalert: security-risk scores and alerts for sites and corridors.")
 console = Console()
@@ -25,8 +26,8 @@ console = Console()
 DEMO_DATABASE = "sqlite:///./riskalert-demo.db"
 
 
-def _settings(database_url: str | None) -> ScoringSettings:
-    settings = ScoringSettings()
+def _settings(database_url: str | None) -> Settings:
+    settings = Settings()
     if database_url:
         settings = settings.model_copy(update={"database_url": database_url})
     return settings
@@ -45,7 +46,7 @@ def migrate(database_url: DatabaseOption = None) -> None:
     console.print(f"[green]database at head[/green]: {settings.database_url}")
 
 
-def load_demo(settings: ScoringSettings) -> int:
+def load_demo(settings: Settings) -> int:
     """Migrate, load the demo data set and score it; return the demo tenant id."""
     upgrade_to_head(settings.database_url)
     engine = make_engine(settings.database_url)
@@ -118,26 +119,53 @@ def serve(
 
 
 @app.command()
-def worker(database_url: DatabaseOption = None) -> None:
-    """Run the rescoring worker and the periodic ticks in this process, until SIGTERM."""
+def worker(
+    database_url: DatabaseOption = None,
+    role: Annotated[
+        str, typer.Option(help="What to run: all, scoring (rescoring) or alerts (delivery).")
+    ] = "all",
+) -> None:
+    """Run the background work (rescoring, alert pipeline and delivery, ticks) until SIGTERM.
+
+    SIGTERM stops claiming new work; requests in flight finish and are recorded first.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if role not in ("all", "scoring", "alerts"):
+        raise typer.BadParameter("use all, scoring or alerts", param_hint="--role")
     settings = _settings(database_url)
     if settings.auto_migrate:
         upgrade_to_head(settings.database_url)
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        busy_timeout_ms=int(settings.sqlite_busy_timeout.total_seconds() * 1000),
+        pool_size=settings.db_pool_size,
+    )
     factory = make_sessionmaker(engine)
-    rescorer = jobs.RescoreWorker(factory, settings)
-    scheduler = jobs.make_scheduler(factory, settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    rescorer.start()
-    rescorer.wake()
-    scheduler.start()
-    console.print("worker running; SIGTERM stops it after the batch in hand")
+    rescorer = scheduler = alerts = alert_ticks = None
+    if role in ("all", "scoring"):
+        rescorer = jobs.RescoreWorker(factory, settings)
+        scheduler = jobs.make_scheduler(factory, settings)
+        rescorer.start()
+        rescorer.wake()
+        scheduler.start()
+    if role in ("all", "alerts"):
+        alerts = alert_jobs.AlertsWorker(factory, settings)
+        alert_ticks = alert_jobs.make_scheduler(factory, settings)
+        alerts.start()
+        alert_ticks.start()
+    console.print(f"worker running ({role}); SIGTERM stops it after the work in hand")
     stop.wait()
-    scheduler.shutdown(wait=True)
-    rescorer.stop()
+    for ticks in (scheduler, alert_ticks):
+        if ticks is not None:
+            ticks.shutdown(wait=True)
+    if alerts is not None:
+        alerts.stop()
+        console.print(f"alerts worker {alerts.name} stopped after {alerts.delivered} attempts")
+    if rescorer is not None:
+        rescorer.stop()
     engine.dispose()
 
 

@@ -21,12 +21,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.alerts import jobs as alert_jobs
+from services.app import create_app
 from services.core.auth import Role, generate_key
 from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
 from services.core.models import ApiKey, Tenant
 from services.scoring import jobs
-from services.scoring.app import create_app
-from services.scoring.settings import ScoringSettings
+from services.settings import Settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RISKALERT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -128,7 +129,10 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
     return make_sessionmaker(engine)
 
 
-def make_settings(db_url: str, **overrides: Any) -> ScoringSettings:
+TENANT_KEY_ROLES = [Role.SCORES_READ, Role.TARGETS_WRITE, Role.ALERTS_READ, Role.ALERTS_WRITE]
+
+
+def make_settings(db_url: str, **overrides: Any) -> Settings:
     """Settings for tests: no inline worker (tests drain the queue themselves), no auto-migrate."""
     values: dict[str, Any] = {
         "database_url": db_url,
@@ -138,13 +142,13 @@ def make_settings(db_url: str, **overrides: Any) -> ScoringSettings:
         "key_cache_ttl": 0,
     }
     values.update(overrides)
-    return ScoringSettings(**values)
+    return Settings(**values)
 
 
 class Api:
     """A test client with keys for two tenants, an ingest key and the admin key."""
 
-    def __init__(self, client: TestClient, app: FastAPI, settings: ScoringSettings) -> None:
+    def __init__(self, client: TestClient, app: FastAPI, settings: Settings) -> None:
         self.client = client
         self.app = app
         self.settings = settings
@@ -153,8 +157,8 @@ class Api:
         with factory.begin() as session:
             self.tenant_a = self._tenant(session, "Tenant A")
             self.tenant_b = self._tenant(session, "Tenant B")
-            self.a = self._key(session, self.tenant_a, [Role.SCORES_READ, Role.TARGETS_WRITE])
-            self.b = self._key(session, self.tenant_b, [Role.SCORES_READ, Role.TARGETS_WRITE])
+            self.a = self._key(session, self.tenant_a, TENANT_KEY_ROLES)
+            self.b = self._key(session, self.tenant_b, TENANT_KEY_ROLES)
             self.a_read = self._key(session, self.tenant_a, [Role.SCORES_READ])
             self.ingest = self._key(session, None, [Role.INCIDENTS_WRITE])
 
@@ -183,6 +187,11 @@ class Api:
     def drain(self) -> int:
         """Run the rescoring worker until its queue is empty."""
         return jobs.drain(self.app.state.sessions, self.settings)
+
+    def drain_alerts(self) -> int:
+        """Rescore, then run the alert pipeline until the feeds are consumed."""
+        taken = self.drain()
+        return taken + alert_jobs.drain(self.app.state.sessions, self.settings)
 
 
 @pytest.fixture

@@ -209,7 +209,7 @@ OSCILLATION = [(float(m), HIGH if m % 2 == 0 else LOW) for m in range(20)]
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
-        (RULE, ["firing", "resolved", "flapping"]),
+        (RULE, ["firing", "resolved"]),
         (replace(RULE, pending=5 * MIN), []),
         (replace(RULE, keep_firing=5 * MIN), ["firing"]),
         (CALM, ["firing", "resolved"]),
@@ -238,8 +238,18 @@ def test_flapping_returns_to_normal_after_a_quiet_window() -> None:
     assert not decision.notify
     alert, decision = step(alert, RULE, LOW, last_flip + 30)
     assert alert.state is AlertState.NORMAL
-    assert decision.kind == "resolved"
+    # "resolved" was already sent before the flapping began: settling clear is not news.
+    assert decision.kind == "none"
     assert alert.transitions == ()
+
+
+def test_flapping_is_notified_once_when_the_receiver_was_last_told_firing() -> None:
+    rule = replace(RULE, flap_changes=1)
+    alert, kinds = run(rule, OSCILLATION)
+    assert kinds == ["firing", "flapping"]
+    alert, decision = step(alert, rule, LOW, 19 + 30)
+    assert alert.state is AlertState.NORMAL
+    assert decision.kind == "resolved"
 
 
 def test_flapping_settles_to_firing_when_the_score_stays_high() -> None:

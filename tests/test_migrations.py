@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine, inspect, pool
 
+import services.alerts.models
 import services.core.models
 import services.scoring.models  # noqa: F401  (registers the tables on Base.metadata)
 from services.core.db import (

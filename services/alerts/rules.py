@@ -157,6 +157,10 @@ def decide(before: Alert, after: Alert, rule: ThresholdRule, now: datetime) -> D
     if after.state is AlertState.FLAPPING:
         if told is AlertState.FLAPPING:
             return _none("flapping already notified")
+        if told is not AlertState.FIRING:
+            # The receiver was last told the alert is clear; more flips would only be noise. If
+            # it settles firing, that is sent then (a firing, one notice for the whole episode).
+            return _none("flapping; the receiver was last told it is not firing")
         return Decision(
             True,
             "flapping",

@@ -30,10 +30,14 @@ class Role(StrEnum):
     SCORES_READ = "scores:read"
     TARGETS_WRITE = "targets:write"
     INCIDENTS_WRITE = "incidents:write"
+    ALERTS_READ = "alerts:read"
+    ALERTS_WRITE = "alerts:write"
     ADMIN = "admin"
 
 
-TENANT_ROLES = frozenset({Role.SCORES_READ, Role.TARGETS_WRITE})
+TENANT_ROLES = frozenset(
+    {Role.SCORES_READ, Role.TARGETS_WRITE, Role.ALERTS_READ, Role.ALERTS_WRITE}
+)
 PLATFORM_ROLES = frozenset({Role.INCIDENTS_WRITE, Role.ADMIN})
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -28,10 +28,27 @@ API_VERSION = "1.0.0"
 log = logging.getLogger(__name__)
 
 
+# Started inside the lifespan once the engine and sessions are on `app.state`, stopped before.
+Background = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def _nothing(_app: FastAPI) -> AbstractAsyncContextManager[None]:
+    return nullcontext()
+
+
 def create_app(
-    settings: ScoringSettings, *, clock: Callable[[], datetime] = jobs.utc_now
+    settings: ScoringSettings,
+    *,
+    clock: Callable[[], datetime] = jobs.utc_now,
+    routers: Sequence[APIRouter] = (),
+    background: Background = _nothing,
+    title: str = "riskalert scoring API",
 ) -> FastAPI:
-    """Build the API for `settings`; tests pass their own settings and clock."""
+    """Build the API for `settings`; tests pass their own settings and clock.
+
+    `routers` and `background` let a composition root add other services' routes and workers
+    (the alerts service) without this package knowing them.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -66,7 +83,8 @@ def create_app(
             scheduler = jobs.make_scheduler(app.state.sessions, settings)
             scheduler.start()
         try:
-            yield
+            async with background(app):
+                yield
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
@@ -75,7 +93,7 @@ def create_app(
             engine.dispose()
 
     app = FastAPI(
-        title="riskalert scoring API",
+        title=title,
         version=API_VERSION,
         description=(
             "Security-risk scores for sites and corridors in the Sahel, explained and computable "
@@ -86,6 +104,8 @@ def create_app(
     )
     install_problem_handlers(app)
     app.include_router(router)
+    for extra in routers:
+        app.include_router(extra)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:

@@ -1,7 +1,8 @@
-"""The change feed: an append-only log of score moves, the alerts service's input.
+"""The change feeds: append-only logs of score moves and incident revisions, the alerts input.
 
 Ids become visible in commit order (an advisory lock on PostgreSQL; SQLite has one writer), so
-a consumer reading `id > cursor` never skips an entry.
+a consumer reading `id > cursor` never skips an entry. A commit that appends rings
+`FEED_CHANNEL` (NOTIFY on PostgreSQL), so consumers need not wait for their next poll.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from datetime import datetime
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from services.core import wake
 from services.scoring import schemas
-from services.scoring.models import CurrentScore, ScoreChange, Target
+from services.scoring.models import CurrentScore, IncidentChange, ScoreChange, Target
 from services.scoring.taxonomy import Band
 
 # Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
 CHANGE_FEED_LOCK = 0x5C0E_FEED
+# Rung (NOTIFY on Postgres, an event in-process) when a unit of work that appended commits.
+FEED_CHANNEL = "riskalert_feed"
 
 
 def worth_recording(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
@@ -55,7 +59,7 @@ def entry(
     )
 
 
-def append(session: Session, changes: Sequence[ScoreChange]) -> None:
+def append(session: Session, changes: Sequence[ScoreChange | IncidentChange]) -> None:
     """Append feed entries; on Postgres under a lock so ids are committed in order."""
     if not changes:
         return
@@ -63,6 +67,7 @@ def append(session: Session, changes: Sequence[ScoreChange]) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_FEED_LOCK})
     session.add_all(changes)
     session.flush()
+    wake.announce(session, FEED_CHANNEL)
 
 
 def record_removal(session: Session, target: Target, now: datetime) -> None:

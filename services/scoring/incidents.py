@@ -12,8 +12,8 @@ from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
 from services.core.problems import Problem
-from services.scoring import risk, schemas
-from services.scoring.models import Incident
+from services.scoring import feed, risk, schemas
+from services.scoring.models import Incident, IncidentChange
 from services.scoring.taxonomy import (
     Category,
     Lifecycle,
@@ -151,6 +151,19 @@ def upsert_many(
         _apply(session, data, existing.get(key), now) for data, key in zip(items, keys, strict=True)
     ]
     session.flush()
+    feed.append(
+        session,
+        [
+            IncidentChange(
+                incident_id=r.incident.id,
+                revision=r.incident.revision,
+                outcome=r.outcome,
+                created_at=now,
+            )
+            for r in out
+            if r.outcome != "unchanged"
+        ],
+    )
     return out
 
 

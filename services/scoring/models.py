@@ -182,3 +182,17 @@ class ModelVersion(Base):
     active: Mapped[bool] = mapped_column(Boolean)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IncidentChange(Base):
+    """One entry of the incident feed: an incident was created or revised (alerts' event input)."""
+
+    __tablename__ = "incident_change"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(
+        ForeignKey("incident.id", ondelete="CASCADE"), index=True
+    )
+    revision: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(12))  # created | updated
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,703 @@
+"""The alert pipeline: consume the scoring feeds, evaluate, decide, enqueue, in one transaction.
+
+Each function here is one unit of work run by a worker (or a tick): the cursor moves, alert
+states change and deliveries are written together or not at all, so no notification ever lives
+only in memory and a crash replays the batch instead of losing it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from services.alerts import notify, outbox, rules, triggers
+from services.alerts.models import (
+    Alert,
+    AlertEvent,
+    Delivery,
+    DeliveryAttempt,
+    DigestItem,
+    Endpoint,
+    FeedCursor,
+    Rule,
+    Subscription,
+)
+from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
+from services.alerts.settings import AlertsSettings
+from services.scoring import geo
+from services.scoring import incidents as scoring_incidents
+from services.scoring import targets as scoring_targets
+from services.scoring.models import CurrentScore, Incident, IncidentChange, ScoreChange, Target
+from services.scoring.taxonomy import Band
+
+SCORE_FEED, INCIDENT_FEED = "score_change", "incident_change"
+TRIGGERED = "triggered"  # the state of an event alert: it happened, there is nothing to clear
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One enabled rule of an enabled subscription, with where it notifies."""
+
+    subscription: Subscription
+    rule: Rule
+    params: ThresholdRuleIn | EventRuleIn
+    endpoints: list[Endpoint]
+
+
+def watches(session: Session, tenant_ids: Iterable[int] | None) -> dict[int, list[Watch]]:
+    """Every enabled rule of the given tenants (all tenants for None), grouped by tenant."""
+    query = (
+        select(Subscription, Rule)
+        .join(Rule, Rule.subscription_id == Subscription.id)
+        .where(Subscription.enabled, Rule.enabled)
+        .order_by(Rule.id)
+    )
+    if tenant_ids is not None:
+        query = query.where(Subscription.tenant_id.in_(set(tenant_ids)))
+    pairs = session.execute(query).all()
+    endpoint_ids = {e for sub, _ in pairs for e in sub.endpoint_ids}
+    endpoints = {
+        e.id: e
+        for e in session.execute(select(Endpoint).where(Endpoint.id.in_(endpoint_ids))).scalars()
+    }
+    out: dict[int, list[Watch]] = defaultdict(list)
+    for sub, rule in pairs:
+        out[sub.tenant_id].append(
+            Watch(
+                subscription=sub,
+                rule=rule,
+                params=parse_rule(rule.kind, rule.params),
+                endpoints=[endpoints[e] for e in sub.endpoint_ids if e in endpoints],
+            )
+        )
+    return out
+
+
+def applies(subscription: Subscription, target: Target) -> bool:
+    """Whether a subscription watches a target."""
+    if subscription.tenant_id != target.tenant_id:
+        return False
+    if subscription.scope == "target":
+        return subscription.target_id == target.id
+    if subscription.scope == "tag":
+        return subscription.tag in target.tags
+    return True
+
+
+def _lock_cursor(session: Session, name: str, now: datetime) -> FeedCursor | None:
+    """The feed cursor, locked for this unit of work; None while another process consumes."""
+    cursor = session.execute(
+        select(FeedCursor).where(FeedCursor.name == name).with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if cursor is None and session.get(FeedCursor, name) is None:
+        cursor = FeedCursor(name=name, position=0, updated_at=now)
+        session.add(cursor)
+        session.flush()
+    return cursor
+
+
+# --------------------------------------------------------------------------------------------
+# Threshold rules: score changes, seeding, timers
+
+
+def consume_scores(session: Session, settings: AlertsSettings, now: datetime) -> int:
+    """Evaluate a batch of score changes after the cursor; return how many were consumed."""
+    cursor = _lock_cursor(session, SCORE_FEED, now)
+    if cursor is None:
+        return 0
+    changes = (
+        session.execute(
+            select(ScoreChange)
+            .where(ScoreChange.id > cursor.position)
+            .order_by(ScoreChange.id)
+            .limit(settings.feed_batch)
+        )
+        .scalars()
+        .all()
+    )
+    if not changes:
+        return 0
+    by_tenant = watches(session, {c.tenant_id for c in changes})
+    wanted = {c.target_id for c in changes if by_tenant.get(c.tenant_id)}
+    targets = _targets(session, wanted)
+    for change in changes:
+        target = targets.get(change.target_id)
+        if target is None:
+            continue  # deleted since: its alerts went with it
+        snapshot = change_snapshot(change)
+        for watch in by_tenant.get(change.tenant_id, ()):
+            if isinstance(watch.params, ThresholdRuleIn) and applies(watch.subscription, target):
+                row = _alert_row(session, watch, target.id, 0, now)
+                observe(
+                    session, row, watch, target, change.value, Band(change.band), snapshot, now,
+                    settings.public_url,
+                )  # fmt: skip
+    cursor.position = changes[-1].id
+    cursor.updated_at = now
+    return len(changes)
+
+
+def change_snapshot(change: ScoreChange) -> dict[str, Any]:
+    """What an alert keeps of the score change it last saw, for its notifications."""
+    return {
+        "feed_id": change.id,
+        "previous": change.previous_value,
+        "current": change.value,
+        "previous_band": change.previous_band,
+        "band": change.band,
+        "as_of": notify.iso(change.as_of),
+        "model_version": change.model_version,
+        "components": change.components,
+        "top_incidents": change.top_incidents,
+    }
+
+
+def seed_rules(session: Session, settings: AlertsSettings, now: datetime, limit: int = 20) -> int:
+    """Evaluate new or changed threshold rules against their targets' current scores."""
+    pending = (
+        session.execute(
+            select(Rule)
+            .where(Rule.seeded.is_(False))
+            .order_by(Rule.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    for rule in pending:
+        rule.seeded = True
+        sub = session.get(Subscription, rule.subscription_id)
+        if sub is None or not sub.enabled or not rule.enabled or rule.kind != "threshold":
+            continue
+        watch = next(
+            (w for w in watches(session, [sub.tenant_id])[sub.tenant_id] if w.rule.id == rule.id),
+            None,
+        )
+        if watch is None:
+            continue
+        query = (
+            select(Target, CurrentScore)
+            .join(CurrentScore, CurrentScore.target_id == Target.id)
+            .where(Target.tenant_id == sub.tenant_id)
+        )
+        if sub.scope == "target":
+            query = query.where(Target.id == sub.target_id)
+        for target, score in session.execute(query).all():
+            if not applies(sub, target):
+                continue
+            snapshot: dict[str, Any] = {
+                "feed_id": None,
+                "previous": None,
+                "current": score.fed_value,
+                "previous_band": None,
+                "band": score.fed_band,
+                "as_of": notify.iso(score.as_of),
+                "model_version": score.model_version,
+                "components": {},
+                "top_incidents": [],
+            }
+            row = _alert_row(session, watch, target.id, 0, now)
+            observe(
+                session, row, watch, target, score.fed_value, Band(score.fed_band), snapshot, now,
+                settings.public_url,
+            )  # fmt: skip
+    return len(pending)
+
+
+def reevaluate_due(
+    session: Session, settings: AlertsSettings, now: datetime, limit: int = 500
+) -> int:
+    """Re-run alerts whose timers (pending, keep-firing, repeat, cooldown, snooze) are due."""
+    rows = (
+        session.execute(
+            select(Alert)
+            .where(Alert.next_check_at <= now)
+            .order_by(Alert.next_check_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    if not rows:
+        return 0
+    by_tenant = watches(session, {r.tenant_id for r in rows})
+    by_rule = {w.rule.id: w for ws in by_tenant.values() for w in ws}
+    targets = _targets(session, {r.target_id for r in rows})
+    for row in rows:
+        watch, target = by_rule.get(row.rule_id), targets.get(row.target_id)
+        if watch is None or target is None or row.score is None or row.band is None:
+            row.next_check_at = None  # rule or subscription disabled: nothing to time
+            continue
+        observe(
+            session, row, watch, target, row.score, Band(row.band), row.change, now,
+            settings.public_url,
+        )  # fmt: skip
+    return len(rows)
+
+
+def observe(
+    session: Session,
+    row: Alert,
+    watch: Watch,
+    target: Target,
+    score: float,
+    band: Band,
+    change: dict[str, Any] | None,
+    now: datetime,
+    base_url: str,
+) -> None:
+    """Evaluate one threshold alert on a score, decide, and enqueue what must be sent."""
+    params = watch.params
+    assert isinstance(params, ThresholdRuleIn)
+    rule = params.threshold()
+    before = _state(row)
+    after = rules.evaluate(before, rule, params.measure(score, band), band, now)
+    decision = rules.decide(before, after, rule, now)
+    row.score, row.band, row.change = score, band.value, change
+    notified = "none"
+    reason = decision.reason
+    if decision.notify:
+        muted = _muted(row, decision, band, now)
+        if muted:
+            reason = f"{decision.kind} held back: {muted}"
+        else:
+            after = rules.notified(after, decision, band, now)
+            row.sequence += 1
+            notified = decision.kind
+            _send(session, row, watch, target, decision, after, now, base_url)
+    if row.acknowledged_at is not None and after.state not in (
+        rules.AlertState.FIRING,
+        rules.AlertState.RECOVERING,
+    ):
+        row.acknowledged_at = row.acknowledged_by = None  # an acknowledgement ends with the alert
+    if after.state.value != row.state or notified != "none":
+        session.add(
+            AlertEvent(
+                alert_id=row.id,
+                at=now,
+                from_state=row.state,
+                to_state=after.state.value,
+                score=score,
+                band=band.value,
+                notified=notified,
+                reason=reason[:300],
+            )
+        )
+    _store(row, after, now)
+    row.next_check_at = next_check(
+        row, after, rule, now, held=decision.notify and notified == "none"
+    )
+
+
+def _muted(row: Alert, decision: rules.Decision, band: Band, now: datetime) -> str | None:
+    """Why a snooze or an acknowledgement holds a notification back, or None."""
+    if row.snoozed_band is not None:
+        if BAND_RANK[band] > BAND_RANK[Band(row.snoozed_band)]:
+            row.snoozed_band = None  # the band rose: the snooze is over
+        else:
+            return f"snoozed until the band rises above {row.snoozed_band}"
+    if row.snoozed_until is not None:
+        if now < row.snoozed_until:
+            return f"snoozed until {notify.iso(row.snoozed_until)}"
+        row.snoozed_until = None
+    if row.acknowledged_at is not None and decision.kind == "repeat":
+        return "acknowledged"
+    return None
+
+
+def next_check(
+    row: Alert, alert: rules.Alert, rule: rules.ThresholdRule, now: datetime, *, held: bool
+) -> datetime | None:
+    """When a timer may change the outcome without a new score; None when nothing is timed."""
+    times: list[datetime] = []
+    state = alert.state
+    if state is rules.AlertState.PENDING and alert.condition_since is not None:
+        times.append(alert.condition_since + rule.pending)
+    if state is rules.AlertState.RECOVERING and alert.cleared_since is not None:
+        times.append(alert.cleared_since + rule.keep_firing)
+    if state is rules.AlertState.FLAPPING and alert.transitions:
+        times.append(alert.transitions[-1] + rule.flap_window)
+    if (
+        state is rules.AlertState.FIRING
+        and rule.repeat_every is not None
+        and alert.last_notified_at is not None
+    ):
+        times.append(alert.last_notified_at + rule.repeat_every)
+    if held:
+        if row.snoozed_until is not None:
+            times.append(row.snoozed_until)
+        elif alert.last_notified_at is not None and row.snoozed_band is None:
+            times.append(alert.last_notified_at + rule.cooldown)
+    future = [t for t in times if t > now]
+    if not future and held and row.snoozed_band is None:
+        return now + timedelta(seconds=1)
+    return min(future) if future else None
+
+
+def _send(
+    session: Session,
+    row: Alert,
+    watch: Watch,
+    target: Target,
+    decision: rules.Decision,
+    alert: rules.Alert,
+    now: datetime,
+    base_url: str,
+) -> None:
+    """Build the notification and enqueue it, or hold it for the digest by severity."""
+    change = row.change or {}
+    top = _top_incidents(session, change.get("top_incidents", []))
+    state = "resolved" if decision.kind == "resolved" else alert.state.value
+    data = notify.alert_data(
+        alert=_alert_part(base_url, row, state, decision.kind, decision.reason, alert.since),
+        subscription={"id": watch.subscription.id, "name": watch.subscription.name},
+        rule=_rule_part(watch),
+        target=_feature(target),
+        change=change or None,
+        incident=None,
+        top_incidents=top,
+    )
+    severity = alert.last_notified_band or Band(row.band or Band.LOW.value)
+    _dispatch(session, row, watch, f"alert.{decision.kind}", data, severity, now)
+
+
+def _dispatch(
+    session: Session,
+    row: Alert,
+    watch: Watch,
+    event_type: str,
+    data: dict[str, Any],
+    severity: Band,
+    now: datetime,
+) -> None:
+    payload = notify.envelope(event_type, data, now)
+    if severity.value in watch.subscription.digest_bands:
+        outbox.hold_for_digest(
+            session,
+            tenant_id=row.tenant_id,
+            endpoints=watch.endpoints,
+            alert_id=row.id,
+            payload=payload,
+            now=now,
+        )
+        return
+    outbox.enqueue(
+        session,
+        tenant_id=row.tenant_id,
+        endpoints=watch.endpoints,
+        alert_id=row.id,
+        event_type=event_type,
+        sequence=row.sequence,
+        payload=payload,
+        now=now,
+        dedupe=f"a{row.id}:s{row.sequence}",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Event rules: the incident feed
+
+
+def consume_incidents(session: Session, settings: AlertsSettings, now: datetime) -> int:
+    """Match a batch of new or revised incidents against event rules; return how many."""
+    cursor = _lock_cursor(session, INCIDENT_FEED, now)
+    if cursor is None:
+        return 0
+    changes = (
+        session.execute(
+            select(IncidentChange)
+            .where(IncidentChange.id > cursor.position)
+            .order_by(IncidentChange.id)
+            .limit(settings.feed_batch)
+        )
+        .scalars()
+        .all()
+    )
+    if not changes:
+        return 0
+    cursor.position = changes[-1].id
+    cursor.updated_at = now
+    events = {
+        tenant: [w for w in ws if isinstance(w.params, EventRuleIn)]
+        for tenant, ws in watches(session, None).items()
+    }
+    events = {tenant: ws for tenant, ws in events.items() if ws}
+    if not events:
+        return len(changes)
+    reach = max(
+        w.params.radius_km
+        for ws in events.values()
+        for w in ws
+        if isinstance(w.params, EventRuleIn)
+    )
+    rows = {
+        i.id: i
+        for i in session.execute(
+            select(Incident).where(Incident.id.in_({c.incident_id for c in changes}))
+        ).scalars()
+    }
+    for incident_id in dict.fromkeys(c.incident_id for c in changes):
+        incident = rows.get(incident_id)
+        if incident is not None:
+            _match_incident(session, incident, events, reach, now, settings.public_url)
+    return len(changes)
+
+
+def _match_incident(
+    session: Session,
+    incident: Incident,
+    events: dict[int, list[Watch]],
+    reach: float,
+    now: datetime,
+    base_url: str,
+) -> None:
+    model = scoring_incidents.to_model(incident)
+    query = select(Target).where(Target.tenant_id.in_(events))
+    if incident.lat is not None and incident.lon is not None:
+        min_lon, min_lat, max_lon, max_lat = geo.bbox_around(incident.lat, incident.lon, reach)
+        query = query.where(
+            Target.box_max_lat >= min_lat,
+            Target.box_min_lat <= max_lat,
+            Target.box_max_lon >= min_lon,
+            Target.box_min_lon <= max_lon,
+        )
+    for target in session.execute(query).scalars():
+        target_model = scoring_targets.to_model(target)
+        for watch in events.get(target.tenant_id, ()):
+            params = watch.params
+            if not isinstance(params, EventRuleIn) or not applies(watch.subscription, target):
+                continue
+            found = triggers.match(params, model, target_model, now)
+            if found is None:
+                continue
+            exists = session.execute(
+                select(Alert.id).where(
+                    Alert.rule_id == watch.rule.id,
+                    Alert.target_id == target.id,
+                    Alert.incident_id == incident.id,
+                )
+            ).first()
+            if exists is not None:
+                continue  # a revision of an incident that already alerted
+            row = _alert_row(session, watch, target.id, incident.id, now)
+            row.state, row.since, row.sequence = TRIGGERED, now, 1
+            row.last_notified_at, row.last_notified_state = now, TRIGGERED
+            reason = found.why
+            session.add(
+                AlertEvent(
+                    alert_id=row.id,
+                    at=now,
+                    from_state="normal",
+                    to_state=TRIGGERED,
+                    score=None,
+                    band=params.severity.value,
+                    notified="triggered",
+                    reason=reason[:300],
+                )
+            )
+            data = notify.alert_data(
+                alert=_alert_part(base_url, row, TRIGGERED, "triggered", reason, now),
+                subscription={"id": watch.subscription.id, "name": watch.subscription.name},
+                rule=_rule_part(watch),
+                target=_feature(target),
+                change=None,
+                incident={
+                    "id": incident.id,
+                    "category": incident.category,
+                    "title": incident.title,
+                    "occurred_at": notify.iso(incident.occurred_at),
+                    "location_name": incident.location_name,
+                    "country": incident.country,
+                    "distance_km": None
+                    if found.distance_km is None
+                    else round(found.distance_km, 1),
+                },
+                top_incidents=[],
+                trigger_why=found.why,
+            )
+            _dispatch(session, row, watch, "alert.triggered", data, params.severity, now)
+
+
+# --------------------------------------------------------------------------------------------
+# Digests and retention
+
+
+def send_digests(session: Session, settings: AlertsSettings, now: datetime) -> int:
+    """Gather each endpoint's held notifications into one digest delivery; return how many."""
+    items = (
+        session.execute(
+            select(DigestItem)
+            .where(DigestItem.delivery_id.is_(None))
+            .order_by(DigestItem.endpoint_id, DigestItem.id)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    grouped: dict[int, list[DigestItem]] = defaultdict(list)
+    for item in items:
+        grouped[item.endpoint_id].append(item)
+    period = settings.digest_interval.total_seconds()
+    slot = int(now.timestamp() // period)
+    sent = 0
+    for endpoint_id, held in grouped.items():
+        endpoint = session.get(Endpoint, endpoint_id)
+        if endpoint is None or not endpoint.enabled:
+            continue
+        data = {
+            "period": {"from": notify.iso(held[0].created_at), "to": notify.iso(now)},
+            "items": [item.payload for item in held],
+        }
+        rows = outbox.enqueue(
+            session,
+            tenant_id=endpoint.tenant_id,
+            endpoints=[endpoint],
+            alert_id=None,
+            event_type="digest.daily",
+            sequence=0,
+            payload=notify.envelope("digest.daily", data, now),
+            now=now,
+            dedupe=f"digest:{slot}:{held[-1].id}",
+        )
+        for item in held:
+            item.delivery_id = rows[0].id
+        sent += 1
+    return sent
+
+
+def purge(session: Session, settings: AlertsSettings, now: datetime) -> int:
+    """Forget settled deliveries (and their attempts) older than the retention period."""
+    cutoff = now - settings.retention
+    old = select(Delivery.id).where(
+        Delivery.status.in_(outbox.SETTLED), Delivery.settled_at < cutoff
+    )
+    ids = list(session.execute(old.limit(5000)).scalars())
+    if not ids:
+        return 0
+    session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(ids)))
+    session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
+    return len(ids)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows and parts
+
+
+def _targets(session: Session, ids: set[int]) -> dict[int, Target]:
+    if not ids:
+        return {}
+    return {t.id: t for t in session.execute(select(Target).where(Target.id.in_(ids))).scalars()}
+
+
+def _alert_row(
+    session: Session, watch: Watch, target_id: int, incident_id: int, now: datetime
+) -> Alert:
+    """The alert of a rule for a target (and incident), locked; created normal if new."""
+    row = session.execute(
+        select(Alert)
+        .where(
+            Alert.rule_id == watch.rule.id,
+            Alert.target_id == target_id,
+            Alert.incident_id == incident_id,
+        )
+        .with_for_update()
+    ).scalar_one_or_none()
+    if row is not None:
+        return row
+    row = Alert(
+        tenant_id=watch.subscription.tenant_id,
+        subscription_id=watch.subscription.id,
+        rule_id=watch.rule.id,
+        target_id=target_id,
+        incident_id=incident_id,
+        state=rules.AlertState.NORMAL.value,
+        since=now,
+        transitions=[],
+        sequence=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _state(row: Alert) -> rules.Alert:
+    return rules.Alert(
+        state=rules.AlertState(row.state),
+        since=row.since,
+        condition_since=row.condition_since,
+        cleared_since=row.cleared_since,
+        last_band=Band(row.band) if row.band else None,
+        transitions=tuple(datetime.fromisoformat(t) for t in row.transitions),
+        last_notified_at=row.last_notified_at,
+        last_notified_band=Band(row.last_notified_band) if row.last_notified_band else None,
+        last_notified_state=(
+            rules.AlertState(row.last_notified_state) if row.last_notified_state else None
+        ),
+    )
+
+
+def _store(row: Alert, alert: rules.Alert, now: datetime) -> None:
+    row.state = alert.state.value
+    row.since = alert.since
+    row.condition_since = alert.condition_since
+    row.cleared_since = alert.cleared_since
+    row.transitions = [t.isoformat() for t in alert.transitions]
+    row.last_notified_at = alert.last_notified_at
+    row.last_notified_band = alert.last_notified_band.value if alert.last_notified_band else None
+    row.last_notified_state = alert.last_notified_state.value if alert.last_notified_state else None
+    row.updated_at = now
+
+
+def _alert_part(
+    base_url: str, row: Alert, state: str, kind: str, reason: str, since: datetime
+) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "url": f"{base_url.rstrip('/')}/v1/alerts/{row.id}",
+        "state": state,
+        "sequence": row.sequence,
+        "kind": kind,
+        "reason": reason,
+        "since": notify.iso(since),
+    }
+
+
+def _rule_part(watch: Watch) -> dict[str, Any]:
+    return {"id": watch.rule.id, **watch.params.model_dump(mode="json")}
+
+
+def _feature(target: Target) -> dict[str, Any]:
+    return notify.target_feature(
+        target.id, target.kind, target.name, target.coordinates, target.tags
+    )
+
+
+def _top_incidents(session: Session, top: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The change's top incidents with their titles and times."""
+    ids = [t["incident_id"] for t in top[: notify.MAX_TOP_INCIDENTS]]
+    if not ids:
+        return []
+    found = {
+        i.id: i for i in session.execute(select(Incident).where(Incident.id.in_(ids))).scalars()
+    }
+    out = []
+    for t in top[: notify.MAX_TOP_INCIDENTS]:
+        incident = found.get(t["incident_id"])
+        out.append(
+            {
+                **t,
+                "title": (incident.title or None) if incident else None,
+                "occurred_at": notify.iso(incident.occurred_at) if incident else None,
+            }
+        )
+    return out
