@@ -1,0 +1,274 @@
+"""Deliver stage for webhooks: one signed, SSRF-checked POST and what it came to."""
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from services.alerts import retry, signing, ssrf
+
+Outcome = Literal["delivered", "retry", "gone", "failed"]
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+MAX_ERROR_CHARS = 500
+DEFAULT_MAX_RESPONSE_BYTES = 4096
+# Per-operation client timeouts do not bound a receiver that drips one byte at a time, so the
+# whole attempt (DNS, connect, request, response) gets a deadline too.
+DEFAULT_TOTAL_TIMEOUT_S = 60.0
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one delivery attempt came to (webhook or email)."""
+
+    outcome: Outcome
+    status_code: int | None
+    error_class: str | None
+    error: str | None
+    response_body: str | None
+    duration_ms: float
+    retry_after: timedelta | None = None
+    throttled: bool = False
+
+
+async def resolve_async(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to now, resolved off the event loop."""
+    return await asyncio.to_thread(ssrf.resolve, host, port)
+
+
+def clip(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """`text` cut to at most `limit` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _host_and_port(url: str) -> tuple[str, int] | None:
+    """The host to resolve and the port to reach for `url`, or None when it has neither."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname
+    if port is None:
+        port = _DEFAULT_PORTS.get(parts.scheme)
+    if not host or port is None:
+        return None
+    return host, port
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def outcome_of_status(
+    status: int,
+    *,
+    location: str | None,
+    retry_after_header: str | None,
+    now: datetime,
+) -> tuple[Outcome, str | None, str | None, timedelta | None, bool]:
+    """Outcome, error class, error, Retry-After and throttling for one HTTP response status."""
+    retry_after = None if 200 <= status < 300 else retry.parse_retry_after(retry_after_header, now)
+    if 300 <= status < 400:
+        # Following would let a public URL bounce us to an internal one past the SSRF check.
+        target = f"redirect to {location}" if location else f"redirect ({status}) without Location"
+        return "retry", "redirect", clip(f"{target} not followed"), retry_after, False
+    verdict = retry.classify_status(status)
+    if verdict == "delivered":
+        return "delivered", None, None, None, False
+    reason = _reason_phrase(status)
+    if verdict == "gone":
+        return "gone", "http_status", f"HTTP {status}{reason}: receiver asked to stop", None, False
+    return "retry", "http_status", f"HTTP {status}{reason}", retry_after, status == 429
+
+
+def _reason_phrase(status: int) -> str:
+    phrase = httpx.codes.get_reason_phrase(status)
+    return f" {phrase}" if phrase else ""
+
+
+async def _vetted_addresses(
+    url: str,
+    *,
+    allow_http: bool,
+    allowlist: Collection[str],
+    resolver: Resolver,
+) -> tuple[ssrf.Verdict, list[str]]:
+    """The SSRF verdict for `url` now and the addresses to connect to (none: httpx resolves)."""
+    target = _host_and_port(url)
+    resolved: list[str] = []
+    if target is not None:
+        host, port = target
+        if _is_ip_literal(host):
+            resolved = [host]
+        else:
+            try:
+                resolved = await resolver(host, port)
+            except (OSError, UnicodeError):
+                # A failed lookup is "could not resolve", which check_url reports as such.
+                resolved = []
+    verdict = ssrf.check_url(url, resolved, allow_http=allow_http, allowlist=allowlist)
+    if target is None or _is_ip_literal(target[0]):
+        return verdict, []
+    return verdict, resolved
+
+
+def _pinned_request(
+    url: str, address: str | None
+) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+    """URL, extra headers and extensions that send the request to an address already vetted."""
+    original = httpx.URL(url)
+    if address is None:
+        return original, {}, {}
+    # Connecting to the checked address (keeping Host and the TLS server name) closes the DNS
+    # rebinding gap between our lookup and the one httpx would otherwise do.
+    return (
+        original.copy_with(host=address),
+        {"host": original.netloc.decode("ascii")},
+        {"sni_hostname": original.host},
+    )
+
+
+async def send_webhook(
+    client: httpx.AsyncClient,
+    *,
+    url: str,
+    secrets: Sequence[str],
+    message_id: str,
+    body: bytes,
+    now: datetime,
+    allow_http: bool,
+    allowlist: Collection[str],
+    resolver: Resolver = resolve_async,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    total_timeout_s: float | None = DEFAULT_TOTAL_TIMEOUT_S,
+) -> AttemptResult:
+    """POST `body`, signed, to `url` once after checking where it goes; report how it went."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(total_timeout_s):
+            verdict, addresses = await _vetted_addresses(
+                url, allow_http=allow_http, allowlist=allowlist, resolver=resolver
+            )
+    except TimeoutError:
+        error = "host name resolution timed out"
+        return AttemptResult(
+            "retry", None, "timeout", error, None, _elapsed_ms(started), None, True
+        )
+    if not verdict.allowed:
+        return AttemptResult(
+            "retry", None, "ssrf", clip(verdict.reason), None, _elapsed_ms(started)
+        )
+    request_headers = signing.headers(secrets, message_id, int(now.timestamp()), body)
+    # Compressed replies would be stored as gibberish, and inflating them is unbounded.
+    request_headers["accept-encoding"] = "identity"
+    remaining = (
+        None if total_timeout_s is None else total_timeout_s - (time.perf_counter() - started)
+    )
+    return await _post(
+        client,
+        url=url,
+        addresses=addresses,
+        headers=request_headers,
+        body=body,
+        now=now,
+        max_response_bytes=max_response_bytes,
+        deadline_s=remaining,
+        started=started,
+    )
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    *,
+    url: str,
+    addresses: Sequence[str],
+    headers: dict[str, str],
+    body: bytes,
+    now: datetime,
+    max_response_bytes: int,
+    deadline_s: float | None,
+    started: float,
+) -> AttemptResult:
+    """Send the request, trying each vetted address in turn while connecting fails."""
+    status: int | None = None
+    location: str | None = None
+    retry_after_header: str | None = None
+    received = bytearray()
+    failure: tuple[str, str, bool] | None = None
+    candidates: Sequence[str | None] = list(addresses) or [None]
+    try:
+        async with asyncio.timeout(deadline_s):
+            for index, address in enumerate(candidates):
+                try:
+                    target, extra_headers, extensions = _pinned_request(url, address)
+                except httpx.InvalidURL as exc:
+                    failure = ("invalid_url", f"invalid URL: {exc}", False)
+                    break
+                try:
+                    async with client.stream(
+                        "POST",
+                        target,
+                        content=body,
+                        headers={**headers, **extra_headers},
+                        extensions=extensions,
+                        follow_redirects=False,
+                    ) as response:
+                        status = response.status_code
+                        location = response.headers.get("location")
+                        retry_after_header = response.headers.get("retry-after")
+                        # Raw bytes, stopping at the cap: an endless body must not hold us.
+                        async for chunk in response.aiter_raw():
+                            received += chunk[: max_response_bytes - len(received)]
+                            if len(received) >= max_response_bytes:
+                                break
+                    failure = None
+                    break
+                except httpx.ConnectError as exc:
+                    failure = ("connect", _describe(exc, address), False)
+                    if index + 1 < len(candidates):
+                        continue
+                    break
+                except httpx.TimeoutException as exc:
+                    failure = ("timeout", _describe(exc, address, "timed out"), True)
+                    break
+                except httpx.HTTPError as exc:
+                    failure = (type(exc).__name__, _describe(exc, address), False)
+                    break
+    except TimeoutError:
+        failure = ("timeout", "no complete answer within the attempt's deadline", True)
+    elapsed = _elapsed_ms(started)
+    response_body = (
+        bytes(received).decode("utf-8", errors="replace") if status is not None else None
+    )
+    if status is not None:
+        # The receiver answered: a later read error only cost us part of its reply.
+        outcome, error_class, error, retry_after, throttled = outcome_of_status(
+            status, location=location, retry_after_header=retry_after_header, now=now
+        )
+        return AttemptResult(
+            outcome, status, error_class, error, response_body, elapsed, retry_after, throttled
+        )
+    error_class, error, throttled = failure or ("unknown", "no response", False)
+    return AttemptResult("retry", None, error_class, clip(error), None, elapsed, None, throttled)
+
+
+def _describe(exc: Exception, address: str | None, fallback: str = "failed") -> str:
+    """A readable reason for a transport error, naming the address that was tried."""
+    text = str(exc) or f"{type(exc).__name__} ({fallback})"
+    return text if address is None else f"{text} (connecting to {address})"
