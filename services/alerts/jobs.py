@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from random import Random
 
@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.alerts import email, outbox, pipeline, webhooks
 from services.alerts.settings import AlertsSettings
 from services.core import wake
-from services.core.db import is_sqlite
+from services.core.db import is_sqlite, make_sessionmaker
 from services.scoring.feed import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,25 @@ def worker_name() -> str:
 
 
 def consume(
-    factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock = utc_now
+    factory: sessionmaker[Session],
+    settings: AlertsSettings,
+    clock: Clock = utc_now,
+    reader: sessionmaker[Session] | None = None,
 ) -> int:
-    """Run the pipeline once over each input (feeds, new rules); return how much was taken."""
+    """Run the pipeline once over each input with work waiting; return how much was taken."""
+    with (reader or factory)() as session:
+        waiting = pipeline.backlog(session)
     taken = 0
-    with factory.begin() as session:
-        taken += pipeline.consume_scores(session, settings, clock())
-    with factory.begin() as session:
-        taken += pipeline.consume_incidents(session, settings, clock())
-    with factory.begin() as session:
-        taken += pipeline.seed_rules(session, settings, clock())
+    # Incidents first: event rules alert at once and cost little; score changes can be many.
+    steps = [
+        (pipeline.INCIDENT_FEED, pipeline.consume_incidents),
+        (pipeline.SCORE_FEED, pipeline.consume_scores),
+        (pipeline.SEED, pipeline.seed_rules),
+    ]
+    for name, step in steps:
+        if name in waiting:
+            with factory.begin() as session:
+                taken += step(session, settings, clock())
     return taken
 
 
@@ -112,11 +121,12 @@ class _Loop:
             self._loop.call_soon_threadsafe(self._event.set)
 
 
-@dataclass
-class _Done:
-    claimed: outbox.Claimed
-    result: webhooks.AttemptResult
-    started_at: datetime
+_Done = outbox.Attempted  # a finished attempt waiting to be settled
+
+
+def _ends(batch: list[_Done]) -> Counter[int]:
+    """Slots the finished attempts free, per endpoint."""
+    return Counter(item.claimed.endpoint_id for item in batch)
 
 
 class AlertsWorker:
@@ -133,6 +143,7 @@ class AlertsWorker:
         self._settings = settings
         self._clock = clock
         self.name = name or worker_name()
+        self._reader = make_sessionmaker(factory.kw["bind"], read_only=True)
         self._stop = threading.Event()
         self._feed_wake = threading.Event()
         self._consumer = threading.Thread(target=self._consume, name="alerts-consumer", daemon=True)
@@ -147,6 +158,9 @@ class AlertsWorker:
         self._delivery_wake: asyncio.Event | None = None
         self._bridge: _Loop | None = None
         self._rng = Random()  # noqa: S311 -- retry jitter, not a secret
+        # Database work of the delivery loop, off the event loop and off the default executor
+        # (which DNS lookups share): one thread, so this worker's transactions never overlap.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts-db")
         self.delivered = 0  # attempts settled by this worker, for its log line
 
     @property
@@ -172,6 +186,7 @@ class AlertsWorker:
         grace = self._settings.shutdown_grace.total_seconds()
         self._deliverer.join(timeout if timeout is not None else grace + 10)
         self._consumer.join(10)
+        self._db.shutdown(wait=False)
         wake.unsubscribe(FEED_CHANNEL, self._feed_wake)
         if self._bridge is not None:
             wake.unsubscribe(outbox.DELIVERY_CHANNEL, self._bridge)
@@ -189,7 +204,7 @@ class AlertsWorker:
                 # Bounded: each pass takes a batch; stop() is honoured between batches.
                 for _ in range(1000):
                     if self._stop.is_set() or not consume(
-                        self._factory, self._settings, self._clock
+                        self._factory, self._settings, self._clock, self._reader
                     ):
                         break
             except Exception:
@@ -220,62 +235,87 @@ class AlertsWorker:
     async def _dispatch(self, client: httpx.AsyncClient) -> None:
         settings = self._settings
         assert self._delivery_wake is not None
+        loop = asyncio.get_running_loop()
         poll = settings.poll_interval.total_seconds()
         busy: Counter[int] = Counter()
         inflight: set[asyncio.Task[_Done]] = set()
         done: list[_Done] = []
+        failures = 0
         while True:
-            stopping = self._stop.is_set()
             finished = {t for t in inflight if t.done()}
             inflight -= finished
             done.extend(t.result() for t in finished)
-            if done:
-                batch, done = done, []
-                await self._settle(batch)
-                for item in batch:
-                    busy[item.claimed.endpoint_id] -= 1
-            if stopping:
-                break
-            free = settings.concurrency - len(inflight)
+            stopping = self._stop.is_set()
+            limit = (
+                0 if stopping else min(settings.concurrency - len(inflight), settings.claim_batch)
+            )
             claimed: list[outbox.Claimed] = []
-            if free > 0:
+            if done or limit > 0:
+                batch, done = done, []
                 try:
-                    claimed = await asyncio.to_thread(
-                        self._claim, min(free, settings.claim_batch), +busy
+                    # One short transaction settles what finished and claims what is due.
+                    claimed = await loop.run_in_executor(
+                        self._db, self._cycle, batch, limit, +(busy - _ends(batch))
                     )
+                    busy -= _ends(batch)
+                    self.delivered += len(batch)
+                    failures = 0
                 except Exception:
-                    log.exception("claiming deliveries failed")
+                    failures += 1
+                    log.exception("settling/claiming failed (%d in a row)", failures)
+                    if failures < 20:
+                        done = batch + done  # try to record them again
+                    else:
+                        # Give up on recording: their leases expire, they are sent again
+                        # (same webhook-id) and receivers deduplicate.
+                        busy -= _ends(batch)
+                        failures = 0
+                    await asyncio.sleep(min(0.05 * failures, 2.0))
+            if stopping and not done:
+                break
             for lease in claimed:
                 busy[lease.endpoint_id] += 1
                 inflight.add(asyncio.create_task(self._attempt(client, lease)))
-            if claimed and len(claimed) == min(free, settings.claim_batch):
+            if limit > 0 and len(claimed) == limit:
                 continue  # more may be due right now
             self._delivery_wake.clear()
-            waiters: set[asyncio.Future[object]] = {
-                asyncio.ensure_future(self._delivery_wake.wait())
-            }
-            pending_tasks: set[asyncio.Future[object]] = set(inflight)  # type: ignore[arg-type]
-            await asyncio.wait(
-                waiters | pending_tasks, timeout=poll, return_when=asyncio.FIRST_COMPLETED
-            )
-            for waiter in waiters:
-                waiter.cancel()
+            waiter = asyncio.ensure_future(self._delivery_wake.wait())
+            awaited: set[asyncio.Future[object]] = {waiter, *inflight}  # type: ignore[arg-type]
+            await asyncio.wait(awaited, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if len(inflight) > 1:
+                # Let a few more finish, so one transaction settles several.
+                await asyncio.sleep(0.003)
         # Graceful stop: requests in flight finish and are recorded; no new claims.
         if inflight:
             grace = settings.shutdown_grace.total_seconds()
             finished_tasks, unfinished = await asyncio.wait(inflight, timeout=grace)
             for task in unfinished:
                 task.cancel()  # its lease expires and another worker takes it
-            await self._settle([t.result() for t in finished_tasks if not t.cancelled()])
+            last = [t.result() for t in finished_tasks if not t.cancelled()]
+            for _ in range(5):
+                try:
+                    await loop.run_in_executor(self._db, self._cycle, last, 0, Counter())
+                    self.delivered += len(last)
+                    break
+                except Exception:
+                    log.exception("recording the last attempts failed")
+                    await asyncio.sleep(0.5)
 
-    def _claim(self, limit: int, busy: Counter[int]) -> list[outbox.Claimed]:
+    def _cycle(self, batch: list[_Done], limit: int, busy: Counter[int]) -> list[outbox.Claimed]:
         settings = self._settings
         with self._factory.begin() as session:
+            now = self._clock()
+            outbox.settle(
+                session, batch, now=now, owner=self.name, settings=settings, rng=self._rng
+            )
+            if limit <= 0:
+                return []
             return outbox.claim(
                 session,
                 owner=self.name,
                 limit=limit,
-                now=self._clock(),
+                now=now,
                 lease=settings.lease,
                 busy=busy,
                 slots=settings.endpoint_slots,
@@ -322,34 +362,6 @@ class AlertsWorker:
                 duration_ms=(time.perf_counter() - begun) * 1000,
             )
         return _Done(item, result, started)
-
-    async def _settle(self, batch: list[_Done]) -> None:
-        if not batch:
-            return
-        for attempt in range(5):
-            try:
-                await asyncio.to_thread(self._settle_batch, batch)
-                self.delivered += len(batch)
-                return
-            except Exception:
-                log.exception("settling %d deliveries failed (try %d)", len(batch), attempt + 1)
-                await asyncio.sleep(min(2.0**attempt * 0.1, 2.0))
-        # Not recorded: the leases expire and the deliveries are attempted again (same ids).
-
-    def _settle_batch(self, batch: list[_Done]) -> None:
-        with self._factory.begin() as session:
-            now = self._clock()
-            for item in batch:
-                outbox.settle(
-                    session,
-                    item.claimed,
-                    item.result,
-                    started_at=item.started_at,
-                    now=now,
-                    owner=self.name,
-                    settings=self._settings,
-                    rng=self._rng,
-                )
 
 
 def smtp_config(settings: AlertsSettings) -> email.SmtpConfig:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from random import Random
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
 from services.alerts import notify, retry
@@ -156,8 +156,9 @@ def claim(
         older.status == SENDING,
         older.id < Delivery.id,
     )
+    # Candidates by id only (a cheap, index-driven read); the chosen rows are loaded after.
     query = (
-        select(Delivery)
+        select(Delivery.id, Delivery.endpoint_id)
         .where(
             Delivery.status == PENDING,
             Delivery.next_attempt_at <= now,
@@ -168,16 +169,21 @@ def claim(
         .with_for_update(skip_locked=True)
     )
     counts = dict(busy)
-    chosen: list[Delivery] = []
-    for row in session.execute(query).scalars():
-        if counts.get(row.endpoint_id, 0) >= slots:
+    picked: list[int] = []
+    for delivery_id, endpoint_id in session.execute(query).all():
+        if counts.get(endpoint_id, 0) >= slots:
             continue
-        counts[row.endpoint_id] = counts.get(row.endpoint_id, 0) + 1
-        chosen.append(row)
-        if len(chosen) >= limit:
+        counts[endpoint_id] = counts.get(endpoint_id, 0) + 1
+        picked.append(delivery_id)
+        if len(picked) >= limit:
             break
-    if not chosen:
+    if not picked:
         return []
+    chosen = list(
+        session.execute(select(Delivery).where(Delivery.id.in_(picked)).order_by(Delivery.id))
+        .scalars()
+        .all()
+    )
     endpoint_ids = {d.endpoint_id for d in chosen}
     endpoints = {
         e.id: e
@@ -237,55 +243,110 @@ class Settled:
     disabled_endpoint: int | None = None
 
 
+@dataclass(frozen=True)
+class Attempted:
+    """One finished attempt of a claimed delivery, to be settled."""
+
+    claimed: Claimed
+    result: AttemptResult
+    started_at: datetime
+
+
 def settle(
     session: Session,
-    claimed: Claimed,
-    result: AttemptResult,
+    attempts: Sequence[Attempted],
     *,
-    started_at: datetime,
     now: datetime,
     owner: str,
     settings: AlertsSettings,
     rng: Random,
-) -> Settled:
-    """Record an attempt and move its delivery on, if this worker still holds the lease."""
-    session.add(
-        DeliveryAttempt(
-            delivery_id=claimed.id,
-            number=claimed.attempt,
-            started_at=started_at,
-            duration_ms=result.duration_ms,
-            outcome=result.outcome,
-            status_code=result.status_code,
-            error_class=result.error_class,
-            error=(result.error or "")[:500] or None,
-            response_body=result.response_body,
-            worker=owner,
-        )
+) -> list[Settled]:
+    """Record attempts and move their deliveries on where this worker still holds the lease.
+
+    A few statements for the whole batch: the attempts are inserted together, the deliveries
+    and their endpoints are locked and read in one query each.
+    """
+    if not attempts:
+        return []
+    session.execute(
+        insert(DeliveryAttempt),
+        [
+            {
+                "delivery_id": a.claimed.id,
+                "number": a.claimed.attempt,
+                "started_at": a.started_at,
+                "duration_ms": a.result.duration_ms,
+                "outcome": a.result.outcome,
+                "status_code": a.result.status_code,
+                "error_class": a.result.error_class,
+                "error": (a.result.error or "")[:500] or None,
+                "response_body": a.result.response_body,
+                "worker": owner,
+            }
+            for a in attempts
+        ],
     )
-    row = session.execute(
-        select(Delivery)
-        .where(
-            Delivery.id == claimed.id,
-            Delivery.lease_token == claimed.token,
-            Delivery.status == SENDING,
+    rows = {
+        d.id: d
+        for d in session.execute(
+            select(Delivery)
+            .where(Delivery.id.in_([a.claimed.id for a in attempts]), Delivery.status == SENDING)
+            .order_by(Delivery.id)
+            .with_for_update()
+        ).scalars()
+    }
+    held = [
+        a
+        for a in attempts
+        if (row := rows.get(a.claimed.id)) and row.lease_token == a.claimed.token
+    ]
+    # Successes only touch their endpoints' health columns: one statement for all of them.
+    healthy = sorted({a.claimed.endpoint_id for a in held if a.result.outcome == "delivered"})
+    if healthy:
+        session.execute(
+            update(Endpoint)
+            .where(Endpoint.id.in_(healthy))
+            .values(failing_since=None, last_success_at=now)
         )
-        .with_for_update()
-    ).scalar_one_or_none()
-    if row is None:
-        # The lease expired and the delivery was taken again (or cancelled): its new holder
-        # decides; this attempt is only logged.
-        return Settled(claimed.id, "lease-lost")
-    endpoint = session.get(Endpoint, row.endpoint_id, with_for_update=True)
-    assert endpoint is not None
+    failing = sorted({a.claimed.endpoint_id for a in held if a.result.outcome != "delivered"})
+    endpoints = {
+        e.id: e
+        for e in session.execute(
+            select(Endpoint).where(Endpoint.id.in_(failing)).order_by(Endpoint.id).with_for_update()
+        ).scalars()
+    } if failing else {}  # fmt: skip
+    out: list[Settled] = []
+    for a in attempts:
+        row = rows.get(a.claimed.id)
+        if row is None or row.lease_token != a.claimed.token:
+            # The lease expired and the delivery was taken again (or cancelled): its new
+            # holder decides; this attempt is only logged.
+            out.append(Settled(a.claimed.id, "lease-lost"))
+            continue
+        out.append(
+            _move_on(session, row, endpoints.get(row.endpoint_id), a.result, now, settings, rng)
+        )
+    session.flush()
+    return out
+
+
+def _move_on(
+    session: Session,
+    row: Delivery,
+    endpoint: Endpoint | None,
+    result: AttemptResult,
+    now: datetime,
+    settings: AlertsSettings,
+    rng: Random,
+) -> Settled:
+    """The next status of a delivery after one attempt (its endpoint is locked on failure)."""
     row.lease_owner = row.lease_token = row.lease_expires_at = None
     row.updated_at = now
     row.last_error = (result.error or "")[:300] or None
     if result.outcome == "delivered":
         row.status, row.settled_at = SUCCEEDED, now
-        endpoint.failing_since = None
-        endpoint.last_success_at = now
         return Settled(row.id, SUCCEEDED)
+    assert endpoint is not None
     if result.outcome in ("gone", "failed"):
         row.status, row.settled_at = FAILED, now
         reason = (

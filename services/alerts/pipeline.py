@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from services.alerts import notify, outbox, rules, triggers
@@ -36,7 +36,7 @@ from services.scoring import targets as scoring_targets
 from services.scoring.models import CurrentScore, Incident, IncidentChange, ScoreChange, Target
 from services.scoring.taxonomy import Band
 
-SCORE_FEED, INCIDENT_FEED = "score_change", "incident_change"
+SCORE_FEED, INCIDENT_FEED, SEED = "score_change", "incident_change", "seed"
 TRIGGERED = "triggered"  # the state of an event alert: it happened, there is nothing to clear
 
 
@@ -72,11 +72,54 @@ def watches(session: Session, tenant_ids: Iterable[int] | None) -> dict[int, lis
             Watch(
                 subscription=sub,
                 rule=rule,
-                params=parse_rule(rule.kind, rule.params),
+                params=_parsed(rule),
                 endpoints=[endpoints[e] for e in sub.endpoint_ids if e in endpoints],
             )
         )
     return out
+
+
+_PARSED: dict[tuple[int, datetime], ThresholdRuleIn | EventRuleIn] = {}
+
+
+def _parsed(rule: Rule) -> ThresholdRuleIn | EventRuleIn:
+    """A rule's validated body, parsed once per version (rules are read on every batch)."""
+    key = (rule.id, rule.updated_at)
+    found = _PARSED.get(key)
+    if found is None:
+        if len(_PARSED) > 50_000:
+            _PARSED.clear()
+        found = _PARSED[key] = parse_rule(rule.kind, rule.params)
+    return found
+
+
+class WatchIndex:
+    """A tenant's threshold watches by what they watch, so a change finds its rules quickly."""
+
+    def __init__(self, watches: Iterable[Watch]) -> None:
+        self._by_target: dict[int, list[Watch]] = defaultdict(list)
+        self._by_tag: dict[str, list[Watch]] = defaultdict(list)
+        self._all: list[Watch] = []
+        for watch in watches:
+            sub = watch.subscription
+            if sub.scope == "target" and sub.target_id is not None:
+                self._by_target[sub.target_id].append(watch)
+            elif sub.scope == "tag" and sub.tag is not None:
+                self._by_tag[sub.tag].append(watch)
+            else:
+                self._all.append(watch)
+
+    def __bool__(self) -> bool:
+        return bool(self._by_target or self._by_tag or self._all)
+
+    def for_target(self, target: Target) -> list[Watch]:
+        """The watches that apply to `target`, in rule order."""
+        found = [*self._by_target.get(target.id, ()), *self._all]
+        for tag in target.tags:
+            found.extend(self._by_tag.get(tag, ()))
+        return sorted(
+            (w for w in found if applies(w.subscription, target)), key=lambda w: w.rule.id
+        )
 
 
 def applies(subscription: Subscription, target: Target) -> bool:
@@ -102,6 +145,21 @@ def _lock_cursor(session: Session, name: str, now: datetime) -> FeedCursor | Non
     return cursor
 
 
+def backlog(session: Session) -> set[str]:
+    """Which inputs have work waiting (a cheap read, so idle passes take no write lock)."""
+    positions = dict(session.execute(select(FeedCursor.name, FeedCursor.position)).all())
+    heads = {
+        SCORE_FEED: session.execute(select(func.max(ScoreChange.id))).scalar_one_or_none() or 0,
+        INCIDENT_FEED: session.execute(select(func.max(IncidentChange.id))).scalar_one_or_none()
+        or 0,
+    }
+    waiting = {name for name, head in heads.items() if head > positions.get(name, 0)}
+    unseeded = session.execute(select(Rule.id).where(Rule.seeded.is_(False)).limit(1)).first()
+    if unseeded is not None:
+        waiting.add(SEED)
+    return waiting
+
+
 # --------------------------------------------------------------------------------------------
 # Threshold rules: score changes, seeding, timers
 
@@ -123,21 +181,24 @@ def consume_scores(session: Session, settings: AlertsSettings, now: datetime) ->
     )
     if not changes:
         return 0
-    by_tenant = watches(session, {c.tenant_id for c in changes})
+    by_tenant = {
+        tenant: WatchIndex(w for w in ws if isinstance(w.params, ThresholdRuleIn))
+        for tenant, ws in watches(session, {c.tenant_id for c in changes}).items()
+    }
     wanted = {c.target_id for c in changes if by_tenant.get(c.tenant_id)}
     targets = _targets(session, wanted)
     for change in changes:
         target = targets.get(change.target_id)
-        if target is None:
-            continue  # deleted since: its alerts went with it
+        index = by_tenant.get(change.tenant_id)
+        if target is None or index is None:
+            continue  # deleted since (its alerts went with it), or nobody watches
         snapshot = change_snapshot(change)
-        for watch in by_tenant.get(change.tenant_id, ()):
-            if isinstance(watch.params, ThresholdRuleIn) and applies(watch.subscription, target):
-                row = _alert_row(session, watch, target.id, 0, now)
-                observe(
-                    session, row, watch, target, change.value, Band(change.band), snapshot, now,
-                    settings.public_url,
-                )  # fmt: skip
+        for watch in index.for_target(target):
+            row = _alert_row(session, watch, target.id, 0, now)
+            observe(
+                session, row, watch, target, change.value, Band(change.band), snapshot, now,
+                settings.public_url,
+            )  # fmt: skip
     cursor.position = changes[-1].id
     cursor.updated_at = now
     return len(changes)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.core.auth import Role, hash_key
+from services.core.auth import TENANT_ROLES, Role, hash_key
 from services.core.models import ApiKey, Tenant
 from services.scoring import incidents, queue, schemas, scores, targets
 
@@ -329,7 +329,7 @@ def load(session: Session, now: datetime, model: scores.ActiveModel) -> int:
                 "demo tenant key",
                 DEMO_TENANT_KEY,
                 tenant.id,
-                [Role.SCORES_READ.value, Role.TARGETS_WRITE.value],
+                [r.value for r in sorted(TENANT_ROLES)],
             ),
             ("demo ingest key", DEMO_INGEST_KEY, None, [Role.INCIDENTS_WRITE.value]),
         ):

@@ -1,0 +1,419 @@
+"""Alert delivery benchmarks: ingest-to-webhook latency and fan-out, against real processes.
+
+    .venv/bin/python -m benchmarks.alerts --backend both          # full sizes (docs/benchmarks.md)
+    .venv/bin/python -m benchmarks.alerts --backend sqlite --sites 1000 --corridors 100 \
+        --subscriptions 100 --duration 10 --fanout 1000            # a quick smoke run
+
+Latency: kidnappings are posted at a steady rate near subscribed sites (each subscription has a
+`kidnapping_nearby` event rule and a band threshold rule); for every signed webhook the
+receiver gets about such an incident, latency = arrival - the moment the POST was answered.
+Fan-out: deliveries are written to the outbox in one transaction, then the workers start;
+the receiver counts every `webhook-id` (duplicates and losses are reported).
+Every process binds 127.0.0.1, every wait has a deadline, and everything started is stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select, text
+
+from benchmarks.run import (
+    ADMIN_KEY,
+    BIN,
+    RESULTS,
+    Database,
+    Server,
+    free_port,
+    log,
+    machine,
+    pct,
+    preload,
+    scratch_database,
+    start_process,
+    stop_process,
+    stop_server,
+    wait_ready,
+)
+from services.alerts import outbox
+from services.alerts.models import Delivery, Endpoint, EndpointSecret, Rule, Subscription
+from services.alerts.schemas import parse_rule
+from services.alerts.signing import generate_secret
+from services.core.db import make_engine, make_sessionmaker
+from services.scoring.models import Target
+
+TARGETS = {"latency_p50_ms": 200.0, "latency_p99_ms": 1000.0, "fanout_per_s": 500.0}
+
+
+def env_for(db: Database, inline: bool) -> dict[str, str]:
+    """The environment of every riskalert process of a run."""
+    env = dict(os.environ)
+    env.update(
+        RISKALERT_DATABASE_URL=db.url,
+        RISKALERT_ADMIN_API_KEY=ADMIN_KEY,
+        RISKALERT_INLINE_WORKER="true" if inline else "false",
+        RISKALERT_AUTO_MIGRATE="false",
+        RISKALERT_RESCORE_INTERVAL="P1D",
+        RISKALERT_WEBHOOK_ALLOW_HTTP="true",
+        RISKALERT_WEBHOOK_ALLOWLIST='["127.0.0.1"]',
+    )
+    return env
+
+
+def start_receiver(secret: str, logs: Path) -> Server:
+    """The verifying receiver, in its own process."""
+    port = free_port()
+    log_path = logs / "receiver.log"
+    proc = start_process(
+        [sys.executable, "-m", "benchmarks.receiver", "--port", str(port), "--secret", secret],
+        dict(os.environ),
+        log_path,
+    )
+    server = Server("receiver", proc, port, log_path)
+    wait_ready(server, "/stats")
+    return server
+
+
+def subscribe(
+    db: Database, tenant_id: int, n: int, receiver: Server, secret: str, seed: int
+) -> list[int]:
+    """n endpoints and subscriptions on random sites, written directly; the subscribed site ids."""
+    engine = make_engine(db.url)
+    factory = make_sessionmaker(engine)
+    rng = Random(seed)
+    now = datetime.now(UTC)
+    try:
+        with factory.begin() as session:
+            site_ids = list(
+                session.execute(
+                    select(Target.id).where(Target.tenant_id == tenant_id, Target.kind == "site")
+                ).scalars()
+            )
+            chosen = rng.sample(site_ids, min(n, len(site_ids)))
+            for i, site_id in enumerate(chosen):
+                endpoint = Endpoint(
+                    tenant_id=tenant_id, kind="webhook", name=f"hook {i}",
+                    address=f"{receiver.base}/hook/{i}", enabled=True,
+                    created_at=now, updated_at=now,
+                )  # fmt: skip
+                session.add(endpoint)
+                session.flush()
+                session.add(EndpointSecret(endpoint_id=endpoint.id, secret=secret, created_at=now))
+                sub = Subscription(
+                    tenant_id=tenant_id, name=f"site {site_id}", scope="target",
+                    target_id=site_id, endpoint_ids=[endpoint.id], digest_bands=[],
+                    enabled=True, created_at=now, updated_at=now,
+                )  # fmt: skip
+                session.add(sub)
+                session.flush()
+                bodies = [
+                    ("threshold", {"kind": "threshold", "metric": "band", "raise_at": "high",
+                                   "clear_at": "elevated"}),
+                    ("event", {"kind": "event", "trigger": "kidnapping_nearby", "radius_km": 50}),
+                ]  # fmt: skip
+                for kind, params in bodies:
+                    session.add(
+                        Rule(
+                            subscription_id=sub.id, tenant_id=tenant_id, kind=kind,
+                            params=_rule_params(kind, params), enabled=True,
+                            # Switched on now: earlier history is not news (see the cursor).
+                            seeded=True, created_at=now, updated_at=now,
+                        )
+                    )  # fmt: skip
+            # The alerts service starts reading the feeds from here.
+            for feed in ("score_change", "incident_change"):
+                session.execute(
+                    text(
+                        f"UPDATE feed_cursor SET position = (SELECT COALESCE(MAX(id), 0) "
+                        f"FROM {feed}) WHERE name = :name"
+                    ),
+                    {"name": feed},
+                )
+        return chosen
+    finally:
+        engine.dispose()
+
+
+def _rule_params(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    return parse_rule(kind, params).model_dump(mode="json")
+
+
+def site_points(db: Database, ids: list[int]) -> list[tuple[float, float]]:
+    """(lat, lon) of the given sites."""
+    engine = make_engine(db.url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(Target.id, Target.coordinates).where(Target.id.in_(ids)))
+            by_id = {i: c for i, c in rows}
+    finally:
+        engine.dispose()
+    return [(by_id[i][0][1], by_id[i][0][0]) for i in ids if i in by_id]
+
+
+def start_stack(db: Database, logs: Path, workers: int, role: str = "all") -> Server:
+    """SQLite: the default single process (API with inline workers); Postgres: API + workers."""
+    inline = workers == 0
+    env = env_for(db, inline)
+    port = free_port()
+    log_path = logs / f"api-{db.backend}.log"
+    proc = start_process(
+        [str(BIN / "riskalert"), "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
+    )
+    server = Server(f"riskalert serve ({db.backend})", proc, port, log_path)
+    for n in range(workers):
+        server.extra.append(
+            start_process(
+                [str(BIN / "riskalert"), "worker", "--role", role],
+                env,
+                logs / f"worker-{db.backend}-{n}.log",
+            )
+        )
+    try:
+        wait_ready(server, "/readyz")
+    except Exception:
+        stop_server(server)
+        raise
+    return server
+
+
+def receiver_stats(receiver: Server) -> dict[str, Any]:
+    """Everything the receiver has recorded."""
+    stats: dict[str, Any] = httpx.get(receiver.base + "/stats", timeout=30).json()
+    return stats
+
+
+async def _post_incidents(
+    api: Server, ingest_key: str, points: list[tuple[float, float]], rate: float, duration: float,
+    seed: int,
+) -> dict[int, float]:  # fmt: skip
+    """Post kidnappings near the points at a steady rate; incident id -> time it was accepted."""
+    rng = Random(seed)
+    accepted: dict[int, float] = {}
+    errors = 0
+    headers = {"Authorization": f"Bearer {ingest_key}"}
+    now = datetime.now(UTC)
+    async with httpx.AsyncClient(base_url=api.base, headers=headers, timeout=30) as client:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            lat, lon = rng.choice(points)
+            body = {
+                "source": "bench-latency",
+                "source_id": f"k{i}-{seed}",
+                "category": "kidnapping",
+                "occurred_at": (now - timedelta(hours=2)).isoformat(),
+                "location": {
+                    "type": "Point",
+                    "coordinates": [lon + rng.uniform(-0.05, 0.05), lat + rng.uniform(-0.05, 0.05)],
+                },
+                "victim_profile": {"expatriate": True},
+                "title": f"bench kidnapping {i}",
+            }
+            response = await client.post("/v1/incidents", json=body)
+            if response.status_code in (200, 201):
+                accepted[response.json()["id"]] = time.time()
+            else:
+                errors += 1
+
+        started = time.perf_counter()
+        tasks = []
+        for i in range(int(rate * duration)):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    if errors:
+        log(f"{errors} incident posts failed")
+    return accepted
+
+
+def latency(
+    db: Database, logs: Path, keys: Any, points: list[tuple[float, float]], receiver: Server,
+    args: argparse.Namespace,
+) -> dict[str, Any]:  # fmt: skip
+    """Ingest-to-webhook latency at a steady rate."""
+    workers = 0 if db.backend == "sqlite" else args.latency_workers
+    api = start_stack(db, logs, workers)
+    try:
+        httpx.post(receiver.base + "/reset", timeout=10)
+        accepted = asyncio.run(
+            _post_incidents(api, keys.ingest, points, args.rate, args.duration, args.seed)
+        )
+        deadline = time.perf_counter() + args.drain_deadline
+        got: list[float] = []
+        while time.perf_counter() < deadline:
+            records = receiver_stats(receiver)["records"]
+            triggered = [r for r in records if r["type"] == "alert.triggered"]
+            seen = {r["incident_id"] for r in triggered}
+            if set(accepted) <= seen:
+                break
+            time.sleep(0.5)
+        stats = receiver_stats(receiver)
+        triggered = [r for r in stats["records"] if r["type"] == "alert.triggered"]
+        got = [
+            (r["at"] - accepted[r["incident_id"]]) * 1000
+            for r in triggered
+            if r["incident_id"] in accepted
+        ]
+        missing = len(set(accepted) - {r["incident_id"] for r in triggered})
+        others = dict(
+            Counter(r["type"] for r in stats["records"] if r["type"] != "alert.triggered")
+        )
+    finally:
+        stop_server(api)
+    return {
+        "incidents": len(accepted),
+        "webhooks": len(got),
+        "incidents_without_webhook": missing,
+        "p50_ms": round(statistics.median(got), 1) if got else None,
+        "p90_ms": round(pct(got, 90), 1) if got else None,
+        "p99_ms": round(pct(got, 99), 1) if got else None,
+        "max_ms": round(max(got), 1) if got else None,
+        "threshold_webhooks": others,
+        "rejected_signatures": stats["rejected"],
+        "workers": workers or "inline",
+    }
+
+
+def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """Write n deliveries across every endpoint at once, then let the workers send them."""
+    engine = make_engine(db.url)
+    factory = make_sessionmaker(engine)
+    now = datetime.now(UTC)
+    try:
+        with factory.begin() as session:
+            # Whatever the latency phase left behind is not part of this measurement.
+            session.execute(
+                Delivery.__table__.update()
+                .where(Delivery.status.in_(("pending", "sending")))
+                .values(status="cancelled")
+            )
+            endpoints = list(session.execute(select(Endpoint).order_by(Endpoint.id)).scalars())
+            for i in range(args.fanout):
+                endpoint = endpoints[i % len(endpoints)]
+                outbox.enqueue(
+                    session, tenant_id=endpoint.tenant_id, endpoints=[endpoint], alert_id=None,
+                    event_type="endpoint.test", sequence=0,
+                    payload={"type": "endpoint.test", "timestamp": now.isoformat(),
+                             "data": {"endpoint": {"id": endpoint.id}, "n": i}},
+                    now=now,
+                )  # fmt: skip
+        httpx.post(receiver.base + "/reset", timeout=10)
+        workers = 0 if db.backend == "sqlite" else args.fanout_workers
+        started = time.time()
+        stack = start_stack(db, logs, workers, role="alerts")
+        try:
+            deadline = time.perf_counter() + args.drain_deadline
+            while time.perf_counter() < deadline:
+                if len(receiver_stats(receiver)["records"]) >= args.fanout:
+                    break
+                time.sleep(0.25)
+            # Anything still in flight or duplicated arrives now.
+            time.sleep(1.0)
+            stats = receiver_stats(receiver)
+        finally:
+            stop_server(stack)
+        with factory() as session:
+            by_status = dict(
+                session.execute(
+                    select(Delivery.status, func.count()).group_by(Delivery.status)
+                ).all()
+            )
+            by_worker = dict(
+                session.execute(
+                    text("SELECT worker, count(*) FROM delivery_attempt GROUP BY worker")
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    records = stats["records"]
+    ids = [r["id"] for r in records]
+    arrivals = sorted(r["at"] for r in records)
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else None
+    return {
+        "deliveries": args.fanout,
+        "received": len(ids),
+        "unique": len(set(ids)),
+        "duplicates": len(ids) - len(set(ids)),
+        "lost": args.fanout - len(set(ids)),
+        "per_s_first_to_last": round(len(ids) / span, 1) if span else None,
+        "per_s_including_start": round(len(ids) / (arrivals[-1] - started), 1)
+        if arrivals
+        else None,
+        "workers": workers or "inline (1 process)",
+        "attempts_per_worker": sorted(by_worker.values(), reverse=True),
+        "status": {str(k): int(v) for k, v in by_status.items()},
+        "rejected_signatures": stats["rejected"],
+    }
+
+
+def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
+    """Every phase on one engine."""
+    out: dict[str, Any] = {"backend": backend}
+    secret = generate_secret()
+    receiver = start_receiver(secret, logs)
+    try:
+        with scratch_database(backend, keep=False) as db:
+            started = time.perf_counter()
+            keys, figures = preload(db, args.sites, args.corridors, args.seed)
+            chosen = subscribe(db, keys.tenant_id, args.subscriptions, receiver, secret, args.seed)
+            out["setup_s"] = round(time.perf_counter() - started, 1)
+            out["setup"] = figures
+            points = site_points(db, chosen)
+            log(f"{backend}: latency at {args.rate}/s for {args.duration} s")
+            out["latency"] = latency(db, logs, keys, points, receiver, args)
+            log(f"{backend}: {out['latency']}")
+            log(f"{backend}: fan-out of {args.fanout}")
+            out["fanout"] = fanout(db, logs, receiver, args)
+            log(f"{backend}: {out['fanout']}")
+    finally:
+        stop_process(receiver.proc)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--sites", type=int, default=10_000)
+    parser.add_argument("--corridors", type=int, default=1_000)
+    parser.add_argument("--subscriptions", type=int, default=1_000)
+    parser.add_argument("--rate", type=float, default=20.0, help="incidents per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of steady load")
+    parser.add_argument("--latency-workers", type=int, default=2, help="Postgres worker processes")
+    parser.add_argument("--fanout", type=int, default=10_000)
+    parser.add_argument("--fanout-workers", type=int, default=4)
+    parser.add_argument("--drain-deadline", type=float, default=180.0)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    logs = RESULTS / "logs-alerts"
+    logs.mkdir(exist_ok=True)
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "args": vars(args),
+        "targets": TARGETS,
+        "runs": [run_backend(b, args, logs) for b in backends],
+    }
+    path = RESULTS / "alerts.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    log(f"results in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""A webhook receiver for the benchmarks: verifies every request with `standardwebhooks`.
+
+    .venv/bin/python -m benchmarks.receiver --port 9100 --secret whsec_...
+
+POST anything: verified, recorded, answered 204 (401 when the signature does not verify).
+GET /stats: every record so far as JSON. POST /reset: forget them. Binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import uvicorn
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Receiver:
+    """A raw ASGI app: no framework between the socket and the verifier."""
+
+    def __init__(self, secret: str) -> None:
+        self._webhook = Webhook(secret)
+        self.records: list[dict[str, Any]] = []
+        self.rejected = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        arrived = time.time()
+        if scope["method"] == "GET" and scope["path"] == "/stats":
+            await _answer(
+                send, 200, json.dumps({"records": self.records, "rejected": self.rejected})
+            )
+            return
+        if scope["method"] == "POST" and scope["path"] == "/reset":
+            self.records, self.rejected = [], 0
+            await _answer(send, 204, "")
+            return
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        try:
+            payload = self._webhook.verify(body, headers)
+        except WebhookVerificationError:
+            self.rejected += 1
+            await _answer(send, 401, "")
+            return
+        data = payload.get("data", {})
+        incident = data.get("incident") or {}
+        self.records.append(
+            {
+                "id": headers["webhook-id"],
+                "at": arrived,
+                "path": scope["path"],
+                "type": payload.get("type"),
+                "incident_id": incident.get("id"),
+            }
+        )
+        await _answer(send, 204, "")
+
+
+async def _answer(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--secret", required=True)
+    args = parser.parse_args()
+    uvicorn.run(
+        Receiver(args.secret),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()
