@@ -16,6 +16,9 @@ PATH_PARAM = re.compile(r"\{([^}]+)\}")
 HTTP_METHODS = ("get", "put", "post", "patch", "delete")
 # Path parameters naming platform resources, which no tenant owns.
 PLATFORM_PARAMS = frozenset({"incident_id", "key_id", "tenant_id"})
+# Path parameters that are capabilities, not tenant resources: whoever holds an email's
+# unsubscribe link may use it, without a key (tested in test_alerts_api.py).
+CAPABILITY_PARAMS = frozenset({"token"})
 # Incidents are platform-wide intelligence (the incidents behind every tenant's scores): any
 # reader key may read them, so tenant B reading one is not a leak of tenant A's data.
 SHARED_READS = frozenset({("GET", "/v1/incidents/{incident_id}")})
@@ -30,7 +33,25 @@ EXPECTED_TENANT_OPERATIONS = frozenset(
         ("GET", "/score"),
         ("GET", "/score-history"),
     )
-)
+) | {
+    ("GET", "/v1/endpoints/{endpoint_id}"),
+    ("PATCH", "/v1/endpoints/{endpoint_id}"),
+    ("DELETE", "/v1/endpoints/{endpoint_id}"),
+    ("POST", "/v1/endpoints/{endpoint_id}/rotate-secret"),
+    ("POST", "/v1/endpoints/{endpoint_id}/test"),
+    ("GET", "/v1/subscriptions/{subscription_id}"),
+    ("PATCH", "/v1/subscriptions/{subscription_id}"),
+    ("DELETE", "/v1/subscriptions/{subscription_id}"),
+    ("POST", "/v1/subscriptions/{subscription_id}/rules"),
+    ("PUT", "/v1/subscriptions/{subscription_id}/rules/{rule_id}"),
+    ("DELETE", "/v1/subscriptions/{subscription_id}/rules/{rule_id}"),
+    ("GET", "/v1/alerts/{alert_id}"),
+    ("POST", "/v1/alerts/{alert_id}/acknowledge"),
+    ("POST", "/v1/alerts/{alert_id}/snooze"),
+    ("DELETE", "/v1/alerts/{alert_id}/snooze"),
+    ("GET", "/v1/deliveries/{delivery_id}"),
+    ("POST", "/v1/deliveries/{delivery_id}/replay"),
+}
 
 
 def site_body(name: str = "Mine", lon: float = -8.0, lat: float = 12.6) -> dict[str, Any]:
@@ -62,7 +83,15 @@ def incident_body(source_id: str = "inc-1") -> dict[str, Any]:
 
 
 # Request bodies by the schema a route's OpenAPI operation names.
-BODIES = {"SiteIn": site_body("B's replacement"), "CorridorIn": corridor_body("B's replacement")}
+BODIES = {
+    "SiteIn": site_body("B's replacement"),
+    "CorridorIn": corridor_body("B's replacement"),
+    "EndpointPatch": {"name": "B's", "enabled": False},
+    "RotateSecretIn": {"grace": "PT1H"},
+    "SubscriptionPatch": {"name": "B's", "enabled": False},
+    "ThresholdRuleIn": {"kind": "threshold", "raise_at": 50},
+    "SnoozeIn": {"until_band_rises": True},
+}
 
 
 def assert_not_found_problem(response: httpx.Response, what: str) -> None:
@@ -78,8 +107,10 @@ def request_body(operation: dict[str, Any]) -> dict[str, Any] | None:
     body = operation.get("requestBody")
     if body is None:
         return None
-    ref = body["content"]["application/json"]["schema"]["$ref"]
-    name = ref.rsplit("/", 1)[-1]
+    schema = body["content"]["application/json"]["schema"]
+    # An optional body is anyOf [model, null]; a discriminated union is oneOf its models.
+    choices = [schema] if "$ref" in schema else schema.get("anyOf", []) + schema.get("oneOf", [])
+    name = next(c["$ref"] for c in choices if "$ref" in c).rsplit("/", 1)[-1]
     assert name in BODIES, f"no body for schema {name}: add a minimal valid one to BODIES"
     return BODIES[name]
 
@@ -103,6 +134,53 @@ def make_tenant_a_resources(api: Api) -> dict[str, int]:
     return {"site_id": site.json()["id"], "corridor_id": corridor.json()["id"]}
 
 
+def make_tenant_a_alert_resources(api: Api, site_id: int) -> dict[str, int]:
+    """An endpoint, a subscription with its rule, the alert it raised and a delivery."""
+    endpoint = api.client.post(
+        "/v1/endpoints",
+        headers=api.a,
+        json={"kind": "email", "name": "A's desk", "address": "desk@a.example.com"},
+    )
+    assert endpoint.status_code == 201, endpoint.text
+    subscription = api.client.post(
+        "/v1/subscriptions",
+        headers=api.a,
+        json={
+            "name": "A's watch",
+            "scope": "target",
+            "target_id": site_id,
+            "endpoint_ids": [endpoint.json()["id"]],
+            "rules": [{"kind": "threshold", "raise_at": 0}],  # fires on any score
+        },
+    )
+    assert subscription.status_code == 201, subscription.text
+    delivery = api.client.post(f"/v1/endpoints/{endpoint.json()['id']}/test", headers=api.a)
+    assert delivery.status_code == 202, delivery.text
+    api.drain_alerts()
+    alerts = api.client.get("/v1/alerts", headers=api.a).json()["alerts"]
+    assert len(alerts) == 1, alerts
+    return {
+        "endpoint_id": endpoint.json()["id"],
+        "subscription_id": subscription.json()["id"],
+        "rule_id": subscription.json()["rules"][0]["id"],
+        "alert_id": alerts[0]["id"],
+        "delivery_id": delivery.json()["id"],
+    }
+
+
+def tenant_a_state(api: Api, ids: dict[str, int]) -> dict[str, Any]:
+    """What tenant A reads of each of its resources."""
+    paths = {
+        "site": f"/v1/sites/{ids['site_id']}",
+        "corridor": f"/v1/corridors/{ids['corridor_id']}",
+        "endpoint": f"/v1/endpoints/{ids['endpoint_id']}",
+        "subscription": f"/v1/subscriptions/{ids['subscription_id']}",
+        "alert": f"/v1/alerts/{ids['alert_id']}",
+        "delivery": f"/v1/deliveries/{ids['delivery_id']}",
+    }
+    return {name: api.client.get(path, headers=api.a).json() for name, path in paths.items()}
+
+
 def make_platform_resources(api: Api) -> dict[str, int]:
     incident = api.client.post("/v1/incidents", headers=api.ingest, json=incident_body())
     key = api.client.post(
@@ -121,13 +199,11 @@ def make_platform_resources(api: Api) -> dict[str, int]:
 
 def test_tenant_b_gets_404_problem_on_every_route_naming_tenant_a_resources(api: Api) -> None:
     a_ids = make_tenant_a_resources(api)
-    before = {
-        "site": api.client.get(f"/v1/sites/{a_ids['site_id']}", headers=api.a).json(),
-        "corridor": api.client.get(f"/v1/corridors/{a_ids['corridor_id']}", headers=api.a).json(),
-    }
+    a_ids.update(make_tenant_a_alert_resources(api, a_ids["site_id"]))
+    before = tenant_a_state(api, a_ids)
     walked = set()
     for method, path, operation, params in operations(api):
-        if not params or set(params) & PLATFORM_PARAMS:
+        if not params or set(params) & (PLATFORM_PARAMS | CAPABILITY_PARAMS):
             continue
         unknown = [p for p in params if p not in a_ids]
         assert not unknown, f"{method} {path}: give tenant A an id for {unknown} in this test"
@@ -143,12 +219,8 @@ def test_tenant_b_gets_404_problem_on_every_route_naming_tenant_a_resources(api:
         assert response.json()["detail"] == missing.json()["detail"]
         walked.add((method, path))
     assert walked >= EXPECTED_TENANT_OPERATIONS, EXPECTED_TENANT_OPERATIONS - walked
-    # B's PUT and DELETE were refused: A's resources are still there, unchanged.
-    after = {
-        "site": api.client.get(f"/v1/sites/{a_ids['site_id']}", headers=api.a).json(),
-        "corridor": api.client.get(f"/v1/corridors/{a_ids['corridor_id']}", headers=api.a).json(),
-    }
-    assert after == before
+    # B's writes were refused: A's resources are still there, unchanged.
+    assert tenant_a_state(api, a_ids) == before
 
 
 def test_tenant_b_gets_no_success_on_platform_routes_except_shared_incident_reads(

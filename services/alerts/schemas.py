@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.alerts import rules
+from services.core.problems import Problem
+from services.scoring import schemas as scoring_schemas
 from services.scoring.taxonomy import Band, Category
 
 BAND_RANK = {band: rank for rank, band in enumerate(Band)}
@@ -38,10 +43,12 @@ class ThresholdRuleIn(Strict):
     kind: Literal["threshold"] = "threshold"
     metric: Metric = Metric.SCORE
     raise_at: Annotated[float, Field(ge=0, le=100)] | Band = Field(
-        description="Score (0-100) or band at which the alert raises."
+        union_mode="left_to_right",
+        description="Score (0-100) or band at which the alert raises.",
     )
     clear_at: Annotated[float, Field(ge=0, le=100)] | Band | None = Field(
         None,
+        union_mode="left_to_right",
         description=(
             "Score or band below which it clears (hysteresis); defaults to 10 points below "
             "raise_at for scores, to raise_at for bands."
@@ -153,3 +160,496 @@ def parse_rule(kind: str, params: dict[str, object]) -> ThresholdRuleIn | EventR
     if kind == "threshold":
         return ThresholdRuleIn.model_validate(params)
     return EventRuleIn.model_validate(params)
+
+
+# --------------------------------------------------------------------------------------------
+# API bodies: endpoints, subscriptions, alerts and deliveries
+
+MAX_URL_LENGTH = 2048
+MAX_ADDRESS_LENGTH = 254
+MAX_GRACE = timedelta(days=7)
+MAX_SNOOZE = timedelta(days=30)
+MAX_ENDPOINTS_PER_SUBSCRIPTION = 20
+MAX_RULES_PER_SUBSCRIPTION = 20
+MAX_ALERT_EVENTS = 100
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+RowId = scoring_schemas.RowId
+Timestamp = scoring_schemas.Timestamp
+
+
+class ApiIn(scoring_schemas.Strict):
+    """A request body of the alerts API: unknown fields and NUL characters are refused."""
+
+
+FieldErrors = list[tuple[tuple[str | int, ...], str]]
+
+
+def invalid(errors: FieldErrors, title: str) -> ValidationError:
+    """A validation error naming each field at fault, for model validators to raise."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("invalid", "{reason}", {"reason": reason}),
+                loc=loc,
+                input=None,
+            )
+            for loc, reason in errors
+        ],
+    )
+
+
+def invalid_body(errors: FieldErrors) -> Problem:
+    """The 422 problem naming each body field at fault (checks that need the database)."""
+    located = [
+        (".".join(str(p) for p in loc), "".join(f"/{p}" for p in loc), reason)
+        for loc, reason in errors
+    ]
+    return Problem(
+        422,
+        "validation",
+        f"invalid value in: {', '.join(sorted({field for field, _, _ in located}))}",
+        errors=[
+            {"in": "body", "pointer": pointer, "field": field, "reason": reason}
+            for field, pointer, reason in located
+        ],
+    )
+
+
+def _web_url(value: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("URL must not contain whitespace or control characters")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"invalid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("URL must be http(s)")
+    if not parts.hostname:
+        raise ValueError("URL needs a host")
+    return value
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_URL_LENGTH, description="https:// URL of the receiver."),
+    AfterValidator(_web_url),
+]
+
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"(?:{_LABEL}\.)+[A-Za-z](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?")
+
+
+def _email_address(value: str) -> str:
+    # ASCII addresses only (no quoted local parts, no IP literals): what every relay accepts.
+    local, at, domain = value.rpartition("@")
+    if not at or len(local) > 64 or not _LOCAL_PART.fullmatch(local):
+        raise ValueError("not an email address (local part)")
+    if len(domain) > 253 or not _DOMAIN.fullmatch(domain):
+        raise ValueError("not an email address (domain)")
+    return value
+
+
+EmailAddress = Annotated[
+    str,
+    Field(min_length=3, max_length=MAX_ADDRESS_LENGTH, description="An ASCII email address."),
+    AfterValidator(_email_address),
+]
+
+
+class EndpointKind(StrEnum):
+    """How an endpoint is reached."""
+
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
+class EndpointIn(ApiIn):
+    """A new endpoint: `{kind: webhook, name, url}` or `{kind: email, name, address}`."""
+
+    kind: EndpointKind
+    name: Name
+    url: WebhookUrl | None = Field(None, description="Webhooks only.")
+    address: EmailAddress | None = Field(None, description="Email only.")
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> EndpointIn:
+        errors = _kind_errors(self.kind, url=self.url, address=self.address, new=True)
+        if errors:
+            raise invalid(errors, type(self).__name__)
+        return self
+
+
+def _kind_errors(
+    kind: EndpointKind, *, url: str | None, address: str | None, new: bool
+) -> FieldErrors:
+    """Where `url` and `address` do not fit an endpoint of `kind`."""
+    wanted, other = ("url", "address") if kind is EndpointKind.WEBHOOK else ("address", "url")
+    given = {"url": url, "address": address}
+    errors: FieldErrors = []
+    if new and given[wanted] is None:
+        errors.append(((wanted,), f"required for {kind.value} endpoints"))
+    if given[other] is not None:
+        errors.append(((other,), f"not applicable to {kind.value} endpoints"))
+    return errors
+
+
+class EndpointPatch(ApiIn):
+    """Changes to an endpoint; absent fields stay as they are."""
+
+    name: Name | None = None
+    url: WebhookUrl | None = Field(None, description="Webhooks only; checked again.")
+    address: EmailAddress | None = Field(None, description="Email only.")
+    enabled: bool | None = Field(
+        None, description="true re-enables a disabled endpoint and forgets its failures."
+    )
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> EndpointPatch:
+        errors = _null_errors(self, set(type(self).model_fields))
+        if errors:
+            raise invalid(errors, type(self).__name__)
+        return self
+
+    def kind_errors(self, kind: EndpointKind) -> FieldErrors:
+        """Where this patch does not fit an endpoint of `kind`."""
+        return _kind_errors(kind, url=self.url, address=self.address, new=False)
+
+
+def _null_errors(model: BaseModel, not_nullable: set[str]) -> FieldErrors:
+    return [
+        ((name,), "must not be null")
+        for name in sorted(model.model_fields_set & not_nullable)
+        if getattr(model, name) is None
+    ]
+
+
+class RotateSecretIn(ApiIn):
+    """How long the current secret keeps signing after the rotation."""
+
+    grace: Annotated[timedelta, Field(ge=timedelta(0), le=MAX_GRACE)] | None = Field(
+        None, description="ISO 8601 duration or seconds, at most 7 days; default from settings."
+    )
+
+
+class EndpointOut(BaseModel):
+    """An endpoint, without its secrets."""
+
+    id: int
+    kind: EndpointKind
+    name: str
+    url: str | None
+    address: str | None
+    enabled: bool
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    failing_since: datetime | None
+    last_success_at: datetime | None
+    secrets_in_grace: int | None = Field(
+        None, description="Webhooks: rotated-out secrets still signing."
+    )
+    secret_rotated_at: datetime | None = Field(
+        None, description="Webhooks: when the current secret replaced another."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+class EndpointWithSecret(EndpointOut):
+    """An endpoint with its new signing secret, shown in this response only."""
+
+    secret: str | None = Field(
+        description="Webhooks: the `whsec_...` signing secret, never shown again."
+    )
+
+
+class EndpointPage(BaseModel):
+    """A page of endpoints; pass `next_cursor` as `after` for the next page."""
+
+    endpoints: list[EndpointOut]
+    next_cursor: int | None
+
+
+class SubscriptionScope(StrEnum):
+    """Which of the tenant's targets a subscription watches."""
+
+    TARGET = "target"
+    TAG = "tag"
+    ALL = "all"
+
+
+def scope_errors(scope: SubscriptionScope, target_id: int | None, tag: str | None) -> FieldErrors:
+    """Where `target_id` and `tag` do not fit `scope`."""
+    errors: FieldErrors = []
+    for field, value, needed_by in (
+        ("target_id", target_id, SubscriptionScope.TARGET),
+        ("tag", tag, SubscriptionScope.TAG),
+    ):
+        if scope is needed_by and value is None:
+            errors.append(((field,), f"required when scope is {needed_by.value}"))
+        elif scope is not needed_by and value is not None:
+            errors.append(((field,), f"only applies when scope is {needed_by.value}"))
+    return errors
+
+
+def duplicate_errors(ids: list[int], field: str) -> FieldErrors:
+    """An error at each position repeating an earlier id."""
+    return [((field, i), f"{v} is listed twice") for i, v in enumerate(ids) if v in ids[:i]]
+
+
+EndpointIds = Annotated[
+    list[RowId],
+    Field(
+        min_length=1,
+        max_length=MAX_ENDPOINTS_PER_SUBSCRIPTION,
+        description="Distinct ids of the tenant's endpoints.",
+    ),
+]
+DigestBands = Annotated[
+    list[Band],
+    Field(max_length=len(Band), description="Bands sent in the daily digest instead of at once."),
+]
+Tag = scoring_schemas.Tag
+
+
+class SubscriptionIn(ApiIn):
+    """What to watch (one target, a tag, or everything), where to notify, and under which rules."""
+
+    name: Name
+    scope: SubscriptionScope
+    target_id: RowId | None = Field(None, description="The site or corridor (scope target).")
+    tag: Tag | None = Field(None, description="Targets carrying this tag (scope tag).")
+    endpoint_ids: EndpointIds
+    rules: Annotated[list[RuleIn], Field(min_length=1, max_length=MAX_RULES_PER_SUBSCRIPTION)]
+    digest_bands: DigestBands = []
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SubscriptionIn:
+        errors = scope_errors(self.scope, self.target_id, self.tag)
+        errors += duplicate_errors(self.endpoint_ids, "endpoint_ids")
+        if errors:
+            raise invalid(errors, type(self).__name__)
+        self.digest_bands = sorted(set(self.digest_bands), key=BAND_RANK.__getitem__)
+        return self
+
+
+class SubscriptionPatch(ApiIn):
+    """Changes to a subscription; absent fields stay (target_id and tag may be set to null)."""
+
+    name: Name | None = None
+    scope: SubscriptionScope | None = Field(
+        None, description="Changing it re-evaluates every rule against current scores."
+    )
+    target_id: RowId | None = None
+    tag: Tag | None = None
+    endpoint_ids: EndpointIds | None = None
+    digest_bands: DigestBands | None = None
+    enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SubscriptionPatch:
+        errors = _null_errors(self, set(type(self).model_fields) - {"target_id", "tag"})
+        errors += duplicate_errors(self.endpoint_ids or [], "endpoint_ids")
+        if errors:
+            raise invalid(errors, type(self).__name__)
+        if self.digest_bands is not None:
+            self.digest_bands = sorted(set(self.digest_bands), key=BAND_RANK.__getitem__)
+        return self
+
+
+class ThresholdRuleOut(ThresholdRuleIn):
+    """A stored threshold rule."""
+
+    id: int
+
+
+class EventRuleOut(EventRuleIn):
+    """A stored event rule."""
+
+    id: int
+
+
+RuleOut = Annotated[ThresholdRuleOut | EventRuleOut, Field(discriminator="kind")]
+
+
+class SubscriptionOut(BaseModel):
+    """A subscription with its rules."""
+
+    id: int
+    name: str
+    scope: SubscriptionScope
+    target_id: int | None
+    tag: str | None
+    endpoint_ids: list[int]
+    digest_bands: list[Band]
+    enabled: bool
+    rules: list[RuleOut]
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubscriptionPage(BaseModel):
+    """A page of subscriptions; pass `next_cursor` as `after` for the next page."""
+
+    subscriptions: list[SubscriptionOut]
+    next_cursor: int | None
+
+
+class AlertStateName(StrEnum):
+    """Where an alert stands (event alerts are `triggered` once and stay so)."""
+
+    NORMAL = "normal"
+    PENDING = "pending"
+    FIRING = "firing"
+    RECOVERING = "recovering"
+    FLAPPING = "flapping"
+    TRIGGERED = "triggered"
+
+
+ACKNOWLEDGEABLE = frozenset(
+    {
+        AlertStateName.FIRING,
+        AlertStateName.RECOVERING,
+        AlertStateName.FLAPPING,
+        AlertStateName.TRIGGERED,
+    }
+)
+
+
+class AlertOut(BaseModel):
+    """The state of one rule for one target (and, for event rules, one incident)."""
+
+    id: int
+    subscription_id: int
+    rule_id: int
+    target_id: int
+    incident_id: int | None = Field(description="The incident behind an event alert.")
+    state: AlertStateName
+    since: datetime
+    score: float | None
+    band: Band | None
+    sequence: int
+    last_notified_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: int | None = Field(description="The API key that acknowledged it.")
+    snoozed_until: datetime | None
+    snoozed_band: Band | None = Field(description="Snoozed until the band rises above this one.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class AlertEventOut(BaseModel):
+    """One step of an alert's history: a state change or a notification."""
+
+    id: int
+    at: datetime
+    from_state: str
+    to_state: str
+    score: float | None
+    band: str | None
+    notified: str = Field(description="What was sent, or none (with the reason why not).")
+    reason: str
+
+
+class AlertDetail(AlertOut):
+    """An alert with the last score change behind it and its recent history, newest first."""
+
+    change: dict[str, Any] | None
+    events: list[AlertEventOut]
+
+
+class AlertPage(BaseModel):
+    """A page of alerts; pass `next_cursor` as `after` for the next page."""
+
+    alerts: list[AlertOut]
+    next_cursor: int | None
+
+
+class SnoozeIn(ApiIn):
+    """Hold an alert's notifications until a time, or until its band rises (exactly one)."""
+
+    until: Timestamp | None = Field(None, description="A future time, at most 30 days ahead.")
+    until_band_rises: Literal[True] | None = Field(
+        None, description="Hold notifications until the band rises above the current one."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SnoozeIn:
+        if (self.until is None) == (self.until_band_rises is None):
+            raise invalid(
+                [(("until",), "give exactly one of until and until_band_rises")],
+                type(self).__name__,
+            )
+        return self
+
+
+class DeliveryStatus(StrEnum):
+    """Where a delivery stands (see outbox)."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+class DeliveryOut(BaseModel):
+    """One notification to one endpoint."""
+
+    id: int
+    endpoint_id: int
+    alert_id: int | None
+    event_type: str
+    message_id: str = Field(description="The webhook-id (and email Message-ID); kept on replay.")
+    sequence: int
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    settled_at: datetime | None
+
+
+class AttemptOut(BaseModel):
+    """One try of a delivery."""
+
+    number: int
+    started_at: datetime
+    duration_ms: float
+    outcome: str
+    status_code: int | None
+    error_class: str | None
+    error: str | None
+    response_body: str | None = Field(description="At most max_response_bytes of the answer.")
+
+
+class DeliveryDetail(DeliveryOut):
+    """A delivery with its body and every attempt, oldest first."""
+
+    payload: dict[str, Any]
+    attempt_log: list[AttemptOut]
+
+
+class DeliveryPage(BaseModel):
+    """A page of deliveries by id; pass `next_cursor` as `after` for the next page."""
+
+    deliveries: list[DeliveryOut]
+    next_cursor: int | None
+
+
+class RecoverIn(ApiIn):
+    """Replay every failed delivery created since a time (within the replay window)."""
+
+    since: Timestamp
+
+
+class Recovered(BaseModel):
+    """The deliveries queued again."""
+
+    replayed: list[int]

@@ -63,7 +63,7 @@ def announce(session: Session, channel: str) -> None:
     def _committed(_session: Session) -> None:
         ring(channel)
 
-    def _ended(_session: Session) -> None:
+    def _ended(_session: Session, *_: object) -> None:
         announced.discard(channel)
 
     event.listen(session, "after_commit", _committed, once=True)
