@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.alerts import rules
@@ -22,6 +22,23 @@ Duration = Annotated[
     timedelta,
     Field(ge=timedelta(0), le=timedelta(days=30), description="ISO 8601 duration or seconds."),
 ]
+
+
+def _level(value: object) -> object:
+    """A score (0-100) or a band name, checked here so a bad value is one error on its field."""
+    if isinstance(value, bool):
+        raise ValueError("must be a score from 0 to 100 or a band name")
+    if isinstance(value, int | float):
+        if not 0 <= value <= 100:
+            raise ValueError("a score must be from 0 to 100")
+        return float(value)
+    if isinstance(value, str) and value in Band.__members__.values():
+        return Band(value)
+    bands = ", ".join(b.value for b in Band)
+    raise ValueError(f"must be a score from 0 to 100 or one of the bands: {bands}")
+
+
+Level = Annotated[float | Band, BeforeValidator(_level)]
 
 
 class Strict(BaseModel):
@@ -42,13 +59,9 @@ class ThresholdRuleIn(Strict):
 
     kind: Literal["threshold"] = "threshold"
     metric: Metric = Metric.SCORE
-    raise_at: Annotated[float, Field(ge=0, le=100)] | Band = Field(
-        union_mode="left_to_right",
-        description="Score (0-100) or band at which the alert raises.",
-    )
-    clear_at: Annotated[float, Field(ge=0, le=100)] | Band | None = Field(
+    raise_at: Level = Field(description="Score (0-100) or band at which the alert raises.")
+    clear_at: Level | None = Field(
         None,
-        union_mode="left_to_right",
         description=(
             "Score or band below which it clears (hysteresis); defaults to 10 points below "
             "raise_at for scores, to raise_at for bands."
