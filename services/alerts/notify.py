@@ -86,7 +86,8 @@ def why(
             parts.append(
                 f"Score {verb} from {previous:.1f} ({score.get('previous_band')}) to {now_part}"
             )
-    parts.append(f"{kind}: {reason}")
+    if not trigger_why:
+        parts.append(f"{kind}: {reason}")
     if top:
         lead = top[0]
         title = lead.get("title") or lead["category"].replace("_", " ")

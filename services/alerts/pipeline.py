@@ -582,7 +582,7 @@ def _match_incident(
                     else round(found.distance_km, 1),
                 },
                 top_incidents=[],
-                trigger_why=found.why,
+                trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
             )
             _dispatch(session, row, watch, "alert.triggered", data, params.severity, now)
 
