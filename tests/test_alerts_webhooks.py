@@ -1,6 +1,5 @@
 """Webhook deliver stage against a real receiver on loopback: signatures, outcomes, SSRF."""
 
-import asyncio
 import socket
 import threading
 import time
@@ -15,7 +14,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.alerts.signing import generate_secret
-from services.alerts.webhooks import AttemptResult, Resolver, resolve_async, send_webhook
+from services.alerts.ssrf import resolve
+from services.alerts.webhooks import AttemptResult, Resolver, send_webhook
 
 SECRET = generate_secret()
 OLD_SECRET = generate_secret()
@@ -142,51 +142,47 @@ def deliver(
     allowlist: Sequence[str] = LOOPBACK,
     timeout: float = WAIT_S,
     follow_redirects: bool = False,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: httpx.BaseTransport | None = None,
     **kwargs: Any,
 ) -> AttemptResult:
     """One send_webhook call with a fresh client, as the worker would make it."""
-
-    async def attempt() -> AttemptResult:
-        async with httpx.AsyncClient(
-            timeout=timeout,
-            follow_redirects=follow_redirects,
-            trust_env=False,
-            transport=transport,
-        ) as client:
-            return await send_webhook(
-                client,
-                url=url,
-                secrets=secrets,
-                message_id=MSG_ID,
-                body=BODY,
-                now=datetime.now(UTC),
-                allow_http=True,
-                allowlist=allowlist,
-                **kwargs,
-            )
-
-    return asyncio.run(attempt())
+    with httpx.Client(
+        timeout=timeout,
+        follow_redirects=follow_redirects,
+        trust_env=False,
+        transport=transport,
+    ) as client:
+        return send_webhook(
+            client,
+            url=url,
+            secrets=secrets,
+            message_id=MSG_ID,
+            body=BODY,
+            now=datetime.now(UTC),
+            allow_http=True,
+            allowlist=allowlist,
+            **kwargs,
+        )
 
 
 def fake_resolver(*answers: list[str]) -> tuple[Resolver, list[tuple[str, int]]]:
     """A resolver giving `answers` in turn (the last one repeats), and the lookups it saw."""
     calls: list[tuple[str, int]] = []
 
-    async def resolver(host: str, port: int) -> list[str]:
+    def resolver(host: str, port: int) -> list[str]:
         calls.append((host, port))
         return list(answers[min(len(calls), len(answers)) - 1])
 
     return resolver, calls
 
 
-class RecordingTransport(httpx.AsyncBaseTransport):
+class RecordingTransport(httpx.BaseTransport):
     """A transport that answers 200 and counts requests, to prove none were sent."""
 
     def __init__(self) -> None:
         self.requests: list[httpx.Request] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         return httpx.Response(200)
 
@@ -346,7 +342,7 @@ def test_internal_targets_are_refused_without_sending(
 
 
 def test_real_resolver_names_the_host_behind_a_loopback_address() -> None:
-    addresses = asyncio.run(resolve_async("localhost", 80))
+    addresses = resolve("localhost", 80)
 
     assert addresses
     result = deliver("http://localhost/hook", allowlist=(), transport=RecordingTransport())
@@ -398,20 +394,17 @@ def test_unresolvable_host_is_refused() -> None:
 
 
 def test_http_is_refused_unless_allowed(receiver: Receiver) -> None:
-    async def attempt() -> AttemptResult:
-        async with httpx.AsyncClient(trust_env=False) as client:
-            return await send_webhook(
-                client,
-                url=receiver.url,
-                secrets=[SECRET],
-                message_id=MSG_ID,
-                body=BODY,
-                now=datetime.now(UTC),
-                allow_http=False,
-                allowlist=LOOPBACK,
-            )
-
-    result = asyncio.run(attempt())
+    with httpx.Client(trust_env=False) as client:
+        result = send_webhook(
+            client,
+            url=receiver.url,
+            secrets=[SECRET],
+            message_id=MSG_ID,
+            body=BODY,
+            now=datetime.now(UTC),
+            allow_http=False,
+            allowlist=LOOPBACK,
+        )
 
     assert (result.outcome, result.error_class, result.error) == (
         "retry",

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from random import Random
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, exists, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from services.alerts import notify, retry
@@ -28,6 +28,8 @@ SETTLED = (SUCCEEDED, FAILED, CANCELLED, SUPERSEDED)
 STATUSES = (PENDING, SENDING, *SETTLED)
 
 _ALPHABET = string.ascii_letters + string.digits
+# How stale an endpoint's `last_success_at` may get while it keeps succeeding.
+HEALTH_RESOLUTION = timedelta(minutes=1)
 
 
 def new_message_id() -> str:
@@ -134,6 +136,102 @@ class Claimed:
     unsubscribe_token: str | None
 
 
+_older = aliased(Delivery)
+# Built once: constructing SQLAlchemy statements costs more than running these small queries.
+# Due candidates, by id only (a cheap, index-driven read); a delivery waits while an older
+# state of the same alert is in flight to the same endpoint, so the newest arrives last.
+_CANDIDATES = (
+    select(Delivery.id, Delivery.endpoint_id)
+    .where(
+        Delivery.status == PENDING,
+        Delivery.next_attempt_at <= bindparam("now"),
+        or_(
+            Delivery.alert_id.is_(None),
+            ~exists().where(
+                _older.alert_id == Delivery.alert_id,
+                _older.endpoint_id == Delivery.endpoint_id,
+                _older.status == SENDING,
+                _older.id < Delivery.id,
+            ),
+        ),
+    )
+    .order_by(Delivery.next_attempt_at, Delivery.id)
+    .limit(bindparam("n", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+_LEASE = (
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=SENDING,
+        lease_owner=bindparam("owner"),
+        lease_token=bindparam("token"),
+        lease_expires_at=bindparam("expires"),
+        attempts=Delivery.attempts + 1,
+        updated_at=bindparam("now"),
+    )
+    .execution_options(synchronize_session=False)
+)
+_LEASED = (
+    select(
+        Delivery.id,
+        Delivery.endpoint_id,
+        Delivery.attempts,
+        Delivery.message_id,
+        Delivery.event_type,
+        Delivery.payload,
+    )
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Delivery.id)
+)
+_SECRETS = (
+    select(EndpointSecret.endpoint_id, EndpointSecret.secret)
+    .where(
+        EndpointSecret.endpoint_id.in_(bindparam("ids", expanding=True)),
+        or_(EndpointSecret.expires_at.is_(None), EndpointSecret.expires_at > bindparam("now")),
+    )
+    .order_by(EndpointSecret.endpoint_id, EndpointSecret.id.desc())
+)
+# Core, not ORM, inserts: attempts are write-only from here and many.
+_ATTEMPTS = insert(cast(Table, DeliveryAttempt.__table__))
+_ENDPOINTS = select(Endpoint).where(Endpoint.id.in_(bindparam("ids", expanding=True)))
+_HOLDERS = (
+    select(Delivery.id, Delivery.lease_token)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)), Delivery.status == SENDING)
+    .order_by(Delivery.id)
+    .with_for_update()
+)
+_SUCCEEDED = (
+    update(Delivery)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status=SUCCEEDED,
+        settled_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        lease_owner=None,
+        lease_token=None,
+        lease_expires_at=None,
+        last_error=None,
+    )
+    .execution_options(synchronize_session=False)
+)
+# Only endpoints whose health changes, or whose last success is over a minute old: a busy
+# endpoint's row is not rewritten (and locked) by every worker's every batch.
+_HEALTHY = (
+    update(Endpoint)
+    .where(
+        Endpoint.id.in_(bindparam("ids", expanding=True)),
+        or_(
+            Endpoint.failing_since.is_not(None),
+            Endpoint.last_success_at.is_(None),
+            Endpoint.last_success_at < bindparam("stale"),
+        ),
+    )
+    .values(failing_since=None, last_success_at=bindparam("now"))
+    .execution_options(synchronize_session=False)
+)
+
+
 def claim(
     session: Session,
     *,
@@ -147,30 +245,9 @@ def claim(
     """Lease up to `limit` due deliveries, at most `slots` in flight per endpoint (given `busy`)."""
     if limit <= 0:
         return []
-    older = aliased(Delivery)
-    # An older state of the same alert still in flight to the same endpoint goes first, so the
-    # receiver gets the newest state last.
-    in_flight_before = exists().where(
-        older.alert_id == Delivery.alert_id,
-        older.endpoint_id == Delivery.endpoint_id,
-        older.status == SENDING,
-        older.id < Delivery.id,
-    )
-    # Candidates by id only (a cheap, index-driven read); the chosen rows are loaded after.
-    query = (
-        select(Delivery.id, Delivery.endpoint_id)
-        .where(
-            Delivery.status == PENDING,
-            Delivery.next_attempt_at <= now,
-            ~and_(Delivery.alert_id.is_not(None), in_flight_before),
-        )
-        .order_by(Delivery.next_attempt_at, Delivery.id)
-        .limit(limit * 4)
-        .with_for_update(skip_locked=True)
-    )
     counts = dict(busy)
     picked: list[int] = []
-    for delivery_id, endpoint_id in session.execute(query).all():
+    for delivery_id, endpoint_id in session.execute(_CANDIDATES, {"now": now, "n": limit * 4}):
         if counts.get(endpoint_id, 0) >= slots:
             continue
         counts[endpoint_id] = counts.get(endpoint_id, 0) + 1
@@ -179,58 +256,43 @@ def claim(
             break
     if not picked:
         return []
-    chosen = list(
-        session.execute(select(Delivery).where(Delivery.id.in_(picked)).order_by(Delivery.id))
-        .scalars()
-        .all()
+    # One lease token for the batch: it is as unguessable as one per row, and one UPDATE
+    # takes the whole batch.
+    token = secrets.token_hex(16)
+    session.execute(
+        _LEASE,
+        {"ids": picked, "owner": owner, "token": token, "expires": now + lease, "now": now},
     )
+    chosen = session.execute(_LEASED, {"ids": picked}).all()
     endpoint_ids = {d.endpoint_id for d in chosen}
     endpoints = {
-        e.id: e
-        for e in session.execute(select(Endpoint).where(Endpoint.id.in_(endpoint_ids))).scalars()
+        e.id: e for e in session.execute(_ENDPOINTS, {"ids": sorted(endpoint_ids)}).scalars()
     }
     keys = active_secrets(session, endpoint_ids, now)
-    out: list[Claimed] = []
-    for row in chosen:
-        endpoint = endpoints[row.endpoint_id]
-        row.status = SENDING
-        row.lease_owner = owner
-        row.lease_token = secrets.token_hex(16)
-        row.lease_expires_at = now + lease
-        row.attempts += 1
-        row.updated_at = now
-        out.append(
-            Claimed(
-                id=row.id,
-                token=row.lease_token,
-                attempt=row.attempts,
-                endpoint_id=endpoint.id,
-                kind=endpoint.kind,
-                address=endpoint.address,
-                secrets=tuple(keys.get(endpoint.id, ())),
-                message_id=row.message_id,
-                event_type=row.event_type,
-                payload=row.payload,
-                unsubscribe_token=endpoint.unsubscribe_token,
-            )
+    return [
+        Claimed(
+            id=row.id,
+            token=token,
+            attempt=row.attempts,
+            endpoint_id=row.endpoint_id,
+            kind=endpoints[row.endpoint_id].kind,
+            address=endpoints[row.endpoint_id].address,
+            secrets=tuple(keys.get(row.endpoint_id, ())),
+            message_id=row.message_id,
+            event_type=row.event_type,
+            payload=row.payload,
+            unsubscribe_token=endpoints[row.endpoint_id].unsubscribe_token,
         )
-    session.flush()
-    return out
+        for row in chosen
+    ]
 
 
 def active_secrets(session: Session, endpoint_ids: set[int], now: datetime) -> dict[int, list[str]]:
     """The secrets that sign now, per endpoint: the current one first, then any in grace."""
-    rows = session.execute(
-        select(EndpointSecret)
-        .where(
-            EndpointSecret.endpoint_id.in_(endpoint_ids),
-            (EndpointSecret.expires_at.is_(None)) | (EndpointSecret.expires_at > now),
-        )
-        .order_by(EndpointSecret.endpoint_id, EndpointSecret.id.desc())
-    ).scalars()
+    rows = session.execute(_SECRETS, {"ids": sorted(endpoint_ids), "now": now})
     out: dict[int, list[str]] = {}
-    for row in rows:
-        out.setdefault(row.endpoint_id, []).append(row.secret)
+    for endpoint_id, secret in rows:
+        out.setdefault(endpoint_id, []).append(secret)
     return out
 
 
@@ -269,7 +331,7 @@ def settle(
     if not attempts:
         return []
     session.execute(
-        insert(DeliveryAttempt),
+        _ATTEMPTS,
         [
             {
                 "delivery_id": a.claimed.id,
@@ -286,46 +348,50 @@ def settle(
             for a in attempts
         ],
     )
-    rows = {
-        d.id: d
-        for d in session.execute(
-            select(Delivery)
-            .where(Delivery.id.in_([a.claimed.id for a in attempts]), Delivery.status == SENDING)
-            .order_by(Delivery.id)
-            .with_for_update()
-        ).scalars()
-    }
-    held = [
-        a
+    leases = dict(session.execute(_HOLDERS, {"ids": [a.claimed.id for a in attempts]}).all())
+    held = [a for a in attempts if leases.get(a.claimed.id) == a.claimed.token]
+    out = [
+        Settled(a.claimed.id, "lease-lost")
+        # The lease expired and the delivery was taken again (or cancelled): its new holder
+        # decides; this attempt is only logged.
         for a in attempts
-        if (row := rows.get(a.claimed.id)) and row.lease_token == a.claimed.token
+        if leases.get(a.claimed.id) != a.claimed.token
     ]
-    # Successes only touch their endpoints' health columns: one statement for all of them.
-    healthy = sorted({a.claimed.endpoint_id for a in held if a.result.outcome == "delivered"})
-    if healthy:
+    delivered = [a for a in held if a.result.outcome == "delivered"]
+    if delivered:
+        # The common case in two statements, whatever the batch size.
+        session.execute(_SUCCEEDED, {"ids": [a.claimed.id for a in delivered], "now": now})
         session.execute(
-            update(Endpoint)
-            .where(Endpoint.id.in_(healthy))
-            .values(failing_since=None, last_success_at=now)
+            _HEALTHY,
+            {
+                "ids": sorted({a.claimed.endpoint_id for a in delivered}),
+                "now": now,
+                "stale": now - HEALTH_RESOLUTION,
+            },
         )
-    failing = sorted({a.claimed.endpoint_id for a in held if a.result.outcome != "delivered"})
-    endpoints = {
-        e.id: e
-        for e in session.execute(
-            select(Endpoint).where(Endpoint.id.in_(failing)).order_by(Endpoint.id).with_for_update()
-        ).scalars()
-    } if failing else {}  # fmt: skip
-    out: list[Settled] = []
-    for a in attempts:
-        row = rows.get(a.claimed.id)
-        if row is None or row.lease_token != a.claimed.token:
-            # The lease expired and the delivery was taken again (or cancelled): its new
-            # holder decides; this attempt is only logged.
-            out.append(Settled(a.claimed.id, "lease-lost"))
-            continue
-        out.append(
-            _move_on(session, row, endpoints.get(row.endpoint_id), a.result, now, settings, rng)
-        )
+        out.extend(Settled(a.claimed.id, SUCCEEDED) for a in delivered)
+    failed = [a for a in held if a.result.outcome != "delivered"]
+    if failed:
+        rows = {
+            d.id: d
+            for d in session.execute(
+                select(Delivery).where(Delivery.id.in_([a.claimed.id for a in failed]))
+            ).scalars()
+        }
+        endpoints = {
+            e.id: e
+            for e in session.execute(
+                select(Endpoint)
+                .where(Endpoint.id.in_(sorted({a.claimed.endpoint_id for a in failed})))
+                .order_by(Endpoint.id)
+                .with_for_update()
+            ).scalars()
+        }
+        for a in failed:
+            row = rows[a.claimed.id]
+            out.append(
+                _move_on(session, row, endpoints[row.endpoint_id], a.result, now, settings, rng)
+            )
     session.flush()
     return out
 
@@ -333,20 +399,16 @@ def settle(
 def _move_on(
     session: Session,
     row: Delivery,
-    endpoint: Endpoint | None,
+    endpoint: Endpoint,
     result: AttemptResult,
     now: datetime,
     settings: AlertsSettings,
     rng: Random,
 ) -> Settled:
-    """The next status of a delivery after one attempt (its endpoint is locked on failure)."""
+    """The next status of a delivery after a failed attempt (its endpoint locked)."""
     row.lease_owner = row.lease_token = row.lease_expires_at = None
     row.updated_at = now
     row.last_error = (result.error or "")[:300] or None
-    if result.outcome == "delivered":
-        row.status, row.settled_at = SUCCEEDED, now
-        return Settled(row.id, SUCCEEDED)
-    assert endpoint is not None
     if result.outcome in ("gone", "failed"):
         row.status, row.settled_at = FAILED, now
         reason = (
