@@ -49,26 +49,32 @@ def worker_name() -> str:
     return f"{socket.gethostname()[:30]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+# What each consumer thread takes: event rules apart, so an incident alerts at once even while
+# a burst of score changes is being evaluated.
+EVENTS = (pipeline.INCIDENT_FEED,)
+THRESHOLDS = (pipeline.SCORE_FEED, pipeline.SEED)
+_STEPS = {
+    pipeline.INCIDENT_FEED: pipeline.consume_incidents,
+    pipeline.SCORE_FEED: pipeline.consume_scores,
+    pipeline.SEED: pipeline.seed_rules,
+}
+
+
 def consume(
     factory: sessionmaker[Session],
     settings: AlertsSettings,
     clock: Clock = utc_now,
     reader: sessionmaker[Session] | None = None,
+    inputs: tuple[str, ...] = EVENTS + THRESHOLDS,
 ) -> int:
     """Run the pipeline once over each input with work waiting; return how much was taken."""
     with (reader or factory)() as session:
         waiting = pipeline.backlog(session)
     taken = 0
-    # Incidents first: event rules alert at once and cost little; score changes can be many.
-    steps = [
-        (pipeline.INCIDENT_FEED, pipeline.consume_incidents),
-        (pipeline.SCORE_FEED, pipeline.consume_scores),
-        (pipeline.SEED, pipeline.seed_rules),
-    ]
-    for name, step in steps:
+    for name in inputs:
         if name in waiting:
             with factory.begin() as session:
-                taken += step(session, settings, clock())
+                taken += _STEPS[name](session, settings, clock())
     return taken
 
 
@@ -132,10 +138,17 @@ class AlertsWorker:
         self.name = name or worker_name()
         self._reader = make_sessionmaker(factory.kw["bind"], read_only=True)
         self._stop = threading.Event()
-        self._feed_wake = threading.Event()
+        self._feed_wakes = [threading.Event(), threading.Event()]
         # Set by a commit that enqueued (this process, or NOTIFY) and by every finished attempt.
         self._kick = threading.Event()
-        self._consumer = threading.Thread(target=self._consume, name="alerts-consumer", daemon=True)
+        self._consumers = [
+            threading.Thread(
+                target=self._consume, args=(inputs, ready), name=f"alerts-{kind}", daemon=True
+            )
+            for kind, inputs, ready in zip(
+                ("events", "thresholds"), (EVENTS, THRESHOLDS), self._feed_wakes, strict=True
+            )
+        ]
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="alerts-dispatch", daemon=True
         )
@@ -169,46 +182,52 @@ class AlertsWorker:
 
     def start(self) -> None:
         """Start consuming and delivering."""
-        wake.subscribe(FEED_CHANNEL, self._feed_wake)
+        for ready in self._feed_wakes:
+            wake.subscribe(FEED_CHANNEL, ready)
         wake.subscribe(outbox.DELIVERY_CHANNEL, self._kick)
         if self._listener is not None:
             self._listener.start()
-        self._consumer.start()
+        for consumer in self._consumers:
+            consumer.start()
         self._dispatcher.start()
-        self._feed_wake.set()
+        for ready in self._feed_wakes:
+            ready.set()
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming, let requests in flight finish (up to the shutdown grace), then stop."""
         self._stop.set()
-        self._feed_wake.set()
+        for ready in self._feed_wakes:
+            ready.set()
         self._kick.set()
         grace = self._settings.shutdown_grace.total_seconds()
         self._dispatcher.join(timeout if timeout is not None else grace + 10)
-        self._consumer.join(10)
+        for consumer in self._consumers:
+            consumer.join(10)
         # Attempts still running past the grace are abandoned to their leases.
         self._pool.shutdown(wait=False, cancel_futures=True)
-        wake.unsubscribe(FEED_CHANNEL, self._feed_wake)
+        for ready in self._feed_wakes:
+            wake.unsubscribe(FEED_CHANNEL, ready)
         wake.unsubscribe(outbox.DELIVERY_CHANNEL, self._kick)
         if self._listener is not None:
             self._listener.stop()
 
     # The consumer: evaluate, decide, enqueue ------------------------------------------------
 
-    def _consume(self) -> None:
+    def _consume(self, inputs: tuple[str, ...], ready: threading.Event) -> None:
         poll = self._settings.poll_interval.total_seconds()
         while not self._stop.is_set():
-            self._feed_wake.wait(poll)
-            self._feed_wake.clear()
+            ready.wait(poll)
+            ready.clear()
             try:
                 # Bounded: each pass takes a batch; stop() is honoured between batches.
                 for _ in range(1000):
                     if self._stop.is_set() or not consume(
-                        self._factory, self._settings, self._clock, self._reader
+                        self._factory, self._settings, self._clock, self._reader, inputs
                     ):
                         break
             except Exception:
                 # The unit of work rolled back: the cursor did not move, the batch comes again.
-                log.exception("alert pipeline pass failed")
+                log.exception("alert pipeline pass failed (%s)", ", ".join(inputs))
 
     # The dispatcher: claim, deliver (on the pool), settle ------------------------------------
 
