@@ -38,6 +38,13 @@ DatabaseOption = Annotated[
 ]
 
 
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One line per webhook request is noise at volume; attempts are stored with their outcome.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
+
+
 @app.command()
 def migrate(database_url: DatabaseOption = None) -> None:
     """Apply every pending database migration."""
@@ -89,7 +96,7 @@ def serve(
     database_url: DatabaseOption = None,
 ) -> None:
     """Run the API (and, unless disabled, the rescoring worker in the same process)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _logging()
     settings = _settings(database_url or (DEMO_DATABASE if with_demo else None))
     if (
         with_demo
@@ -129,10 +136,13 @@ def worker(
 
     SIGTERM stops claiming new work; requests in flight finish and are recorded first.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _logging()
     if role not in ("all", "scoring", "alerts"):
         raise typer.BadParameter("use all, scoring or alerts", param_hint="--role")
     settings = _settings(database_url)
+    # Several threads share the interpreter (rescoring, the alert consumers, the dispatcher and
+    # its senders): hand the GIL over every millisecond so short transactions are not held up.
+    sys.setswitchinterval(0.001)
     if settings.auto_migrate:
         upgrade_to_head(settings.database_url)
     engine = make_engine(
