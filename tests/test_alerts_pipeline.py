@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from random import Random
 from typing import Any
 
 from sqlalchemy import select
@@ -12,6 +13,7 @@ from services.alerts import jobs as alert_jobs
 from services.alerts import outbox, pipeline
 from services.alerts.models import Alert, Delivery, Endpoint, EndpointSecret, Rule, Subscription
 from services.alerts.signing import generate_secret
+from services.alerts.webhooks import AttemptResult
 from tests.conftest import Api
 from tests.test_rescoring import create_site, east_of_base, incident_body, post_incident
 
@@ -38,7 +40,9 @@ def add_watch(
         )
         session.add(endpoint)
         session.flush()
-        session.add(EndpointSecret(endpoint_id=endpoint.id, secret=generate_secret(), created_at=now))
+        session.add(
+            EndpointSecret(endpoint_id=endpoint.id, secret=generate_secret(), created_at=now)
+        )
         sub = Subscription(
             tenant_id=api.tenant_a,
             name="watch",
@@ -212,4 +216,116 @@ def test_a_claimed_delivery_is_not_claimed_again_until_its_lease_expires(api: Ap
     with factory.begin() as session:
         [again] = _claim(session, owner="w2", now=later)
     assert again.message_id == first.message_id
-    assert again.attempt == 2 and again.token != first.token
+    assert again.attempt == 2
+    assert again.token != first.token
+
+
+def _attempted(claimed: outbox.Claimed, outcome: str, **fields: Any) -> outbox.Attempted:
+    result = AttemptResult(
+        outcome=outcome,  # type: ignore[arg-type]
+        status_code=fields.pop("status_code", None),
+        error_class=fields.pop("error_class", None),
+        error=fields.pop("error", None),
+        response_body=None,
+        duration_ms=1.0,
+        **fields,
+    )
+    return outbox.Attempted(claimed, result, datetime.now(UTC))
+
+
+def _settle(api: Api, attempts: list[outbox.Attempted], now: datetime) -> list[outbox.Settled]:
+    with api.app.state.sessions.begin() as session:
+        return outbox.settle(
+            session, attempts, now=now, owner="w1", settings=api.settings, rng=Random(1)
+        )
+
+
+def _one_pending_delivery(api: Api) -> tuple[int, outbox.Claimed]:
+    """An endpoint with one test delivery, claimed; plus an email endpoint of the same tenant."""
+    now = datetime.now(UTC)
+    with api.app.state.sessions.begin() as session:
+        hook = Endpoint(
+            tenant_id=api.tenant_a, kind="webhook", name="hook",
+            address="https://hooks.example.com/x", enabled=True, created_at=now, updated_at=now,
+        )  # fmt: skip
+        mail = Endpoint(
+            tenant_id=api.tenant_a, kind="email", name="desk", address="desk@example.com",
+            enabled=True, unsubscribe_token="tok-" + str(now.timestamp()),
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        session.add_all([hook, mail])
+        session.flush()
+        session.add(EndpointSecret(endpoint_id=hook.id, secret=generate_secret(), created_at=now))
+        outbox.enqueue(
+            session, tenant_id=api.tenant_a, endpoints=[hook], alert_id=None,
+            event_type="endpoint.test", sequence=0, payload={"type": "endpoint.test"}, now=now,
+        )  # fmt: skip
+        hook_id = hook.id
+    with api.app.state.sessions.begin() as session:
+        [claimed] = _claim(session)
+    return hook_id, claimed
+
+
+def test_410_disables_the_endpoint_cancels_its_queue_and_emails_the_owner(api: Api) -> None:
+    hook_id, claimed = _one_pending_delivery(api)
+    with api.app.state.sessions.begin() as session:
+        hook = session.get(Endpoint, hook_id)
+        assert hook is not None
+        outbox.enqueue(
+            session, tenant_id=api.tenant_a, endpoints=[hook], alert_id=None,
+            event_type="endpoint.test", sequence=0, payload={"type": "endpoint.test"},
+            now=datetime.now(UTC),
+        )  # fmt: skip
+
+    [settled] = _settle(api, [_attempted(claimed, "gone", status_code=410)], datetime.now(UTC))
+
+    assert (settled.status, settled.disabled_endpoint) == ("failed", hook_id)
+    rows = {d.id: d for d in deliveries(api)}
+    assert rows[claimed.id].status == "failed"
+    statuses = sorted((d.event_type, d.status) for d in rows.values() if d.id != claimed.id)
+    assert statuses == [("endpoint.disabled", "pending"), ("endpoint.test", "cancelled")]
+    with api.app.state.sessions() as session:
+        hook = session.get(Endpoint, hook_id)
+        assert hook is not None
+        assert not hook.enabled
+        assert "410" in (hook.disabled_reason or "")
+
+
+def test_an_endpoint_failing_for_the_whole_disable_period_is_disabled(api: Api) -> None:
+    hook_id, claimed = _one_pending_delivery(api)
+    start = datetime.now(UTC)
+    [first] = _settle(api, [_attempted(claimed, "retry", status_code=500)], start)
+    assert first.status == "pending"
+
+    later = start + api.settings.disable_after + timedelta(seconds=1)
+    with api.app.state.sessions.begin() as session:
+        [again] = _claim(session, now=later)
+    [second] = _settle(api, [_attempted(again, "retry", status_code=500)], later)
+
+    assert (second.status, second.disabled_endpoint) == ("failed", hook_id)
+
+
+def test_a_spent_retry_schedule_fails_the_delivery(api: Api) -> None:
+    api.settings.retry_schedule = [timedelta(0)]
+    _, claimed = _one_pending_delivery(api)
+
+    [settled] = _settle(api, [_attempted(claimed, "retry", status_code=503)], datetime.now(UTC))
+
+    assert settled.status == "failed"
+
+
+def test_settling_with_a_lost_lease_only_logs_the_attempt(api: Api) -> None:
+    _, claimed = _one_pending_delivery(api)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    with api.app.state.sessions.begin() as session:
+        outbox.reap(session, later)
+    with api.app.state.sessions.begin() as session:
+        [again] = _claim(session, now=later, owner="w2")
+
+    [stale] = _settle(api, [_attempted(claimed, "delivered", status_code=200)], later)
+    assert stale.status == "lease-lost"
+    [fresh] = _settle(api, [_attempted(again, "delivered", status_code=200)], later)
+    assert fresh.status == "succeeded"
+    [row] = [d for d in deliveries(api) if d.id == claimed.id]
+    assert row.status == "succeeded"
+    assert row.attempts == 2
