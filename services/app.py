@@ -27,13 +27,15 @@ def create_app(
             return
         worker = alert_jobs.AlertsWorker(app.state.sessions, settings, clock)
         scheduler = alert_jobs.make_scheduler(app.state.sessions, settings, clock)
-        worker.start()
-        scheduler.start()
         app.state.alerts_worker = worker
+        worker.start()
         try:
-            yield
+            scheduler.start()
+            try:
+                yield
+            finally:
+                scheduler.shutdown(wait=True)
         finally:
-            scheduler.shutdown(wait=True)
             worker.stop()
 
     return scoring_app.create_app(

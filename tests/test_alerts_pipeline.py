@@ -329,3 +329,27 @@ def test_settling_with_a_lost_lease_only_logs_the_attempt(api: Api) -> None:
     [row] = [d for d in deliveries(api) if d.id == claimed.id]
     assert row.status == "succeeded"
     assert row.attempts == 2
+
+
+def test_a_firing_held_back_by_the_cooldown_goes_out_when_it_ends(api: Api) -> None:
+    site = create_site(api, "Mine", *east_of_base(0))
+    add_watch(api, site, {"raise_at": 5, "clear_at": 2, "cooldown": "PT10M", "flap_changes": 5})
+    body = incident_body("a1", *east_of_base(3))
+    post_incident(api, body)
+    api.drain_alerts()
+    post_incident(api, {**body, "lifecycle": "retracted"})
+    api.drain_alerts()
+    post_incident(api, {**body, "source_id": "a2"})
+    api.drain_alerts()
+    assert [d.event_type for d in deliveries(api)] == ["alert.firing", "alert.resolved"]
+    [alert] = alerts(api)
+    assert alert.state == "firing"
+    assert alert.next_check_at is not None
+    assert alert.last_notified_at is not None
+    assert alert.next_check_at == alert.last_notified_at + timedelta(minutes=10)
+
+    with api.app.state.sessions.begin() as session:
+        pipeline.reevaluate_due(session, api.settings, alert.next_check_at + timedelta(seconds=1))
+
+    kinds = [d.event_type for d in deliveries(api)]
+    assert kinds == ["alert.firing", "alert.resolved", "alert.firing"]

@@ -296,11 +296,14 @@ def upgrade() -> None:
     )
     # Start consuming at the feeds' ends: history written before the alerts service existed is
     # not news (rules are evaluated against current scores when they are created instead).
-    for feed in ("score_change", "incident_change"):
-        op.execute(
-            f"INSERT INTO feed_cursor (name, position, updated_at) "
-            f"SELECT '{feed}', COALESCE(MAX(id), 0), CURRENT_TIMESTAMP FROM {feed}"
-        )
+    op.execute(
+        "INSERT INTO feed_cursor (name, position, updated_at) "
+        "SELECT 'score_change', COALESCE(MAX(id), 0), CURRENT_TIMESTAMP FROM score_change"
+    )
+    op.execute(
+        "INSERT INTO feed_cursor (name, position, updated_at) "
+        "SELECT 'incident_change', COALESCE(MAX(id), 0), CURRENT_TIMESTAMP FROM incident_change"
+    )
 
 
 def downgrade() -> None:

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from random import Random
@@ -115,6 +115,28 @@ def purge(factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock
 
 
 _Done = outbox.Attempted  # a finished attempt waiting to be settled
+# The share of the lease one attempt may take, whatever the configured timeouts.
+LEASE_SHARE = 0.8
+
+
+async def _within(
+    seconds: float, sending: Awaitable[webhooks.AttemptResult]
+) -> webhooks.AttemptResult:
+    """The email attempt's result, or a throttled timeout when it takes longer than `seconds`."""
+    begun = time.perf_counter()
+    try:
+        async with asyncio.timeout(seconds):
+            return await sending
+    except TimeoutError:
+        return webhooks.AttemptResult(
+            outcome="retry",
+            status_code=None,
+            error_class="timeout",
+            error=f"no answer from the mail server within {seconds:.0f} s",
+            response_body=None,
+            duration_ms=(time.perf_counter() - begun) * 1000,
+            throttled=True,
+        )
 
 
 def _ends(batch: list[_Done]) -> Counter[int]:
@@ -205,6 +227,8 @@ class AlertsWorker:
             consumer.join(10)
         # Attempts still running past the grace are abandoned to their leases.
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if not self._dispatcher.is_alive():
+            self._client.close()
         for ready in self._feed_wakes:
             wake.unsubscribe(FEED_CHANNEL, ready)
         wake.unsubscribe(outbox.DELIVERY_CHANNEL, self._kick)
@@ -322,6 +346,9 @@ class AlertsWorker:
         settings = self._settings
         started = self._clock()
         begun = time.perf_counter()
+        # An attempt must end well inside its lease, or the reaper would hand the delivery to
+        # another worker while this one is still sending it.
+        budget = settings.lease.total_seconds() * LEASE_SHARE
         try:
             if item.kind == "webhook":
                 body = json.dumps(item.payload, separators=(",", ":"), ensure_ascii=False)
@@ -335,6 +362,7 @@ class AlertsWorker:
                     allow_http=settings.webhook_allow_http,
                     allowlist=settings.webhook_allowlist,
                     max_response_bytes=settings.max_response_bytes,
+                    total_timeout_s=budget,
                 )
             else:
                 message = email.render(
@@ -347,7 +375,9 @@ class AlertsWorker:
                     ),
                 )
                 # aiosmtplib is asyncio-only: each email gets a short-lived loop on this thread.
-                result = asyncio.run(email.send_email(smtp_config(settings), message))
+                result = asyncio.run(
+                    _within(budget, email.send_email(smtp_config(settings), message))
+                )
         except Exception as exc:
             # A bug, not a receiver's answer: log it and retry on the schedule.
             log.exception("delivery %s raised", item.id)
@@ -394,6 +424,9 @@ def make_scheduler(
             args=args,
             seconds=seconds,
             id=f"alerts_{func.__name__}",
+            # A tick that could not run on time (a busy process, or none up at midnight) runs
+            # late rather than not at all; the digest's dedupe key is per period.
+            misfire_grace_time=None,
             # Aligned to multiples of the interval since 2000-01-01 UTC: the daily digest goes
             # out at midnight UTC, not a day after whenever the process started.
             start_date=datetime(2000, 1, 1, tzinfo=UTC),

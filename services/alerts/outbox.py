@@ -145,12 +145,15 @@ _CANDIDATES = (
     .where(
         Delivery.status == PENDING,
         Delivery.next_attempt_at <= bindparam("now"),
+        # Endpoints this worker already keeps busy are left out here, not after the LIMIT,
+        # so a hanging endpoint's backlog cannot fill every window (property 6).
+        Delivery.endpoint_id.not_in(bindparam("full", expanding=True)),
         or_(
             Delivery.alert_id.is_(None),
             ~exists().where(
                 _older.alert_id == Delivery.alert_id,
                 _older.endpoint_id == Delivery.endpoint_id,
-                _older.status == SENDING,
+                _older.status.in_((PENDING, SENDING)),
                 _older.id < Delivery.id,
             ),
         ),
@@ -196,8 +199,8 @@ _SECRETS = (
 _ATTEMPTS = insert(cast(Table, DeliveryAttempt.__table__))
 _ENDPOINTS = select(Endpoint).where(Endpoint.id.in_(bindparam("ids", expanding=True)))
 _HOLDERS = (
-    select(Delivery.id, Delivery.lease_token)
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)), Delivery.status == SENDING)
+    select(Delivery.id, Delivery.status, Delivery.lease_token)
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
     .order_by(Delivery.id)
     .with_for_update()
 )
@@ -246,8 +249,11 @@ def claim(
     if limit <= 0:
         return []
     counts = dict(busy)
+    # An empty list would render as NOT IN (NULL), which matches nothing; 0 is no endpoint.
+    full = [e for e, n in counts.items() if n >= slots] or [0]
     picked: list[int] = []
-    for delivery_id, endpoint_id in session.execute(_CANDIDATES, {"now": now, "n": limit * 4}):
+    params = {"now": now, "n": limit * 4, "full": full}
+    for delivery_id, endpoint_id in session.execute(_CANDIDATES, params):
         if counts.get(endpoint_id, 0) >= slots:
             continue
         counts[endpoint_id] = counts.get(endpoint_id, 0) + 1
@@ -268,6 +274,19 @@ def claim(
     endpoints = {
         e.id: e for e in session.execute(_ENDPOINTS, {"ids": sorted(endpoint_ids)}).scalars()
     }
+    # Disabled since it was enqueued (unsubscribed, 410, a concurrent PATCH): never sent.
+    stopped = [d.id for d in chosen if not endpoints[d.endpoint_id].enabled]
+    if stopped:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(stopped))
+            .values(
+                status=CANCELLED, settled_at=now, updated_at=now, last_error="endpoint disabled",
+                lease_owner=None, lease_token=None, lease_expires_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )  # fmt: skip
+        chosen = [d for d in chosen if endpoints[d.endpoint_id].enabled]
     keys = active_secrets(session, endpoint_ids, now)
     return [
         Claimed(
@@ -330,25 +349,30 @@ def settle(
     """
     if not attempts:
         return []
-    session.execute(
-        _ATTEMPTS,
-        [
-            {
-                "delivery_id": a.claimed.id,
-                "number": a.claimed.attempt,
-                "started_at": a.started_at,
-                "duration_ms": a.result.duration_ms,
-                "outcome": a.result.outcome,
-                "status_code": a.result.status_code,
-                "error_class": a.result.error_class,
-                "error": (a.result.error or "")[:500] or None,
-                "response_body": a.result.response_body,
-                "worker": owner,
-            }
-            for a in attempts
-        ],
-    )
-    leases = dict(session.execute(_HOLDERS, {"ids": [a.claimed.id for a in attempts]}).all())
+    rows = session.execute(_HOLDERS, {"ids": [a.claimed.id for a in attempts]}).all()
+    # A delivery deleted meanwhile (its endpoint was deleted) has nothing left to record.
+    existing = {row.id for row in rows}
+    leases = {row.id: row.lease_token for row in rows if row.status == SENDING}
+    if existing:
+        session.execute(
+            _ATTEMPTS,
+            [
+                {
+                    "delivery_id": a.claimed.id,
+                    "number": a.claimed.attempt,
+                    "started_at": a.started_at,
+                    "duration_ms": a.result.duration_ms,
+                    "outcome": a.result.outcome,
+                    "status_code": a.result.status_code,
+                    "error_class": a.result.error_class,
+                    "error": (a.result.error or "")[:500] or None,
+                    "response_body": a.result.response_body,
+                    "worker": owner,
+                }
+                for a in attempts
+                if a.claimed.id in existing
+            ],
+        )
     held = [a for a in attempts if leases.get(a.claimed.id) == a.claimed.token]
     out = [
         Settled(a.claimed.id, "lease-lost")
@@ -358,6 +382,20 @@ def settle(
         if leases.get(a.claimed.id) != a.claimed.token
     ]
     delivered = [a for a in held if a.result.outcome == "delivered"]
+    failed = [a for a in held if a.result.outcome != "delivered"]
+    endpoints: dict[int, Endpoint] = {}
+    if failed:
+        # Every endpoint this batch touches, locked once in id order (no deadlock between
+        # workers), and FOR NO KEY UPDATE so delivery inserts that reference them need not wait.
+        endpoints = {
+            e.id: e
+            for e in session.execute(
+                select(Endpoint)
+                .where(Endpoint.id.in_(sorted({a.claimed.endpoint_id for a in held})))
+                .order_by(Endpoint.id)
+                .with_for_update(key_share=True)
+            ).scalars()
+        }
     if delivered:
         # The common case in two statements, whatever the batch size.
         session.execute(_SUCCEEDED, {"ids": [a.claimed.id for a in delivered], "now": now})
@@ -370,25 +408,15 @@ def settle(
             },
         )
         out.extend(Settled(a.claimed.id, SUCCEEDED) for a in delivered)
-    failed = [a for a in held if a.result.outcome != "delivered"]
     if failed:
-        rows = {
+        deliveries = {
             d.id: d
             for d in session.execute(
                 select(Delivery).where(Delivery.id.in_([a.claimed.id for a in failed]))
             ).scalars()
         }
-        endpoints = {
-            e.id: e
-            for e in session.execute(
-                select(Endpoint)
-                .where(Endpoint.id.in_(sorted({a.claimed.endpoint_id for a in failed})))
-                .order_by(Endpoint.id)
-                .with_for_update()
-            ).scalars()
-        }
         for a in failed:
-            row = rows[a.claimed.id]
+            row = deliveries[a.claimed.id]
             out.append(
                 _move_on(session, row, endpoints[row.endpoint_id], a.result, now, settings, rng)
             )
@@ -409,6 +437,9 @@ def _move_on(
     row.lease_owner = row.lease_token = row.lease_expires_at = None
     row.updated_at = now
     row.last_error = (result.error or "")[:300] or None
+    if not endpoint.enabled:
+        row.status, row.settled_at = CANCELLED, now
+        return Settled(row.id, CANCELLED)
     if result.outcome in ("gone", "failed"):
         row.status, row.settled_at = FAILED, now
         reason = (
@@ -526,10 +557,14 @@ def reap(session: Session, now: datetime, limit: int = 1000) -> int:
                 worker="reaper",
             )
         )
-        row.status = PENDING
         row.lease_owner = row.lease_token = row.lease_expires_at = None
-        row.next_attempt_at = now
         row.updated_at = now
+        if row.alert_id is not None and _newer_exists(session, row):
+            # Sent again it would arrive after the newer state: the receiver has that one.
+            row.status, row.settled_at = SUPERSEDED, now
+            continue
+        row.status = PENDING
+        row.next_attempt_at = now
     session.flush()
     if rows:
         wake.announce(session, DELIVERY_CHANNEL)

@@ -38,6 +38,7 @@ from services.scoring.taxonomy import Band
 
 SCORE_FEED, INCIDENT_FEED, SEED = "score_change", "incident_change", "seed"
 TRIGGERED = "triggered"  # the state of an event alert: it happened, there is nothing to clear
+ACKNOWLEDGED = "acknowledged"
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,16 @@ def change_snapshot(change: ScoreChange) -> dict[str, Any]:
 
 def seed_rules(session: Session, settings: AlertsSettings, now: datetime, limit: int = 20) -> int:
     """Evaluate new or changed threshold rules against their targets' current scores."""
+    # Under the score feed's cursor: seeding and consuming score changes never interleave
+    # (no two processes create the same alert, and no stale change is replayed after a seed).
+    cursor = _lock_cursor(session, SCORE_FEED, now)
+    if cursor is None:
+        return 0
+    behind = session.execute(
+        select(ScoreChange.id).where(ScoreChange.id > cursor.position).limit(1)
+    ).first()
+    if behind is not None:
+        return 0  # seed from current scores only once the older changes are consumed
     pending = (
         session.execute(
             select(Rule)
@@ -325,6 +336,7 @@ def observe(
     row.score, row.band, row.change = score, band.value, change
     notified = "none"
     reason = decision.reason
+    muted: str | None = None
     if decision.notify:
         muted = _muted(row, decision, band, now)
         if muted:
@@ -353,9 +365,9 @@ def observe(
             )
         )
     _store(row, after, now)
-    row.next_check_at = next_check(
-        row, after, rule, now, held=decision.notify and notified == "none"
-    )
+    # An acknowledgement holds back repeats for good (until the alert clears): nothing to time.
+    held = muted is not None and muted != ACKNOWLEDGED
+    row.next_check_at = next_check(row, after, rule, now, held=held)
 
 
 def _muted(row: Alert, decision: rules.Decision, band: Band, now: datetime) -> str | None:
@@ -370,7 +382,7 @@ def _muted(row: Alert, decision: rules.Decision, band: Band, now: datetime) -> s
             return f"snoozed until {notify.iso(row.snoozed_until)}"
         row.snoozed_until = None
     if row.acknowledged_at is not None and decision.kind == "repeat":
-        return "acknowledged"
+        return ACKNOWLEDGED
     return None
 
 
@@ -392,6 +404,13 @@ def next_check(
         and alert.last_notified_at is not None
     ):
         times.append(alert.last_notified_at + rule.repeat_every)
+    if (
+        state is rules.AlertState.FIRING
+        and alert.last_notified_state is not rules.AlertState.FIRING
+        and alert.last_notified_at is not None
+    ):
+        # A firing held back by the cooldown goes out when the cooldown ends.
+        times.append(alert.last_notified_at + rule.cooldown)
     if held:
         if row.snoozed_until is not None:
             times.append(row.snoozed_until)
@@ -522,7 +541,9 @@ def _match_incident(
 ) -> None:
     model = scoring_incidents.to_model(incident)
     query = select(Target).where(Target.tenant_id.in_(events))
-    if incident.lat is not None and incident.lon is not None:
+    scoped = bool(incident.scope_countries or incident.scope_admin1)
+    # A threat scoped to countries or regions matches by area, however far its location.
+    if incident.lat is not None and incident.lon is not None and not scoped:
         min_lon, min_lat, max_lon, max_lat = geo.bbox_around(incident.lat, incident.lon, reach)
         query = query.where(
             Target.box_max_lat >= min_lat,
@@ -635,16 +656,17 @@ def send_digests(session: Session, settings: AlertsSettings, now: datetime) -> i
 
 
 def purge(session: Session, settings: AlertsSettings, now: datetime) -> int:
-    """Forget settled deliveries (and their attempts) older than the retention period."""
+    """Forget settled deliveries (their attempts, and digest items they carried) past retention."""
     cutoff = now - settings.retention
-    old = select(Delivery.id).where(
-        Delivery.status.in_(outbox.SETTLED), Delivery.settled_at < cutoff
-    )
-    ids = list(session.execute(old.limit(5000)).scalars())
+    settled = (Delivery.status.in_(outbox.SETTLED), Delivery.settled_at < cutoff)
+    ids = list(session.execute(select(Delivery.id).where(*settled).limit(5000)).scalars())
     if not ids:
         return 0
     session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(ids)))
-    session.execute(delete(Delivery).where(Delivery.id.in_(ids)))
+    # Deleted with their digest, not orphaned: an orphan would look unsent and go out again.
+    session.execute(delete(DigestItem).where(DigestItem.delivery_id.in_(ids)))
+    # The predicate again: a delivery replayed since it was selected is kept.
+    session.execute(delete(Delivery).where(Delivery.id.in_(ids), *settled))
     return len(ids)
 
 

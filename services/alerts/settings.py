@@ -7,7 +7,7 @@ from datetime import timedelta
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.alerts import retry
+from services.alerts import retry, ssrf
 
 
 class AlertsSettings(BaseSettings):
@@ -83,6 +83,14 @@ class AlertsSettings(BaseSettings):
     smtp_tls: bool = Field(False, description="Implicit TLS (port 465).")
     smtp_timeout: timedelta = Field(timedelta(seconds=30))
     mail_from: str = Field("riskalert <alerts@riskalert.invalid>", description="From: header.")
+
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _allowlist_parses(cls, value: list[str]) -> list[str]:
+        # A bad entry fails at start-up, not as a 500 on every endpoint creation.
+        for entry in value:
+            ssrf.parse_allowlist_entry(entry)
+        return value
 
     @field_validator("retry_schedule")
     @classmethod

@@ -124,6 +124,11 @@ def _parse_entry_text(text: str) -> _Entry:
     return _Entry(host.rstrip("."), None, port)
 
 
+def parse_allowlist_entry(entry: str) -> None:
+    """Check one allowlist entry; ValueError naming it when it is malformed."""
+    _parse_entry(entry)
+
+
 def _covered(addr: IPAddress, port: int, entries: Sequence[_Entry]) -> bool:
     """Whether an allowlisted network (with a matching port, if any) contains `addr`."""
     # Compare both the address as written and what it stands for: ::ffff:127.0.0.1 is

@@ -103,7 +103,8 @@ class Listener:
                         # Short waits, so a stop request is noticed within a second.
                         for note in conn.notifies(timeout=1.0, stop_after=1):
                             ring(note.channel)
-            except psycopg.Error:
+            except Exception:
+                # Whatever broke it, keep listening: polling covers the gap meanwhile.
                 self.listening.clear()
                 log.warning("wake listener lost its connection; reconnecting", exc_info=True)
                 self._stop.wait(self._retry_s)

@@ -199,6 +199,9 @@ def unsnooze_alert(
     """Let the alert's notifications through again."""
     before = _marks(alert)
     alert.snoozed_until = alert.snoozed_band = None
+    if alert.incident_id == 0:
+        # A notification held back by the snooze goes out at the next re-evaluation tick.
+        alert.next_check_at = now
     _changed(session, principal, alert, "alert.unsnooze", before, now)
     return _alert_out(alert)
 
