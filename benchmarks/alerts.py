@@ -162,8 +162,9 @@ def site_points(db: Database, ids: list[int]) -> list[tuple[float, float]]:
     return [(by_id[i][0][1], by_id[i][0][0]) for i in ids if i in by_id]
 
 
-def start_stack(db: Database, logs: Path, workers: int, role: str = "all") -> Server:
-    """SQLite: the default single process (API with inline workers); Postgres: API + workers."""
+def start_stack(db: Database, logs: Path, roles: list[str]) -> Server:
+    """The API, plus one `riskalert worker --role R` per role; no roles: the inline default."""
+    workers = len(roles)
     inline = workers == 0
     env = env_for(db, inline)
     port = free_port()
@@ -172,7 +173,7 @@ def start_stack(db: Database, logs: Path, workers: int, role: str = "all") -> Se
         [str(BIN / "riskalert"), "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
     )
     server = Server(f"riskalert serve ({db.backend})", proc, port, log_path)
-    for n in range(workers):
+    for n, role in enumerate(roles):
         server.extra.append(
             start_process(
                 [str(BIN / "riskalert"), "worker", "--role", role],
@@ -245,8 +246,10 @@ def latency(
     args: argparse.Namespace,
 ) -> dict[str, Any]:  # fmt: skip
     """Ingest-to-webhook latency at a steady rate."""
-    workers = 0 if db.backend == "sqlite" else args.latency_workers
-    api = start_stack(db, logs, workers)
+    # Postgres: rescoring and alerts in their own processes, so the operating system, not one
+    # interpreter lock, shares the cores between a rescoring backlog and alert delivery.
+    roles = [] if db.backend == "sqlite" else ["scoring"] * args.latency_workers + ["alerts"]
+    api = start_stack(db, logs, roles)
     try:
         httpx.post(receiver.base + "/reset", timeout=10)
         accepted = asyncio.run(
@@ -284,7 +287,7 @@ def latency(
         "max_ms": round(max(got), 1) if got else None,
         "threshold_webhooks": others,
         "rejected_signatures": stats["rejected"],
-        "workers": workers or "inline",
+        "workers": ", ".join(roles) if roles else "inline (1 process)",
     }
 
 
@@ -314,7 +317,7 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
         httpx.post(receiver.base + "/reset", timeout=10)
         workers = 0 if db.backend == "sqlite" else args.fanout_workers
         started = time.time()
-        stack = start_stack(db, logs, workers, role="alerts")
+        stack = start_stack(db, logs, ["alerts"] * workers)
         try:
             deadline = time.perf_counter() + args.drain_deadline
             while time.perf_counter() < deadline:
@@ -393,7 +396,9 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=1_000)
     parser.add_argument("--rate", type=float, default=20.0, help="incidents per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of steady load")
-    parser.add_argument("--latency-workers", type=int, default=2, help="Postgres worker processes")
+    parser.add_argument(
+        "--latency-workers", type=int, default=1, help="Postgres rescoring processes (+1 alerts)"
+    )
     parser.add_argument("--fanout", type=int, default=10_000)
     parser.add_argument("--fanout-workers", type=int, default=4)
     parser.add_argument("--drain-deadline", type=float, default=180.0)

@@ -7,6 +7,7 @@ only in memory and a crash replays the batch instead of losing it.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from services.alerts.models import (
 )
 from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
+from services.core.db import make_sessionmaker
 from services.scoring import geo
 from services.scoring import incidents as scoring_incidents
 from services.scoring import targets as scoring_targets
@@ -52,16 +54,33 @@ class Watch:
 
 
 def watches(session: Session, tenant_ids: Iterable[int] | None) -> dict[int, list[Watch]]:
-    """Every enabled rule of the given tenants (all tenants for None), grouped by tenant."""
-    query = (
+    """Every enabled rule of the given tenants (all tenants for None), grouped by tenant.
+
+    Read on every batch, so kept per process and reloaded only when the configuration's
+    fingerprint (counts, newest ids and update times of rules, subscriptions, endpoints) moves.
+    """
+    engine = session.get_bind().engine
+    fingerprint = (str(engine.url), *session.execute(_FINGERPRINT).one())
+    with _WATCHES_LOCK:
+        if _WATCHES.get("fingerprint") != fingerprint:
+            # Loaded apart from the caller's unit of work (read-only, no write lock), so the
+            # snapshots never share identity with, or detach, the caller's objects.
+            with make_sessionmaker(engine, read_only=True)() as loader:
+                _WATCHES["by_tenant"] = _load_watches(loader)
+            _WATCHES["fingerprint"] = fingerprint
+        by_tenant: dict[int, list[Watch]] = _WATCHES["by_tenant"]
+    if tenant_ids is None:
+        return dict(by_tenant)
+    return {t: by_tenant[t] for t in set(tenant_ids) if t in by_tenant}
+
+
+def _load_watches(session: Session) -> dict[int, list[Watch]]:
+    pairs = session.execute(
         select(Subscription, Rule)
         .join(Rule, Rule.subscription_id == Subscription.id)
         .where(Subscription.enabled, Rule.enabled)
         .order_by(Rule.id)
-    )
-    if tenant_ids is not None:
-        query = query.where(Subscription.tenant_id.in_(set(tenant_ids)))
-    pairs = session.execute(query).all()
+    ).all()
     endpoint_ids = {e for sub, _ in pairs for e in sub.endpoint_ids}
     endpoints = {
         e.id: e
@@ -77,7 +96,18 @@ def watches(session: Session, tenant_ids: Iterable[int] | None) -> dict[int, lis
                 endpoints=[endpoints[e] for e in sub.endpoint_ids if e in endpoints],
             )
         )
-    return out
+    return dict(out)
+
+
+_FINGERPRINT = select(
+    *(
+        select(expr).scalar_subquery()
+        for table in (Rule, Subscription, Endpoint)
+        for expr in (func.count(table.id), func.max(table.id), func.max(table.updated_at))
+    )
+)
+_WATCHES_LOCK = threading.Lock()
+_WATCHES: dict[str, Any] = {}
 
 
 _PARSED: dict[tuple[int, datetime], ThresholdRuleIn | EventRuleIn] = {}
