@@ -123,6 +123,8 @@ def serve(
         uvicorn.run("services.asgi:app", host=host, port=port, workers=workers, factory=True)
         return
     uvicorn.run(create_app(settings), host=host, port=port)
+    if settings.inline_worker:
+        _exit_now()
 
 
 @app.command()
@@ -177,6 +179,18 @@ def worker(
     if rescorer is not None:
         rescorer.stop()
     engine.dispose()
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Exit now: a request still hanging past the shutdown grace is left to its lease.
+
+    The interpreter would otherwise join the sender threads at exit, i.e. wait out the attempt.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()

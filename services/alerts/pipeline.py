@@ -31,7 +31,6 @@ from services.alerts.models import (
 )
 from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
-from services.core.db import make_sessionmaker
 from services.scoring import geo
 from services.scoring import incidents as scoring_incidents
 from services.scoring import targets as scoring_targets
@@ -63,9 +62,10 @@ def watches(session: Session, tenant_ids: Iterable[int] | None) -> dict[int, lis
     fingerprint = (str(engine.url), *session.execute(_FINGERPRINT).one())
     with _WATCHES_LOCK:
         if _WATCHES.get("fingerprint") != fingerprint:
-            # Loaded apart from the caller's unit of work (read-only, no write lock), so the
-            # snapshots never share identity with, or detach, the caller's objects.
-            with make_sessionmaker(engine, read_only=True)() as loader:
+            # A session of its own on the caller's connection: the snapshots share no identity
+            # with the caller's objects, and no second pool connection is taken while this
+            # transaction holds the SQLite write lock.
+            with Session(bind=session.connection()) as loader:
                 _WATCHES["by_tenant"] = _load_watches(loader)
             _WATCHES["fingerprint"] = fingerprint
         by_tenant: dict[int, list[Watch]] = _WATCHES["by_tenant"]

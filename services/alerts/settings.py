@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.alerts import retry, ssrf
+from services.core.duration import Duration
 
 
 class AlertsSettings(BaseSettings):
@@ -21,7 +22,7 @@ class AlertsSettings(BaseSettings):
         description="Base URL of the API, for the alert links and unsubscribe links sent out.",
     )
     # Webhooks
-    webhook_timeout: timedelta = Field(timedelta(seconds=15), description="Per request.")
+    webhook_timeout: Duration = Field(timedelta(seconds=15), description="Per request.")
     webhook_allow_http: bool = Field(False, description="Allow http:// webhook URLs.")
     webhook_allowlist: list[str] = Field(
         default_factory=list,
@@ -30,29 +31,29 @@ class AlertsSettings(BaseSettings):
             "e.g. 127.0.0.1 for loopback test receivers. JSON list in the environment."
         ),
     )
-    secret_rotation_grace: timedelta = Field(
+    secret_rotation_grace: Duration = Field(
         timedelta(hours=24), description="How long a rotated-out secret keeps signing."
     )
     max_response_bytes: int = Field(4096, ge=0, description="Response body kept per attempt.")
     # Retries
-    retry_schedule: list[timedelta] = Field(
+    retry_schedule: list[Duration] = Field(
         default_factory=lambda: list(retry.DEFAULT_SCHEDULE),
         description="Delay before each attempt; the first is usually 0.",
     )
     retry_jitter: float = Field(retry.DEFAULT_JITTER, ge=0.0, lt=1.0)
-    throttle_floor: timedelta = Field(
+    throttle_floor: Duration = Field(
         retry.THROTTLE_FLOOR, description="Least wait after a timeout or a 429."
     )
-    disable_after: timedelta = Field(
+    disable_after: Duration = Field(
         timedelta(days=5), description="An endpoint failing only for this long is disabled."
     )
-    replay_window: timedelta = Field(
+    replay_window: Duration = Field(
         timedelta(days=14), description="How far back failed deliveries can be recovered."
     )
     # Workers
-    lease: timedelta = Field(timedelta(seconds=45), description="How long a claim is held.")
-    reaper_interval: timedelta = Field(timedelta(seconds=15), description="Expired-lease sweep.")
-    poll_interval: timedelta = Field(
+    lease: Duration = Field(timedelta(seconds=45), description="How long a claim is held.")
+    reaper_interval: Duration = Field(timedelta(seconds=15), description="Expired-lease sweep.")
+    poll_interval: Duration = Field(
         timedelta(seconds=1), description="Fallback polling when no wake-up arrives."
     )
     concurrency: int = Field(64, ge=1, description="Deliveries in flight per worker process.")
@@ -61,17 +62,17 @@ class AlertsSettings(BaseSettings):
     )
     claim_batch: int = Field(100, ge=1, description="Deliveries claimed per query.")
     feed_batch: int = Field(500, ge=1, description="Feed entries consumed per transaction.")
-    reevaluate_interval: timedelta = Field(
+    reevaluate_interval: Duration = Field(
         timedelta(seconds=15),
         description="How often timers (pending, keep-firing, repeat, snooze) are re-evaluated.",
     )
-    digest_interval: timedelta = Field(
+    digest_interval: Duration = Field(
         timedelta(days=1), description="How often digests are sent (daily, at UTC midnight)."
     )
-    retention: timedelta = Field(
+    retention: Duration = Field(
         timedelta(days=30), description="Settled deliveries and their attempts are kept so long."
     )
-    shutdown_grace: timedelta = Field(
+    shutdown_grace: Duration = Field(
         timedelta(seconds=20), description="How long SIGTERM waits for requests in flight."
     )
     # Email
@@ -81,7 +82,7 @@ class AlertsSettings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = Field(False, description="Upgrade with STARTTLS.")
     smtp_tls: bool = Field(False, description="Implicit TLS (port 465).")
-    smtp_timeout: timedelta = Field(timedelta(seconds=30))
+    smtp_timeout: Duration = Field(timedelta(seconds=30))
     mail_from: str = Field("riskalert <alerts@riskalert.invalid>", description="From: header.")
 
     @field_validator("webhook_allowlist")

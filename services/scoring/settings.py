@@ -7,6 +7,8 @@ from datetime import timedelta
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.duration import Duration
+
 
 class ScoringSettings(BaseSettings):
     """Everything the scoring service can be told; the app factory takes one of these."""
@@ -24,20 +26,20 @@ class ScoringSettings(BaseSettings):
     inline_worker: bool = Field(
         True, description="Run the rescoring worker and scheduler inside the API process."
     )
-    clock_skew: timedelta = Field(
+    clock_skew: Duration = Field(
         timedelta(minutes=5), description="How far in the future a reported time may lie."
     )
     max_batch_items: int = Field(1000, ge=1, le=10_000, description="Incidents per batch POST.")
     max_page_size: int = Field(500, ge=1, le=5000, description="Largest page of a list.")
     max_backtest_pairs: int = Field(100_000, ge=1, description="(point, time) pairs per backtest.")
-    rescore_interval: timedelta = Field(
+    rescore_interval: Duration = Field(
         timedelta(minutes=10), description="How often every score is re-evaluated for decay."
     )
-    worker_poll_interval: timedelta = Field(
+    worker_poll_interval: Duration = Field(
         timedelta(seconds=1), description="Fallback polling of the rescoring queue."
     )
     rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
-    rescore_lease: timedelta = Field(
+    rescore_lease: Duration = Field(
         timedelta(seconds=60),
         description="How long a worker holds queued targets before another may take them.",
     )
@@ -46,13 +48,13 @@ class ScoringSettings(BaseSettings):
         ge=0,
         description="Smallest score move written to the change feed; band changes always are.",
     )
-    key_cache_ttl: timedelta = Field(
+    key_cache_ttl: Duration = Field(
         timedelta(seconds=10), description="How long a resolved API key is cached per process."
     )
-    idempotency_ttl: timedelta = Field(
+    idempotency_ttl: Duration = Field(
         timedelta(hours=24), description="How long Idempotency-Key responses are kept."
     )
-    sqlite_busy_timeout: timedelta = Field(
+    sqlite_busy_timeout: Duration = Field(
         timedelta(seconds=30), description="How long SQLite waits for the write lock."
     )
     db_pool_size: int = Field(10, ge=1, description="Connections per process.")
