@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
 
 READ_ONLY_OPTION = "riskalert_read_only"
-_HOLDS_WRITER = "riskalert_holds_writer"
+SQLITE_OVERFLOW = 64
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 NAMING_CONVENTION = {
@@ -68,7 +66,9 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10)
             url,
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
             pool_size=pool_size,
-            max_overflow=pool_size,
+            # SQLite connections are cheap: enough for every request thread (40) and worker
+            # thread at once, so threads queued for the write lock never starve the pool.
+            max_overflow=max(pool_size, SQLITE_OVERFLOW),
         )
 
         @event.listens_for(engine, "connect")
@@ -83,56 +83,13 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
-        # SQLite has one writer; its busy handler makes a waiting writer sleep and retry, so
-        # under load a short transaction can wait seconds behind a stream of others. Writers
-        # of this process queue on a lock instead and get the database the moment it is free
-        # (other processes still meet the busy timeout).
-        writer = threading.Lock()
-        wait_s = busy_timeout_ms / 1000
-
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
             # Read-only sessions run each statement on its own (no transaction to open or
             # close); writers take the write lock up front.
-            if conn.get_execution_options().get(READ_ONLY_OPTION, False):
-                return
-            if not writer.acquire(timeout=wait_s):
-                raise OperationalError("BEGIN IMMEDIATE", None, Exception("database is locked"))
-            conn.info[_HOLDS_WRITER] = True
-            try:
+            if not conn.get_execution_options().get(READ_ONLY_OPTION, False):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                _release(conn)
-                raise
 
-        def _release(conn: Any) -> None:
-            _release_info(conn.info)
-
-        def _release_info(info: dict[Any, Any]) -> None:
-            # Connection.info is the pooled connection's record.info: one flag, seen by both.
-            if info.pop(_HOLDS_WRITER, False):
-                writer.release()
-
-        def _returned(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-            _release_info(connection_record.info)
-
-        def _reset(
-            dbapi_connection: Any, connection_record: ConnectionPoolEntry, reset_state: Any
-        ) -> None:
-            _release_info(connection_record.info)
-
-        def _invalidated(
-            dbapi_connection: Any, connection_record: ConnectionPoolEntry, exception: Any
-        ) -> None:
-            _release_info(connection_record.info)
-
-        event.listen(engine, "commit", _release)
-        event.listen(engine, "rollback", _release)
-        # A connection returned, closed or invalidated mid-transaction must not keep the lock.
-        event.listen(engine, "checkin", _returned)
-        event.listen(engine, "close", _returned)
-        event.listen(engine, "reset", _reset)
-        event.listen(engine, "invalidate", _invalidated)
         return engine
     # No pre-ping: it costs a round trip per request. A connection found dead raises a
     # disconnect error (a 503 to the client) and SQLAlchemy then discards the whole pool.

@@ -131,9 +131,13 @@ ReadableCorridor = Annotated[Located, Depends(_read_corridor)]
 WritableCorridor = Annotated[Target, Depends(_write_corridor)]
 
 
-def active_model(request: Request, session: ReadSession, now: Now) -> scores.ActiveModel:
+def active_model(request: Request, now: Now) -> scores.ActiveModel:
     """The model version in force (created, in a write transaction of its own, if none is)."""
-    found = scores.active_model(session)
+    # A read session of its own, closed before the route runs: a write route holding a read
+    # connection while it waits for a write one could starve the pool under load.
+    reader: sessionmaker[Session] = request.app.state.read_sessions
+    with reader() as session:
+        found = scores.active_model(session)
     if found is not None:
         return found
     factory: sessionmaker[Session] = request.app.state.sessions

@@ -79,7 +79,7 @@ async def _score_response(
 def _compute_score(
     request: Request, session: ReadSession, target: Target, as_of: datetime, now: datetime
 ) -> str:
-    model = active_model(request, session, now)
+    model = active_model(request, now)
     return scores.score_as_of(session, model, target, as_of).model_dump_json()
 
 
