@@ -20,6 +20,7 @@ from services.scoring.taxonomy import Band
 
 # Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
 CHANGE_FEED_LOCK = 0x5C0E_FEED
+INCIDENT_FEED_LOCK = 0x1C1D_FEED
 # Rung (NOTIFY on Postgres, an event in-process) when a unit of work that appended commits.
 FEED_CHANNEL = "riskalert_feed"
 
@@ -64,7 +65,9 @@ def append(session: Session, changes: Sequence[ScoreChange | IncidentChange]) ->
     if not changes:
         return
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHANGE_FEED_LOCK})
+        # One lock per feed: an ingest must not wait for a rescoring batch to commit.
+        key = INCIDENT_FEED_LOCK if isinstance(changes[0], IncidentChange) else CHANGE_FEED_LOCK
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
     session.add_all(changes)
     session.flush()
     wake.announce(session, FEED_CHANNEL)
