@@ -61,6 +61,10 @@ def rescore_pending(
                 causes={c.target_id: c.cause for c in claims},
                 min_delta=settings.change_min_delta,
             )
+        # Released in a short transaction of its own: the store above holds no queue rows, so
+        # an ingest queueing the same targets never waits for a whole batch to be written. A
+        # crash in between leaves the leases to expire: the targets are computed once more.
+        with factory.begin() as session:
             queue.release(session, claims)
     except Exception:
         # Hand the batch back at once rather than when its lease expires.
