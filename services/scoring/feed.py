@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 from sqlalchemy.orm import Session
 
 from services.core import wake
@@ -21,6 +21,7 @@ from services.scoring.taxonomy import Band
 # Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
 CHANGE_FEED_LOCK = 0x5C0E_FEED
 INCIDENT_FEED_LOCK = 0x1C1D_FEED
+_AT_COMMIT = "riskalert_feed_at_commit"
 # Rung (NOTIFY on Postgres, an event in-process) when a unit of work that appended commits.
 FEED_CHANNEL = "riskalert_feed"
 
@@ -71,6 +72,30 @@ def append(session: Session, changes: Sequence[ScoreChange | IncidentChange]) ->
     session.add_all(changes)
     session.flush()
     wake.announce(session, FEED_CHANNEL)
+
+
+def append_at_commit(session: Session, changes: Sequence[IncidentChange]) -> None:
+    """Append entries just before this unit of work commits, holding the feed lock only then.
+
+    A request's transaction may wait long after its work is done (its commit runs when a
+    thread is free to run it): holding the ordering lock all that time would queue every
+    other ingest behind it.
+    """
+    if not changes:
+        return
+    waiting: list[IncidentChange] = session.info.setdefault(_AT_COMMIT, [])
+    if not waiting:
+        event.listen(session, "before_commit", _append_waiting, once=True)
+        event.listen(session, "after_soft_rollback", _forget_waiting, once=True)
+    waiting.extend(changes)
+
+
+def _append_waiting(session: Session) -> None:
+    append(session, session.info.pop(_AT_COMMIT, []))
+
+
+def _forget_waiting(session: Session, *_: object) -> None:
+    session.info.pop(_AT_COMMIT, None)
 
 
 def record_removal(session: Session, target: Target, now: datetime) -> None:

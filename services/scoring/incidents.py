@@ -151,7 +151,7 @@ def upsert_many(
         _apply(session, data, existing.get(key), now) for data, key in zip(items, keys, strict=True)
     ]
     session.flush()
-    feed.append(
+    feed.append_at_commit(
         session,
         [
             IncidentChange(
