@@ -96,7 +96,7 @@ def holds_for(predicate: Callable[[], bool], *, seconds: float, what: str) -> No
 
 
 def seconds(value: float) -> str:
-    """A duration for a RISKALERT_* variable (settings parse ISO 8601, not bare numbers)."""
+    """A duration for a RISKALERT_* variable, in ISO 8601 (settings also take bare seconds)."""
     return f"PT{value:g}S"
 
 
