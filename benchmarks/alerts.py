@@ -384,12 +384,14 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
             out["setup_s"] = round(time.perf_counter() - started, 1)
             out["setup"] = figures
             points = site_points(db, chosen)
-            log(f"{backend}: latency at {args.rate}/s for {args.duration} s")
-            out["latency"] = latency(db, logs, keys, points, receiver, args)
-            log(f"{backend}: {out['latency']}")
-            log(f"{backend}: fan-out of {args.fanout}")
-            out["fanout"] = fanout(db, logs, receiver, args)
-            log(f"{backend}: {out['fanout']}")
+            if "latency" in args.phases:
+                log(f"{backend}: latency at {args.rate}/s for {args.duration} s")
+                out["latency"] = latency(db, logs, keys, points, receiver, args)
+                log(f"{backend}: {out['latency']}")
+            if "fanout" in args.phases:
+                log(f"{backend}: fan-out of {args.fanout}")
+                out["fanout"] = fanout(db, logs, receiver, args)
+                log(f"{backend}: {out['fanout']}")
     finally:
         stop_process(receiver.proc)
     return out
@@ -410,6 +412,12 @@ def main() -> None:
     parser.add_argument("--fanout-workers", type=int, default=4)
     parser.add_argument("--drain-deadline", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=["latency", "fanout"],
+        help="comma-separated: latency, fanout",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     logs = RESULTS / "logs-alerts"

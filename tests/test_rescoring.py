@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from services.core.problems import PROBLEM_MEDIA_TYPE
-from services.scoring import geo, incidents, jobs, scores
+from services.scoring import geo, incidents, jobs, queue, scores
 from services.scoring.feed import worth_recording
 from services.scoring.models import CurrentScore, RescoreMark
 from services.scoring.schemas import IncidentIn, ScoreOut, TargetRef
@@ -70,8 +70,10 @@ def post_incident(api: Api, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def queued(api: Api) -> dict[int, str]:
-    """The rescoring queue: target id -> cause."""
-    with api.app.state.sessions() as session:
+    """The rescoring queue, once the incident feed is read: target id -> cause."""
+    with api.app.state.sessions.begin() as session:
+        now = datetime.now(UTC)
+        queue.consume_incident_feed(session, scores.ensure_model(session, now).params, now, 1000)
         rows = session.execute(select(RescoreMark.target_id, RescoreMark.cause))
         return {target_id: cause for target_id, cause in rows}
 
@@ -104,6 +106,69 @@ def test_incident_queues_a_site_50_km_away_and_not_one_1500_km_away(api: Api) ->
     assert near in marks
     assert far not in marks
     assert marks[near] == "incident"
+
+
+def _read_feed(api: Api, session: Any) -> int:
+    now = datetime.now(UTC)
+    params = scores.ensure_model(session, now).params
+    return queue.consume_incident_feed(session, params, now, 1000)
+
+
+def test_ingest_writes_no_queue_rows_the_worker_queues_them_from_the_feed_once(
+    api: Api,
+) -> None:
+    near = create_site(api, "near", *east_of_base(50))
+    post_incident(api, incident_body("near-base", BASE_LAT, BASE_LON))
+    with api.app.state.sessions() as session:
+        assert session.execute(select(RescoreMark.target_id)).first() is None
+
+    with api.app.state.sessions.begin() as session:
+        assert _read_feed(api, session) == 1
+    with api.app.state.sessions.begin() as session:
+        assert _read_feed(api, session) == 0, "the cursor moved past the entry"
+        marks = session.execute(select(RescoreMark.target_id)).scalars().all()
+    assert marks == [near]
+
+
+def test_feed_read_that_rolls_back_is_read_again(api: Api) -> None:
+    near = create_site(api, "near", *east_of_base(50))
+    post_incident(api, incident_body("near-base", BASE_LAT, BASE_LON))
+    session = api.app.state.sessions()
+    try:
+        session.begin()
+        assert _read_feed(api, session) == 1
+        session.rollback()  # a worker that dies before committing
+    finally:
+        session.close()
+    assert queued(api) == {near: "incident"}
+
+
+def test_second_feed_reader_skips_at_once_while_the_first_holds_the_cursor(
+    api: Api, db_url: str
+) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite serialises writers: a second reader waits for the write lock")
+    create_site(api, "near", *east_of_base(50))
+    queued(api)  # the cursor row exists (the migration makes it; the test database is emptied)
+    post_incident(api, incident_body("near-base", BASE_LAT, BASE_LON))
+    with api.app.state.sessions.begin() as first:
+        assert _read_feed(api, first) == 1
+        with api.app.state.sessions.begin() as second:
+            assert _read_feed(api, second) == 0
+
+
+def test_an_incident_snapshot_reads_back_as_the_same_model_version() -> None:
+    body = incident_body("snap", BASE_LAT, BASE_LON)
+    body.update(
+        scope={"countries": ["MLI", "BFA"]},
+        target_profile={"foreign_owned_only": True, "sectors": ["mining"]},
+        victim_profile={"expatriate": True, "sector": "mining"},
+    )
+    data = IncidentIn.model_validate(body)
+    now = datetime.now(UTC)
+    row = incidents.Incident(id=7, revision=1, **incidents._columns(data, now))
+    model = incidents.to_model(row)
+    assert incidents.from_snapshot(incidents.snapshot(model)) == model
 
 
 def test_area_scoped_threat_queues_only_targets_in_its_scope(api: Api) -> None:

@@ -238,13 +238,3 @@ class DigestItem(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The digest delivery that carried it; None while waiting.
     delivery_id: Mapped[int | None] = mapped_column(ForeignKey("delivery.id", ondelete="SET NULL"))
-
-
-class FeedCursor(Base):
-    """How far the alerts service has consumed one of the scoring service's feeds."""
-
-    __tablename__ = "feed_cursor"
-
-    name: Mapped[str] = mapped_column(String(32), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

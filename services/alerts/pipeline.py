@@ -25,12 +25,13 @@ from services.alerts.models import (
     DeliveryAttempt,
     DigestItem,
     Endpoint,
-    FeedCursor,
     Rule,
     Subscription,
 )
 from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
+from services.core import cursors
+from services.core.models import FeedCursor
 from services.scoring import geo
 from services.scoring import incidents as scoring_incidents
 from services.scoring import targets as scoring_targets
@@ -164,18 +165,6 @@ def applies(subscription: Subscription, target: Target) -> bool:
     return True
 
 
-def _lock_cursor(session: Session, name: str, now: datetime) -> FeedCursor | None:
-    """The feed cursor, locked for this unit of work; None while another process consumes."""
-    cursor = session.execute(
-        select(FeedCursor).where(FeedCursor.name == name).with_for_update(skip_locked=True)
-    ).scalar_one_or_none()
-    if cursor is None and session.get(FeedCursor, name) is None:
-        cursor = FeedCursor(name=name, position=0, updated_at=now)
-        session.add(cursor)
-        session.flush()
-    return cursor
-
-
 def backlog(session: Session) -> set[str]:
     """Which inputs have work waiting (a cheap read, so idle passes take no write lock)."""
     positions = dict(session.execute(select(FeedCursor.name, FeedCursor.position)).all())
@@ -197,7 +186,7 @@ def backlog(session: Session) -> set[str]:
 
 def consume_scores(session: Session, settings: AlertsSettings, now: datetime) -> int:
     """Evaluate a batch of score changes after the cursor; return how many were consumed."""
-    cursor = _lock_cursor(session, SCORE_FEED, now)
+    cursor = cursors.lock(session, SCORE_FEED, now)
     if cursor is None:
         return 0
     changes = (
@@ -254,7 +243,7 @@ def seed_rules(session: Session, settings: AlertsSettings, now: datetime, limit:
     """Evaluate new or changed threshold rules against their targets' current scores."""
     # Under the score feed's cursor: seeding and consuming score changes never interleave
     # (no two processes create the same alert, and no stale change is replayed after a seed).
-    cursor = _lock_cursor(session, SCORE_FEED, now)
+    cursor = cursors.lock(session, SCORE_FEED, now)
     if cursor is None:
         return 0
     behind = session.execute(
@@ -518,7 +507,7 @@ def _dispatch(
 
 def consume_incidents(session: Session, settings: AlertsSettings, now: datetime) -> int:
     """Match a batch of new or revised incidents against event rules; return how many."""
-    cursor = _lock_cursor(session, INCIDENT_FEED, now)
+    cursor = cursors.lock(session, INCIDENT_FEED, now)
     if cursor is None:
         return 0
     changes = (

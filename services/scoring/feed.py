@@ -24,6 +24,8 @@ INCIDENT_FEED_LOCK = 0x1C1D_FEED
 _AT_COMMIT = "riskalert_feed_at_commit"
 # Rung (NOTIFY on Postgres, an event in-process) when a unit of work that appended commits.
 FEED_CHANNEL = "riskalert_feed"
+# Rung as well when incident entries were appended: the rescoring worker reads those.
+INCIDENT_CHANNEL = "riskalert_incidents"
 
 
 def worth_recording(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
@@ -65,13 +67,16 @@ def append(session: Session, changes: Sequence[ScoreChange | IncidentChange]) ->
     """Append feed entries; on Postgres under a lock so ids are committed in order."""
     if not changes:
         return
+    incident = isinstance(changes[0], IncidentChange)
     if session.get_bind().dialect.name == "postgresql":
         # One lock per feed: an ingest must not wait for a rescoring batch to commit.
-        key = INCIDENT_FEED_LOCK if isinstance(changes[0], IncidentChange) else CHANGE_FEED_LOCK
+        key = INCIDENT_FEED_LOCK if incident else CHANGE_FEED_LOCK
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
     session.add_all(changes)
     session.flush()
     wake.announce(session, FEED_CHANNEL)
+    if incident:
+        wake.announce(session, INCIDENT_CHANNEL)
 
 
 def append_at_commit(session: Session, changes: Sequence[IncidentChange]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from sqlalchemy import select, tuple_
@@ -34,7 +37,7 @@ MODEL_COLUMNS = (
     Incident.victim_expatriate, Incident.victim_sector, Incident.fatalities_claimed,
     Incident.fatalities_best, Incident.source_reliability, Incident.lifecycle, Incident.title,
 )  # fmt: skip
-Row = Incident | SqlRow[Any]
+Row = Incident | SqlRow[Any] | SimpleNamespace
 
 
 def to_model(row: Row) -> risk.Incident:
@@ -61,6 +64,29 @@ def to_model(row: Row) -> risk.Incident:
         lifecycle=Lifecycle(row.lifecycle),
         title=row.title,
     )
+
+
+def snapshot(model: risk.Incident) -> dict[str, Any]:
+    """The model's view of an incident as JSON (the incident feed keeps replaced revisions)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(model):
+        value = getattr(model, field.name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, frozenset):
+            value = sorted(v.value if isinstance(v, Enum) else v for v in value)
+        elif isinstance(value, Enum):
+            value = value.value
+        out[field.name] = value
+    return out
+
+
+def from_snapshot(data: dict[str, Any]) -> risk.Incident:
+    """Read back what `snapshot` wrote."""
+    values = dict(data)
+    for name in ("occurred_at", "reported_at"):
+        values[name] = datetime.fromisoformat(values[name])
+    return to_model(SimpleNamespace(**values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +184,7 @@ def upsert_many(
                 incident_id=r.incident.id,
                 revision=r.incident.revision,
                 outcome=r.outcome,
+                previous=snapshot(r.previous) if r.previous is not None else None,
                 created_at=now,
             )
             for r in out

@@ -13,9 +13,10 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core import wake
 from services.core.db import is_sqlite, make_sessionmaker
 from services.core.models import IdempotencyRecord
-from services.scoring import queue, scores
+from services.scoring import feed, queue, scores
 from services.scoring.settings import ScoringSettings
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,22 @@ def rescore_pending(
     cache: scores.IncidentCache | None = None,
     reader: sessionmaker[Session] | None = None,
 ) -> int:
-    """Rescore one batch of queued targets; return how many were taken.
+    """Read new incidents off the feed, rescore one batch of queued targets; return how much
+    was done (feed entries read plus targets taken), 0 when there was nothing.
 
     Three steps, so the slow middle one holds no write lock (SQLite) and no row locks
-    (Postgres) that ingest requests would wait on: lease the marks (short write), compute
-    (read-only), store the scores and release the marks (short write). A crash in between
-    leaves the leases to expire and the targets are taken again.
+    (Postgres) that ingest requests would wait on: queue what new incidents affect and lease
+    the marks (short write), compute (read-only), store the scores and release the marks
+    (short write). A crash in between leaves the leases to expire and the targets are taken
+    again.
     """
     now = clock()
     with factory.begin() as session:
+        model = scores.ensure_model(session, now)
+        read = queue.consume_incident_feed(session, model.params, now, settings.feed_batch_size)
         claims = queue.claim(session, settings.rescore_batch_size, now, settings.rescore_lease)
-        model = scores.ensure_model(session, now) if claims else None
-    if model is None:
-        return 0
+    if not claims:
+        return read
     try:
         with (reader or factory).begin() as session:
             ids = [c.target_id for c in claims]
@@ -71,7 +75,7 @@ def rescore_pending(
         with factory.begin() as session:
             queue.give_back(session, claims)
         raise
-    return len(claims)
+    return read + len(claims)
 
 
 def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now) -> int:
@@ -123,6 +127,8 @@ class RescoreWorker:
 
     def start(self) -> None:
         """Start the thread (and the NOTIFY listener on PostgreSQL)."""
+        # Commits in this process that append incidents wake the worker directly.
+        wake.subscribe(feed.INCIDENT_CHANNEL, self._wake)
         self._thread.start()
         if self._listener is not None:
             self._listener.start()
@@ -136,6 +142,7 @@ class RescoreWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        wake.unsubscribe(feed.INCIDENT_CHANNEL, self._wake)
         if self._listener is not None:
             self._listener.join(timeout)
 
@@ -147,6 +154,7 @@ class RescoreWorker:
             try:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {queue.CHANNEL}")
+                    conn.execute(f"LISTEN {feed.INCIDENT_CHANNEL}")
                     self.listening.set()
                     while not self._stop.is_set():
                         # Short waits, so a stop request is noticed within a second.

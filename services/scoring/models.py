@@ -195,4 +195,7 @@ class IncidentChange(Base):
     )
     revision: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(12))  # created | updated
+    # An update: the model's view of the revision it replaced (`incidents.snapshot`), so the
+    # targets that version reached are rescored too.
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

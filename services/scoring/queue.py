@@ -1,8 +1,9 @@
 """The rescore queue: which targets wait to be rescored, and the workers' leases on them.
 
-One row per target however often it is queued. Ingest and edits queue targets in their own
-transaction; workers lease batches (SKIP LOCKED on PostgreSQL), compute, and release what they
-computed unless it was queued again meanwhile.
+One row per target however often it is queued. Target edits queue their target in their own
+transaction; the targets an incident affects are queued by the worker as it reads the incident
+feed. Workers lease batches (SKIP LOCKED on PostgreSQL), compute, and release what they computed
+unless it was queued again meanwhile.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.core import cursors
 from services.core.db import UTCDateTime
 from services.scoring import geo, incidents, risk
-from services.scoring.models import RescoreMark, Target
+from services.scoring.models import Incident, IncidentChange, RescoreMark, Target
 from services.scoring.taxonomy import Sector, TargetKind
 
 # Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
@@ -118,27 +120,58 @@ def add_all(session: Session, cause: str, now: datetime) -> None:
     )
 
 
+# The rescoring worker's cursor on the incident feed (services.core.cursors).
+FEED_CURSOR = "rescore"
+
+
+def consume_incident_feed(
+    session: Session, params: risk.ModelParams, now: datetime, limit: int
+) -> int:
+    """Queue what newly fed incident revisions can affect, and move the rescorer's cursor.
+
+    Ingest only appends to the incident feed. Reading the feed here, rather than queueing in
+    the ingest transaction, keeps ingest off the queue's rows, which every rescoring batch
+    writes, and queues a burst of nearby incidents' targets once. Returns how many entries were
+    read (0 also while another process reads the feed).
+    """
+    cursor = cursors.lock(session, FEED_CURSOR, now)
+    if cursor is None:
+        return 0
+    rows = session.execute(
+        select(IncidentChange.id.label("change_id"), IncidentChange.previous,
+               *incidents.MODEL_COLUMNS)
+        .join(Incident, Incident.id == IncidentChange.incident_id)
+        .where(IncidentChange.id > cursor.position)
+        .order_by(IncidentChange.id)
+        .limit(limit)
+    ).all()  # fmt: skip
+    if not rows:
+        return 0
+    versions = [incidents.to_model(row) for row in rows]
+    # An update also affects whatever the revision it replaced could.
+    versions += [incidents.from_snapshot(row.previous) for row in rows if row.previous]
+    add(session, affected_targets(session, versions, params), "incident", now)
+    cursor.position = rows[-1].change_id
+    cursor.updated_at = now
+    return len(rows)
+
+
 def affected_targets(
-    session: Session, changed: Sequence[incidents.Upserted], params: risk.ModelParams
+    session: Session, versions: Sequence[risk.Incident], params: risk.ModelParams
 ) -> set[int]:
-    """Targets that incidents just created or updated can affect directly, then or now.
+    """Targets that these incident versions can affect directly, then or now.
 
     Point incidents: targets whose stored box overlaps the incident's primary reach (the faint
     regional tail is left to the decay tick). Area-scoped: targets matching scope and profile.
-    An update also affects whatever the incident's previous version could.
     """
     spots: list[tuple[float, float, float]] = []
     area: list[risk.Incident] = []
-    for item in changed:
-        versions = [incidents.to_model(item.incident)]
-        if item.previous is not None:
-            versions.append(item.previous)
-        for incident in versions:
-            reach = risk.influence_radius_km(incident, params, regional=False)
-            if incident.lat is None or incident.lon is None or reach is None:
-                area.append(incident)
-            else:
-                spots.append((incident.lat, incident.lon, reach))
+    for incident in versions:
+        reach = risk.influence_radius_km(incident, params, regional=False)
+        if incident.lat is None or incident.lon is None or reach is None:
+            area.append(incident)
+        else:
+            spots.append((incident.lat, incident.lon, reach))
     ids: set[int] = set()
     if spots:
         ids |= _targets_near(session, spots)
@@ -226,9 +259,22 @@ def claim(session: Session, limit: int, now: datetime, lease: timedelta) -> list
     return [Claim(target_id, cause, generation) for target_id, cause, generation in rows]
 
 
+def _lock_in_order(session: Session, claims: Sequence[Claim]) -> None:
+    # Queueing upserts rows in target order; taking these rows in the same order first means
+    # the two never wait on each other in a cycle (a deadlock on PostgreSQL).
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            select(RescoreMark.target_id)
+            .where(RescoreMark.target_id.in_(sorted(c.target_id for c in claims)))
+            .order_by(RescoreMark.target_id)
+            .with_for_update()
+        )
+
+
 def give_back(session: Session, claims: Sequence[Claim]) -> None:
     """Give leased targets back to the queue (after a failed batch)."""
     if claims:
+        _lock_in_order(session, claims)
         session.execute(
             update(RescoreMark)
             .where(RescoreMark.target_id.in_([c.target_id for c in claims]))
@@ -239,6 +285,7 @@ def give_back(session: Session, claims: Sequence[Claim]) -> None:
 def release(session: Session, claims: Sequence[Claim]) -> None:
     """Drop the queue entries just rescored, unless they were queued again meanwhile."""
     if claims:
+        _lock_in_order(session, claims)
         session.execute(
             delete(RescoreMark).where(
                 tuple_(RescoreMark.target_id, RescoreMark.generation).in_(

@@ -39,6 +39,9 @@ class ScoringSettings(BaseSettings):
         timedelta(seconds=1), description="Fallback polling of the rescoring queue."
     )
     rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
+    feed_batch_size: int = Field(
+        1000, ge=1, description="Incident feed entries read per pass to queue their targets."
+    )
     rescore_lease: Duration = Field(
         timedelta(seconds=60),
         description="How long a worker holds queued targets before another may take them.",

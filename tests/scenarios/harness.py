@@ -42,13 +42,12 @@ from services.alerts.models import (
     DeliveryAttempt,
     Endpoint,
     EndpointSecret,
-    FeedCursor,
     Rule,
 )
 from services.alerts.signing import generate_secret
 from services.core.db import make_engine, make_sessionmaker
-from services.core.models import Tenant
-from services.scoring import feed
+from services.core.models import FeedCursor, Tenant
+from services.scoring import feed, queue
 from services.scoring.models import CurrentScore, IncidentChange, RescoreMark, ScoreChange
 from tests.conftest import POSTGRES_ADMIN_URL, _libpq
 
@@ -290,7 +289,7 @@ class Database:
             return None if score is None else score.as_of
 
     def feeds_consumed(self) -> bool:
-        """Whether the alerts pipeline has consumed every score change and incident revision."""
+        """Whether the alerts pipeline and the rescorer have read every entry of the feeds."""
         with self.sessions() as session:
             return self._feeds_consumed(session)
 
@@ -300,6 +299,7 @@ class Database:
         for name, table in (
             (pipeline.SCORE_FEED, ScoreChange),
             (pipeline.INCIDENT_FEED, IncidentChange),
+            (queue.FEED_CURSOR, IncidentChange),
         ):
             last = session.execute(select(func.max(table.id))).scalar()
             if last is not None and cursors.get(name, 0) < last:

@@ -10,14 +10,13 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from services.core.problems import Problem, field_errors, not_found, problem_responses
-from services.scoring import incidents, queue, schemas, scores
+from services.scoring import incidents, schemas
 from services.scoring.api.deps import (
     AnyReader,
     Cursor,
     Id,
     Ingestor,
     Limit,
-    Model,
     Now,
     ReadSession,
     Retryable,
@@ -36,15 +35,6 @@ def _ingest(
     return incidents.upsert(session, data, now)
 
 
-def _queue_affected(
-    session: Session, model: scores.ActiveModel, results: list[incidents.Upserted], now: datetime
-) -> None:
-    changed = [r for r in results if r.outcome != "unchanged"]
-    if changed:
-        ids = queue.affected_targets(session, changed, model.params)
-        queue.add(session, ids, "incident", now)
-
-
 @router.post(
     "",
     status_code=201,
@@ -59,7 +49,6 @@ def post_incident(
     data: schemas.IncidentIn,
     principal: Ingestor,
     session: WriteSession,
-    model: Model,
     now: Now,
     settings: Settings,
     retries: Retryable,
@@ -67,8 +56,8 @@ def post_incident(
     """Create the incident (201), or update the one with the same source id (200)."""
 
     def produce() -> tuple[int, schemas.IncidentFeature]:
+        # What the incident affects is queued for rescoring by the worker reading the feed.
         result = _ingest(data, session, now, settings)
-        _queue_affected(session, model, [result], now)
         return (201 if result.outcome == "created" else 200), incidents.to_feature(result.incident)
 
     response.status_code, feature = retries.once(data, schemas.IncidentFeature, produce)
@@ -84,7 +73,6 @@ def post_batch(
     data: schemas.IncidentBatchIn,
     principal: Ingestor,
     session: WriteSession,
-    model: Model,
     now: Now,
     settings: Settings,
     retries: Retryable,
@@ -105,7 +93,7 @@ def post_batch(
             ],
         )
     _, body = retries.once(
-        data, schemas.BatchResult, lambda: (200, _ingest_batch(data, session, model, now, settings))
+        data, schemas.BatchResult, lambda: (200, _ingest_batch(data, session, now, settings))
     )
     return body
 
@@ -113,7 +101,6 @@ def post_batch(
 def _ingest_batch(
     data: schemas.IncidentBatchIn,
     session: Session,
-    model: scores.ActiveModel,
     now: datetime,
     settings: Settings,
 ) -> schemas.BatchResult:
@@ -151,8 +138,6 @@ def _ingest_batch(
         results[index] = schemas.ItemResult(
             index=index, status=result.outcome, id=result.incident.id
         )
-    # One queueing pass for the whole batch: each affected target is rescored once.
-    _queue_affected(session, model, upserted, now)
     ordered = [results[i] for i in range(len(data.items))]
     counts = {
         s: sum(r.status == s for r in ordered)
