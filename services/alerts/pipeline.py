@@ -126,7 +126,8 @@ def _parsed(rule: Rule) -> ThresholdRuleIn | EventRuleIn:
 
 
 class WatchIndex:
-    """A tenant's threshold watches by what they watch, so a change finds its rules quickly."""
+    """A tenant's watches by what they watch, so a change or an incident finds its rules
+    without trying every rule on every target."""
 
     def __init__(self, watches: Iterable[Watch]) -> None:
         self._by_target: dict[int, list[Watch]] = defaultdict(list)
@@ -143,6 +144,10 @@ class WatchIndex:
 
     def __bool__(self) -> bool:
         return bool(self._by_target or self._by_tag or self._all)
+
+    def only_targets(self) -> set[int] | None:
+        """The targets watched when every watch names its target; None if a tag or all does."""
+        return None if self._by_tag or self._all else set(self._by_target)
 
     def for_target(self, target: Target) -> list[Watch]:
         """The watches that apply to `target`, in rule order."""
@@ -524,19 +529,16 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
         return 0
     cursor.position = changes[-1].id
     cursor.updated_at = now
-    events = {
-        tenant: [w for w in ws if isinstance(w.params, EventRuleIn)]
-        for tenant, ws in watches(session, None).items()
-    }
-    events = {tenant: ws for tenant, ws in events.items() if ws}
-    if not events:
+    found = [
+        w for ws in watches(session, None).values() for w in ws if isinstance(w.params, EventRuleIn)
+    ]
+    if not found:
         return len(changes)
-    reach = max(
-        w.params.radius_km
-        for ws in events.values()
-        for w in ws
-        if isinstance(w.params, EventRuleIn)
-    )
+    reach = max(w.params.radius_km for w in found if isinstance(w.params, EventRuleIn))
+    by_tenant: dict[int, list[Watch]] = defaultdict(list)
+    for watch in found:
+        by_tenant[watch.subscription.tenant_id].append(watch)
+    events = {tenant: WatchIndex(ws) for tenant, ws in by_tenant.items()}
     rows = {
         i.id: i
         for i in session.execute(
@@ -553,13 +555,17 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
 def _match_incident(
     session: Session,
     incident: Incident,
-    events: dict[int, list[Watch]],
+    events: dict[int, WatchIndex],
     reach: float,
     now: datetime,
     base_url: str,
 ) -> None:
     model = scoring_incidents.to_model(incident)
     query = select(Target).where(Target.tenant_id.in_(events))
+    named = [index.only_targets() for index in events.values()]
+    if all(ids is not None for ids in named):
+        # Only named targets are watched: load those, not every target in the area.
+        query = query.where(Target.id.in_(sorted(set().union(*filter(None, named)))))
     scoped = bool(incident.scope_countries or incident.scope_admin1)
     # A threat scoped to countries or regions matches by area, however far its location.
     if incident.lat is not None and incident.lon is not None and not scoped:
@@ -571,10 +577,13 @@ def _match_incident(
             Target.box_min_lon <= max_lon,
         )
     for target in session.execute(query).scalars():
+        applicable = events[target.tenant_id].for_target(target)
+        if not applicable:
+            continue
         target_model = scoring_targets.to_model(target)
-        for watch in events.get(target.tenant_id, ()):
+        for watch in applicable:
             params = watch.params
-            if not isinstance(params, EventRuleIn) or not applies(watch.subscription, target):
+            if not isinstance(params, EventRuleIn):
                 continue
             found = triggers.match(params, model, target_model, now)
             if found is None:
