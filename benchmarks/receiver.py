@@ -3,7 +3,9 @@
     .venv/bin/python -m benchmarks.receiver --port 9100 --secret whsec_...
 
 POST anything: verified, recorded, answered 204 (401 when the signature does not verify).
-GET /stats: every record so far as JSON. POST /reset: forget them. Binds 127.0.0.1 only.
+GET /stats: every record so far as JSON; GET /count: only how many, by type, and how many
+incidents have had an `alert.triggered` (cheap enough to poll). POST /reset: forget them.
+Binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -30,6 +33,8 @@ class Receiver:
         self._webhook = Webhook(secret)
         self.records: list[dict[str, Any]] = []
         self.rejected = 0
+        self.by_type: Counter[str] = Counter()
+        self.triggered: set[int] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,8 +51,18 @@ class Receiver:
                 send, 200, json.dumps({"records": self.records, "rejected": self.rejected})
             )
             return
+        if scope["method"] == "GET" and scope["path"] == "/count":
+            counts = {
+                "records": len(self.records),
+                "by_type": self.by_type,
+                "triggered_incidents": len(self.triggered),
+                "rejected": self.rejected,
+            }
+            await _answer(send, 200, json.dumps(counts))
+            return
         if scope["method"] == "POST" and scope["path"] == "/reset":
             self.records, self.rejected = [], 0
+            self.by_type, self.triggered = Counter(), set()
             await _answer(send, 204, "")
             return
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
@@ -59,6 +74,10 @@ class Receiver:
             return
         data = payload.get("data", {})
         incident = data.get("incident") or {}
+        kind = str(payload.get("type"))
+        self.by_type[kind] += 1
+        if kind == "alert.triggered" and incident.get("id") is not None:
+            self.triggered.add(incident["id"])
         self.records.append(
             {
                 "id": headers["webhook-id"],
