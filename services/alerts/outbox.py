@@ -48,17 +48,21 @@ def enqueue(
     payload: Mapping[str, Any],
     now: datetime,
     dedupe: str | None = None,
+    flush: bool = True,
 ) -> list[Delivery]:
     """Add one delivery per enabled endpoint; older unsent states of the same alert are superseded.
 
     `dedupe` (with the endpoint id appended) makes enqueuing the same notification twice a
-    constraint error, for ticks that several processes may run.
+    constraint error, for ticks that several processes may run. Without `flush` the rows are
+    written with the session's next flush (many notices, one multi-row INSERT), and have no
+    ids until then.
     """
     rows: list[Delivery] = []
     for endpoint in endpoints:
         if not endpoint.enabled:
             continue
-        if alert_id is not None:
+        # An alert's first notice (sequence 1) has no older state that could be waiting.
+        if alert_id is not None and sequence > 1:
             # The receiver wants the newest state; an older one not yet sent would only arrive
             # after it or be dropped by `sequence`, so it is not sent at all.
             session.execute(
@@ -90,7 +94,8 @@ def enqueue(
         )
     if rows:
         session.add_all(rows)
-        session.flush()
+        if flush:
+            session.flush()
         wake.announce(session, DELIVERY_CHANNEL)
     return rows
 
@@ -104,7 +109,7 @@ def hold_for_digest(
     payload: Mapping[str, Any],
     now: datetime,
 ) -> None:
-    """Keep a notification for each endpoint's next daily digest."""
+    """Keep a notification for each endpoint's next daily digest (written at the next flush)."""
     session.add_all(
         DigestItem(
             tenant_id=tenant_id,
@@ -116,7 +121,6 @@ def hold_for_digest(
         for e in endpoints
         if e.enabled
     )
-    session.flush()
 
 
 @dataclass(frozen=True)

@@ -503,6 +503,7 @@ def _dispatch(
         payload=payload,
         now=now,
         dedupe=f"a{row.id}:s{row.sequence}",
+        flush=False,  # written with the batch's next flush
     )
 
 
@@ -545,11 +546,25 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
             select(Incident).where(Incident.id.in_({c.incident_id for c in changes}))
         ).scalars()
     }
-    for incident_id in dict.fromkeys(c.incident_id for c in changes):
-        incident = rows.get(incident_id)
-        if incident is not None:
-            _match_incident(session, incident, events, reach, now, settings.public_url)
+    matches = [
+        match
+        for incident_id in dict.fromkeys(c.incident_id for c in changes)
+        if (incident := rows.get(incident_id)) is not None
+        for match in _match_incident(session, incident, events, reach, now)
+    ]
+    _trigger(session, matches, now, settings.public_url)
     return len(changes)
+
+
+@dataclass(frozen=True, slots=True)
+class _Match:
+    """An event rule that an incident triggers for one target."""
+
+    watch: Watch
+    params: EventRuleIn
+    target: Target
+    incident: Incident
+    found: triggers.Match
 
 
 def _match_incident(
@@ -558,8 +573,7 @@ def _match_incident(
     events: dict[int, WatchIndex],
     reach: float,
     now: datetime,
-    base_url: str,
-) -> None:
+) -> list[_Match]:
     model = scoring_incidents.to_model(incident)
     query = select(Target).where(Target.tenant_id.in_(events))
     named = [index.only_targets() for index in events.values()]
@@ -576,6 +590,7 @@ def _match_incident(
             Target.box_max_lon >= min_lon,
             Target.box_min_lon <= max_lon,
         )
+    out = []
     for target in session.execute(query).scalars():
         applicable = events[target.tenant_id].for_target(target)
         if not applicable:
@@ -586,54 +601,64 @@ def _match_incident(
             if not isinstance(params, EventRuleIn):
                 continue
             found = triggers.match(params, model, target_model, now)
-            if found is None:
-                continue
-            exists = session.execute(
-                select(Alert.id).where(
-                    Alert.rule_id == watch.rule.id,
-                    Alert.target_id == target.id,
-                    Alert.incident_id == incident.id,
-                )
-            ).first()
-            if exists is not None:
-                continue  # a revision of an incident that already alerted
-            row = _alert_row(session, watch, target.id, incident.id, now)
-            row.state, row.since, row.sequence = TRIGGERED, now, 1
-            row.last_notified_at, row.last_notified_state = now, TRIGGERED
-            reason = found.why
-            session.add(
-                AlertEvent(
-                    alert_id=row.id,
-                    at=now,
-                    from_state="normal",
-                    to_state=TRIGGERED,
-                    score=None,
-                    band=params.severity.value,
-                    notified="triggered",
-                    reason=reason[:300],
-                )
+            if found is not None:
+                out.append(_Match(watch, params, target, incident, found))
+    return out
+
+
+def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_url: str) -> None:
+    """Raise an alert for each match and enqueue its notices: a few statements per batch."""
+    if not matches:
+        return
+    # A revision of an incident that already alerted raises nothing new.
+    seen = {
+        (rule_id, target_id, incident_id)
+        for rule_id, target_id, incident_id in session.execute(
+            select(Alert.rule_id, Alert.target_id, Alert.incident_id).where(
+                Alert.incident_id.in_({m.incident.id for m in matches})
             )
-            data = notify.alert_data(
-                alert=_alert_part(base_url, row, TRIGGERED, "triggered", reason, now),
-                subscription={"id": watch.subscription.id, "name": watch.subscription.name},
-                rule=_rule_part(watch),
-                target=_feature(target),
-                change=None,
-                incident={
-                    "id": incident.id,
-                    "category": incident.category,
-                    "title": incident.title,
-                    "occurred_at": notify.iso(incident.occurred_at),
-                    "location_name": incident.location_name,
-                    "country": incident.country,
-                    "distance_km": None
-                    if found.distance_km is None
-                    else round(found.distance_km, 1),
-                },
-                top_incidents=[],
-                trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
+        )
+    }
+    fresh = [m for m in matches if (m.watch.rule.id, m.target.id, m.incident.id) not in seen]
+    alerts = [
+        Alert(
+            tenant_id=m.watch.subscription.tenant_id, subscription_id=m.watch.subscription.id,
+            rule_id=m.watch.rule.id, target_id=m.target.id, incident_id=m.incident.id,
+            state=TRIGGERED, since=now, transitions=[], sequence=1,
+            last_notified_at=now, last_notified_state=TRIGGERED, created_at=now, updated_at=now,
+        )
+        for m in fresh
+    ]  # fmt: skip
+    session.add_all(alerts)
+    session.flush()  # one multi-row INSERT; the ids go into the events and the payloads
+    for m, row in zip(fresh, alerts, strict=True):
+        incident, found = m.incident, m.found
+        session.add(
+            AlertEvent(
+                alert_id=row.id, at=now, from_state="normal", to_state=TRIGGERED, score=None,
+                band=m.params.severity.value, notified="triggered", reason=found.why[:300],
             )
-            _dispatch(session, row, watch, "alert.triggered", data, params.severity, now)
+        )  # fmt: skip
+        data = notify.alert_data(
+            alert=_alert_part(base_url, row, TRIGGERED, "triggered", found.why, now),
+            subscription={"id": m.watch.subscription.id, "name": m.watch.subscription.name},
+            rule=_rule_part(m.watch),
+            target=_feature(m.target),
+            change=None,
+            incident={
+                "id": incident.id,
+                "category": incident.category,
+                "title": incident.title,
+                "occurred_at": notify.iso(incident.occurred_at),
+                "location_name": incident.location_name,
+                "country": incident.country,
+                "distance_km": None if found.distance_km is None else round(found.distance_km, 1),
+            },
+            top_incidents=[],
+            trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
+        )
+        _dispatch(session, row, m.watch, "alert.triggered", data, m.params.severity, now)
+    session.flush()
 
 
 # --------------------------------------------------------------------------------------------
