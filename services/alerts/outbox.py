@@ -11,7 +11,7 @@ from random import Random
 from typing import Any, cast
 
 from sqlalchemy import Integer, Table, bindparam, exists, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from services.alerts import notify, retry
 from services.alerts.models import Delivery, DeliveryAttempt, DigestItem, Endpoint, EndpointSecret
@@ -140,77 +140,75 @@ class Claimed:
     unsubscribe_token: str | None
 
 
-_older = aliased(Delivery)
-# Built once: constructing SQLAlchemy statements costs more than running these small queries.
+# The hot statements are Core, on the tables: the ORM's per-statement bookkeeping costs more
+# than running these small queries. Built once, with bind parameters.
+_D = cast(Table, Delivery.__table__)
+_E = cast(Table, Endpoint.__table__)
+_S = cast(Table, EndpointSecret.__table__)
+_older = _D.alias("older")
 # Due candidates, by id only (a cheap, index-driven read); a delivery waits while an older
 # state of the same alert is in flight to the same endpoint, so the newest arrives last.
 _CANDIDATES = (
-    select(Delivery.id, Delivery.endpoint_id)
+    select(_D.c.id, _D.c.endpoint_id)
     .where(
-        Delivery.status == PENDING,
-        Delivery.next_attempt_at <= bindparam("now"),
+        _D.c.status == PENDING,
+        _D.c.next_attempt_at <= bindparam("now"),
         # Endpoints this worker already keeps busy are left out here, not after the LIMIT,
         # so a hanging endpoint's backlog cannot fill every window (property 6).
-        Delivery.endpoint_id.not_in(bindparam("full", expanding=True)),
+        _D.c.endpoint_id.not_in(bindparam("full", expanding=True)),
         or_(
-            Delivery.alert_id.is_(None),
+            _D.c.alert_id.is_(None),
             ~exists().where(
-                _older.alert_id == Delivery.alert_id,
-                _older.endpoint_id == Delivery.endpoint_id,
-                _older.status.in_((PENDING, SENDING)),
-                _older.id < Delivery.id,
+                _older.c.alert_id == _D.c.alert_id,
+                _older.c.endpoint_id == _D.c.endpoint_id,
+                _older.c.status.in_((PENDING, SENDING)),
+                _older.c.id < _D.c.id,
             ),
         ),
     )
-    .order_by(Delivery.next_attempt_at, Delivery.id)
+    .order_by(_D.c.next_attempt_at, _D.c.id)
     .limit(bindparam("n", type_=Integer))
     .with_for_update(skip_locked=True)
 )
 _LEASE = (
-    update(Delivery)
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    update(_D)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
     .values(
         status=SENDING,
         lease_owner=bindparam("owner"),
         lease_token=bindparam("token"),
         lease_expires_at=bindparam("expires"),
-        attempts=Delivery.attempts + 1,
+        attempts=_D.c.attempts + 1,
         updated_at=bindparam("now"),
     )
-    .execution_options(synchronize_session=False)
 )
 _LEASED = (
-    select(
-        Delivery.id,
-        Delivery.endpoint_id,
-        Delivery.attempts,
-        Delivery.message_id,
-        Delivery.event_type,
-        Delivery.payload,
-    )
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
-    .order_by(Delivery.id)
+    select(_D.c.id, _D.c.endpoint_id, _D.c.attempts, _D.c.message_id, _D.c.event_type, _D.c.payload)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_D.c.id)
 )
 _SECRETS = (
-    select(EndpointSecret.endpoint_id, EndpointSecret.secret)
+    select(_S.c.endpoint_id, _S.c.secret)
     .where(
-        EndpointSecret.endpoint_id.in_(bindparam("ids", expanding=True)),
-        or_(EndpointSecret.expires_at.is_(None), EndpointSecret.expires_at > bindparam("now")),
+        _S.c.endpoint_id.in_(bindparam("ids", expanding=True)),
+        or_(_S.c.expires_at.is_(None), _S.c.expires_at > bindparam("now")),
     )
-    .order_by(EndpointSecret.endpoint_id, EndpointSecret.id.desc())
+    .order_by(_S.c.endpoint_id, _S.c.id.desc())
 )
-# Core, not ORM, inserts: attempts are write-only from here and many.
+# Attempts are write-only from here and many.
 _ATTEMPTS = insert(cast(Table, DeliveryAttempt.__table__))
-_ENDPOINTS = select(Endpoint).where(Endpoint.id.in_(bindparam("ids", expanding=True)))
+_ENDPOINTS = select(_E.c.id, _E.c.enabled, _E.c.kind, _E.c.address, _E.c.unsubscribe_token).where(
+    _E.c.id.in_(bindparam("ids", expanding=True))
+)
 _HOLDERS = (
-    select(Delivery.id, Delivery.status, Delivery.lease_token)
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
-    .order_by(Delivery.id)
+    select(_D.c.id, _D.c.status, _D.c.lease_token)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_D.c.id)
     .with_for_update()
 )
 _SUCCEEDED = (
-    update(Delivery)
-    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    update(_D)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
     .values(
         status=SUCCEEDED,
         settled_at=bindparam("now"),
@@ -220,22 +218,20 @@ _SUCCEEDED = (
         lease_expires_at=None,
         last_error=None,
     )
-    .execution_options(synchronize_session=False)
 )
 # Only endpoints whose health changes, or whose last success is over a minute old: a busy
 # endpoint's row is not rewritten (and locked) by every worker's every batch.
 _HEALTHY = (
-    update(Endpoint)
+    update(_E)
     .where(
-        Endpoint.id.in_(bindparam("ids", expanding=True)),
+        _E.c.id.in_(bindparam("ids", expanding=True)),
         or_(
-            Endpoint.failing_since.is_not(None),
-            Endpoint.last_success_at.is_(None),
-            Endpoint.last_success_at < bindparam("stale"),
+            _E.c.failing_since.is_not(None),
+            _E.c.last_success_at.is_(None),
+            _E.c.last_success_at < bindparam("stale"),
         ),
     )
     .values(failing_since=None, last_success_at=bindparam("now"))
-    .execution_options(synchronize_session=False)
 )
 
 
@@ -275,9 +271,7 @@ def claim(
     )
     chosen = session.execute(_LEASED, {"ids": picked}).all()
     endpoint_ids = {d.endpoint_id for d in chosen}
-    endpoints = {
-        e.id: e for e in session.execute(_ENDPOINTS, {"ids": sorted(endpoint_ids)}).scalars()
-    }
+    endpoints = {e.id: e for e in session.execute(_ENDPOINTS, {"ids": sorted(endpoint_ids)})}
     # Disabled since it was enqueued (unsubscribed, 410, a concurrent PATCH): never sent.
     stopped = [d.id for d in chosen if not endpoints[d.endpoint_id].enabled]
     if stopped:
