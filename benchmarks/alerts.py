@@ -88,8 +88,9 @@ def start_receiver(secret: str, logs: Path) -> Server:
 
 
 def subscribe(
-    db: Database, tenant_id: int, n: int, receiver: Server, secret: str, seed: int
-) -> list[int]:
+    db: Database, tenant_id: int, n: int, receiver: Server, secret: str, seed: int,
+    radius_km: float,
+) -> list[int]:  # fmt: skip
     """n endpoints and subscriptions on random sites, written directly; the subscribed site ids."""
     engine = make_engine(db.url)
     factory = make_sessionmaker(engine)
@@ -122,7 +123,8 @@ def subscribe(
                 bodies = [
                     ("threshold", {"kind": "threshold", "metric": "band", "raise_at": "high",
                                    "clear_at": "elevated"}),
-                    ("event", {"kind": "event", "trigger": "kidnapping_nearby", "radius_km": 50}),
+                    ("event", {"kind": "event", "trigger": "kidnapping_nearby",
+                               "radius_km": radius_km}),
                 ]  # fmt: skip
                 for kind, params in bodies:
                     session.add(
@@ -263,7 +265,11 @@ def latency(
     """Ingest-to-webhook latency at a steady rate."""
     # Postgres: rescoring and alerts in their own processes, so the operating system, not one
     # interpreter lock, shares the cores between a rescoring backlog and alert delivery.
-    roles = [] if db.backend == "sqlite" else ["scoring"] * args.latency_workers + ["alerts"]
+    roles = (
+        []
+        if db.backend == "sqlite"
+        else ["scoring"] * args.latency_workers + ["alerts"] * args.alerts_workers
+    )
     api = start_stack(db, logs, roles)
     try:
         httpx.post(receiver.base + "/reset", timeout=10)
@@ -394,7 +400,10 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
         with scratch_database(backend, keep=False) as db:
             started = time.perf_counter()
             keys, figures = preload(db, args.sites, args.corridors, args.seed)
-            chosen = subscribe(db, keys.tenant_id, args.subscriptions, receiver, secret, args.seed)
+            chosen = subscribe(
+                db, keys.tenant_id, args.subscriptions, receiver, secret, args.seed,
+                args.event_radius,
+            )  # fmt: skip
             out["setup_s"] = round(time.perf_counter() - started, 1)
             out["setup"] = figures
             points = site_points(db, chosen)
@@ -421,6 +430,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of steady load")
     parser.add_argument(
         "--latency-workers", type=int, default=1, help="Postgres rescoring processes (+1 alerts)"
+    )
+    parser.add_argument(
+        "--alerts-workers", type=int, default=1, help="Postgres alerts processes (latency)"
+    )
+    parser.add_argument(
+        "--event-radius", type=float, default=50.0, help="km of each kidnapping_nearby rule"
     )
     parser.add_argument("--fanout", type=int, default=10_000)
     parser.add_argument("--fanout-workers", type=int, default=4)
