@@ -77,7 +77,9 @@ def create_app(
         app.state.worker = None
         scheduler = None
         if settings.inline_worker:
-            app.state.worker = jobs.RescoreWorker(app.state.sessions, settings)
+            app.state.worker = jobs.RescoreWorker(
+                app.state.sessions, settings, pause=settings.inline_rescore_pause
+            )
             app.state.worker.start()
             app.state.worker.wake()
             scheduler = jobs.make_scheduler(app.state.sessions, settings)

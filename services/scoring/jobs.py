@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -110,9 +111,15 @@ class RescoreWorker:
     NOTIFY from any process (so a separate `riskalert worker` reacts within milliseconds).
     """
 
-    def __init__(self, factory: sessionmaker[Session], settings: ScoringSettings) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session], settings: ScoringSettings, pause: float = 0.0
+    ) -> None:
         self._factory = factory
         self._settings = settings
+        # After each batch, rest this fraction of the time it took. Inside the API process a
+        # rescoring backlog would otherwise hold the interpreter lock most of the time, and
+        # requests and alert delivery would queue behind it.
+        self._pause = pause
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
@@ -172,10 +179,14 @@ class RescoreWorker:
             self._wake.wait(poll)
             self._wake.clear()
             try:
-                while not self._stop.is_set() and rescore_pending(
-                    self._factory, self._settings, cache=self._cache, reader=self._reader
-                ):
-                    pass
+                while not self._stop.is_set():
+                    began = time.perf_counter()
+                    if not rescore_pending(
+                        self._factory, self._settings, cache=self._cache, reader=self._reader
+                    ):
+                        break
+                    if self._pause:
+                        self._stop.wait((time.perf_counter() - began) * self._pause)
             except Exception:
                 # A failed batch rolls back and stays queued; log it and try again next pass.
                 log.exception("rescoring pass failed")

@@ -39,6 +39,15 @@ class ScoringSettings(BaseSettings):
         timedelta(seconds=1), description="Fallback polling of the rescoring queue."
     )
     rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
+    inline_rescore_pause: float = Field(
+        3.0,
+        ge=0,
+        le=10,
+        description=(
+            "With the in-process worker: after each rescoring batch, rest this fraction of "
+            "the time the batch took, so a backlog leaves the process to requests and alerts."
+        ),
+    )
     feed_batch_size: int = Field(
         1000, ge=1, description="Incident feed entries read per pass to queue their targets."
     )
