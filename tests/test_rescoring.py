@@ -348,6 +348,22 @@ def test_inline_worker_raises_site_score_after_incident_post_without_drain(
     assert wait_until(lambda: site_score(api, site) > 0), "the worker did not rescore in 10 s"
 
 
+def test_inline_worker_rests_the_given_multiple_of_each_batchs_time(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = iter([500, 500, 0])
+    clock = iter([10.0, 10.4, 20.0, 20.2, 30.0])
+    rests: list[float] = []
+    monkeypatch.setattr(jobs, "rescore_pending", lambda *_, **__: next(batches))
+    monkeypatch.setattr(jobs.time, "perf_counter", lambda: next(clock))
+    worker = jobs.RescoreWorker(api.app.state.sessions, api.settings, pause=3.0)
+    monkeypatch.setattr(worker._stop, "wait", lambda seconds: rests.append(seconds))
+
+    worker._catch_up()
+
+    assert rests == pytest.approx([1.2, 0.6]), "3x the 0.4 s and 0.2 s batches; none when idle"
+
+
 def test_worker_of_another_process_is_woken_by_notify_without_polling(
     api: Api, db_url: str
 ) -> None:

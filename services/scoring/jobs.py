@@ -173,20 +173,24 @@ class RescoreWorker:
                 log.warning("rescore listener lost its connection; reconnecting", exc_info=True)
                 self._stop.wait(poll)
 
+    def _catch_up(self) -> None:
+        """Rescore until nothing is left (or a stop), resting after each batch if asked to."""
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            if not rescore_pending(
+                self._factory, self._settings, cache=self._cache, reader=self._reader
+            ):
+                return
+            if self._pause:
+                self._stop.wait((time.perf_counter() - began) * self._pause)
+
     def _run(self) -> None:
         poll = self._settings.worker_poll_interval.total_seconds()
         while not self._stop.is_set():
             self._wake.wait(poll)
             self._wake.clear()
             try:
-                while not self._stop.is_set():
-                    began = time.perf_counter()
-                    if not rescore_pending(
-                        self._factory, self._settings, cache=self._cache, reader=self._reader
-                    ):
-                        break
-                    if self._pause:
-                        self._stop.wait((time.perf_counter() - began) * self._pause)
+                self._catch_up()
             except Exception:
                 # A failed batch rolls back and stays queued; log it and try again next pass.
                 log.exception("rescoring pass failed")
