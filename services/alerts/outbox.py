@@ -76,28 +76,61 @@ def enqueue(
             )
         rows.append(
             Delivery(
-                tenant_id=tenant_id,
-                endpoint_id=endpoint.id,
-                alert_id=alert_id,
-                event_type=event_type,
-                message_id=new_message_id(),
-                dedupe_key=f"{dedupe}:e{endpoint.id}" if dedupe else None,
-                sequence=sequence,
-                payload=dict(payload),
-                status=PENDING,
-                attempts=0,
-                schedule_offset=0,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
+                **new_delivery(
+                    tenant_id=tenant_id, endpoint_id=endpoint.id, alert_id=alert_id,
+                    event_type=event_type, sequence=sequence, payload=payload, now=now,
+                    dedupe=dedupe,
+                )
             )
-        )
+        )  # fmt: skip
     if rows:
         session.add_all(rows)
         if flush:
             session.flush()
         wake.announce(session, DELIVERY_CHANNEL)
     return rows
+
+
+def new_delivery(
+    *,
+    tenant_id: int,
+    endpoint_id: int,
+    alert_id: int | None,
+    event_type: str,
+    sequence: int,
+    payload: Mapping[str, Any],
+    now: datetime,
+    dedupe: str | None,
+) -> dict[str, Any]:
+    """The columns of a new pending delivery, due now."""
+    return {
+        "tenant_id": tenant_id,
+        "endpoint_id": endpoint_id,
+        "alert_id": alert_id,
+        "event_type": event_type,
+        "message_id": new_message_id(),
+        "dedupe_key": f"{dedupe}:e{endpoint_id}" if dedupe else None,
+        "sequence": sequence,
+        "payload": dict(payload),
+        "status": PENDING,
+        "attempts": 0,
+        "schedule_offset": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def insert_new(session: Session, values: Sequence[Mapping[str, Any]]) -> None:
+    """Insert first notices (`new_delivery`) in one executemany: no objects, no ids back.
+
+    For many notices at once, such as one incident alerting many targets: without RETURNING
+    the driver sends one short prepared statement per row in a pipeline, where an ORM flush
+    would build, and the driver parse, one statement with a placeholder per value.
+    """
+    if values:
+        session.execute(insert(_D), list(values))
+        wake.announce(session, DELIVERY_CHANNEL)
 
 
 def hold_for_digest(

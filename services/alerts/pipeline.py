@@ -12,9 +12,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Table, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.alerts import notify, outbox, rules, triggers
@@ -145,11 +145,7 @@ class WatchIndex:
     def __bool__(self) -> bool:
         return bool(self._by_target or self._by_tag or self._all)
 
-    def only_targets(self) -> set[int] | None:
-        """The targets watched when every watch names its target; None if a tag or all does."""
-        return None if self._by_tag or self._all else set(self._by_target)
-
-    def for_target(self, target: Target) -> list[Watch]:
+    def for_target(self, target: Watched) -> list[Watch]:
         """The watches that apply to `target`, in rule order."""
         found = [*self._by_target.get(target.id, ()), *self._all]
         for tag in target.tags:
@@ -159,7 +155,15 @@ class WatchIndex:
         )
 
 
-def applies(subscription: Subscription, target: Target) -> bool:
+class Watched(Protocol):
+    """What deciding whether a subscription watches a target reads (a Target, or a row)."""
+
+    id: int
+    tenant_id: int
+    tags: list[str]
+
+
+def applies(subscription: Subscription, target: Watched) -> bool:
     """Whether a subscription watches a target."""
     if subscription.tenant_id != target.tenant_id:
         return False
@@ -575,11 +579,9 @@ def _match_incident(
     now: datetime,
 ) -> list[_Match]:
     model = scoring_incidents.to_model(incident)
-    query = select(Target).where(Target.tenant_id.in_(events))
-    named = [index.only_targets() for index in events.values()]
-    if all(ids is not None for ids in named):
-        # Only named targets are watched: load those, not every target in the area.
-        query = query.where(Target.id.in_(sorted(set().union(*filter(None, named)))))
+    # Which targets in reach have a rule that applies is decided on a light read; only those
+    # are loaded whole.
+    query = select(Target.id, Target.tenant_id, Target.tags).where(Target.tenant_id.in_(events))
     scoped = bool(incident.scope_countries or incident.scope_admin1)
     # A threat scoped to countries or regions matches by area, however far its location.
     if incident.lat is not None and incident.lon is not None and not scoped:
@@ -590,11 +592,17 @@ def _match_incident(
             Target.box_max_lon >= min_lon,
             Target.box_min_lon <= max_lon,
         )
+    candidates = {
+        row.id: applicable
+        for row in session.execute(query)
+        if (applicable := events[row.tenant_id].for_target(row))
+    }
+    if not candidates:
+        return []
     out = []
-    for target in session.execute(query).scalars():
-        applicable = events[target.tenant_id].for_target(target)
-        if not applicable:
-            continue
+    loaded = select(Target).where(Target.id.in_(sorted(candidates)))
+    for target in session.execute(loaded).scalars():
+        applicable = candidates[target.id]
         target_model = scoring_targets.to_model(target)
         for watch in applicable:
             params = watch.params
@@ -620,6 +628,8 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
         )
     }
     fresh = [m for m in matches if (m.watch.rule.id, m.target.id, m.incident.id) not in seen]
+    if not fresh:
+        return
     alerts = [
         Alert(
             tenant_id=m.watch.subscription.tenant_id, subscription_id=m.watch.subscription.id,
@@ -631,13 +641,16 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
     ]  # fmt: skip
     session.add_all(alerts)
     session.flush()  # one multi-row INSERT; the ids go into the events and the payloads
+    events: list[dict[str, Any]] = []
+    deliveries: list[dict[str, Any]] = []
     for m, row in zip(fresh, alerts, strict=True):
         incident, found = m.incident, m.found
-        session.add(
-            AlertEvent(
-                alert_id=row.id, at=now, from_state="normal", to_state=TRIGGERED, score=None,
-                band=m.params.severity.value, notified="triggered", reason=found.why[:300],
-            )
+        events.append(
+            {
+                "alert_id": row.id, "at": now, "from_state": "normal", "to_state": TRIGGERED,
+                "score": None, "band": m.params.severity.value, "notified": "triggered",
+                "reason": found.why[:300],
+            }
         )  # fmt: skip
         data = notify.alert_data(
             alert=_alert_part(base_url, row, TRIGGERED, "triggered", found.why, now),
@@ -657,8 +670,22 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
             top_incidents=[],
             trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
         )
-        _dispatch(session, row, m.watch, "alert.triggered", data, m.params.severity, now)
-    session.flush()
+        if m.params.severity.value in m.watch.subscription.digest_bands:
+            _dispatch(session, row, m.watch, "alert.triggered", data, m.params.severity, now)
+            continue
+        # A first notice: nothing older to supersede, so many go in one statement.
+        payload = notify.envelope("alert.triggered", data, now)
+        deliveries.extend(
+            outbox.new_delivery(
+                tenant_id=row.tenant_id, endpoint_id=endpoint.id, alert_id=row.id,
+                event_type="alert.triggered", sequence=row.sequence, payload=payload, now=now,
+                dedupe=f"a{row.id}:s{row.sequence}",
+            )
+            for endpoint in m.watch.endpoints
+            if endpoint.enabled
+        )  # fmt: skip
+    session.execute(insert(cast(Table, AlertEvent.__table__)), events)
+    outbox.insert_new(session, deliveries)
 
 
 # --------------------------------------------------------------------------------------------
