@@ -198,39 +198,53 @@ def consume_scores(session: Session, settings: AlertsSettings, now: datetime) ->
     cursor = cursors.lock(session, SCORE_FEED, now)
     if cursor is None:
         return 0
-    changes = (
-        session.execute(
-            select(ScoreChange)
-            .where(ScoreChange.id > cursor.position)
-            .order_by(ScoreChange.id)
-            .limit(settings.feed_batch)
+    # A light read first: most changes are of targets nobody watches, and reading a change
+    # whole (its components and top incidents) costs more than deciding that.
+    heads = session.execute(
+        select(ScoreChange.id, ScoreChange.tenant_id, ScoreChange.target_id)
+        .where(ScoreChange.id > cursor.position)
+        .order_by(ScoreChange.id)
+        .limit(settings.feed_batch)
+    ).all()
+    if not heads:
+        return 0
+    cursor.position = heads[-1].id
+    cursor.updated_at = now
+    by_tenant = {
+        tenant: index
+        for tenant, ws in watches(session, {h.tenant_id for h in heads}).items()
+        if (index := WatchIndex(w for w in ws if isinstance(w.params, ThresholdRuleIn)))
+    }
+    maybe = {h.target_id for h in heads if h.tenant_id in by_tenant}
+    # Deleted since (their alerts went with them), or nobody watches: skipped.
+    watched = {
+        row.id
+        for row in session.execute(
+            select(Target.id, Target.tenant_id, Target.tags).where(Target.id.in_(maybe))
         )
+        if by_tenant[row.tenant_id].for_target(row)
+    } if maybe else set()  # fmt: skip
+    ids = [h.id for h in heads if h.target_id in watched]
+    if not ids:
+        return len(heads)
+    changes = (
+        session.execute(select(ScoreChange).where(ScoreChange.id.in_(ids)).order_by(ScoreChange.id))
         .scalars()
         .all()
     )
-    if not changes:
-        return 0
-    by_tenant = {
-        tenant: WatchIndex(w for w in ws if isinstance(w.params, ThresholdRuleIn))
-        for tenant, ws in watches(session, {c.tenant_id for c in changes}).items()
-    }
-    wanted = {c.target_id for c in changes if by_tenant.get(c.tenant_id)}
-    targets = _targets(session, wanted)
+    targets = _targets(session, watched)
     for change in changes:
         target = targets.get(change.target_id)
-        index = by_tenant.get(change.tenant_id)
-        if target is None or index is None:
-            continue  # deleted since (its alerts went with it), or nobody watches
+        if target is None:
+            continue  # deleted a moment ago
         snapshot = change_snapshot(change)
-        for watch in index.for_target(target):
+        for watch in by_tenant[change.tenant_id].for_target(target):
             row = _alert_row(session, watch, target.id, 0, now)
             observe(
                 session, row, watch, target, change.value, Band(change.band), snapshot, now,
                 settings.public_url,
             )  # fmt: skip
-    cursor.position = changes[-1].id
-    cursor.updated_at = now
-    return len(changes)
+    return len(heads)
 
 
 def change_snapshot(change: ScoreChange) -> dict[str, Any]:
