@@ -25,6 +25,7 @@ def add_watch(
     *,
     url: str = "https://hooks.example.com/riskalert",
     digest_bands: list[str] | None = None,
+    tag: str | None = None,
 ) -> tuple[int, int, int]:
     """An endpoint and a subscription with one rule, written directly; (endpoint, sub, rule)."""
     now = datetime.now(UTC)
@@ -46,8 +47,9 @@ def add_watch(
         sub = Subscription(
             tenant_id=api.tenant_a,
             name="watch",
-            scope="target" if target_id else "all",
+            scope="target" if target_id else "tag" if tag else "all",
             target_id=target_id,
+            tag=tag,
             endpoint_ids=[endpoint.id],
             digest_bands=digest_bands or [],
             enabled=True,
@@ -153,6 +155,22 @@ def test_kidnapping_near_a_site_triggers_an_event_alert_once(api: Api) -> None:
     incident = delivery.payload["data"]["incident"]
     assert 15 < incident["distance_km"] < 25
     assert "kidnapping" in delivery.payload["data"]["why"].lower()
+
+
+def test_event_rules_by_tag_and_for_all_targets_alert_only_for_the_targets_they_watch(
+    api: Api,
+) -> None:
+    tagged = create_site(api, "Tagged camp", *east_of_base(0), tags=["gold"])
+    plain = create_site(api, "Plain camp", *east_of_base(300))
+    rule = {"kind": "event", "trigger": "kidnapping_nearby", "radius_km": 50}
+    by_tag, _, _ = add_watch(api, None, rule, tag="gold")
+    everything, _, _ = add_watch(api, None, rule)
+    attack(api, "k-tagged", 10, category="kidnapping")
+    attack(api, "k-plain", 310, category="kidnapping")
+    api.drain_alerts()
+
+    sent = {(d.endpoint_id, d.payload["data"]["target"]["id"]) for d in deliveries(api)}
+    assert sent == {(by_tag, tagged), (everything, tagged), (everything, plain)}
 
 
 def test_digest_band_holds_the_notification_for_the_daily_digest(api: Api) -> None:

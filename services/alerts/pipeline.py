@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, delete, func, insert, select
+from sqlalchemy import Table, delete, func, insert, null, select
 from sqlalchemy.orm import Session
 
 from services.alerts import notify, outbox, rules, triggers
@@ -145,11 +145,17 @@ class WatchIndex:
     def __bool__(self) -> bool:
         return bool(self._by_target or self._by_tag or self._all)
 
+    @property
+    def by_tag(self) -> bool:
+        """Whether any watch here is by tag (so targets' tags must be read)."""
+        return bool(self._by_tag)
+
     def for_target(self, target: Watched) -> list[Watch]:
         """The watches that apply to `target`, in rule order."""
         found = [*self._by_target.get(target.id, ()), *self._all]
-        for tag in target.tags:
-            found.extend(self._by_tag.get(tag, ()))
+        if self._by_tag:
+            for tag in target.tags:
+                found.extend(self._by_tag.get(tag, ()))
         return sorted(
             (w for w in found if applies(w.subscription, target)), key=lambda w: w.rule.id
         )
@@ -574,6 +580,9 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
     return len(changes)
 
 
+_ALERTS = cast(Table, Alert.__table__)
+
+
 @dataclass(frozen=True, slots=True)
 class _Match:
     """An event rule that an incident triggers for one target."""
@@ -595,7 +604,11 @@ def _match_incident(
     model = scoring_incidents.to_model(incident)
     # Which targets in reach have a rule that applies is decided on a light read; only those
     # are loaded whole.
-    query = select(Target.id, Target.tenant_id, Target.tags).where(Target.tenant_id.in_(events))
+    # Tags are read (JSON, per row) only when some rule watches a tag.
+    tags = Target.tags if any(index.by_tag for index in events.values()) else null()
+    query = select(Target.id, Target.tenant_id, tags.label("tags")).where(
+        Target.tenant_id.in_(events)
+    )
     scoped = bool(incident.scope_countries or incident.scope_admin1)
     # A threat scoped to countries or regions matches by area, however far its location.
     if incident.lat is not None and incident.lon is not None and not scoped:
@@ -644,17 +657,22 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
     fresh = [m for m in matches if (m.watch.rule.id, m.target.id, m.incident.id) not in seen]
     if not fresh:
         return
-    alerts = [
-        Alert(
-            tenant_id=m.watch.subscription.tenant_id, subscription_id=m.watch.subscription.id,
-            rule_id=m.watch.rule.id, target_id=m.target.id, incident_id=m.incident.id,
-            state=TRIGGERED, since=now, transitions=[], sequence=1,
-            last_notified_at=now, last_notified_state=TRIGGERED, created_at=now, updated_at=now,
-        )
+    values = [
+        {
+            "tenant_id": m.watch.subscription.tenant_id, "subscription_id": m.watch.subscription.id,
+            "rule_id": m.watch.rule.id, "target_id": m.target.id, "incident_id": m.incident.id,
+            "state": TRIGGERED, "since": now, "transitions": [], "sequence": 1,
+            "last_notified_at": now, "last_notified_state": TRIGGERED, "created_at": now,
+            "updated_at": now,
+        }
         for m in fresh
     ]  # fmt: skip
-    session.add_all(alerts)
-    session.flush()  # one multi-row INSERT; the ids go into the events and the payloads
+    # One multi-row INSERT, without the ORM's unit of work; the ids go into the events and
+    # the payloads. The objects below only carry them there: they are never added.
+    ids = session.execute(
+        insert(_ALERTS).returning(_ALERTS.c.id, sort_by_parameter_order=True), values
+    ).scalars()
+    alerts = [Alert(id=i, **v) for i, v in zip(ids, values, strict=True)]
     events: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
     for m, row in zip(fresh, alerts, strict=True):
