@@ -367,6 +367,17 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
                     text("SELECT worker, count(*) FROM delivery_attempt GROUP BY worker")
                 ).all()
             )
+            # What any attempt that did not deliver met (a duplicate is explained here).
+            outcomes = {
+                f"{outcome}: {error or ''}"[:160]: n
+                for outcome, error, n in session.execute(
+                    text(
+                        "SELECT outcome, COALESCE(error_class, '') || ' ' || COALESCE(error, ''), "
+                        "count(*) FROM delivery_attempt WHERE outcome <> 'delivered' "
+                        "GROUP BY 1, 2"
+                    )
+                ).all()
+            }
     finally:
         engine.dispose()
     # Only this phase's notifications: the latency phase may still have alerts in its feeds.
@@ -386,6 +397,7 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
         else None,
         "workers": workers or "inline (1 process)",
         "attempts_per_worker": sorted(by_worker.values(), reverse=True),
+        "attempts_not_delivered": outcomes,
         "status": {str(k): int(v) for k, v in by_status.items()},
         "rejected_signatures": stats["rejected"],
     }
