@@ -176,9 +176,15 @@ def preload(db: Database, n_sites: int, n_corridors: int, seed: int) -> tuple[Ke
 
 
 def queue_depth(engine: Engine) -> int:
-    """Rows in the rescoring queue (committed ones)."""
+    """Rescoring work waiting (committed): targets queued, plus incident feed entries the
+    rescoring worker has not read yet (it queues their targets when it reads them)."""
     with engine.connect() as conn:
-        return int(conn.exec_driver_sql("SELECT count(*) FROM rescore_mark").scalar_one())
+        marks = conn.exec_driver_sql("SELECT count(*) FROM rescore_mark").scalar_one()
+        unread = conn.exec_driver_sql(
+            "SELECT count(*) FROM incident_change WHERE id > COALESCE("
+            "(SELECT position FROM feed_cursor WHERE name = 'rescore'), 0)"
+        ).scalar_one()
+    return int(marks) + int(unread)
 
 
 def wait_queue_empty(
