@@ -228,4 +228,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    # Database errors by class, so they are answered where other handled errors are: a
+    # handler for Exception runs in Starlette's outermost middleware, which answers and then
+    # re-raises, logging a stack trace for what is an expected overload or race.
+    app.add_exception_handler(OperationalError, on_unexpected)
+    app.add_exception_handler(IntegrityError, on_unexpected)
     app.add_exception_handler(Exception, on_unexpected)
