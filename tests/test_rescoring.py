@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from services.core import activity
 from services.core.problems import PROBLEM_MEDIA_TYPE
 from services.scoring import geo, incidents, jobs, queue, scores
 from services.scoring.feed import worth_recording
@@ -348,20 +349,29 @@ def test_inline_worker_raises_site_score_after_incident_post_without_drain(
     assert wait_until(lambda: site_score(api, site) > 0), "the worker did not rescore in 10 s"
 
 
-def test_inline_worker_rests_the_given_multiple_of_each_batchs_time(
+def test_inline_worker_rests_after_a_batch_only_when_it_shared_the_process(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batches = iter([500, 500, 0])
-    clock = iter([10.0, 10.4, 20.0, 20.2, 30.0])
+    # Three batches: a request arrives during the first (0.4 s) and the third (0.3 s), nothing
+    # during the second (whose length is never asked); then the queue is empty.
+    batches = iter([(500, True), (500, False), (200, True), (0, False)])
+    clock = iter([10.0, 10.4, 20.0, 30.0, 30.3, 40.0])
     rests: list[float] = []
-    monkeypatch.setattr(jobs, "rescore_pending", lambda *_, **__: next(batches))
+
+    def batch(*_: Any, **__: Any) -> int:
+        taken, shared = next(batches)
+        if shared:
+            activity.touch()
+        return taken
+
+    monkeypatch.setattr(jobs, "rescore_pending", batch)
     monkeypatch.setattr(jobs.time, "perf_counter", lambda: next(clock))
     worker = jobs.RescoreWorker(api.app.state.sessions, api.settings, pause=3.0)
     monkeypatch.setattr(worker._stop, "wait", lambda seconds: rests.append(seconds))
 
     worker._catch_up()
 
-    assert rests == pytest.approx([1.2, 0.6]), "3x the 0.4 s and 0.2 s batches; none when idle"
+    assert rests == pytest.approx([1.2, 0.9]), "3x the shared batches; none alone, none idle"
 
 
 def test_worker_of_another_process_is_woken_by_notify_without_polling(

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.alerts import email, outbox, pipeline, webhooks
 from services.alerts.settings import AlertsSettings
-from services.core import wake
+from services.core import activity, wake
 from services.core.db import is_sqlite, make_sessionmaker
 from services.scoring.feed import FEED_CHANNEL
 
@@ -75,6 +75,8 @@ def consume(
         if name in waiting:
             with factory.begin() as session:
                 taken += _STEPS[name](session, settings, clock())
+    if taken:
+        activity.touch()
     return taken
 
 
@@ -294,6 +296,8 @@ class AlertsWorker:
                     self._stop.wait(min(0.05 * failures, 2.0))
             if stopping and not done:
                 break
+            if claimed:
+                activity.touch()
             for lease in claimed:
                 busy[lease.endpoint_id] += 1
                 future = self._pool.submit(self._attempt, lease)

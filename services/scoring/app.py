@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from services.core import activity
 from services.core.auth import KeyCache, hash_key
 from services.core.db import is_sqlite, make_engine, make_sessionmaker, upgrade_to_head
 from services.core.problems import (
@@ -105,6 +106,8 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    # Requests count as foreground work: a rescoring backlog in this process yields to them.
+    app.add_middleware(activity.Touch)
     app.include_router(router)
     for extra in routers:
         app.include_router(extra)

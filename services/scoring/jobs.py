@@ -14,7 +14,7 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core import wake
+from services.core import activity, wake
 from services.core.db import is_sqlite, make_sessionmaker
 from services.core.models import IdempotencyRecord
 from services.scoring import feed, queue, scores
@@ -116,9 +116,10 @@ class RescoreWorker:
     ) -> None:
         self._factory = factory
         self._settings = settings
-        # After each batch, rest this fraction of the time it took. Inside the API process a
-        # rescoring backlog would otherwise hold the interpreter lock most of the time, and
-        # requests and alert delivery would queue behind it.
+        # After a batch that shared the process with foreground work, rest this multiple of
+        # the time it took. Inside the API process a rescoring backlog would otherwise hold
+        # the interpreter lock most of the time, and requests and alert delivery would queue
+        # behind it.
         self._pause = pause
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -174,14 +175,16 @@ class RescoreWorker:
                 self._stop.wait(poll)
 
     def _catch_up(self) -> None:
-        """Rescore until nothing is left (or a stop), resting after each batch if asked to."""
+        """Rescore until nothing is left (or a stop). With a pause, after a batch during which
+        the process also served requests or handled alerts, rest for that multiple of the
+        batch's time; alone, go on at full speed."""
         while not self._stop.is_set():
-            began = time.perf_counter()
+            began, seen = time.perf_counter(), activity.mark()
             if not rescore_pending(
                 self._factory, self._settings, cache=self._cache, reader=self._reader
             ):
                 return
-            if self._pause:
+            if self._pause and activity.mark() != seen:
                 self._stop.wait((time.perf_counter() - began) * self._pause)
 
     def _run(self) -> None:
