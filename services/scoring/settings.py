@@ -44,8 +44,9 @@ class ScoringSettings(BaseSettings):
         ge=0,
         le=10,
         description=(
-            "With the in-process worker: after each rescoring batch, rest this fraction of "
-            "the time the batch took, so a backlog leaves the process to requests and alerts."
+            "With the in-process worker: after a rescoring batch during which the process "
+            "also served requests or handled alerts, rest this multiple of the time the batch "
+            "took, so a backlog leaves the process to them; alone, rescoring never rests."
         ),
     )
     feed_batch_size: int = Field(
