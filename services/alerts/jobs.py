@@ -75,8 +75,6 @@ def consume(
         if name in waiting:
             with factory.begin() as session:
                 taken += _STEPS[name](session, settings, clock())
-    if taken:
-        activity.touch()
     return taken
 
 
@@ -297,6 +295,8 @@ class AlertsWorker:
             if stopping and not done:
                 break
             if claimed:
+                # Deliveries someone waits for (reading feeds is not: a rescoring backlog
+                # produces score changes itself, and must not slow down for them).
                 activity.touch()
             for lease in claimed:
                 busy[lease.endpoint_id] += 1

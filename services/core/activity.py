@@ -1,4 +1,4 @@
-"""A process-wide count of foreground work: requests served and alerts handled.
+"""A process-wide count of foreground work: requests served and deliveries claimed.
 
 Background catch-up work (a rescoring backlog) compares it before and after a batch to tell
 whether it shares the process with work someone is waiting for, and yields if so. A hint only:

@@ -176,7 +176,7 @@ class RescoreWorker:
 
     def _catch_up(self) -> None:
         """Rescore until nothing is left (or a stop). With a pause, after a batch during which
-        the process also served requests or handled alerts, rest for that multiple of the
+        the process also served requests or sent alerts, rest for that multiple of the
         batch's time; alone, go on at full speed."""
         while not self._stop.is_set():
             began, seen = time.perf_counter(), activity.mark()

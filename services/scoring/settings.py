@@ -45,7 +45,7 @@ class ScoringSettings(BaseSettings):
         le=10,
         description=(
             "With the in-process worker: after a rescoring batch during which the process "
-            "also served requests or handled alerts, rest this multiple of the time the batch "
+            "also served requests or sent alerts, rest this multiple of the time the batch "
             "took, so a backlog leaves the process to them; alone, rescoring never rests."
         ),
     )
