@@ -185,16 +185,13 @@ class AlertsWorker:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="alerts-send"
         )
-        self._client = httpx.Client(
-            timeout=settings.webhook_timeout.total_seconds(),
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=settings.concurrency,
-                max_keepalive_connections=settings.concurrency,
-            ),
-            headers={"user-agent": "riskalert-webhooks/1"},
-            trust_env=False,
-        )
+        # One HTTP client per sender thread. Threads sharing one httpcore pool can have a
+        # connection closed under a request already sent (encode/httpcore#1110): the attempt
+        # then fails after the receiver got it, and the retry is a duplicate. Seen here as
+        # "ReadError [Errno 9] Bad file descriptor" in the fan-out benchmark.
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._clients_lock = threading.Lock()
         self.delivered = 0  # attempts settled by this worker, for its log line
 
     @property
@@ -228,7 +225,9 @@ class AlertsWorker:
         # Attempts still running past the grace are abandoned to their leases.
         self._pool.shutdown(wait=False, cancel_futures=True)
         if not self._dispatcher.is_alive():
-            self._client.close()
+            with self._clients_lock:
+                for client in self._clients:
+                    client.close()
         for ready in self._feed_wakes:
             wake.unsubscribe(FEED_CHANNEL, ready)
         wake.unsubscribe(outbox.DELIVERY_CHANNEL, self._kick)
@@ -346,6 +345,26 @@ class AlertsWorker:
                 slots=settings.endpoint_slots,
             )
 
+    def _http(self) -> httpx.Client:
+        """This sender thread's HTTP client (made on first use)."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is None:
+            settings = self._settings
+            slots = settings.endpoint_slots
+            client = httpx.Client(
+                timeout=settings.webhook_timeout.total_seconds(),
+                follow_redirects=False,
+                # A thread sends one request at a time; a few idle connections let it go
+                # back to the endpoints it sends to most without a new handshake.
+                limits=httpx.Limits(max_connections=slots * 2, max_keepalive_connections=slots * 2),
+                headers={"user-agent": "riskalert-webhooks/1"},
+                trust_env=False,
+            )
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
     def _attempt(self, item: outbox.Claimed) -> _Done:
         settings = self._settings
         started = self._clock()
@@ -357,7 +376,7 @@ class AlertsWorker:
             if item.kind == "webhook":
                 body = json.dumps(item.payload, separators=(",", ":"), ensure_ascii=False)
                 result = webhooks.send_webhook(
-                    self._client,
+                    self._http(),
                     url=item.address,
                     secrets=item.secrets,
                     message_id=item.message_id,
