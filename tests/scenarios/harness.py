@@ -7,6 +7,7 @@ that goes wrong fails within seconds and says what it was waiting for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -578,7 +579,9 @@ class Receiver:
         self.inflight: Counter[str] = Counter()
         self.max_inflight: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self.release = threading.Event()
+        # Set (from any thread, through the receiver's loop) to cut every held reply short.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._released: asyncio.Event | None = None
         # IPPROTO_TCP given explicitly: asyncio only turns Nagle off for sockets that say so,
         # and a response written as headers then body would otherwise stall 40 ms each.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -605,7 +608,8 @@ class Receiver:
         wait_until(lambda: self._server.started, timeout=10, what="the receiver to listen")
 
     def close(self) -> None:
-        self.release.set()
+        if self._loop is not None and self._released is not None:
+            self._loop.call_soon_threadsafe(self._released.set)
         self._server.should_exit = True
         self._thread.join(10)
         self._sock.close()
@@ -652,10 +656,12 @@ class Receiver:
         return tuple(good)
 
     async def _pause(self, seconds: float) -> None:
-        """Wait `seconds`, or less if the receiver is released (teardown)."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not self.release.is_set():
-            await asyncio.sleep(0.02)
+        """Hold a reply `seconds` (a slow receiver is what the scenario tests), or until the
+        receiver is released at teardown."""
+        if self._released is None:
+            self._loop, self._released = asyncio.get_running_loop(), asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), seconds)
 
     async def _app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
