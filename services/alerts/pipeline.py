@@ -222,14 +222,15 @@ def consume_scores(session: Session, settings: AlertsSettings, now: datetime) ->
         if (index := WatchIndex(w for w in ws if isinstance(w.params, ThresholdRuleIn)))
     }
     maybe = {h.target_id for h in heads if h.tenant_id in by_tenant}
-    # Deleted since (their alerts went with them), or nobody watches: skipped.
-    watched = {
-        row.id
-        for row in session.execute(
+    # The watches of each watched target; deleted since (their alerts went with them), or
+    # nobody watches: left out.
+    watched: dict[int, list[Watch]] = {}
+    if maybe:
+        for light in session.execute(
             select(Target.id, Target.tenant_id, Target.tags).where(Target.id.in_(maybe))
-        )
-        if by_tenant[row.tenant_id].for_target(row)
-    } if maybe else set()  # fmt: skip
+        ):
+            if applicable := by_tenant[light.tenant_id].for_target(light):
+                watched[light.id] = applicable
     ids = [h.id for h in heads if h.target_id in watched]
     if not ids:
         return len(heads)
@@ -238,13 +239,13 @@ def consume_scores(session: Session, settings: AlertsSettings, now: datetime) ->
         .scalars()
         .all()
     )
-    targets = _targets(session, watched)
+    targets = _targets(session, set(watched))
     for change in changes:
         target = targets.get(change.target_id)
         if target is None:
             continue  # deleted a moment ago
         snapshot = change_snapshot(change)
-        for watch in by_tenant[change.tenant_id].for_target(target):
+        for watch in watched[target.id]:
             row = _alert_row(session, watch, target.id, 0, now)
             observe(
                 session, row, watch, target, change.value, Band(change.band), snapshot, now,
