@@ -12,6 +12,7 @@ import services.scoring.models
 from services.core.db import Base
 
 import services.alerts.models  # noqa: F401  isort: skip
+import services.feeds.models  # noqa: F401  isort: skip
 
 config = context.config
 LOCK_KEY = 0x5C0E_0A1E

@@ -1,22 +1,28 @@
-"""The `riskalert` command line: serve, worker, migrate, demo, rescore."""
+"""The `riskalert` command line: serve, worker, migrate, demo, rescore, import."""
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import Annotated
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, TextIO
 
 import typer
 import uvicorn
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
 from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
+from services.feeds import importer
 from services.scoring import demo, jobs, scores
 from services.settings import Settings
 
@@ -203,3 +209,136 @@ def rescore(database_url: DatabaseOption = None) -> None:
     count = jobs.drain(factory, settings)
     engine.dispose()
     console.print(f"rescored {count} targets")
+
+
+import_app = typer.Typer(help="Import incident files: ACLED, UCDP GED, ACLED deletions.")
+app.add_typer(import_app, name="import")
+
+FileArgument = Annotated[
+    Path,
+    typer.Argument(exists=True, dir_okay=False, readable=True, help="CSV, or the API's JSON."),
+]
+ReportOption = Annotated[
+    Path | None,
+    typer.Option("--report", help="Write every rejected row (line, id, reason) to this CSV."),
+]
+
+
+class _Counted:
+    """A text file read by an import, counting what was read (for the progress bar)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.done = 0
+
+    def read(self, size: int = -1, /) -> str:
+        chunk = self._stream.read(size)
+        self.done += len(chunk)
+        return chunk
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self._stream:
+            self.done += len(line)
+            yield line
+
+
+def _import(
+    fmt: importer.Format, path: Path, database_url: str | None, report: Path | None
+) -> None:
+    settings = _settings(database_url)
+    upgrade_to_head(settings.database_url)
+    engine = make_engine(settings.database_url)
+    factory = make_sessionmaker(engine)
+    size = max(path.stat().st_size, 1)
+    with (
+        path.open(encoding="utf-8-sig", newline="") as stream,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rows]} rows"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as bar,
+    ):
+        task = bar.add_task(f"{fmt} {path.name}", total=size, rows=0)
+        handle = _Counted(stream)
+        rows = 0
+
+        def advance(count: int) -> None:
+            nonlocal rows
+            rows += count
+            bar.update(task, completed=min(handle.done, size), rows=rows)
+
+        summary = importer.run(
+            factory,
+            importer.items(fmt, handle, jobs.utc_now()),
+            fmt=fmt,
+            origin=str(path),
+            clock=jobs.utc_now,
+            skew=settings.clock_skew,
+            progress=advance,
+        )
+        bar.update(task, completed=size)
+    engine.dispose()
+    _print_summary(summary)
+    if report is not None:
+        with report.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["line", "source_id", "reason"])
+            for rejection in summary.rejections:
+                writer.writerow([rejection["line"], rejection["source_id"], rejection["reason"]])
+        console.print(f"rejected rows written to {report}")
+
+
+def _print_summary(summary: importer.Summary) -> None:
+    table = Table(title="Import summary")
+    for name in ("read", "inserted", "updated", "unchanged", "merged", "retracted", "rejected",
+                 "warned"):  # fmt: skip
+        table.add_column(name, justify="right")
+    table.add_row(
+        *(str(getattr(summary, n)) for n in ("read", "inserted", "updated", "unchanged",
+                                             "merged", "retracted", "rejected", "warned"))
+    )  # fmt: skip
+    console.print(table)
+    for title, entries, key in (
+        ("Rejected rows", summary.rejections, "reason"),
+        ("Kept, with warnings", summary.warnings, "warning"),
+    ):
+        if not entries:
+            continue
+        listing = Table(title=title)
+        listing.add_column("line", justify="right")
+        listing.add_column("source id")
+        listing.add_column(key)
+        for entry in entries[:50]:
+            listing.add_row(str(entry["line"]), str(entry["source_id"] or ""), entry[key])
+        console.print(listing)
+        hidden = (summary.rejected if key == "reason" else summary.warned) - min(len(entries), 50)
+        if hidden > 0:
+            console.print(f"... and {hidden} more")
+
+
+@import_app.command("acled")
+def import_acled(
+    file: FileArgument, database_url: DatabaseOption = None, report: ReportOption = None
+) -> None:
+    """Import ACLED events: a CSV export (HXL row and long dates read), or API JSON pages."""
+    _import("acled", file, database_url, report)
+
+
+@import_app.command("acled-deleted")
+def import_acled_deleted(
+    file: FileArgument, database_url: DatabaseOption = None, report: ReportOption = None
+) -> None:
+    """Retract ACLED events listed as deleted (event_id_cnty, deleted_timestamp)."""
+    _import("acled-deleted", file, database_url, report)
+
+
+@import_app.command("ucdp")
+def import_ucdp(
+    file: FileArgument, database_url: DatabaseOption = None, report: ReportOption = None
+) -> None:
+    """Import UCDP GED events: an annual or candidate CSV, or API JSON pages."""
+    _import("ucdp", file, database_url, report)

@@ -145,16 +145,21 @@ def test_kidnapping_near_a_site_triggers_an_event_alert_once(api: Api) -> None:
     body = incident_body("k1", *east_of_base(20), category="kidnapping")
     post_incident(api, body)
     api.drain_alerts()
-    # A revision of the same incident does not alert again.
+    # A revision of the same incident does not alert again: subscribers are told of it.
     post_incident(api, {**body, "title": "Two engineers kidnapped (updated)"})
     attack(api, "far", 400, category="kidnapping")
     api.drain_alerts()
 
-    [delivery] = deliveries(api)
+    delivery, update = deliveries(api)
     assert delivery.event_type == "alert.triggered"
     incident = delivery.payload["data"]["incident"]
     assert 15 < incident["distance_km"] < 25
     assert "kidnapping" in delivery.payload["data"]["why"].lower()
+    assert update.event_type == "alert.updated"
+    assert update.alert_id == delivery.alert_id
+    assert update.payload["data"]["alert"]["sequence"] == 2
+    assert update.payload["data"]["incident"]["title"] == "Two engineers kidnapped (updated)"
+    assert "revised" in update.payload["data"]["why"]
 
 
 def test_event_rules_by_tag_and_for_all_targets_alert_only_for_the_targets_they_watch(

@@ -560,25 +560,165 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
     ]
     if not found:
         return len(changes)
-    reach = max(w.params.radius_km for w in found if isinstance(w.params, EventRuleIn))
-    by_tenant: dict[int, list[Watch]] = defaultdict(list)
-    for watch in found:
-        by_tenant[watch.subscription.tenant_id].append(watch)
-    events = {tenant: WatchIndex(ws) for tenant, ws in by_tenant.items()}
     rows = {
         i.id: i
         for i in session.execute(
             select(Incident).where(Incident.id.in_({c.incident_id for c in changes}))
         ).scalars()
     }
+    events = _events(session, {_event_of(i) for i in rows.values()})
+    notified = _notify_updates(session, changes, rows, events, found, settings, now)
+    newest = max(w.params.max_age for w in found if isinstance(w.params, EventRuleIn))
+    reach = max(w.params.radius_km for w in found if isinstance(w.params, EventRuleIn))
+    by_tenant: dict[int, list[Watch]] = defaultdict(list)
+    for watch in found:
+        by_tenant[watch.subscription.tenant_id].append(watch)
+    indexes = {tenant: WatchIndex(ws) for tenant, ws in by_tenant.items()}
     matches = [
         match
         for incident_id in dict.fromkeys(c.incident_id for c in changes)
         if (incident := rows.get(incident_id)) is not None
-        for match in _match_incident(session, incident, events, reach, now)
+        # Only a report that stands for its event alerts; back-filled history never does.
+        and incident.merged_into_id is None
+        and now - incident.occurred_at <= newest
+        for match in _match_incident(session, incident, indexes, reach, now)
     ]
-    _trigger(session, matches, now, settings.public_url)
+    _trigger(session, matches, events, notified, now, settings.public_url)
     return len(changes)
+
+
+def _event_of(incident: Incident) -> int:
+    """The id of the report standing for an incident's event (itself unless merged)."""
+    return incident.merged_into_id or incident.id
+
+
+def _events(session: Session, event_ids: set[int]) -> dict[int, int]:
+    """Every report of these events, mapped to its event's id."""
+    if not event_ids:
+        return {}
+    ids = sorted(event_ids)
+    found = session.execute(
+        select(Incident.id, Incident.merged_into_id).where(
+            Incident.id.in_(ids) | Incident.merged_into_id.in_(ids)
+        )
+    ).all()
+    return {row.id: row.merged_into_id or row.id for row in found}
+
+
+# What subscribers are told when the incident behind an event alert changes.
+_UPDATE_REASONS = {
+    "updated": "{source} revised its report (revision {revision})",
+    "merged": "{source} also reports this event",
+    "retracted": "{source} retracted its report",
+    "promoted": "the event now rests on the {source} report",
+    "split": "a {source} report no longer matches this event",
+}
+
+
+def _notify_updates(
+    session: Session,
+    changes: Sequence[IncidentChange],
+    rows: dict[int, Incident],
+    events: dict[int, int],
+    found: Sequence[Watch],
+    settings: AlertsSettings,
+    now: datetime,
+) -> set[tuple[int, int, int]]:
+    """Send `alert.updated` for event alerts whose incident was revised, merged or retracted.
+
+    One notice per alert and batch, however many of its reports changed. Returns the
+    (rule, target, event) of every alert that exists, so none is raised twice.
+    """
+    reasons: dict[int, str] = {}
+    for change in changes:
+        incident = rows.get(change.incident_id)
+        template = _UPDATE_REASONS.get(change.outcome)
+        if incident is None or template is None:
+            continue
+        reasons[_event_of(incident)] = template.format(
+            source=incident.source, revision=change.revision
+        )
+    existing = (
+        session.execute(
+            select(Alert).where(Alert.incident_id.in_(sorted(events))).with_for_update()
+        )
+        .scalars()
+        .all()
+        if events
+        else []
+    )
+    by_rule = {w.rule.id: w for w in found}
+    primaries = {
+        i.id: i
+        for i in session.execute(
+            select(Incident).where(Incident.id.in_({events[a.incident_id] for a in existing
+                                                    if a.incident_id is not None}))
+        ).scalars()
+    }  # fmt: skip
+    targets = _targets(session, {a.target_id for a in existing}) if existing else {}
+    sources: dict[int, list[str]] = defaultdict(list)
+    members = (
+        session.execute(
+            select(Incident.id, Incident.source).where(Incident.id.in_(sorted(events)))
+        ).all()
+        if existing
+        else []
+    )
+    for member in members:
+        sources[events[member.id]].append(member.source)
+    for row in existing:
+        assert row.incident_id is not None
+        event_id = events[row.incident_id]
+        reason = reasons.get(event_id)
+        watch = by_rule.get(row.rule_id)
+        primary = primaries.get(event_id)
+        target = targets.get(row.target_id)
+        if reason is None or watch is None or primary is None or target is None:
+            continue
+        params = watch.params
+        assert isinstance(params, EventRuleIn)
+        counts = scoring_incidents.to_model(primary).counts
+        row.sequence += 1
+        row.updated_at = now
+        why = reason if counts else f"{reason}: the event no longer counts"
+        data = notify.alert_data(
+            alert=_alert_part(settings.public_url, row, row.state, "updated", why, row.since),
+            subscription={"id": watch.subscription.id, "name": watch.subscription.name},
+            rule=_rule_part(watch),
+            target=_feature(target),
+            change=None,
+            incident=_incident_part(primary, None, sources.get(event_id, ())),
+            top_incidents=[],
+            trigger_why=why,
+        )
+        session.add(
+            AlertEvent(
+                alert_id=row.id, at=now, from_state=row.state, to_state=row.state, score=None,
+                band=params.severity.value, notified="updated", reason=why[:300],
+            )
+        )  # fmt: skip
+        _dispatch(session, row, watch, "alert.updated", data, params.severity, now)
+    return {
+        (a.rule_id, a.target_id, events[a.incident_id])
+        for a in existing
+        if a.incident_id is not None
+    }
+
+
+def _incident_part(
+    incident: Incident, distance_km: float | None, sources: Sequence[str] = ()
+) -> dict[str, Any]:
+    return {
+        "id": incident.id,
+        "category": incident.category,
+        "title": incident.title,
+        "occurred_at": notify.iso(incident.occurred_at),
+        "location_name": incident.location_name,
+        "country": incident.country,
+        "lifecycle": incident.lifecycle,
+        "sources": list(sources) or [incident.source],
+        "distance_km": None if distance_km is None else round(distance_km, 1),
+    }
 
 
 _ALERTS = cast(Table, Alert.__table__)
@@ -642,20 +782,24 @@ def _match_incident(
     return out
 
 
-def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_url: str) -> None:
-    """Raise an alert for each match and enqueue its notices: a few statements per batch."""
-    if not matches:
-        return
-    # A revision of an incident that already alerted raises nothing new.
-    seen = {
-        (rule_id, target_id, incident_id)
-        for rule_id, target_id, incident_id in session.execute(
-            select(Alert.rule_id, Alert.target_id, Alert.incident_id).where(
-                Alert.incident_id.in_({m.incident.id for m in matches})
-            )
-        )
-    }
-    fresh = [m for m in matches if (m.watch.rule.id, m.target.id, m.incident.id) not in seen]
+def _trigger(
+    session: Session,
+    matches: Sequence[_Match],
+    events: dict[int, int],
+    seen: set[tuple[int, int, int]],
+    now: datetime,
+    base_url: str,
+) -> None:
+    """Raise an alert for each match and enqueue its notices: a few statements per batch.
+
+    An event that already alerted a rule for a target (through any of its reports) raises
+    nothing new: its revisions are told as `alert.updated`.
+    """
+    fresh = [
+        m
+        for m in matches
+        if (m.watch.rule.id, m.target.id, events.get(m.incident.id, m.incident.id)) not in seen
+    ]
     if not fresh:
         return
     values = [
@@ -674,11 +818,11 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
         insert(_ALERTS).returning(_ALERTS.c.id, sort_by_parameter_order=True), values
     ).scalars()
     alerts = [Alert(id=i, **v) for i, v in zip(ids, values, strict=True)]
-    events: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
     for m, row in zip(fresh, alerts, strict=True):
         incident, found = m.incident, m.found
-        events.append(
+        history.append(
             {
                 "alert_id": row.id, "at": now, "from_state": "normal", "to_state": TRIGGERED,
                 "score": None, "band": m.params.severity.value, "notified": "triggered",
@@ -691,15 +835,7 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
             rule=_rule_part(m.watch),
             target=_feature(m.target),
             change=None,
-            incident={
-                "id": incident.id,
-                "category": incident.category,
-                "title": incident.title,
-                "occurred_at": notify.iso(incident.occurred_at),
-                "location_name": incident.location_name,
-                "country": incident.country,
-                "distance_km": None if found.distance_km is None else round(found.distance_km, 1),
-            },
+            incident=_incident_part(incident, found.distance_km),
             top_incidents=[],
             trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
         )
@@ -717,7 +853,7 @@ def _trigger(session: Session, matches: Sequence[_Match], now: datetime, base_ur
             for endpoint in m.watch.endpoints
             if endpoint.enabled
         )  # fmt: skip
-    session.execute(insert(cast(Table, AlertEvent.__table__)), events)
+    session.execute(insert(cast(Table, AlertEvent.__table__)), history)
     outbox.insert_new(session, deliveries)
 
 

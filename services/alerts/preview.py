@@ -550,6 +550,7 @@ def load_event_incidents(
         Incident.reported_at <= data.until,
         Incident.category.in_([c.value for c in categories]),
         Incident.lifecycle != Lifecycle.RETRACTED.value,
+        Incident.merged_into_id.is_(None),
     )
     if rule.trigger is not Trigger.THREAT_MATCHING:
         lons = [c[0] for t in chosen for c in t.coordinates]

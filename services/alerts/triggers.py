@@ -7,7 +7,7 @@ from datetime import datetime
 
 from services.alerts.schemas import EventRuleIn, Trigger
 from services.scoring import geo, risk
-from services.scoring.taxonomy import Category, Lifecycle, TargetKind
+from services.scoring.taxonomy import Category, TargetKind
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ def match(
     rule: EventRuleIn, incident: risk.Incident, target: risk.Target, now: datetime
 ) -> Match | None:
     """The match of `incident` against an event rule for `target`, or None."""
-    if incident.lifecycle is Lifecycle.RETRACTED:
-        return None
+    if not incident.counts:
+        return None  # retracted, or merged into another report of its event
     if now - incident.occurred_at > rule.max_age:
         return None
     place = "the corridor" if target.kind is TargetKind.CORRIDOR else "the site"

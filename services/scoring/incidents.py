@@ -15,7 +15,7 @@ from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
 from services.core.problems import Problem
-from services.scoring import feed, risk, schemas
+from services.scoring import feed, merge, risk, schemas
 from services.scoring.models import Incident, IncidentChange
 from services.scoring.taxonomy import (
     Category,
@@ -27,6 +27,9 @@ from services.scoring.taxonomy import (
 )
 
 Outcome = Literal["created", "updated", "unchanged"]
+# Written to the incident feed: also "merged" (a report joined another's event), "split" (it
+# no longer matches that event) and "promoted" (it now stands for its event in place of a
+# retracted one).
 
 # Only what the model and explanations read: loading whole ORM rows costs more than scoring.
 MODEL_COLUMNS = (
@@ -36,6 +39,7 @@ MODEL_COLUMNS = (
     Incident.target_foreign_owned_only, Incident.target_sectors, Incident.target_type,
     Incident.victim_expatriate, Incident.victim_sector, Incident.fatalities_claimed,
     Incident.fatalities_best, Incident.source_reliability, Incident.lifecycle, Incident.title,
+    Incident.merged_into_id,
 )  # fmt: skip
 Row = Incident | SqlRow[Any] | SimpleNamespace
 
@@ -63,6 +67,7 @@ def to_model(row: Row) -> risk.Incident:
         source_reliability=row.source_reliability,
         lifecycle=Lifecycle(row.lifecycle),
         title=row.title,
+        merged=row.merged_into_id is not None,
     )
 
 
@@ -86,6 +91,8 @@ def from_snapshot(data: dict[str, Any]) -> risk.Incident:
     values = dict(data)
     for name in ("occurred_at", "reported_at"):
         values[name] = datetime.fromisoformat(values[name])
+    # Written before merging existed, a snapshot has no `merged`: it was a counted report.
+    values["merged_into_id"] = 0 if values.pop("merged", False) else None
     return to_model(SimpleNamespace(**values))
 
 
@@ -96,6 +103,7 @@ class Upserted:
     incident: Incident
     outcome: Outcome
     previous: risk.Incident | None
+    merged: bool = False  # this call merged it into another report's event
 
 
 def check_times(data: schemas.IncidentIn, now: datetime, skew: timedelta) -> None:
@@ -153,6 +161,8 @@ def _columns(data: schemas.IncidentIn, now: datetime) -> dict[str, Any]:
         "title": data.title,
         "description": data.description,
         "tags": list(data.tags),
+        "source_updated_at": data.source_updated_at,
+        "source_fields": dict(data.source_fields),
     }
 
 
@@ -162,9 +172,16 @@ def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserte
 
 
 def upsert_many(
-    session: Session, items: Sequence[schemas.IncidentIn], now: datetime
+    session: Session,
+    items: Sequence[schemas.IncidentIn],
+    now: datetime,
+    index: merge.Index | None = None,
 ) -> list[Upserted]:
-    """Upsert validated incidents with distinct (source, source_id): one lookup, one flush."""
+    """Upsert validated incidents with distinct (source, source_id): one lookup, one flush.
+
+    New and revised reports of an event another report already stands for are merged into it;
+    `index` (one per import) saves reading the same days again.
+    """
     keys = [(d.source, d.source_id) for d in items]
     existing: dict[tuple[str, str], Incident] = {}
     for start in range(0, len(keys), 500):
@@ -177,21 +194,158 @@ def upsert_many(
         _apply(session, data, existing.get(key), now) for data, key in zip(items, keys, strict=True)
     ]
     session.flush()
+    changed = [r for r in out if r.outcome != "unchanged"]
+    extra = _merge(session, changed, index or merge.Index(), now)
+    out = [dataclasses.replace(r, merged=True) if r.incident.id in extra.joined else r for r in out]
+    _feed(
+        session,
+        [
+            (r.incident, "merged" if r.merged else r.outcome, r.previous)
+            for r in out
+            if r.outcome != "unchanged"
+        ]
+        + extra.entries,
+        now,
+    )
+    return out
+
+
+def retract_many(
+    session: Session,
+    deletions: Sequence[tuple[str, str, datetime | None]],
+    now: datetime,
+    index: merge.Index | None = None,
+) -> list[Upserted | None]:
+    """Retract reports a source deleted, given as (source, source_id, deleted_at).
+
+    Each gives the retracted incident, "unchanged" when it was already retracted or the
+    deletion is older than its last edit, or None when no such report is stored.
+    """
+    keys = [(source, source_id) for source, source_id, _ in deletions]
+    stored = {
+        (row.source, row.source_id): row
+        for start in range(0, len(keys), 500)
+        for row in session.execute(
+            select(Incident).where(
+                tuple_(Incident.source, Incident.source_id).in_(keys[start : start + 500])
+            )
+        ).scalars()
+    }
+    out: list[Upserted | None] = []
+    for source, source_id, deleted_at in deletions:
+        row = stored.get((source, source_id))
+        if row is None:
+            out.append(None)
+            continue
+        edited = row.source_updated_at
+        if row.lifecycle == Lifecycle.RETRACTED.value or (
+            deleted_at is not None and edited is not None and deleted_at < edited
+        ):
+            out.append(Upserted(row, "unchanged", None))
+            continue
+        previous = to_model(row)
+        row.lifecycle = Lifecycle.RETRACTED.value
+        row.source_updated_at = deleted_at or edited
+        row.revision += 1
+        row.updated_at = now
+        out.append(Upserted(row, "updated", previous))
+    session.flush()
+    changed = [r for r in out if r is not None and r.outcome != "unchanged"]
+    extra = _merge(session, changed, index or merge.Index(), now)
+    _feed(session, [(r.incident, "retracted", r.previous) for r in changed] + extra.entries, now)
+    return out
+
+
+def _feed(
+    session: Session, entries: Sequence[tuple[Incident, str, risk.Incident | None]], now: datetime
+) -> None:
     feed.append_at_commit(
         session,
         [
             IncidentChange(
-                incident_id=r.incident.id,
-                revision=r.incident.revision,
-                outcome=r.outcome,
-                previous=snapshot(r.previous) if r.previous is not None else None,
+                incident_id=incident.id,
+                revision=incident.revision,
+                outcome=outcome,
+                previous=snapshot(previous) if previous is not None else None,
                 created_at=now,
             )
-            for r in out
-            if r.outcome != "unchanged"
+            for incident, outcome, previous in entries
         ],
     )
-    return out
+
+
+@dataclass
+class _Merged:
+    joined: set[int] = dataclasses.field(default_factory=set)
+    entries: list[tuple[Incident, str, risk.Incident | None]] = dataclasses.field(
+        default_factory=list
+    )
+
+
+def _merge(
+    session: Session, changed: Sequence[Upserted], index: merge.Index, now: datetime
+) -> _Merged:
+    """Keep one event one incident after `changed` were written (see `merge`)."""
+    result = _Merged()
+    reports = [merge.Report.of(r.incident) for r in changed]
+    index.load(session, reports)
+
+    def relink(row: Incident, event_id: int | None, outcome: str) -> None:
+        # A report that starts or stops counting: the feed tells rescoring and alerts.
+        previous = to_model(row)
+        row.merged_into_id = event_id
+        row.updated_at = now
+        index.put(merge.Report.of(row))
+        result.entries.append((row, outcome, previous))
+
+    for upserted, report in zip(changed, reports, strict=True):
+        row = upserted.incident
+        index.put(report)
+        if report.merged_into_id is not None:
+            primary = index.get(report.merged_into_id) or _report(session, report.merged_into_id)
+            if primary is not None and merge.distance(report, primary) is not None:
+                continue
+            row.merged_into_id = None  # this revision describes another event
+            report = merge.Report.of(row)
+            index.put(report)
+        members = [m for m in index.members(row.id) if m.id != row.id]
+        if report.lifecycle is Lifecycle.RETRACTED:
+            if members:
+                # Another source still reports the event: its first report stands for it now.
+                heir = session.get(Incident, members[0].id)
+                assert heir is not None
+                relink(heir, None, "promoted")
+                for moved in [row, *(session.get(Incident, m.id) for m in members[1:])]:
+                    assert moved is not None
+                    moved.merged_into_id = heir.id
+                    moved.updated_at = now
+                    index.put(merge.Report.of(moved))
+            continue
+        if members:
+            for member in members:
+                if merge.distance(member, report) is None:
+                    split = session.get(Incident, member.id)
+                    assert split is not None
+                    relink(split, None, "split")
+            continue
+        event = index.best_event(report)
+        if event is None:
+            continue
+        primary_row = session.get(Incident, event.id)
+        assert primary_row is not None
+        row.merged_into_id = event.id
+        index.put(merge.Report.of(row))
+        result.joined.add(row.id)
+        if row.reported_at < primary_row.reported_at:
+            # The event was knowable as soon as any source reported it.
+            primary_row.reported_at = row.reported_at
+            primary_row.updated_at = now
+    return result
+
+
+def _report(session: Session, incident_id: int) -> merge.Report | None:
+    row = session.get(Incident, incident_id)
+    return merge.Report.of(row) if row is not None else None
 
 
 def _apply(
@@ -212,6 +366,9 @@ def _apply(
     # The first time anyone could know of the event stays the first: a later resend cannot
     # hide it from an as-of score that already used it.
     columns["reported_at"] = min(existing.reported_at, columns["reported_at"])
+    stored_edit, edit = existing.source_updated_at, data.source_updated_at
+    if stored_edit is not None and edit is not None and edit < stored_edit:
+        return Upserted(existing, "unchanged", None)  # an older edit than the one stored
     if all(getattr(existing, name) == value for name, value in columns.items()):
         return Upserted(existing, "unchanged", None)
     previous = to_model(existing)

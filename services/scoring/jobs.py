@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 
 
+# Feed pages read in one pass when there is a backlog (at most this many entries are queued
+# in one transaction: FEED_PAGES * feed_batch_size).
+FEED_PAGES = 100
+
+
 def utc_now() -> datetime:
     """The wall clock, in UTC."""
     return datetime.now(UTC)
@@ -49,7 +54,15 @@ def rescore_pending(
     now = clock()
     with factory.begin() as session:
         model = scores.ensure_model(session, now)
-        read = queue.consume_incident_feed(session, model.params, now, settings.feed_batch_size)
+        # While an import runs, its incidents wait on the feed: read at its end, they queue
+        # each target once, not once per chunk.
+        read = (
+            0
+            if queue.importing(session, now)
+            else queue.consume_incident_feed(
+                session, model.params, now, settings.feed_batch_size, FEED_PAGES
+            )
+        )
         claims = queue.claim(session, settings.rescore_batch_size, now, settings.rescore_lease)
     if not claims:
         return read

@@ -65,6 +65,15 @@ class Incident(Base):
     description: Mapped[str] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(JSON)
     revision: Mapped[int] = mapped_column(Integer)
+    # Another source's report of the same event, which this one is merged into: only the
+    # event's primary report (NULL here) counts in scores and alerts; this one keeps its figures.
+    merged_into_id: Mapped[int | None] = mapped_column(
+        ForeignKey("incident.id", ondelete="SET NULL"), index=True
+    )
+    # When the source last edited the report (ACLED `timestamp`): an older resend is ignored.
+    source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The source's own codes and figures as imported (event types, precision codes, low/high).
+    source_fields: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
@@ -199,3 +208,19 @@ class IncidentChange(Base):
     # targets that version reached are rescored too.
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ImportRun(Base):
+    """One import of a file or a feed poll; while one runs, rescoring holds off reading the
+    incident feed, so a bulk import rescores each target once, at its end."""
+
+    __tablename__ = "import_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    format: Mapped[str] = mapped_column(String(16))
+    origin: Mapped[str] = mapped_column(String(300))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Renewed as chunks commit; a run whose heartbeat is stale died and holds nothing back.
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from services.core import cursors
 from services.core.db import UTCDateTime
 from services.scoring import geo, incidents, risk
-from services.scoring.models import Incident, IncidentChange, RescoreMark, Target
+from services.scoring.models import ImportRun, Incident, IncidentChange, RescoreMark, Target
 from services.scoring.taxonomy import Sector, TargetKind
 
 # Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
@@ -122,38 +122,56 @@ def add_all(session: Session, cause: str, now: datetime) -> None:
 
 # The rescoring worker's cursor on the incident feed (services.core.cursors).
 FEED_CURSOR = "rescore"
+# An import whose heartbeat is older than this died: it no longer holds the feed back.
+IMPORT_HEARTBEAT_TIMEOUT = timedelta(minutes=2)
 
 
 def consume_incident_feed(
-    session: Session, params: risk.ModelParams, now: datetime, limit: int
+    session: Session, params: risk.ModelParams, now: datetime, limit: int, pages: int = 1
 ) -> int:
     """Queue what newly fed incident revisions can affect, and move the rescorer's cursor.
 
     Ingest only appends to the incident feed. Reading the feed here, rather than queueing in
     the ingest transaction, keeps ingest off the queue's rows, which every rescoring batch
-    writes, and queues a burst of nearby incidents' targets once. Returns how many entries were
-    read (0 also while another process reads the feed).
+    writes, and queues a burst of nearby incidents' targets once. Up to `pages` pages of
+    `limit` entries are read in one go, so a backlog (a bulk import) queues each target once.
+    Returns how many entries were read (0 also while another process reads the feed).
     """
     cursor = cursors.lock(session, FEED_CURSOR, now)
     if cursor is None:
         return 0
-    rows = session.execute(
-        select(IncidentChange.id.label("change_id"), IncidentChange.previous,
-               *incidents.MODEL_COLUMNS)
-        .join(Incident, Incident.id == IncidentChange.incident_id)
-        .where(IncidentChange.id > cursor.position)
-        .order_by(IncidentChange.id)
-        .limit(limit)
-    ).all()  # fmt: skip
-    if not rows:
-        return 0
-    versions = [incidents.to_model(row) for row in rows]
-    # An update also affects whatever the revision it replaced could.
-    versions += [incidents.from_snapshot(row.previous) for row in rows if row.previous]
-    add(session, affected_targets(session, versions, params), "incident", now)
-    cursor.position = rows[-1].change_id
-    cursor.updated_at = now
-    return len(rows)
+    versions: list[risk.Incident] = []
+    read = 0
+    for _ in range(pages):
+        rows = session.execute(
+            select(IncidentChange.id.label("change_id"), IncidentChange.previous,
+                   *incidents.MODEL_COLUMNS)
+            .join(Incident, Incident.id == IncidentChange.incident_id)
+            .where(IncidentChange.id > cursor.position)
+            .order_by(IncidentChange.id)
+            .limit(limit)
+        ).all()  # fmt: skip
+        if not rows:
+            break
+        versions += [incidents.to_model(row) for row in rows]
+        # An update also affects whatever the revision it replaced could.
+        versions += [incidents.from_snapshot(row.previous) for row in rows if row.previous]
+        cursor.position = rows[-1].change_id
+        read += len(rows)
+        if len(rows) < limit:
+            break
+    if read:
+        add(session, affected_targets(session, versions, params), "incident", now)
+        cursor.updated_at = now
+    return read
+
+
+def importing(session: Session, now: datetime) -> bool:
+    """Whether a live import is running: its incidents are read off the feed when it ends."""
+    live = select(ImportRun.id).where(
+        ImportRun.finished_at.is_(None), ImportRun.heartbeat_at > now - IMPORT_HEARTBEAT_TIMEOUT
+    )
+    return session.execute(live.limit(1)).first() is not None
 
 
 def affected_targets(

@@ -454,6 +454,13 @@ class Incident:
     source_reliability: float
     lifecycle: Lifecycle
     title: str = ""
+    # Merged into another source's report of the same event, which counts in its place.
+    merged: bool = False
+
+    @property
+    def counts(self) -> bool:
+        """Whether the report counts: not retracted, and not merged into another."""
+        return self.lifecycle is not Lifecycle.RETRACTED and not self.merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,9 +612,9 @@ class IncidentSet:
     """Incidents as column arrays, built once and scored against many targets and times."""
 
     def __init__(self, incidents: Sequence[Incident], params: ModelParams) -> None:
-        """Drop retracted incidents and precompute every target-independent factor."""
+        """Drop retracted and merged reports and precompute every target-independent factor."""
         self.params = params
-        kept = [i for i in incidents if i.lifecycle is not Lifecycle.RETRACTED]
+        kept = [i for i in incidents if i.counts]
         for inc in kept:
             _epoch_s(inc.occurred_at, f"incident {inc.id} occurred_at")
             _epoch_s(inc.reported_at, f"incident {inc.id} reported_at")

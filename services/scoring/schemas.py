@@ -46,6 +46,7 @@ CountryCode = Annotated[
 ]
 ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
+SourceValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
@@ -200,6 +201,16 @@ class IncidentIn(Strict):
     title: Annotated[str, Field(max_length=200)] = ""
     description: Annotated[str, Field(max_length=4000)] = ""
     tags: Annotated[list[Tag], Field(max_length=32)] = []
+    source_updated_at: Timestamp | None = Field(
+        None,
+        description=(
+            "When the source last edited this report (ACLED `timestamp`); a resend older than "
+            "the stored one is ignored."
+        ),
+    )
+    source_fields: Annotated[
+        dict[Annotated[str, Field(max_length=64)], SourceValue], Field(max_length=64)
+    ] = Field({}, description="The source's own codes and figures, kept as given (at most 64).")
 
     @field_validator("scope")
     @classmethod
@@ -225,6 +236,20 @@ class IncidentBatchIn(Strict):
         list[dict[str, Any]],
         Field(min_length=1, max_length=10_000, description="Incident objects (see IncidentIn)."),
     ]
+
+
+class SourceReport(BaseModel):
+    """One source's report of an event, with its own figures."""
+
+    id: int
+    source: str
+    source_id: str
+    category: Category
+    occurred_at: datetime
+    reported_at: datetime
+    fatalities: Fatalities
+    lifecycle: Lifecycle
+    source_updated_at: datetime | None
 
 
 class IncidentProperties(BaseModel):
@@ -254,6 +279,14 @@ class IncidentProperties(BaseModel):
     description: str
     tags: list[str]
     revision: int
+    source_updated_at: datetime | None = None
+    source_fields: dict[str, Any] = {}
+    merged_into: int | None = Field(
+        None, description="The incident this report is merged into (same event, another source)."
+    )
+    sources: list[SourceReport] = Field(
+        [], description="Every report of the event: this one and those merged into it."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -135,6 +135,7 @@ def load_incidents(
         Incident.occurred_at <= until,
         Incident.occurred_at >= since - lookback,
         Incident.lifecycle != Lifecycle.RETRACTED.value,
+        Incident.merged_into_id.is_(None),
     )
     if box is not None:
         min_lon, min_lat, max_lon, max_lat = box

@@ -31,6 +31,9 @@ class ScoringSettings(BaseSettings):
     )
     max_batch_items: int = Field(1000, ge=1, le=10_000, description="Incidents per batch POST.")
     max_page_size: int = Field(500, ge=1, le=5000, description="Largest page of a list.")
+    max_import_bytes: int = Field(
+        50_000_000, ge=1, description="Largest file accepted by POST /v1/imports/{format}."
+    )
     max_backtest_pairs: int = Field(100_000, ge=1, description="(point, time) pairs per backtest.")
     rescore_interval: Duration = Field(
         timedelta(minutes=10), description="How often every score is re-evaluated for decay."

@@ -1,0 +1,1 @@
+"""Incident feeds: ACLED and UCDP importers, merging, polling and a synthetic generator."""

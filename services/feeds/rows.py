@@ -1,0 +1,180 @@
+"""What every importer shares: the outcome of reading one row, CSV reading with line numbers,
+and the small conversions both formats need (numbers, countries, dates of unknown report)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.scoring import schemas
+
+
+class RowError(ValueError):
+    """A row that cannot be imported; the message names the field and the reason."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A row read into an incident report, with what was kept but not understood."""
+
+    line: int
+    incident: schemas.IncidentIn
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A row that was not imported, and why."""
+
+    line: int
+    source_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """The source deleted a report: it is retracted."""
+
+    line: int
+    source: str
+    source_id: str
+    deleted_at: datetime | None
+
+
+Item = Parsed | Rejected | Deletion
+Row = Mapping[str, str]
+
+
+def csv_rows(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, str]] | Rejected]:
+    """Records of a CSV file as {lower-case column: text}, each with the line it starts on.
+
+    A byte-order mark is dropped, and so is a second header row of HXL tags (`#date`, ...)
+    as the humanitarian data portals publish. A record with the wrong number of fields is
+    rejected; the rest of the file is still read.
+    """
+    reader = csv.reader(_without_bom(lines))
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    columns = [name.strip().lower() for name in header]
+    first = True
+    while True:
+        start = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield Rejected(start, None, f"unreadable CSV record: {exc}")
+            continue
+        if first:
+            first = False
+            if record and all(not cell or cell.lstrip().startswith("#") for cell in record):
+                continue  # the HXL tag row
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(record) != len(columns):
+            yield Rejected(
+                start, None, f"expected {len(columns)} fields as in the header, found {len(record)}"
+            )
+            continue
+        yield start, dict(zip(columns, record, strict=True))
+
+
+def _without_bom(lines: Iterable[str]) -> Iterator[str]:
+    first = True
+    for line in lines:
+        if first:
+            first = False
+            line = line.removeprefix("\ufeff")
+        yield line
+
+
+def text(row: Row, name: str) -> str:
+    """A column's text, stripped; empty when absent."""
+    value = row.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def integer(row: Row, name: str, *, required: bool = False) -> int | None:
+    """A whole number column (`12`, `12.0`); None when empty."""
+    value = text(row, name)
+    if not value:
+        if required:
+            raise RowError(name, "missing")
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise RowError(name, f"not a number: {value[:40]!r}") from None
+    if not number.is_integer() or number < 0:
+        raise RowError(name, f"not a whole number >= 0: {value[:40]!r}")
+    return int(number)
+
+
+def coordinate(row: Row, name: str, limit: float) -> float:
+    """A latitude or longitude column, within +-limit."""
+    value = text(row, name)
+    if not value:
+        raise RowError(name, "missing")
+    try:
+        number = float(value)
+    except ValueError:
+        raise RowError(name, f"not a number: {value[:40]!r}") from None
+    if not -limit <= number <= limit:
+        raise RowError(name, f"{number} is outside -{limit:g}..{limit:g}")
+    return number
+
+
+def unix_or_iso(row: Row, name: str) -> datetime | None:
+    """A time given as Unix seconds (ACLED `timestamp`) or as ISO 8601 text; None when empty."""
+    value = text(row, name)
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(int(float(value)), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RowError(name, f"not a Unix time or ISO date: {value[:40]!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def build(line: int, source_id: str, data: dict[str, Any], warnings: list[str]) -> Parsed:
+    """Validate an incident report built from a row; the first error names its field."""
+    try:
+        incident = schemas.IncidentIn.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or "row"
+        raise RowError(field, error["msg"]) from None
+    return Parsed(line, incident, tuple(warnings))
+
+
+# Country names as ACLED and UCDP spell them, for rows that carry no ISO code.
+COUNTRIES = {
+    "algeria": "DZA", "benin": "BEN", "burkina faso": "BFA", "cameroon": "CMR",
+    "central african republic": "CAF", "chad": "TCD", "cote d'ivoire": "CIV",
+    "côte d'ivoire": "CIV", "ivory coast": "CIV", "gambia": "GMB", "ghana": "GHA",
+    "guinea": "GIN", "guinea-bissau": "GNB", "liberia": "LBR", "libya": "LBY", "mali": "MLI",
+    "mauritania": "MRT", "morocco": "MAR", "niger": "NER", "nigeria": "NGA", "senegal": "SEN",
+    "sierra leone": "SLE", "sudan": "SDN", "togo": "TGO", "western sahara": "ESH",
+}  # fmt: skip
+
+
+def country_code(name: str) -> str | None:
+    """The ISO 3166-1 alpha-3 code of a country name, or None when not known here."""
+    return COUNTRIES.get(name.strip().casefold())

@@ -1,0 +1,286 @@
+"""One event, one incident: which reports describe the same event, and an index to find them.
+
+Two reports are of the same event when all of these hold (docs/feeds.md has the table):
+
+- **Time**: their occurrence times lie within the sum of their time slacks (1 day for a day,
+  7 for a week, 31 for a month).
+- **Place**: both are located, and they lie within 10 km plus each one's location slack
+  (0 km exact, 15 km near, 50 km region-wide).
+- **Category**: the same, or, from different sources, the same family (attacks and clashes;
+  explosive devices; fire from afar), or a coarse lethal-violence code (UCDP's types of
+  violence) against any lethal category.
+- **Sources**: an event keeps at most one report per source. Two reports from one source with
+  different ids merge only as duplicates: same category, same day, within 1 km, same first actor.
+
+Retracted reports and reports with an area scope (threats made across a region) never merge.
+The first stored report of an event is its primary, which alone counts in scores and alerts;
+the others are merged into it and keep their own figures.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from services.scoring import geo
+from services.scoring.models import Incident
+from services.scoring.taxonomy import Category, Lifecycle, LocationPrecision, TimePrecision
+
+BASE_KM = 10.0
+DUPLICATE_KM = 1.0
+PLACE_SLACK_KM = {
+    LocationPrecision.EXACT: 0.0,
+    LocationPrecision.NEAR: 15.0,
+    LocationPrecision.REGION: 50.0,
+}
+TIME_SLACK = {
+    TimePrecision.DAY: timedelta(days=1),
+    TimePrecision.WEEK: timedelta(days=7),
+    TimePrecision.MONTH: timedelta(days=31),
+}
+MAX_TIME_SLACK = max(TIME_SLACK.values())
+FAMILY = {
+    Category.ARMED_ASSAULT: "attack",
+    Category.ARMED_CLASH: "attack",
+    Category.OTHER_VIOLENCE: "attack",
+    Category.TERRITORY_SEIZURE: "attack",
+    Category.IED: "explosive",
+    Category.VBIED: "explosive",
+    Category.SUICIDE_BOMBING: "explosive",
+    Category.INDIRECT_FIRE: "fire",
+    Category.AIR_DRONE_STRIKE: "fire",
+    Category.ANTI_AIRCRAFT_FIRE: "fire",
+}
+# What a source that codes only the type of violence (UCDP) gives for a lethal event ...
+COARSE = frozenset({Category.ARMED_CLASH, Category.ARMED_ASSAULT})
+# ... which can be any of these, as another source codes it.
+LETHAL = frozenset(FAMILY) | {Category.KIDNAPPING}
+CELL_DEGREES = 1.0  # wider than the largest place limit (10 + 50 + 50 km)
+
+
+@dataclass(slots=True)
+class Report:
+    """What matching reads of a stored report."""
+
+    id: int
+    source: str
+    source_id: str
+    category: Category
+    occurred_at: datetime
+    occurred_precision: TimePrecision
+    lat: float | None
+    lon: float | None
+    location_precision: LocationPrecision
+    scoped: bool
+    first_actor: str | None
+    lifecycle: Lifecycle
+    merged_into_id: int | None
+
+    @property
+    def event_id(self) -> int:
+        """The primary report of this report's event."""
+        return self.merged_into_id or self.id
+
+    @classmethod
+    def of(cls, row: Any) -> Report:
+        """From an Incident row (or a row of `COLUMNS`)."""
+        return cls(
+            id=row.id,
+            source=row.source,
+            source_id=row.source_id,
+            category=Category(row.category),
+            occurred_at=row.occurred_at,
+            occurred_precision=TimePrecision(row.occurred_precision),
+            lat=row.lat,
+            lon=row.lon,
+            location_precision=LocationPrecision(row.location_precision),
+            scoped=bool(row.scope_countries),
+            first_actor=row.actors[0].casefold() if row.actors else None,
+            lifecycle=Lifecycle(row.lifecycle),
+            merged_into_id=row.merged_into_id,
+        )
+
+
+COLUMNS = (
+    Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
+    Incident.occurred_precision, Incident.lat, Incident.lon, Incident.location_precision,
+    Incident.scope_countries, Incident.actors, Incident.lifecycle, Incident.merged_into_id,
+)  # fmt: skip
+
+
+def compatible(a: Category, b: Category, same_source: bool) -> bool:
+    """Whether two categories can describe one event."""
+    if a is b:
+        return True
+    if same_source:
+        return False
+    family = FAMILY.get(a)
+    if family is not None and family == FAMILY.get(b):
+        return True
+    return (a in COARSE and b in LETHAL) or (b in COARSE and a in LETHAL)
+
+
+def distance(a: Report, b: Report) -> float | None:
+    """How far apart two reports of one event are (0 is a perfect match); None if not one event.
+
+    The distance is the larger of the place and the time gap, each as a share of its limit.
+    """
+    if a.id == b.id or a.lat is None or a.lon is None or b.lat is None or b.lon is None:
+        return None
+    if a.scoped or b.scoped or Lifecycle.RETRACTED in (a.lifecycle, b.lifecycle):
+        return None
+    same_source = a.source == b.source
+    if not compatible(a.category, b.category, same_source):
+        return None
+    gap = abs(a.occurred_at - b.occurred_at)
+    km = float(geo.haversine_km(a.lat, a.lon, b.lat, b.lon))
+    if same_source:
+        duplicate = (
+            a.occurred_precision is b.occurred_precision
+            and a.location_precision is b.location_precision
+            and a.occurred_at.date() == b.occurred_at.date()
+            and km <= DUPLICATE_KM
+            and a.first_actor == b.first_actor
+        )
+        return km / DUPLICATE_KM if duplicate else None
+    time_limit = TIME_SLACK[a.occurred_precision] + TIME_SLACK[b.occurred_precision]
+    km_limit = BASE_KM + PLACE_SLACK_KM[a.location_precision] + PLACE_SLACK_KM[b.location_precision]
+    if gap > time_limit or km > km_limit:
+        return None
+    return max(km / km_limit, gap / time_limit)
+
+
+class Index:
+    """Located reports by week and 1-degree cell, loaded from the database a day range at a time.
+
+    One index can serve a whole import: each day is read once, and the import's own reports
+    are put in as they are stored.
+    """
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+        self._reports: dict[int, Report] = {}
+        self._events: dict[int, set[int]] = defaultdict(set)
+        self._days: set[int] = set()
+
+    def clear(self) -> None:
+        """Forget everything (after a rollback undid what was put in)."""
+        self.__init__()  # type: ignore[misc]
+
+    @staticmethod
+    def _key(report: Report) -> tuple[int, int, int] | None:
+        if report.lat is None or report.lon is None:
+            return None
+        return (
+            report.occurred_at.toordinal() // 7,
+            int(report.lat // CELL_DEGREES),
+            int(report.lon // CELL_DEGREES),
+        )
+
+    def load(self, session: Session, reports: Iterable[Report]) -> None:
+        """Read the stored reports that could match any of `reports`, for days not yet read."""
+        span = (TIME_SLACK[TimePrecision.MONTH] + MAX_TIME_SLACK).days
+        wanted: set[int] = set()
+        for r in reports:
+            if r.lat is not None:
+                day = r.occurred_at.toordinal()
+                wanted.update(range(day - span, day + span + 1))
+        wanted -= self._days
+        if not wanted:
+            return
+        ranges: list[tuple[int, int]] = []
+        for day in sorted(wanted):
+            if ranges and ranges[-1][1] == day - 1:
+                ranges[-1] = (ranges[-1][0], day)
+            else:
+                ranges.append((day, day))
+        for start in range(0, len(ranges), 50):
+            conditions = [
+                Incident.occurred_at.between(_midnight(lo), _midnight(hi + 1) - _TICK)
+                for lo, hi in ranges[start : start + 50]
+            ]
+            query = select(*COLUMNS).where(or_(*conditions), Incident.lat.is_not(None))
+            for row in session.execute(query):
+                if row.id not in self._reports:
+                    self.put(Report.of(row))
+        self._days |= wanted
+
+    def put(self, report: Report) -> None:
+        """Add or replace a report."""
+        self.drop(report.id)
+        key = self._key(report)
+        if key is None:
+            return
+        self._reports[report.id] = report
+        self._cells[key].add(report.id)
+        self._events[report.event_id].add(report.id)
+
+    def drop(self, report_id: int) -> None:
+        """Forget a report."""
+        old = self._reports.pop(report_id, None)
+        if old is not None:
+            key = self._key(old)
+            assert key is not None
+            self._cells[key].discard(report_id)
+            self._events[old.event_id].discard(report_id)
+
+    def get(self, report_id: int) -> Report | None:
+        """An indexed report, by id."""
+        return self._reports.get(report_id)
+
+    def members(self, event_id: int) -> list[Report]:
+        """The indexed reports of one event, its primary included."""
+        return [self._reports[i] for i in sorted(self._events.get(event_id, ()))]
+
+    def near(self, report: Report) -> list[Report]:
+        """Indexed reports close enough in time and place to be worth comparing."""
+        key = self._key(report)
+        if key is None:
+            return []
+        week, row, col = key
+        weeks = (TIME_SLACK[report.occurred_precision] + MAX_TIME_SLACK).days // 7 + 1
+        out: list[Report] = []
+        for w in range(week - weeks, week + weeks + 1):
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    cell = self._cells.get((w, row + dr, col + dc))
+                    if cell:
+                        out.extend(self._reports[i] for i in cell)
+        return out
+
+    def best_event(self, report: Report) -> Report | None:
+        """The primary of the indexed event `report` describes, or None."""
+        best: tuple[float, int] | None = None
+        for other in self.near(report):
+            event_id = other.event_id
+            if event_id == report.id or other.id == report.id:
+                continue
+            score = distance(report, other)
+            if score is None or (best is not None and (score, event_id) >= best):
+                continue
+            if event_id not in self._reports:
+                continue  # its primary lies outside what was read
+            members = [m for m in self.members(event_id) if m.id != report.id]
+            same = [m for m in members if m.source == report.source]
+            if same and not any(distance(report, m) is not None for m in same):
+                continue  # the event has a report from this source already, not a duplicate
+            best = (score, event_id)
+        return None if best is None else self._reports[best[1]]
+
+
+_TICK = timedelta(microseconds=1)
+
+
+def _midnight(day: int) -> datetime:
+    return datetime.fromordinal(day).replace(tzinfo=UTC)
+
+
+def still_matches(report: Report, primary: Report) -> bool:
+    """Whether a merged report still describes its primary's event."""
+    return distance(report, primary) is not None
