@@ -3,70 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 
+from services.feeds.synth import TOWNS, Town
+
 LAT_RANGE = (10.0, 25.0)
 LON_RANGE = (-12.0, 16.0)
 KM_PER_DEGREE = 111.2
-
-
-@dataclass(frozen=True, slots=True)
-class Town:
-    """A place sites, roads and incidents cluster around; weight is its relative pull."""
-
-    name: str
-    lat: float
-    lon: float
-    country: str
-    weight: float
-    airport: bool
-    on_river: bool = False
-
-
-TOWNS: tuple[Town, ...] = (
-    Town("Bamako", 12.64, -8.00, "MLI", 10, True, True),
-    Town("Segou", 13.43, -6.26, "MLI", 4, False, True),
-    Town("Mopti", 14.49, -4.18, "MLI", 5, True, True),
-    Town("Timbuktu", 16.77, -3.00, "MLI", 4, True, True),
-    Town("Gao", 16.27, -0.04, "MLI", 6, True, True),
-    Town("Kidal", 18.44, 1.41, "MLI", 3, True),
-    Town("Menaka", 15.92, 2.40, "MLI", 4, True),
-    Town("Kayes", 14.45, -11.44, "MLI", 3, True),
-    Town("Sikasso", 11.32, -5.67, "MLI", 4, True),
-    Town("Koutiala", 12.39, -5.46, "MLI", 2, False),
-    Town("Niono", 14.25, -5.99, "MLI", 2, False),
-    Town("Douentza", 15.00, -2.95, "MLI", 2, False),
-    Town("Tessalit", 20.20, 1.01, "MLI", 1, True),
-    Town("Ouagadougou", 12.37, -1.52, "BFA", 10, True),
-    Town("Bobo-Dioulasso", 11.18, -4.30, "BFA", 5, True),
-    Town("Ouahigouya", 13.58, -2.42, "BFA", 3, False),
-    Town("Djibo", 14.10, -1.63, "BFA", 3, False),
-    Town("Dori", 14.03, -0.03, "BFA", 3, True),
-    Town("Kaya", 13.09, -1.08, "BFA", 3, False),
-    Town("Fada N'Gourma", 12.06, 0.36, "BFA", 3, False),
-    Town("Gorom-Gorom", 14.44, -0.23, "BFA", 1, False),
-    Town("Niamey", 13.51, 2.11, "NER", 9, True, True),
-    Town("Tillaberi", 14.21, 1.45, "NER", 3, False, True),
-    Town("Tera", 14.01, 0.75, "NER", 1, False),
-    Town("Tahoua", 14.89, 5.27, "NER", 3, True),
-    Town("Maradi", 13.50, 7.10, "NER", 4, True),
-    Town("Zinder", 13.80, 8.99, "NER", 4, True),
-    Town("Agadez", 16.97, 7.99, "NER", 3, True),
-    Town("Arlit", 18.74, 7.39, "NER", 3, True),
-    Town("Diffa", 13.32, 12.61, "NER", 2, True),
-    Town("Kiffa", 16.62, -11.40, "MRT", 1, True),
-    Town("Nema", 16.62, -7.26, "MRT", 1, True),
-    Town("Sokoto", 13.06, 5.24, "NGA", 3, True),
-    Town("Kano", 12.00, 8.52, "NGA", 6, True),
-    Town("Maiduguri", 11.85, 13.16, "NGA", 5, True),
-    Town("N'Djamena", 12.13, 15.05, "TCD", 6, True),
-    Town("Mao", 14.12, 15.31, "TCD", 1, False),
-    Town("Tamanrasset", 22.79, 5.53, "DZA", 2, True),
-)
 
 # Category mix, roughly that of ACLED's Central Sahel events.
 CATEGORY_MIX: dict[str, float] = {
