@@ -1,4 +1,4 @@
-"""The `riskalert` command line: serve, worker, migrate, demo, rescore, import."""
+"""The `riskalert` command line: serve, worker, migrate, demo, rescore, import, generate."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -22,7 +23,7 @@ from rich.table import Table
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
 from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
-from services.feeds import importer
+from services.feeds import importer, synth
 from services.scoring import demo, jobs, scores
 from services.settings import Settings
 
@@ -271,10 +272,10 @@ def _import(
             rows += count
             bar.update(task, completed=min(handle.done, size), rows=rows)
 
-        summary = importer.run(
+        summary = importer.run_file(
             factory,
-            importer.items(fmt, handle, jobs.utc_now()),
-            fmt=fmt,
+            fmt,
+            handle,
             origin=str(path),
             clock=jobs.utc_now,
             skew=settings.clock_skew,
@@ -342,3 +343,33 @@ def import_ucdp(
 ) -> None:
     """Import UCDP GED events: an annual or candidate CSV, or API JSON pages."""
     _import("ucdp", file, database_url, report)
+
+
+@app.command()
+def generate(
+    acled_file: Annotated[Path, typer.Argument(help="Where to write the ACLED CSV.")],
+    ucdp_file: Annotated[
+        Path | None, typer.Option("--ucdp", help="Also write UCDP GED rows of the same events.")
+    ] = None,
+    rows: Annotated[int, typer.Option(min=1, max=10_000_000, help="ACLED rows.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 1,
+    start: Annotated[str, typer.Option(help="First day (YYYY-MM-DD).")] = "2016-01-01",
+    end: Annotated[str, typer.Option(help="Day after the last (YYYY-MM-DD).")] = "2026-01-01",
+    hxl: Annotated[bool, typer.Option(help="Add the HXL tag row of the data portals.")] = False,
+) -> None:
+    """Write a synthetic, seeded incident stream in ACLED (and UCDP) format, for trials."""
+    try:
+        first, last = date.fromisoformat(start), date.fromisoformat(end)
+    except ValueError as exc:
+        raise typer.BadParameter(f"dates are YYYY-MM-DD: {exc}") from None
+    if last <= first:
+        raise typer.BadParameter("--end must be after --start")
+    events = synth.generate(seed, rows, first, last)
+    with acled_file.open("w", newline="", encoding="utf-8") as out:
+        synth.write_acled_csv(events, out, hxl=hxl)
+    console.print(f"{len(events)} ACLED rows written to {acled_file}")
+    if ucdp_file is not None:
+        lethal = synth.ucdp_events(events, seed)
+        with ucdp_file.open("w", newline="", encoding="utf-8") as out:
+            synth.write_ucdp_csv(lethal, out)
+        console.print(f"{len(lethal)} UCDP rows written to {ucdp_file}")

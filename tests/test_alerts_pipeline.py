@@ -159,7 +159,7 @@ def test_kidnapping_near_a_site_triggers_an_event_alert_once(api: Api) -> None:
     assert update.alert_id == delivery.alert_id
     assert update.payload["data"]["alert"]["sequence"] == 2
     assert update.payload["data"]["incident"]["title"] == "Two engineers kidnapped (updated)"
-    assert "revised" in update.payload["data"]["why"]
+    assert "report was revised" in update.payload["data"]["why"]
 
 
 def test_event_rules_by_tag_and_for_all_targets_alert_only_for_the_targets_they_watch(

@@ -607,9 +607,9 @@ def _events(session: Session, event_ids: set[int]) -> dict[int, int]:
 
 # What subscribers are told when the incident behind an event alert changes.
 _UPDATE_REASONS = {
-    "updated": "{source} revised its report (revision {revision})",
-    "merged": "{source} also reports this event",
-    "retracted": "{source} retracted its report",
+    "updated": "the {source} report was revised (revision {revision})",
+    "merged": "a {source} report of the same event came in",
+    "retracted": "the {source} report was retracted",
     "promoted": "the event now rests on the {source} report",
     "split": "a {source} report no longer matches this event",
 }
@@ -629,15 +629,16 @@ def _notify_updates(
     One notice per alert and batch, however many of its reports changed. Returns the
     (rule, target, event) of every alert that exists, so none is raised twice.
     """
-    reasons: dict[int, str] = {}
+    told: dict[int, list[str]] = defaultdict(list)
     for change in changes:
         incident = rows.get(change.incident_id)
         template = _UPDATE_REASONS.get(change.outcome)
         if incident is None or template is None:
             continue
-        reasons[_event_of(incident)] = template.format(
-            source=incident.source, revision=change.revision
-        )
+        text = template.format(source=incident.source, revision=change.revision)
+        if text not in told[_event_of(incident)]:
+            told[_event_of(incident)].append(text)
+    reasons = {event: "; ".join(texts) for event, texts in told.items()}
     existing = (
         session.execute(
             select(Alert).where(Alert.incident_id.in_(sorted(events))).with_for_update()

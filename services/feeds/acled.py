@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from services.feeds import hints as free_text
@@ -94,7 +94,7 @@ ANTI_AIRCRAFT = re.compile(
     r"\b(shot down|anti-aircraft|fired (at|on) (an?|the) (aircraft|helicopter|plane|drone))\b", re.I
 )
 # Older exports and some re-publications name a few columns differently.
-ALIASES = {"ally_actor_1": "assoc_actor_1", "ally_actor_2": "assoc_actor_2", "iso3": "iso3"}
+ALIASES = {"ally_actor_1": "assoc_actor_1", "ally_actor_2": "assoc_actor_2"}
 DATE_FORMATS = ("%Y-%m-%d", "%d %B %Y", "%d-%B-%Y", "%d %b %Y")
 KEPT = (
     "event_type", "sub_event_type", "disorder_type", "inter1", "inter2", "interaction",
@@ -104,11 +104,11 @@ KEPT = (
 
 
 def normalise(row: Mapping[str, Any]) -> dict[str, str]:
-    """Lower-case column names, known aliases, and every value as text (API pages send numbers)."""
+    """Lower-case column names and every value as text (API pages send numbers), NUL-free."""
     out: dict[str, str] = {}
     for name, value in row.items():
-        key = str(name).strip().lower()
-        out[ALIASES.get(key, key)] = "" if value is None else str(value)
+        key = str(name).strip().lower().replace("\x00", "")
+        out[key] = "" if value is None else str(value).replace("\x00", "")
     return out
 
 
@@ -123,7 +123,7 @@ def rows_from_pages(pages: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, d
 
 def parse(row: Row, line: int, now: datetime) -> Parsed | Rejected:
     """One ACLED row as an incident report, or why it cannot be one."""
-    row = normalise(row)
+    row = _aliased(row)
     source_id = text(row, "event_id_cnty") or None
     try:
         return _parse(row, line, now)
@@ -131,9 +131,18 @@ def parse(row: Row, line: int, now: datetime) -> Parsed | Rejected:
         return Rejected(line, source_id, str(exc))
 
 
+def _aliased(row: Row) -> dict[str, str]:
+    # Rows come with lower-case names (csv_rows, rows_from_pages); older names are mapped here.
+    out = dict(row)
+    for old, new in ALIASES.items():
+        if old in out and new not in out:
+            out[new] = out.pop(old)
+    return out
+
+
 def deletion(row: Row, line: int) -> Deletion | Rejected:
     """A row of ACLED's deleted events (`event_id_cnty`, `deleted_timestamp`)."""
-    row = normalise(row)
+    row = _aliased(row)
     source_id = text(row, "event_id_cnty")
     if not source_id:
         return Rejected(line, None, "event_id_cnty: missing")
@@ -221,6 +230,11 @@ def _parse(row: dict[str, str], line: int, now: datetime) -> Parsed:
 def _date(value: str) -> datetime:
     if not value:
         raise RowError("event_date", "missing")
+    if len(value) == 10 and value[4] == "-":
+        try:
+            return datetime.combine(date.fromisoformat(value), time(), UTC)
+        except ValueError:
+            pass
     for fmt in DATE_FORMATS:
         try:
             return datetime.strptime(value, fmt).replace(tzinfo=UTC)

@@ -8,12 +8,17 @@ the rescorer off the incident feed, so a bulk import rescores each target once, 
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import logging
+import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +30,7 @@ from services.scoring import incidents, merge
 from services.scoring.models import ImportRun
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 Format = Literal["acled", "acled-deleted", "ucdp"]
 FORMATS: tuple[Format, ...] = ("acled", "acled-deleted", "ucdp")
@@ -78,14 +84,18 @@ class Text(Protocol):
 
 
 def items(fmt: Format, stream: Text, now: datetime) -> Iterator[Item]:
-    """The rows of a file in `fmt`: CSV, or JSON as the source's API returns it."""
+    """The rows of a file in `fmt`, parsed: CSV, or JSON as the source's API returns it."""
+    return parse_rows(fmt, records(fmt, stream), now)
+
+
+def records(fmt: Format, stream: Text) -> Iterator[tuple[int, dict[str, str]] | Rejected]:
+    """The raw rows of a file with their line numbers: CSV, or the source API's JSON pages."""
     head = stream.read(1)
     while head and head.isspace():
         head = stream.read(1)
     if head in ("{", "["):
-        yield from _json_items(fmt, head + stream.read(), now)
-        return
-    yield from _rows(fmt, csv_rows(_prepend(head, stream)), now)
+        return _json_rows(fmt, head + stream.read())
+    return csv_rows(_prepend(head, stream))
 
 
 def _prepend(head: str, stream: Text) -> Iterator[str]:
@@ -97,7 +107,7 @@ def _prepend(head: str, stream: Text) -> Iterator[str]:
         yield head
 
 
-def _json_items(fmt: Format, body: str, now: datetime) -> Iterator[Item]:
+def _json_rows(fmt: Format, body: str) -> Iterator[tuple[int, dict[str, str]] | Rejected]:
     try:
         document = json.loads(body)
     except json.JSONDecodeError as exc:
@@ -107,13 +117,13 @@ def _json_items(fmt: Format, body: str, now: datetime) -> Iterator[Item]:
     if not all(isinstance(p, dict) for p in pages):
         yield Rejected(1, None, "expected an API page (an object) or a list of pages")
         return
-    rows = ucdp.rows_from_pages(pages) if fmt == "ucdp" else acled.rows_from_pages(pages)
-    yield from _rows(fmt, rows, now)
+    yield from ucdp.rows_from_pages(pages) if fmt == "ucdp" else acled.rows_from_pages(pages)
 
 
-def _rows(
+def parse_rows(
     fmt: Format, rows: Iterable[tuple[int, dict[str, str]] | Rejected], now: datetime
 ) -> Iterator[Item]:
+    """Raw rows (and rows already rejected) parsed as `fmt`."""
     for entry in rows:
         if isinstance(entry, Rejected):
             yield entry
@@ -125,6 +135,35 @@ def _rows(
             yield ucdp.parse(row, line, now)
         else:
             yield acled.deletion(row, line)
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A parsed report as the column values to store: cheap to pass between processes."""
+
+    line: int
+    values: dict[str, Any]
+    warnings: tuple[str, ...]
+
+    @property
+    def source_id(self) -> str:
+        """The report's id at its source."""
+        return str(self.values["source_id"])
+
+
+Stored = Ready | Rejected | Deletion
+
+
+def _ready(item: Item, now: datetime) -> Stored:
+    if isinstance(item, Parsed):
+        return Ready(item.line, incidents.values(item.incident, now), item.warnings)
+    return item
+
+
+def _parse_chunk(
+    fmt: Format, now: datetime, rows: list[tuple[int, dict[str, str]] | Rejected]
+) -> list[Stored]:
+    return [_ready(item, now) for item in parse_rows(fmt, rows, now)]
 
 
 def run(
@@ -139,6 +178,94 @@ def run(
     progress: Callable[[int], None] | None = None,
 ) -> Summary:
     """Store every item of `stream`, a chunk per transaction; return the summary."""
+    now = clock()
+    return _run(
+        factory,
+        (_ready(item, now) for item in stream),
+        fmt=fmt,
+        origin=origin,
+        clock=clock,
+        skew=skew,
+        chunk_size=chunk_size,
+        progress=progress,
+    )
+
+
+def run_file(
+    factory: sessionmaker[Session],
+    fmt: Format,
+    stream: Text,
+    *,
+    origin: str,
+    clock: Callable[[], datetime],
+    skew: timedelta = timedelta(minutes=5),
+    chunk_size: int = 1000,
+    progress: Callable[[int], None] | None = None,
+    parallel: bool = True,
+) -> Summary:
+    """Import a file: read here, parsed in a second process (when `parallel` and there is a
+    second core) while this one stores the chunks parsed before."""
+    now = clock()
+    raw = records(fmt, stream)
+    if not parallel or (os.cpu_count() or 1) < 2:
+        return run(factory, parse_rows(fmt, raw, now), fmt=fmt, origin=origin, clock=clock,
+                   skew=skew, chunk_size=chunk_size, progress=progress)  # fmt: skip
+    parse = functools.partial(_parse_chunk, fmt, now)
+    # A spawned process: forking one that runs threads (a progress bar, a pool) is unsafe.
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
+        parsed = _ahead(pool, parse, _batched(raw, chunk_size), depth=3)
+        return _run(
+            factory,
+            (item for chunk in parsed for item in chunk),
+            fmt=fmt,
+            origin=origin,
+            clock=clock,
+            skew=skew,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+
+
+def _batched(rows: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ahead(
+    pool: ProcessPoolExecutor,
+    func: Callable[[list[_T]], list[Stored]],
+    chunks: Iterator[list[_T]],
+    depth: int,
+) -> Iterator[list[Stored]]:
+    """`func` over `chunks` in the pool, in order, with at most `depth` chunks in flight."""
+    waiting: collections.deque[Future[list[Stored]]] = collections.deque()
+    for chunk in chunks:
+        waiting.append(pool.submit(func, chunk))
+        if len(waiting) >= depth:
+            yield waiting.popleft().result()
+    while waiting:
+        yield waiting.popleft().result()
+
+
+def _run(
+    factory: sessionmaker[Session],
+    stream: Iterable[Stored],
+    *,
+    fmt: str,
+    origin: str,
+    clock: Callable[[], datetime],
+    skew: timedelta,
+    chunk_size: int,
+    progress: Callable[[int], None] | None,
+) -> Summary:
     summary = Summary()
     index = merge.Index()
     with factory.begin() as session:
@@ -150,15 +277,7 @@ def run(
         session.flush()
         run_id = summary.run_id = record.id
     try:
-        chunk: list[Item] = []
-        for item in stream:
-            chunk.append(item)
-            if len(chunk) >= chunk_size:
-                _store(factory, chunk, summary, index, clock(), skew, run_id)
-                if progress is not None:
-                    progress(len(chunk))
-                chunk = []
-        if chunk:
+        for chunk in _batched(stream, chunk_size):
             _store(factory, chunk, summary, index, clock(), skew, run_id)
             if progress is not None:
                 progress(len(chunk))
@@ -174,7 +293,7 @@ def run(
 
 def _store(
     factory: sessionmaker[Session],
-    chunk: list[Item],
+    chunk: list[Stored],
     summary: Summary,
     index: merge.Index,
     now: datetime,
@@ -182,17 +301,17 @@ def _store(
     run_id: int,
 ) -> None:
     summary.read += len(chunk)
-    reports: dict[tuple[str, str], Parsed] = {}
+    reports: dict[tuple[str, str], Ready] = {}
     deletions: dict[tuple[str, str], Deletion] = {}
     for item in chunk:
         if isinstance(item, Rejected):
             summary.reject(item.line, item.source_id, item.reason)
         elif isinstance(item, Deletion):
             deletions[(item.source, item.source_id)] = item
-        elif (problem := _too_late(item, now, skew)) is not None:
-            summary.reject(item.line, item.incident.source_id, problem)
+        elif item.values["occurred_at"] > now + skew:
+            summary.reject(item.line, item.source_id, "occurred_at: lies in the future")
         else:
-            key = (item.incident.source, item.incident.source_id)
+            key = (item.values["source"], item.source_id)
             earlier = reports.get(key)
             if earlier is not None:
                 # Two rows of one report: the later edit (or the later row) is stored.
@@ -207,13 +326,13 @@ def _store(
         # them one at a time, and reject only what fails alone.
         log.warning("import chunk failed (%s); storing its rows one by one", type(exc).__name__)
         index.clear()  # what the failed transaction put in it was rolled back
-        for parsed in reports.values():
+        for ready in reports.values():
             try:
-                _write(factory, [parsed], [], summary, index, now)
+                _write(factory, [ready], [], summary, index, now)
             except SQLAlchemyError as single:
                 index.clear()
-                reason = str(single.orig if hasattr(single, "orig") else single).splitlines()[0]
-                summary.reject(parsed.line, parsed.incident.source_id, f"not stored: {reason}")
+                reason = str(getattr(single, "orig", single)).splitlines()[0]
+                summary.reject(ready.line, ready.source_id, f"not stored: {reason}")
         for gone in deletions.values():
             try:
                 _write(factory, [], [gone], summary, index, now)
@@ -226,7 +345,7 @@ def _store(
 
 def _write(
     factory: sessionmaker[Session],
-    reports: list[Parsed],
+    reports: list[Ready],
     deletions: list[Deletion],
     summary: Summary,
     index: merge.Index,
@@ -235,7 +354,7 @@ def _write(
     counts = {"created": 0, "updated": 0, "unchanged": 0, "merged": 0, "retracted": 0}
     with factory.begin() as session:
         if reports:
-            results = incidents.upsert_many(session, [p.incident for p in reports], now, index)
+            results = incidents.upsert_rows(session, [r.values for r in reports], now, index)
             for result in results:
                 counts[result.outcome] += 1
                 counts["merged"] += result.merged
@@ -254,17 +373,11 @@ def _write(
     summary.unchanged += counts["unchanged"]
     summary.merged += counts["merged"]
     summary.retracted += counts["retracted"]
-    for parsed in reports:
-        for warning in parsed.warnings:
-            summary.warn(parsed.line, parsed.incident.source_id, warning)
+    for ready in reports:
+        for warning in ready.warnings:
+            summary.warn(ready.line, ready.source_id, warning)
 
 
-def _edited(item: Parsed) -> datetime:
-    return item.incident.source_updated_at or datetime.min.replace(tzinfo=UTC)
-
-
-def _too_late(item: Parsed, now: datetime, skew: timedelta) -> str | None:
-    limit = now + skew
-    if item.incident.occurred_at > limit:
-        return "occurred_at: lies in the future"
-    return None
+def _edited(item: Ready) -> datetime:
+    edited: datetime | None = item.values["source_updated_at"]
+    return edited or datetime.min.replace(tzinfo=UTC)

@@ -72,7 +72,10 @@ KEPT = (
 
 def normalise(row: Mapping[str, Any]) -> dict[str, str]:
     """Lower-case column names and every value as text (API pages send numbers)."""
-    return {str(k).strip().lower(): "" if v is None else str(v) for k, v in row.items()}
+    return {
+        str(k).strip().lower().replace("\x00", ""): "" if v is None else str(v).replace("\x00", "")
+        for k, v in row.items()
+    }
 
 
 def rows_from_pages(pages: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -85,11 +88,10 @@ def rows_from_pages(pages: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, d
 
 
 def parse(row: Row, line: int, now: datetime) -> Parsed | Rejected:
-    """One GED row as an incident report, or why it cannot be one."""
-    row = normalise(row)
+    """One GED row (lower-case column names) as an incident report, or why it cannot be one."""
     source_id = text(row, "id") or None
     try:
-        return _parse(row, line, now)
+        return _parse(dict(row), line, now)
     except RowError as exc:
         return Rejected(line, source_id, str(exc))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import event, select, text
+from sqlalchemy import Table, event, insert, select, text
 from sqlalchemy.orm import Session
 
 from services.core import wake
@@ -68,10 +69,8 @@ def append(session: Session, changes: Sequence[ScoreChange | IncidentChange]) ->
     if not changes:
         return
     incident = isinstance(changes[0], IncidentChange)
-    if session.get_bind().dialect.name == "postgresql":
-        # One lock per feed: an ingest must not wait for a rescoring batch to commit.
-        key = INCIDENT_FEED_LOCK if incident else CHANGE_FEED_LOCK
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+    # One lock per feed: an ingest must not wait for a rescoring batch to commit.
+    _lock(session, INCIDENT_FEED_LOCK if incident else CHANGE_FEED_LOCK)
     session.add_all(changes)
     session.flush()
     wake.announce(session, FEED_CHANNEL)
@@ -79,8 +78,14 @@ def append(session: Session, changes: Sequence[ScoreChange | IncidentChange]) ->
         wake.announce(session, INCIDENT_CHANNEL)
 
 
-def append_at_commit(session: Session, changes: Sequence[IncidentChange]) -> None:
-    """Append entries just before this unit of work commits, holding the feed lock only then.
+def _lock(session: Session, key: int) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def append_at_commit(session: Session, changes: Sequence[dict[str, Any]]) -> None:
+    """Append incident feed entries (column values) just before this unit of work commits,
+    holding the feed lock only then.
 
     A request's transaction may wait long after its work is done (its commit runs when a
     thread is free to run it): holding the ordering lock all that time would queue every
@@ -88,7 +93,7 @@ def append_at_commit(session: Session, changes: Sequence[IncidentChange]) -> Non
     """
     if not changes:
         return
-    waiting: list[IncidentChange] = session.info.setdefault(_AT_COMMIT, [])
+    waiting: list[dict[str, Any]] = session.info.setdefault(_AT_COMMIT, [])
     if not waiting:
         event.listen(session, "before_commit", _append_waiting, once=True)
         event.listen(session, "after_soft_rollback", _forget_waiting, once=True)
@@ -96,7 +101,14 @@ def append_at_commit(session: Session, changes: Sequence[IncidentChange]) -> Non
 
 
 def _append_waiting(session: Session) -> None:
-    append(session, session.info.pop(_AT_COMMIT, []))
+    waiting = session.info.pop(_AT_COMMIT, [])
+    if not waiting:
+        return
+    _lock(session, INCIDENT_FEED_LOCK)
+    # Many rows, one statement: a bulk import appends thousands at a time.
+    session.execute(insert(cast(Table, IncidentChange.__table__)), waiting)
+    wake.announce(session, FEED_CHANNEL)
+    wake.announce(session, INCIDENT_CHANNEL)
 
 
 def _forget_waiting(session: Session, *_: object) -> None:

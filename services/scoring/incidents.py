@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import Table, bindparam, insert, select, tuple_, update
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
 from services.core.problems import Problem
 from services.scoring import feed, merge, risk, schemas
-from services.scoring.models import Incident, IncidentChange
+from services.scoring.models import Incident
 from services.scoring.taxonomy import (
     Category,
     Lifecycle,
@@ -42,6 +42,7 @@ MODEL_COLUMNS = (
     Incident.merged_into_id,
 )  # fmt: skip
 Row = Incident | SqlRow[Any] | SimpleNamespace
+_INCIDENTS = cast(Table, Incident.__table__)
 
 
 def to_model(row: Row) -> risk.Incident:
@@ -100,7 +101,7 @@ def from_snapshot(data: dict[str, Any]) -> risk.Incident:
 class Upserted:
     """An incident after an upsert, and the model's view of it before (to rescore both)."""
 
-    incident: Incident
+    incident: Incident | SimpleNamespace  # a new report: its column values as a plain object
     outcome: Outcome
     previous: risk.Incident | None
     merged: bool = False  # this call merged it into another report's event
@@ -171,18 +172,33 @@ def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserte
     return upsert_many(session, [data], now)[0]
 
 
+def values(data: schemas.IncidentIn, now: datetime) -> dict[str, Any]:
+    """A validated report as the column values `upsert_rows` stores."""
+    return {"source": data.source, "source_id": data.source_id, **_columns(data, now)}
+
+
 def upsert_many(
     session: Session,
     items: Sequence[schemas.IncidentIn],
     now: datetime,
     index: merge.Index | None = None,
 ) -> list[Upserted]:
-    """Upsert validated incidents with distinct (source, source_id): one lookup, one flush.
+    """Upsert validated incidents with distinct (source, source_id): one lookup, one flush."""
+    return upsert_rows(session, [values(data, now) for data in items], now, index)
+
+
+def upsert_rows(
+    session: Session,
+    rows: Sequence[dict[str, Any]],
+    now: datetime,
+    index: merge.Index | None = None,
+) -> list[Upserted]:
+    """Upsert reports given as column values (`values`), with distinct (source, source_id).
 
     New and revised reports of an event another report already stands for are merged into it;
     `index` (one per import) saves reading the same days again.
     """
-    keys = [(d.source, d.source_id) for d in items]
+    keys = [(r["source"], r["source_id"]) for r in rows]
     existing: dict[tuple[str, str], Incident] = {}
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
@@ -190,8 +206,35 @@ def upsert_many(
             select(Incident).where(tuple_(Incident.source, Incident.source_id).in_(chunk))
         ).scalars():
             existing[(row.source, row.source_id)] = row
+    found = [existing.get(key) for key in keys]
+    revised = {
+        i: _update(columns, row, now)
+        for i, (columns, row) in enumerate(zip(rows, found, strict=True))
+        if row is not None
+    }
+    fresh = [
+        {"revision": 1, "created_at": now, "updated_at": now, "merged_into_id": None, **columns}
+        for columns, row in zip(rows, found, strict=True)
+        if row is None
+    ]
+    # New reports go in as one multi-row INSERT, without the ORM's unit of work; the objects
+    # made of them carry the rows to callers and are never added to the session.
+    ids = iter(
+        session.execute(
+            insert(_INCIDENTS).returning(_INCIDENTS.c.id, sort_by_parameter_order=True), fresh
+        )
+        .scalars()
+        .all()
+        if fresh
+        else ()
+    )
+    created = iter(fresh)
+    # Plain objects: an ORM instance of 45 columns costs more to make than the row to insert.
     out = [
-        _apply(session, data, existing.get(key), now) for data, key in zip(items, keys, strict=True)
+        revised[i]
+        if i in revised
+        else Upserted(SimpleNamespace(id=next(ids), **next(created)), "created", None)
+        for i in range(len(rows))
     ]
     session.flush()
     changed = [r for r in out if r.outcome != "unchanged"]
@@ -200,7 +243,7 @@ def upsert_many(
     _feed(
         session,
         [
-            (r.incident, "merged" if r.merged else r.outcome, r.previous)
+            (r.incident, _fed_outcome(r), r.previous)
             for r in out
             if r.outcome != "unchanged"
         ]
@@ -256,19 +299,32 @@ def retract_many(
     return out
 
 
+def _fed_outcome(result: Upserted) -> str:
+    if result.merged:
+        return "merged"
+    retracted = Lifecycle.RETRACTED.value
+    if result.outcome == "updated" and result.incident.lifecycle == retracted:
+        previous = result.previous
+        if previous is not None and previous.lifecycle is not Lifecycle.RETRACTED:
+            return "retracted"
+    return result.outcome
+
+
 def _feed(
-    session: Session, entries: Sequence[tuple[Incident, str, risk.Incident | None]], now: datetime
+    session: Session,
+    entries: Sequence[tuple[Incident | SimpleNamespace, str, risk.Incident | None]],
+    now: datetime,
 ) -> None:
     feed.append_at_commit(
         session,
         [
-            IncidentChange(
-                incident_id=incident.id,
-                revision=incident.revision,
-                outcome=outcome,
-                previous=snapshot(previous) if previous is not None else None,
-                created_at=now,
-            )
+            {
+                "incident_id": incident.id,
+                "revision": incident.revision,
+                "outcome": outcome,
+                "previous": snapshot(previous) if previous is not None else None,
+                "created_at": now,
+            }
             for incident, outcome, previous in entries
         ],
     )
@@ -277,9 +333,11 @@ def _feed(
 @dataclass
 class _Merged:
     joined: set[int] = dataclasses.field(default_factory=set)
-    entries: list[tuple[Incident, str, risk.Incident | None]] = dataclasses.field(
+    entries: list[tuple[Incident | SimpleNamespace, str, risk.Incident | None]] = dataclasses.field(
         default_factory=list
     )
+    # New reports (inserted without the ORM) that joined an event: written with one UPDATE.
+    stored: list[dict[str, int]] = dataclasses.field(default_factory=list)
 
 
 def _merge(
@@ -334,12 +392,21 @@ def _merge(
         primary_row = session.get(Incident, event.id)
         assert primary_row is not None
         row.merged_into_id = event.id
+        if isinstance(row, SimpleNamespace):
+            result.stored.append({"b_id": row.id, "b_event": event.id})
         index.put(merge.Report.of(row))
         result.joined.add(row.id)
         if row.reported_at < primary_row.reported_at:
             # The event was knowable as soon as any source reported it.
             primary_row.reported_at = row.reported_at
             primary_row.updated_at = now
+    if result.stored:
+        session.execute(
+            update(_INCIDENTS)
+            .where(_INCIDENTS.c.id == bindparam("b_id"))
+            .values(merged_into_id=bindparam("b_event")),
+            result.stored,
+        )
     return result
 
 
@@ -348,25 +415,12 @@ def _report(session: Session, incident_id: int) -> merge.Report | None:
     return merge.Report.of(row) if row is not None else None
 
 
-def _apply(
-    session: Session, data: schemas.IncidentIn, existing: Incident | None, now: datetime
-) -> Upserted:
-    columns = _columns(data, now)
-    if existing is None:
-        incident = Incident(
-            source=data.source,
-            source_id=data.source_id,
-            revision=1,
-            created_at=now,
-            updated_at=now,
-            **columns,
-        )
-        session.add(incident)
-        return Upserted(incident, "created", None)
+def _update(given: dict[str, Any], existing: Incident, now: datetime) -> Upserted:
+    columns = {k: v for k, v in given.items() if k not in ("source", "source_id")}
     # The first time anyone could know of the event stays the first: a later resend cannot
     # hide it from an as-of score that already used it.
     columns["reported_at"] = min(existing.reported_at, columns["reported_at"])
-    stored_edit, edit = existing.source_updated_at, data.source_updated_at
+    stored_edit, edit = existing.source_updated_at, columns["source_updated_at"]
     if stored_edit is not None and edit is not None and edit < stored_edit:
         return Upserted(existing, "unchanged", None)  # an older edit than the one stored
     if all(getattr(existing, name) == value for name, value in columns.items()):
@@ -395,6 +449,7 @@ def search(
     include_retracted: bool,
     after: int,
     limit: int,
+    include_merged: bool = False,
 ) -> Sequence[Incident]:
     """A page of incidents matching the filters, by id."""
     query = select(Incident).where(Incident.id > after)
@@ -413,11 +468,51 @@ def search(
         query = query.where(Incident.country == country)
     if not include_retracted:
         query = query.where(Incident.lifecycle != Lifecycle.RETRACTED.value)
+    if not include_merged:
+        query = query.where(Incident.merged_into_id.is_(None))
     return session.execute(query.order_by(Incident.id).limit(limit)).scalars().all()
 
 
-def to_feature(row: Incident) -> schemas.IncidentFeature:
-    """Render an incident as a GeoJSON Feature."""
+def sources(
+    session: Session, rows: Sequence[Incident | SimpleNamespace]
+) -> dict[int, list[schemas.SourceReport]]:
+    """Every report of each row's event (merged ones included), by event id, first stored
+    first."""
+    events = {row.merged_into_id or row.id for row in rows}
+    if not events:
+        return {}
+    ids = sorted(events)
+    found = session.execute(
+        select(
+            Incident.id, Incident.source, Incident.source_id, Incident.category,
+            Incident.occurred_at, Incident.reported_at, Incident.fatalities_claimed,
+            Incident.fatalities_low, Incident.fatalities_best, Incident.fatalities_high,
+            Incident.lifecycle, Incident.source_updated_at, Incident.merged_into_id,
+        )
+        .where(Incident.id.in_(ids) | Incident.merged_into_id.in_(ids))
+        .order_by(Incident.id)
+    ).all()  # fmt: skip
+    out: dict[int, list[schemas.SourceReport]] = {event: [] for event in events}
+    for r in found:
+        out[r.merged_into_id or r.id].append(
+            schemas.SourceReport(
+                id=r.id, source=r.source, source_id=r.source_id, category=Category(r.category),
+                occurred_at=r.occurred_at, reported_at=r.reported_at,
+                fatalities=schemas.Fatalities(
+                    claimed=r.fatalities_claimed, low=r.fatalities_low, best=r.fatalities_best,
+                    high=r.fatalities_high,
+                ),
+                lifecycle=Lifecycle(r.lifecycle), source_updated_at=r.source_updated_at,
+            )
+        )  # fmt: skip
+    return out
+
+
+def to_feature(
+    row: Incident | SimpleNamespace,
+    reports: dict[int, list[schemas.SourceReport]] | None = None,
+) -> schemas.IncidentFeature:
+    """Render an incident as a GeoJSON Feature, with its event's reports when given."""
     geometry = (
         schemas.PointGeometry(type="Point", coordinates=(row.lon, row.lat))
         if row.lat is not None and row.lon is not None
@@ -466,6 +561,10 @@ def to_feature(row: Incident) -> schemas.IncidentFeature:
             "description": row.description,
             "tags": row.tags,
             "revision": row.revision,
+            "source_updated_at": row.source_updated_at,
+            "source_fields": row.source_fields,
+            "merged_into": row.merged_into_id,
+            "sources": (reports or {}).get(row.merged_into_id or row.id, []),
             "created_at": row.created_at,
             "updated_at": row.updated_at,
         }

@@ -19,6 +19,7 @@ the others are merged into it and keep their own figures.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ class Report:
     first_actor: str | None
     lifecycle: Lifecycle
     merged_into_id: int | None
+    day: int = 0  # occurred_at's ordinal day, for the index and a cheap first test
+    slack: int = 0  # days either side, from occurred_precision
+
+    def __post_init__(self) -> None:
+        self.day = self.occurred_at.toordinal()
+        self.slack = TIME_SLACK[self.occurred_precision].days
 
     @property
     def event_id(self) -> int:
@@ -130,6 +137,7 @@ def distance(a: Report, b: Report) -> float | None:
     """How far apart two reports of one event are (0 is a perfect match); None if not one event.
 
     The distance is the larger of the place and the time gap, each as a share of its limit.
+    Cheap tests go first: an import compares each report with every report near it.
     """
     if a.id == b.id or a.lat is None or a.lon is None or b.lat is None or b.lon is None:
         return None
@@ -139,32 +147,55 @@ def distance(a: Report, b: Report) -> float | None:
     if not compatible(a.category, b.category, same_source):
         return None
     gap = abs(a.occurred_at - b.occurred_at)
-    km = float(geo.haversine_km(a.lat, a.lon, b.lat, b.lon))
     if same_source:
         duplicate = (
-            a.occurred_precision is b.occurred_precision
+            a.occurred_at.date() == b.occurred_at.date()
+            and a.occurred_precision is b.occurred_precision
             and a.location_precision is b.location_precision
-            and a.occurred_at.date() == b.occurred_at.date()
-            and km <= DUPLICATE_KM
             and a.first_actor == b.first_actor
         )
-        return km / DUPLICATE_KM if duplicate else None
-    time_limit = TIME_SLACK[a.occurred_precision] + TIME_SLACK[b.occurred_precision]
-    km_limit = BASE_KM + PLACE_SLACK_KM[a.location_precision] + PLACE_SLACK_KM[b.location_precision]
-    if gap > time_limit or km > km_limit:
+        if not duplicate:
+            return None
+        km_limit = DUPLICATE_KM
+    else:
+        time_limit = TIME_SLACK[a.occurred_precision] + TIME_SLACK[b.occurred_precision]
+        if gap > time_limit:
+            return None
+        km_limit = (
+            BASE_KM + PLACE_SLACK_KM[a.location_precision] + PLACE_SLACK_KM[b.location_precision]
+        )
+    if abs(a.lat - b.lat) * geo.KM_PER_DEGREE > km_limit:
         return None
+    km = _haversine_km(a.lat, a.lon, b.lat, b.lon)
+    if km > km_limit:
+        return None
+    if same_source:
+        return km / km_limit
     return max(km / km_limit, gap / time_limit)
 
 
-class Index:
-    """Located reports by week and 1-degree cell, loaded from the database a day range at a time.
+def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    # The scalar form of geo.haversine_km (which takes arrays): called per pair of reports.
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    h = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
+    return 2 * geo.EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
-    One index can serve a whole import: each day is read once, and the import's own reports
-    are put in as they are stored.
+
+class Index:
+    """Located reports by place (1-degree cells) and time, loaded from the database a day range
+    at a time.
+
+    Reports known to the day or week are kept by day; month-precise ones, by week. One index
+    can serve a whole import: each day is read once, and the import's own reports are put in as
+    they are stored.
     """
 
     def __init__(self) -> None:
-        self._cells: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+        self._fine: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+        self._coarse: dict[tuple[int, int, int], set[int]] = defaultdict(set)
         self._reports: dict[int, Report] = {}
         self._events: dict[int, set[int]] = defaultdict(set)
         self._days: set[int] = set()
@@ -177,20 +208,23 @@ class Index:
     def _key(report: Report) -> tuple[int, int, int] | None:
         if report.lat is None or report.lon is None:
             return None
+        coarse = report.occurred_precision is TimePrecision.MONTH
         return (
-            report.occurred_at.toordinal() // 7,
+            report.day // 7 if coarse else report.day,
             int(report.lat // CELL_DEGREES),
             int(report.lon // CELL_DEGREES),
         )
 
+    def _cells(self, report: Report) -> dict[tuple[int, int, int], set[int]]:
+        return self._coarse if report.occurred_precision is TimePrecision.MONTH else self._fine
+
     def load(self, session: Session, reports: Iterable[Report]) -> None:
         """Read the stored reports that could match any of `reports`, for days not yet read."""
-        span = (TIME_SLACK[TimePrecision.MONTH] + MAX_TIME_SLACK).days
+        span = 2 * MAX_TIME_SLACK.days
         wanted: set[int] = set()
         for r in reports:
             if r.lat is not None:
-                day = r.occurred_at.toordinal()
-                wanted.update(range(day - span, day + span + 1))
+                wanted.update(range(r.day - span, r.day + span + 1))
         wanted -= self._days
         if not wanted:
             return
@@ -218,7 +252,7 @@ class Index:
         if key is None:
             return
         self._reports[report.id] = report
-        self._cells[key].add(report.id)
+        self._cells(report)[key].add(report.id)
         self._events[report.event_id].add(report.id)
 
     def drop(self, report_id: int) -> None:
@@ -227,7 +261,7 @@ class Index:
         if old is not None:
             key = self._key(old)
             assert key is not None
-            self._cells[key].discard(report_id)
+            self._cells(old)[key].discard(report_id)
             self._events[old.event_id].discard(report_id)
 
     def get(self, report_id: int) -> Report | None:
@@ -243,21 +277,30 @@ class Index:
         key = self._key(report)
         if key is None:
             return []
-        week, row, col = key
-        weeks = (TIME_SLACK[report.occurred_precision] + MAX_TIME_SLACK).days // 7 + 1
-        out: list[Report] = []
-        for w in range(week - weeks, week + weeks + 1):
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    cell = self._cells.get((w, row + dr, col + dc))
-                    if cell:
-                        out.extend(self._reports[i] for i in cell)
-        return out
+        _, row, col = key
+        found: list[int] = []
+        fine = report.slack + TIME_SLACK[TimePrecision.WEEK].days
+        coarse = report.slack + TIME_SLACK[TimePrecision.MONTH].days
+        for cells, first, last in (
+            (self._fine, report.day - fine, report.day + fine),
+            (self._coarse, (report.day - coarse) // 7, (report.day + coarse) // 7),
+        ):
+            if not cells:
+                continue
+            for slot in range(first, last + 1):
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        cell = cells.get((slot, row + dr, col + dc))
+                        if cell:
+                            found.extend(cell)
+        return [self._reports[i] for i in found]
 
     def best_event(self, report: Report) -> Report | None:
         """The primary of the indexed event `report` describes, or None."""
         best: tuple[float, int] | None = None
         for other in self.near(report):
+            if abs(other.day - report.day) > report.slack + other.slack:
+                continue  # too far apart in time: the common case, tested without a call
             event_id = other.event_id
             if event_id == report.id or other.id == report.id:
                 continue

@@ -51,6 +51,8 @@ Count = Annotated[int, Field(ge=0, le=1_000_000)]
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
 _NUL = "text must not contain NUL characters"
+# Validation context key: the input holds no NUL characters, so nested models need not look.
+NUL_FREE = "nul_free"
 
 
 _DATE_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
@@ -103,7 +105,9 @@ class Strict(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_nul(cls, data: Any) -> Any:
+    def _refuse_nul(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get(NUL_FREE):
+            return data  # the caller removed NUL characters already (importers do)
         # Raised as a ValidationError so each error points at the offending field, not the model.
         errors = [
             InitErrorDetails(type=PydanticCustomError("nul_character", _NUL), loc=loc, input="")

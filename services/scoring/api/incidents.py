@@ -198,6 +198,10 @@ def list_incidents(
     category: Annotated[list[Category] | None, Query()] = None,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
     include_retracted: bool = False,
+    include_merged: Annotated[
+        bool,
+        Query(description="Also list reports merged into another source's report of the event."),
+    ] = False,
 ) -> schemas.IncidentCollection:
     """A page of incidents, as a GeoJSON FeatureCollection."""
     try:
@@ -216,17 +220,19 @@ def list_incidents(
         include_retracted=include_retracted,
         after=after,
         limit=limit,
+        include_merged=include_merged,
     )
+    reports = incidents.sources(session, rows)
     return schemas.IncidentCollection(
-        features=[incidents.to_feature(r) for r in rows],
+        features=[incidents.to_feature(r, reports) for r in rows],
         next_cursor=rows[-1].id if len(rows) == limit else None,
     )
 
 
 @router.get("/{incident_id}", responses=problem_responses(404), summary="Read one incident")
 def get_incident(incident_id: Id, _: AnyReader, session: ReadSession) -> schemas.IncidentFeature:
-    """One incident as a GeoJSON Feature."""
+    """One incident as a GeoJSON Feature, with every source's report of its event."""
     row = incidents.get(session, incident_id)
     if row is None:
         raise not_found("incident")
-    return incidents.to_feature(row)
+    return incidents.to_feature(row, incidents.sources(session, [row]))

@@ -1,0 +1,168 @@
+"""Import routes: an ACLED or UCDP file posted as is, and the record of past imports."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from services.core.problems import Problem, not_found, problem_responses
+from services.feeds import importer
+from services.scoring.api.deps import Cursor, Id, Ingestor, Limit, ReadSession, Settings
+from services.scoring.models import ImportRun
+
+router = APIRouter(prefix="/v1/imports", tags=["imports"])
+
+MEDIA_TYPES = ("text/csv", "application/json", "text/plain")
+
+
+class RowNote(BaseModel):
+    """A rejected row, or a stored row with a value kept but not understood."""
+
+    line: int = Field(description="Line of the file (CSV) or row number across pages (JSON).")
+    source_id: str | None
+    reason: str | None = None
+    warning: str | None = None
+
+
+class ImportSummary(BaseModel):
+    """What an import did. `merged` counts, among the rows inserted or updated, those that
+    joined another report's event; rejected and warned rows are listed (the first 1,000)."""
+
+    id: int
+    format: str
+    origin: str
+    started_at: datetime
+    finished_at: datetime | None
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    merged: int = 0
+    retracted: int = 0
+    rejected: int = 0
+    warned: int = 0
+    rejections: list[RowNote] = []
+    warnings: list[RowNote] = []
+
+
+class ImportList(BaseModel):
+    """A page of import runs, newest first; pass `next_cursor` as `before` for the next."""
+
+    items: list[ImportSummary]
+    next_cursor: int | None
+
+
+def _summary(run: ImportRun) -> ImportSummary:
+    counts: dict[str, Any] = run.summary or {}
+    return ImportSummary(
+        id=run.id,
+        format=run.format,
+        origin=run.origin,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        **counts,
+    )
+
+
+@router.post(
+    "/{format}",
+    responses=problem_responses(400, 413, 415),
+    summary="Import a file of incidents (ACLED, ACLED deletions, UCDP GED)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "The file as exported: CSV (an HXL tag row is skipped), or the "
+            "source API's JSON page(s).",
+            "content": {media: {"schema": {"type": "string"}} for media in MEDIA_TYPES},
+        }
+    },
+)
+async def post_import(
+    request: Request,
+    format: Annotated[
+        importer.Format, Path(description="acled, acled-deleted (retractions) or ucdp")
+    ],
+    principal: Ingestor,
+    settings: Settings,
+) -> ImportSummary:
+    """Store every good row, reject each bad one with its line and reason; re-posting the same
+    file changes nothing. Scores follow as the rescoring worker reads the new incidents."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in MEDIA_TYPES:
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"send the file as one of {', '.join(MEDIA_TYPES)}",
+            errors=[{"in": "header", "field": "content-type", "reason": "unsupported"}],
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_import_bytes:
+        raise _too_large(settings.max_import_bytes)
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > settings.max_import_bytes:
+            raise _too_large(settings.max_import_bytes)
+    try:
+        content = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Problem(
+            400,
+            "validation",
+            "the file is not UTF-8 text",
+            errors=[{"in": "body", "pointer": "", "reason": f"byte {exc.start} is not UTF-8"}],
+        ) from None
+    factory = request.app.state.sessions
+    summary = await run_in_threadpool(
+        importer.run_file,
+        factory,
+        format,
+        io.StringIO(content, newline=""),
+        parallel=False,  # bounded by max_import_bytes; the CLI parses big files in parallel
+        origin=f"api:{principal.ident}",
+        clock=request.app.state.clock,
+        skew=settings.clock_skew,
+    )
+    with factory() as session:
+        run = session.get(ImportRun, summary.run_id)
+        assert run is not None
+        return _summary(run)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(
+        413,
+        "payload-too-large",
+        f"the file is larger than {limit} bytes; import it with `riskalert import`",
+        errors=[{"in": "body", "pointer": "", "reason": f"more than {limit} bytes"}],
+    )
+
+
+@router.get("", summary="Past imports, newest first")
+def list_imports(
+    principal: Ingestor, session: ReadSession, limit: Limit, before: Cursor = 0
+) -> ImportList:
+    """Import runs of files and feed polls, with their summaries."""
+    query = select(ImportRun).order_by(ImportRun.id.desc()).limit(limit)
+    if before:
+        query = query.where(ImportRun.id < before)
+    runs = session.execute(query).scalars().all()
+    return ImportList(
+        items=[_summary(r) for r in runs],
+        next_cursor=runs[-1].id if len(runs) == limit else None,
+    )
+
+
+@router.get("/{import_id}", responses=problem_responses(404), summary="One import")
+def get_import(import_id: Id, principal: Ingestor, session: ReadSession) -> ImportSummary:
+    """An import run and its summary (counts only until it finishes)."""
+    run = session.get(ImportRun, import_id)
+    if run is None:
+        raise not_found("import")
+    return _summary(run)
