@@ -1,15 +1,17 @@
-"""The composition root: one API serving scoring and alerts, with their workers in-process."""
+"""The composition root: one API for scoring, alerts and feeds, with their workers in-process."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from datetime import datetime
 
 from fastapi import FastAPI
 
 from services.alerts import jobs as alert_jobs
 from services.alerts.api import router as alerts_router
+from services.feeds import poller as feed_poller
+from services.feeds.api import router as feeds_router
 from services.scoring import app as scoring_app
 from services.scoring import jobs as scoring_jobs
 from services.settings import Settings
@@ -18,30 +20,40 @@ from services.settings import Settings
 def create_app(
     settings: Settings, *, clock: Callable[[], datetime] = scoring_jobs.utc_now
 ) -> FastAPI:
-    """Build the API for `settings`; with `inline_worker`, the alert workers run in it too."""
+    """Build the API for `settings`; with `inline_worker`, the alert workers and the feed
+    polling run in it too."""
 
     @asynccontextmanager
     async def background(app: FastAPI) -> AsyncIterator[None]:
-        if not settings.inline_worker:
-            yield
-            return
-        worker = alert_jobs.AlertsWorker(app.state.sessions, settings, clock)
-        scheduler = alert_jobs.make_scheduler(app.state.sessions, settings, clock)
-        app.state.alerts_worker = worker
-        worker.start()
-        try:
-            scheduler.start()
-            try:
+        with ExitStack() as stack:
+            # One client for every feed request of this process: scheduled polls and polls
+            # asked for over the API.
+            app.state.feeds_client = (
+                stack.enter_context(feed_poller.make_client(settings)) if settings.feeds else None
+            )
+            if not settings.inline_worker:
                 yield
+                return
+            worker = alert_jobs.AlertsWorker(app.state.sessions, settings, clock)
+            scheduler = alert_jobs.make_scheduler(app.state.sessions, settings, clock)
+            feed_poller.add_jobs(
+                scheduler, app.state.sessions, settings, clock, app.state.feeds_client
+            )
+            app.state.alerts_worker = worker
+            worker.start()
+            try:
+                scheduler.start()
+                try:
+                    yield
+                finally:
+                    scheduler.shutdown(wait=True)
             finally:
-                scheduler.shutdown(wait=True)
-        finally:
-            worker.stop()
+                worker.stop()
 
     return scoring_app.create_app(
         settings,
         clock=clock,
-        routers=[alerts_router],
+        routers=[alerts_router, feeds_router],
         background=background,
         title="riskalert API",
     )

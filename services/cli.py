@@ -23,7 +23,7 @@ from rich.table import Table
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
 from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
-from services.feeds import importer, synth
+from services.feeds import importer, poller, synth
 from services.scoring import demo, jobs, scores
 from services.settings import Settings
 
@@ -138,7 +138,7 @@ def serve(
 def worker(
     database_url: DatabaseOption = None,
     role: Annotated[
-        str, typer.Option(help="What to run: all, scoring (rescoring) or alerts (delivery).")
+        str, typer.Option(help="What to run: all, scoring (rescoring, feed polling) or alerts.")
     ] = "all",
 ) -> None:
     """Run the background work (rescoring, alert pipeline and delivery, ticks) until SIGTERM.
@@ -167,6 +167,8 @@ def worker(
     if role in ("all", "scoring"):
         rescorer = jobs.RescoreWorker(factory, settings)
         scheduler = jobs.make_scheduler(factory, settings)
+        # Configured feeds are polled here (one process at a time per feed: a lease).
+        poller.add_jobs(scheduler, factory, settings, jobs.utc_now)
         rescorer.start()
         rescorer.wake()
         scheduler.start()

@@ -48,7 +48,19 @@ def report(
 def test_two_sources_close_in_time_and_place_describe_one_event() -> None:
     acled = report(1)
     ucdp = report(2, "ucdp", Category.ARMED_ASSAULT, km_north=6, days=1)
-    assert merge.distance(acled, ucdp) == pytest.approx(0.6, abs=0.01)
+    # 6 of 10 km and 1 of 2 days.
+    assert merge.distance(acled, ucdp) == pytest.approx(1.1, abs=0.01)
+
+
+def test_fatality_figures_rank_candidates_but_do_not_decide() -> None:
+    acled = replace(report(1), fatalities=12)
+    assert merge.distance(acled, replace(report(2, "ucdp"), fatalities=12)) == 0
+    # A factor of three weighs like a gap at its limit; a thousandfold one still merges.
+    assert merge.distance(acled, replace(report(3, "ucdp"), fatalities=38)) == pytest.approx(
+        1.0, abs=0.03
+    )
+    assert merge.distance(acled, replace(report(4, "ucdp"), fatalities=12_000)) is not None
+    assert merge.distance(acled, report(5, "ucdp")) == 0  # unknown: no evidence either way
 
 
 @pytest.mark.parametrize(

@@ -77,13 +77,18 @@ OLD_EVENT_TYPES = {
     "headquarters or base established": Category.BASE_ESTABLISHED,
     "non-violent transfer of territory": Category.TERRITORY_SEIZURE,
 }
+# Sub-event (or, before 2019, event) types whose notes may reveal a kidnapping or a threat.
+ABDUCTING = frozenset({"attack", "looting/property destruction", "violence against civilians"})
+STATING = frozenset({"other", "change to group/activity", "strategic development"})
 TIME_PRECISION = {1: TimePrecision.DAY, 2: TimePrecision.WEEK, 3: TimePrecision.MONTH}
 GEO_PRECISION = {1: LocationPrecision.EXACT, 2: LocationPrecision.NEAR, 3: LocationPrecision.REGION}
 # What a remote-violence row (old exports) or an explosive attack was, from its notes.
 REMOTE = (
     (re.compile(r"\b(car bomb|vehicle[- ]borne|VBIED)\b", re.I), Category.VBIED),
     (re.compile(r"\b(suicide)\b", re.I), Category.SUICIDE_BOMBING),
-    (re.compile(r"\b(IEDs?|landmines?|explosive devices?|roadside bombs?|mines?)\b", re.I),
+    # A bare "mine" is also a gold mine: only a mine something hit or stepped on is explosive.
+    (re.compile(r"\b(IEDs?|landmines?|explosive devices?|roadside bombs?|"
+                r"(hit|struck|stepped on|ran over|detonated) an? (land)?mine)\b", re.I),
      Category.IED),
     (re.compile(r"\b(air ?strikes?|drones?|bombard\w* from the air)\b", re.I),
      Category.AIR_DRONE_STRIKE),
@@ -265,13 +270,14 @@ def _category(
             category = Category.VBIED
     elif category in (Category.ARMED_ASSAULT, Category.ARMED_CLASH) and ANTI_AIRCRAFT.search(notes):
         category = Category.ANTI_AIRCRAFT_FIRE
-    if found.kidnapping and category in (
-        Category.ARMED_ASSAULT, Category.LOOTING, Category.OTHER_VIOLENCE,
-    ):  # fmt: skip
-        category = Category.KIDNAPPING  # an attack whose notes tell of abductions
-    strategic = event.casefold() in ("strategic developments", "strategic development")
-    if found.threat and category is Category.POLITICAL_STATEMENT and strategic:
-        # A statement, not a protest about threats.
+    # An attack or looting whose notes tell of abductions, not a protest or riot about one.
+    if found.kidnapping and (
+        sub.casefold() in ABDUCTING or (not sub and event.casefold() in ABDUCTING)
+    ):
+        category = Category.KIDNAPPING
+    # A statement ACLED codes as "Other" strategic development, not a protest about threats or
+    # the arrest of someone who made one.
+    if found.threat and (sub.casefold() in STATING or (not sub and event.casefold() in STATING)):
         category = Category.EXPLICIT_THREAT
     if sub.casefold() == "disrupted weapons use":
         tags.append("disrupted")

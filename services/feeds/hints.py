@@ -50,9 +50,11 @@ FOREIGN_PEOPLE = re.compile(
 )
 # Nationalities whose mention in a kidnapping marks the victims as expatriates here.
 NATIONALITY = re.compile(
-    r"\b(Chinese|Russian|Turkish|Indian|Moroccan|Egyptian|Lebanese|French|Italian|German|"
-    r"Spanish|British|Canadian|American|Australian|South African|Romanian|Serbian|Swiss|"
-    r"Austrian|Belgian|Dutch|Polish|Japanese|Korean|Brazilian|Ukrainian)\b"
+    r"\b(Chinese|Russian|Turkish|Indian|Pakistani|Iranian|Moroccan|Algerian|Tunisian|"
+    r"Egyptian|Lebanese|Syrian|French|Italian|German|Spanish|Portuguese|British|Irish|"
+    r"Canadian|American|Australian|South African|Romanian|Serbian|Bulgarian|Swiss|Austrian|"
+    r"Belgian|Dutch|Polish|Czech|Swedish|Norwegian|Danish|Finnish|Japanese|Korean|Filipino|"
+    r"Brazilian|Ukrainian|Belarusian|Israeli)\b"
 )
 CLAIMED = re.compile(
     r"\bclaim(?:ed|s|ing)?\b[^.]{0,60}?\b(?:kill(?:ed|ing)?|dead|deaths?)\b[^.]{0,20}?\b(\d{1,5})\b"

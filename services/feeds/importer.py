@@ -59,11 +59,12 @@ class Summary:
         if len(self.rejections) < MAX_REPORTED:
             self.rejections.append({"line": line, "source_id": source_id, "reason": reason})
 
-    def warn(self, line: int, source_id: str, text: str) -> None:
-        """Count a stored row with something kept but not understood."""
+    def warn(self, line: int, source_id: str, texts: Iterable[str]) -> None:
+        """Count a stored row with something kept but not understood; list each warning."""
         self.warned += 1
-        if len(self.warnings) < MAX_REPORTED:
-            self.warnings.append({"line": line, "source_id": source_id, "warning": text})
+        for text in texts:
+            if len(self.warnings) < MAX_REPORTED:
+                self.warnings.append({"line": line, "source_id": source_id, "warning": text})
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as JSON."""
@@ -374,8 +375,8 @@ def _write(
     summary.merged += counts["merged"]
     summary.retracted += counts["retracted"]
     for ready in reports:
-        for warning in ready.warnings:
-            summary.warn(ready.line, ready.source_id, warning)
+        if ready.warnings:
+            summary.warn(ready.line, ready.source_id, ready.warnings)
 
 
 def _edited(item: Ready) -> datetime:

@@ -242,11 +242,7 @@ def upsert_rows(
     out = [dataclasses.replace(r, merged=True) if r.incident.id in extra.joined else r for r in out]
     _feed(
         session,
-        [
-            (r.incident, _fed_outcome(r), r.previous)
-            for r in out
-            if r.outcome != "unchanged"
-        ]
+        [(r.incident, _fed_outcome(r), r.previous) for r in out if r.outcome != "unchanged"]
         + extra.entries,
         now,
     )

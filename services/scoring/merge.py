@@ -82,6 +82,7 @@ class Report:
     first_actor: str | None
     lifecycle: Lifecycle
     merged_into_id: int | None
+    fatalities: int | None = None  # the best (or only) figure, to tell close candidates apart
     day: int = 0  # occurred_at's ordinal day, for the index and a cheap first test
     slack: int = 0  # days either side, from occurred_precision
 
@@ -111,6 +112,7 @@ class Report:
             first_actor=row.actors[0].casefold() if row.actors else None,
             lifecycle=Lifecycle(row.lifecycle),
             merged_into_id=row.merged_into_id,
+            fatalities=row.fatalities_best,
         )
 
 
@@ -118,6 +120,7 @@ COLUMNS = (
     Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
     Incident.occurred_precision, Incident.lat, Incident.lon, Incident.location_precision,
     Incident.scope_countries, Incident.actors, Incident.lifecycle, Incident.merged_into_id,
+    Incident.fatalities_best,
 )  # fmt: skip
 
 
@@ -136,7 +139,9 @@ def compatible(a: Category, b: Category, same_source: bool) -> bool:
 def distance(a: Report, b: Report) -> float | None:
     """How far apart two reports of one event are (0 is a perfect match); None if not one event.
 
-    The distance is the larger of the place and the time gap, each as a share of its limit.
+    The distance adds the place and the time gap, each as a share of its limit, and how far
+    the fatality figures differ (a factor of 3 counts 1); it only ranks candidates that pass
+    the limits.
     Cheap tests go first: an import compares each report with every report near it.
     """
     if a.id == b.id or a.lat is None or a.lon is None or b.lat is None or b.lon is None:
@@ -171,7 +176,15 @@ def distance(a: Report, b: Report) -> float | None:
         return None
     if same_source:
         return km / km_limit
-    return max(km / km_limit, gap / time_limit)
+    return km / km_limit + gap / time_limit + _toll_gap(a.fatalities, b.fatalities)
+
+
+def _toll_gap(a: int | None, b: int | None) -> float:
+    # Two counts of one event's dead differ by a factor, not a fixed number: a factor of 3
+    # weighs like a place or time gap at its limit. Unknown on either side: no evidence.
+    if a is None or b is None:
+        return 0.0
+    return abs(math.log1p(a) - math.log1p(b)) / math.log(3)
 
 
 def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
