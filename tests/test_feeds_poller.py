@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core import http
 from services.core.db import make_engine, make_sessionmaker
 from services.feeds import poller
 from services.feeds.models import FeedState
@@ -736,13 +737,13 @@ def test_retry_delay_takes_retry_after_within_the_cap_and_jitters_otherwise() ->
 
 
 def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
-    assert poller.parse_retry_after("120", T0) == timedelta(seconds=120)
+    assert http.parse_retry_after("120", T0) == timedelta(seconds=120)
     later = format_datetime(T0 + timedelta(minutes=2), usegmt=True)
-    assert poller.parse_retry_after(later, T0) == timedelta(minutes=2)
+    assert http.parse_retry_after(later, T0) == timedelta(minutes=2)
     past = format_datetime(T0 - timedelta(minutes=2), usegmt=True)
-    assert poller.parse_retry_after(past, T0) == timedelta(0)
-    assert poller.parse_retry_after("soon", T0) is None
-    assert poller.parse_retry_after(None, T0) is None
+    assert http.parse_retry_after(past, T0) == timedelta(0)
+    assert http.parse_retry_after("soon", T0) is None
+    assert http.parse_retry_after(None, T0) is None
 
 
 def test_a_feed_url_is_shown_without_its_query_or_user_info() -> None:

@@ -1,10 +1,13 @@
 """Retry decisions for deliveries: the delay before the next attempt and the outcome of a status."""
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import timedelta
 from random import Random
 from typing import Literal
+
+from services.core.http import parse_retry_after
+
+__all__ = ["parse_retry_after"]  # re-exported: the delivery code reads it from here
 
 Outcome = Literal["delivered", "retry", "gone"]
 
@@ -49,31 +52,6 @@ def next_attempt_delay(
         # A throttled or timed-out receiver gets a breather even on the early, short steps.
         delay = max(delay, min_after_throttle)
     return delay
-
-
-def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
-    """The wait a `Retry-After` header asks for (seconds or HTTP date), None when absent or bad."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    if value is None:
-        return None
-    text = value.strip()
-    # RFC 9110 delay-seconds is 1*DIGIT; isascii() keeps out Unicode digits like "²".
-    if text.isascii() and text.isdigit():
-        try:
-            return timedelta(seconds=int(text))
-        except (OverflowError, ValueError):
-            # Absurdly large but well-formed (ValueError: past int's 4,300-digit parsing
-            # limit): still "wait as long as you may".
-            return timedelta.max
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        # parsedate_to_datetime returns a naive value for "-0000"; HTTP dates are always GMT.
-        when = when.replace(tzinfo=UTC)
-    return max(when - now, timedelta(0))
 
 
 def classify_status(status: int | None) -> Outcome:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from itertools import chain
 from random import Random
 from typing import Any, Literal
@@ -33,6 +32,7 @@ from sqlalchemy import Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core.http import parse_retry_after
 from services.feeds import acled, importer, ucdp
 from services.feeds.models import FeedState
 from services.feeds.rows import Item, RowError, unix_or_iso
@@ -71,22 +71,6 @@ def retry_delay(
         return min(retry_after, cap)
     seconds = base.total_seconds() * 2.0 ** min(retry - 1, 30) * rng.uniform(0.5, 1.0)
     return min(timedelta(seconds=seconds), cap)
-
-
-def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
-    """The wait a `Retry-After` header asks for (seconds or HTTP date); None if absent or bad."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return timedelta(seconds=min(int(text), 10**9))
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)  # HTTP dates are GMT
-    return max(when - now, timedelta(0))
 
 
 def backoff(failures: int, interval: timedelta, cap: timedelta) -> timedelta:

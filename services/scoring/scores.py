@@ -183,14 +183,21 @@ class IncidentCache:
             or self._seen is None
             or now - self._full_at > self._full_reload
         )
+        # Older incidents cannot count (a bulk import of history brings many of them).
+        query = query.where(Incident.occurred_at >= now - timedelta(days=params.lookback_days))
         if full:
-            query = query.where(Incident.occurred_at >= now - timedelta(days=params.lookback_days))
             self._rows = {}
             self._full_at = now
         else:
             assert self._seen is not None
             query = query.where(Incident.updated_at > self._seen - self._overlap)
-        changed = {row.id: cast(Row[Any], row) for row in session.execute(query)}
+        # Rows stamped within the overlap are read again on every look: only those that
+        # differ from the cached ones call for a new incident set.
+        changed = {
+            row.id: cast(Row[Any], row)
+            for row in session.execute(query)
+            if self._rows.get(row.id) != row
+        }
         self._seen = now
         if full or changed:
             self._rows.update(changed)
