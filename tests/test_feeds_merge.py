@@ -128,7 +128,10 @@ def test_one_source_merges_only_true_duplicates() -> None:
     assert merge.distance(first, report(2, actor="issp")) is None
     assert merge.distance(first, report(2, category=Category.ARMED_CLASH)) is None
     assert merge.distance(first, report(2, days=1)) is None
-    # ... unless they are the same row twice: same day, place, category and first actor.
+    assert merge.distance(first, replace(report(2), fatalities=3)) is None
+    assert merge.distance(first, replace(report(2), text=hash("another account"))) is None
+    # ... unless they are one report published twice: same day, place, category, first actor,
+    # figures and text.
     assert merge.distance(first, report(2, km_north=0.5)) == pytest.approx(0.5, abs=0.01)
 
 

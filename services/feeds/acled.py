@@ -21,6 +21,7 @@ from services.feeds.rows import (
     coordinate,
     country_code,
     integer,
+    page_rows,
     text,
     unix_or_iso,
 )
@@ -108,22 +109,9 @@ KEPT = (
 )  # fmt: skip
 
 
-def normalise(row: Mapping[str, Any]) -> dict[str, str]:
-    """Lower-case column names and every value as text (API pages send numbers), NUL-free."""
-    out: dict[str, str] = {}
-    for name, value in row.items():
-        key = str(name).strip().lower().replace("\x00", "")
-        out[key] = "" if value is None else str(value).replace("\x00", "")
-    return out
-
-
 def rows_from_pages(pages: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, dict[str, str]]]:
     """The rows of ACLED API pages (`{"data": [...]}`), numbered from 1 across pages."""
-    line = 0
-    for page in pages:
-        for row in page.get("data") or []:
-            line += 1
-            yield line, normalise(row) if isinstance(row, Mapping) else {}
+    return page_rows(pages, "data")
 
 
 def parse(row: Row, line: int, now: datetime) -> Parsed | Rejected:
@@ -211,15 +199,7 @@ def _parse(row: dict[str, str], line: int, now: datetime) -> Parsed:
         "location_name": text(row, "location")[:200] or None,
         "actors": _actors(row),
         "target_type": found.target_type or _target_type(row),
-        "target_profile": {
-            "foreign_owned_only": found.foreign_firm,
-            "sectors": sorted(set(found.sectors)),
-        },
-        "victim_profile": {
-            "expatriate": found.expatriate,
-            "nationality": found.nationality,
-            "sector": found.sectors[0] if found.sectors else None,
-        },
+        **found.profiles(),
         "fatalities": {"best": fatalities, "claimed": found.claimed_fatalities},
         "source_reliability": RELIABILITY,
         "lifecycle": Lifecycle.CONFIRMED,

@@ -77,6 +77,20 @@ class Hints:
     nationality: str | None = None
     claimed_fatalities: int | None = None
 
+    def profiles(self) -> dict[str, dict[str, object]]:
+        """The incident's target and victim profiles, as report fields."""
+        return {
+            "target_profile": {
+                "foreign_owned_only": self.foreign_firm,
+                "sectors": sorted(set(self.sectors)),
+            },
+            "victim_profile": {
+                "expatriate": self.expatriate,
+                "nationality": self.nationality,
+                "sector": self.sectors[0] if self.sectors else None,
+            },
+        }
+
 
 def read(text: str) -> Hints:
     """The hints in one report's free text."""

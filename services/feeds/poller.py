@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.core.http import parse_retry_after
 from services.feeds import acled, importer, ucdp
 from services.feeds.models import FeedState
-from services.feeds.rows import Item, RowError, unix_or_iso
+from services.feeds.rows import Item, RowError, normalise, unix_or_iso
 from services.feeds.settings import FeedConfig, FeedsSettings
 
 log = logging.getLogger(__name__)
@@ -437,13 +437,13 @@ def row_time(kind: str, row: Any) -> datetime | None:
         return None
     try:
         if kind == "ucdp":
-            value = ucdp.normalise(row).get("date_start", "").strip()
+            value = normalise(row).get("date_start", "").strip()
             if not value:
                 return None
             moment = datetime.fromisoformat(value.replace(" ", "T", 1))
             return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
         column = "deleted_timestamp" if kind == "acled-deleted" else "timestamp"
-        return unix_or_iso(acled.normalise(row), column)
+        return unix_or_iso(normalise(row), column)
     except (RowError, ValueError, OverflowError):
         return None
 

@@ -102,6 +102,24 @@ def _without_bom(lines: Iterable[str]) -> Iterator[str]:
         yield line.replace("\x00", "") if "\x00" in line else line
 
 
+def normalise(row: Mapping[str, Any]) -> dict[str, str]:
+    """An API row as a CSV row reads: lower-case names, every value as text (API pages may send
+    numbers), no NUL characters."""
+    return {
+        str(k).strip().lower().replace("\x00", ""): "" if v is None else str(v).replace("\x00", "")
+        for k, v in row.items()
+    }
+
+
+def page_rows(pages: Iterable[Mapping[str, Any]], key: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """The rows listed under `key` in each API page, numbered from 1 across pages."""
+    line = 0
+    for page in pages:
+        for row in page.get(key) or []:
+            line += 1
+            yield line, normalise(row) if isinstance(row, Mapping) else {}
+
+
 def text(row: Row, name: str) -> str:
     """A column's text, stripped; empty when absent."""
     value = row.get(name)

@@ -22,6 +22,7 @@ from services.feeds.rows import (
     coordinate,
     country_code,
     integer,
+    page_rows,
     text,
 )
 from services.scoring.taxonomy import (
@@ -70,21 +71,9 @@ KEPT = (
 )  # fmt: skip
 
 
-def normalise(row: Mapping[str, Any]) -> dict[str, str]:
-    """Lower-case column names and every value as text (API pages send numbers)."""
-    return {
-        str(k).strip().lower().replace("\x00", ""): "" if v is None else str(v).replace("\x00", "")
-        for k, v in row.items()
-    }
-
-
 def rows_from_pages(pages: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, dict[str, str]]]:
     """The rows of UCDP API pages (`{"Result": [...]}`), numbered from 1 across pages."""
-    line = 0
-    for page in pages:
-        for row in page.get("Result") or []:
-            line += 1
-            yield line, normalise(row) if isinstance(row, Mapping) else {}
+    return page_rows(pages, "Result")
 
 
 def parse(row: Row, line: int, now: datetime) -> Parsed | Rejected:
@@ -174,15 +163,7 @@ def _parse(row: dict[str, str], line: int, now: datetime) -> Parsed:
         "actors": [a[:200] for a in (text(row, "side_a"), text(row, "side_b")) if a],
         "target_type": found.target_type
         or (TargetType.CIVILIANS if violence == 3 or civilians else None),
-        "target_profile": {
-            "foreign_owned_only": found.foreign_firm,
-            "sectors": sorted(set(found.sectors)),
-        },
-        "victim_profile": {
-            "expatriate": found.expatriate,
-            "nationality": found.nationality,
-            "sector": found.sectors[0] if found.sectors else None,
-        },
+        **found.profiles(),
         "fatalities": {"low": low, "best": best, "high": high, "claimed": found.claimed_fatalities},
         "source_reliability": RELIABILITY,
         "lifecycle": Lifecycle.CONFIRMED,

@@ -43,6 +43,9 @@ MODEL_COLUMNS = (
 )  # fmt: skip
 Row = Incident | SqlRow[Any] | SimpleNamespace
 _INCIDENTS = cast(Table, Incident.__table__)
+# An incident as upsert hands it back: an ORM object (revised), a plain object of a new
+# report's values, or the row read (unchanged).
+Stored = Incident | SimpleNamespace | SqlRow[Any]
 
 
 def to_model(row: Row) -> risk.Incident:
@@ -101,7 +104,8 @@ def from_snapshot(data: dict[str, Any]) -> risk.Incident:
 class Upserted:
     """An incident after an upsert, and the model's view of it before (to rescore both)."""
 
-    incident: Incident | SimpleNamespace  # a new report: its column values as a plain object
+    # A new report is a plain object of its values, an unchanged one the row read.
+    incident: Stored
     outcome: Outcome
     previous: risk.Incident | None
     merged: bool = False  # this call merged it into another report's event
@@ -199,16 +203,31 @@ def upsert_rows(
     `index` (one per import) saves reading the same days again.
     """
     keys = [(r["source"], r["source_id"]) for r in rows]
-    existing: dict[tuple[str, str], Incident] = {}
+    # Stored reports are read as plain rows: a re-import compares them and changes nothing, so
+    # only those that change are loaded as ORM objects.
+    existing: dict[tuple[str, str], SqlRow[Any]] = {}
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         for row in session.execute(
-            select(Incident).where(tuple_(Incident.source, Incident.source_id).in_(chunk))
-        ).scalars():
+            select(_INCIDENTS).where(tuple_(Incident.source, Incident.source_id).in_(chunk))
+        ):
             existing[(row.source, row.source_id)] = row
     found = [existing.get(key) for key in keys]
-    revised = {
-        i: _update(columns, row, now)
+    revising = {
+        i: row.id
+        for i, (columns, row) in enumerate(zip(rows, found, strict=True))
+        if row is not None and not _same(columns, row)
+    }
+    loaded = {
+        row.id: row
+        for row in session.execute(
+            select(Incident).where(Incident.id.in_(sorted(revising.values())))
+        ).scalars()
+    } if revising else {}  # fmt: skip
+    revised: dict[int, Upserted] = {
+        i: _update(columns, loaded[revising[i]], now)
+        if i in revising
+        else Upserted(row, "unchanged", None)
         for i, (columns, row) in enumerate(zip(rows, found, strict=True))
         if row is not None
     }
@@ -308,7 +327,7 @@ def _fed_outcome(result: Upserted) -> str:
 
 def _feed(
     session: Session,
-    entries: Sequence[tuple[Incident | SimpleNamespace, str, risk.Incident | None]],
+    entries: Sequence[tuple[Stored, str, risk.Incident | None]],
     now: datetime,
 ) -> None:
     feed.append_at_commit(
@@ -329,7 +348,7 @@ def _feed(
 @dataclass
 class _Merged:
     joined: set[int] = dataclasses.field(default_factory=set)
-    entries: list[tuple[Incident | SimpleNamespace, str, risk.Incident | None]] = dataclasses.field(
+    entries: list[tuple[Stored, str, risk.Incident | None]] = dataclasses.field(
         default_factory=list
     )
     # New reports (inserted without the ORM) that joined an event: written with one UPDATE.
@@ -341,6 +360,7 @@ def _merge(
 ) -> _Merged:
     """Keep one event one incident after `changed` were written (see `merge`)."""
     result = _Merged()
+    earliest: dict[int, datetime] = {}  # event id -> the earliest report time of its new reports
     reports = [merge.Report.of(r.incident) for r in changed]
     index.load(session, reports)
 
@@ -385,23 +405,30 @@ def _merge(
         event = index.best_event(report)
         if event is None:
             continue
-        primary_row = session.get(Incident, event.id)
-        assert primary_row is not None
         row.merged_into_id = event.id
         if isinstance(row, SimpleNamespace):
             result.stored.append({"b_id": row.id, "b_event": event.id})
         index.put(merge.Report.of(row))
         result.joined.add(row.id)
-        if row.reported_at < primary_row.reported_at:
-            # The event was knowable as soon as any source reported it.
-            primary_row.reported_at = row.reported_at
-            primary_row.updated_at = now
+        earliest[event.id] = min(row.reported_at, earliest.get(event.id, row.reported_at))
+    session.flush()
     if result.stored:
         session.execute(
             update(_INCIDENTS)
             .where(_INCIDENTS.c.id == bindparam("b_id"))
             .values(merged_into_id=bindparam("b_event")),
             result.stored,
+        )
+    if earliest:
+        # The event was knowable as soon as any source reported it.
+        session.execute(
+            update(_INCIDENTS)
+            .where(
+                _INCIDENTS.c.id == bindparam("b_id"),
+                _INCIDENTS.c.reported_at > bindparam("b_reported"),
+            )
+            .values(reported_at=bindparam("b_reported"), updated_at=now),
+            [{"b_id": event, "b_reported": at} for event, at in sorted(earliest.items())],
         )
     return result
 
@@ -411,15 +438,27 @@ def _report(session: Session, incident_id: int) -> merge.Report | None:
     return merge.Report.of(row) if row is not None else None
 
 
-def _update(given: dict[str, Any], existing: Incident, now: datetime) -> Upserted:
+def _revision(given: dict[str, Any], existing: Incident | SqlRow[Any]) -> dict[str, Any] | None:
+    """The columns a resend would change, all of them; None when it changes nothing."""
     columns = {k: v for k, v in given.items() if k not in ("source", "source_id")}
     # The first time anyone could know of the event stays the first: a later resend cannot
     # hide it from an as-of score that already used it.
     columns["reported_at"] = min(existing.reported_at, columns["reported_at"])
     stored_edit, edit = existing.source_updated_at, columns["source_updated_at"]
     if stored_edit is not None and edit is not None and edit < stored_edit:
-        return Upserted(existing, "unchanged", None)  # an older edit than the one stored
+        return None  # an older edit than the one stored
     if all(getattr(existing, name) == value for name, value in columns.items()):
+        return None
+    return columns
+
+
+def _same(given: dict[str, Any], existing: SqlRow[Any]) -> bool:
+    return _revision(given, existing) is None
+
+
+def _update(given: dict[str, Any], existing: Incident, now: datetime) -> Upserted:
+    columns = _revision(given, existing)
+    if columns is None:
         return Upserted(existing, "unchanged", None)
     previous = to_model(existing)
     for name, value in columns.items():
@@ -469,9 +508,7 @@ def search(
     return session.execute(query.order_by(Incident.id).limit(limit)).scalars().all()
 
 
-def sources(
-    session: Session, rows: Sequence[Incident | SimpleNamespace]
-) -> dict[int, list[schemas.SourceReport]]:
+def sources(session: Session, rows: Sequence[Stored]) -> dict[int, list[schemas.SourceReport]]:
     """Every report of each row's event (merged ones included), by event id, first stored
     first."""
     events = {row.merged_into_id or row.id for row in rows}
@@ -505,7 +542,7 @@ def sources(
 
 
 def to_feature(
-    row: Incident | SimpleNamespace,
+    row: Stored,
     reports: dict[int, list[schemas.SourceReport]] | None = None,
 ) -> schemas.IncidentFeature:
     """Render an incident as a GeoJSON Feature, with its event's reports when given."""

@@ -10,7 +10,8 @@ Two reports are of the same event when all of these hold (docs/feeds.md has the 
   explosive devices; fire from afar), or a coarse lethal-violence code (UCDP's types of
   violence) against any lethal category.
 - **Sources**: an event keeps at most one report per source. Two reports from one source with
-  different ids merge only as duplicates: same category, same day, within 1 km, same first actor.
+  different ids merge only as duplicates of one report: same category, day, precisions, first
+  actor, fatalities, title and text, within 1 km.
 
 Retracted reports and reports with an area scope (threats made across a region) never merge.
 The first stored report of an event is its primary, which alone counts in scores and alerts;
@@ -83,6 +84,7 @@ class Report:
     lifecycle: Lifecycle
     merged_into_id: int | None
     fatalities: int | None = None  # the best (or only) figure, to tell close candidates apart
+    text: int = 0  # a hash of the report's title and description: a duplicate repeats them
     day: int = 0  # occurred_at's ordinal day, for the index and a cheap first test
     slack: int = 0  # days either side, from occurred_precision
 
@@ -113,6 +115,7 @@ class Report:
             lifecycle=Lifecycle(row.lifecycle),
             merged_into_id=row.merged_into_id,
             fatalities=row.fatalities_best,
+            text=hash((row.title, row.description)),
         )
 
 
@@ -120,7 +123,7 @@ COLUMNS = (
     Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
     Incident.occurred_precision, Incident.lat, Incident.lon, Incident.location_precision,
     Incident.scope_countries, Incident.actors, Incident.lifecycle, Incident.merged_into_id,
-    Incident.fatalities_best,
+    Incident.fatalities_best, Incident.title, Incident.description,
 )  # fmt: skip
 
 
@@ -158,6 +161,8 @@ def distance(a: Report, b: Report) -> float | None:
             and a.occurred_precision is b.occurred_precision
             and a.location_precision is b.location_precision
             and a.first_actor == b.first_actor
+            and a.fatalities == b.fatalities
+            and a.text == b.text
         )
         if not duplicate:
             return None

@@ -120,6 +120,8 @@ def add_all(session: Session, cause: str, now: datetime) -> None:
     )
 
 
+# Half the diagonal of a 0.1-degree cell, rounded up: how far a spot moves to its cell's centre.
+_CELL_DIAGONAL_KM = 8.0
 # The rescoring worker's cursor on the incident feed (services.core.cursors).
 FEED_CURSOR = "rescore"
 # An import whose heartbeat is older than this died: it no longer holds the feed back.
@@ -161,7 +163,11 @@ def consume_incident_feed(
         if len(rows) < limit:
             break
     if read:
-        add(session, affected_targets(session, versions, params), "incident", now)
+        # Only versions that count now reach a current score: not retracted or merged ones
+        # (what they replaced is among the versions), nor history beyond the lookback.
+        cutoff = now - timedelta(days=params.lookback_days)
+        live = [v for v in versions if v.counts and v.occurred_at >= cutoff]
+        add(session, affected_targets(session, live, params), "incident", now)
         cursor.updated_at = now
     return read
 
@@ -217,6 +223,14 @@ def _targets_in_scope(session: Session, area: Sequence[risk.Incident]) -> set[in
 
 
 def _targets_near(session: Session, spots: Sequence[tuple[float, float, float]]) -> set[int]:
+    # Many incidents (a bulk import) fall in few places: one spot per 0.1-degree cell, at its
+    # widest reach plus the cell's diagonal, tests the same targets (a few more, never fewer).
+    cells: dict[tuple[int, int], float] = {}
+    for lat, lon, reach in spots:
+        key = (round(lat * 10), round(lon * 10))
+        cells[key] = max(cells.get(key, 0.0), reach)
+    if len(cells) < len(spots):
+        spots = [(la / 10, lo / 10, reach + _CELL_DIAGONAL_KM) for (la, lo), reach in cells.items()]
     boxes = np.array([geo.bbox_around(lat, lon, reach) for lat, lon, reach in spots])
     rows = session.execute(
         select(

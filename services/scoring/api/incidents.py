@@ -58,7 +58,10 @@ def post_incident(
     def produce() -> tuple[int, schemas.IncidentFeature]:
         # What the incident affects is queued for rescoring by the worker reading the feed.
         result = _ingest(data, session, now, settings)
-        return (201 if result.outcome == "created" else 200), incidents.to_feature(result.incident)
+        feature = incidents.to_feature(
+            result.incident, incidents.sources(session, [result.incident])
+        )
+        return (201 if result.outcome == "created" else 200), feature
 
     response.status_code, feature = retries.once(data, schemas.IncidentFeature, produce)
     return feature
