@@ -729,3 +729,56 @@ def test_an_empty_file_is_a_finished_run_that_read_nothing(sessions: Factory) ->
         run = session.get(ImportRun, summary.run_id)
         assert run is not None
         assert run.finished_at == NOW + timedelta(hours=1)
+
+
+def import_file(factory: Factory, fmt: importer.Format, text: str) -> importer.Summary:
+    """The command line's path: fingerprints screened, rows parsed (here, in-process)."""
+    return importer.run_file(
+        factory, fmt, io.StringIO(text, newline=""), origin="test", clock=lambda: NOW,
+        parallel=False,
+    )  # fmt: skip
+
+
+def test_a_reimported_row_is_known_by_its_fingerprint_and_not_parsed_again(
+    sessions: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = synth.generate(5, 300, date(2024, 1, 1), date(2024, 6, 1))
+    text = io.StringIO()
+    synth.write_acled_csv(events, text)
+    first = import_file(sessions, "acled", text.getvalue())
+    assert (first.inserted, first.rejected) == (300, 0)
+
+    parsed: list[int] = []
+    original = importer.parse_rows
+
+    def counting(fmt: importer.Format, rows: Any, now: datetime) -> Iterator[Item]:
+        rows = list(rows)
+        parsed.append(len(rows))
+        return original(fmt, rows, now)
+
+    monkeypatch.setattr(importer, "parse_rows", counting)
+    again = import_file(sessions, "acled", text.getvalue())
+    assert (again.read, again.unchanged, again.inserted, again.updated) == (300, 300, 0, 0)
+    assert sum(parsed) == 0
+
+    # One row edited at the source: only it is parsed, and it updates its incident.
+    lines = text.getvalue().splitlines(keepends=True)
+    header = next(csv.reader([lines[0]]))
+    row = next(csv.reader([lines[1]]))
+    row[header.index("fatalities")] = str(int(row[header.index("fatalities")]) + 7)
+    row[header.index("timestamp")] = str(int(row[header.index("timestamp")]) + 86_400)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(row)
+    edited = import_file(sessions, "acled", "".join([lines[0], out.getvalue(), *lines[2:]]))
+    assert (edited.updated, edited.unchanged) == (1, 299)
+    assert sum(parsed) == 1
+
+    # A parser change reads every row again (and finds nothing new to store).
+    parsed.clear()
+    monkeypatch.setattr(importer, "PARSER_VERSION", "test")
+    again = import_file(sessions, "acled", "".join([lines[0], out.getvalue(), *lines[2:]]))
+    assert sum(parsed) == 300
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 300)
+    parsed.clear()
+    import_file(sessions, "acled", "".join([lines[0], out.getvalue(), *lines[2:]]))
+    assert sum(parsed) == 0

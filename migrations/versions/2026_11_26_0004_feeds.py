@@ -1,4 +1,5 @@
-"""Incident feeds: merged reports, source edit times and codes, feed poll state, import runs.
+"""Incident feeds: merged reports, source edit times, codes and row fingerprints, feed poll
+state, import runs.
 
 Revision ID: 0004
 Revises: 0003
@@ -25,6 +26,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("source_fields", sa.JSON(), nullable=False, server_default=sa.text("'{}'"))
         )
+        batch.add_column(sa.Column("source_hash", sa.String(32), nullable=True))
         batch.create_foreign_key(
             "fk_incident_merged_into_id_incident",
             "incident",
@@ -71,6 +73,7 @@ def downgrade() -> None:
     with op.batch_alter_table("incident") as batch:
         batch.drop_index("ix_incident_merged_into_id")
         batch.drop_constraint("fk_incident_merged_into_id_incident", type_="foreignkey")
+        batch.drop_column("source_hash")
         batch.drop_column("source_fields")
         batch.drop_column("source_updated_at")
         batch.drop_column("merged_into_id")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -20,14 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.feeds import acled, ucdp
 from services.feeds.rows import Deletion, Item, Parsed, Rejected, csv_rows
 from services.scoring import incidents, merge
-from services.scoring.models import ImportRun
+from services.scoring.models import ImportRun, Incident
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -152,19 +153,78 @@ class Ready:
         return str(self.values["source_id"])
 
 
-Stored = Ready | Rejected | Deletion
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A row stored before exactly as it is now (same fingerprint): nothing to do."""
+
+    line: int
 
 
-def _ready(item: Item, now: datetime) -> Stored:
+Stored = Ready | Rejected | Deletion | Known
+Raw = tuple[int, dict[str, str]] | Rejected
+# Bump when parsing changes what a row becomes, so a re-import reads every row again.
+PARSER_VERSION = "1"
+# The column holding each format's report id (deletions are not fingerprinted).
+ID_COLUMN = {"acled": "event_id_cnty", "ucdp": "id"}
+SOURCE = {"acled": acled.SOURCE, "ucdp": ucdp.SOURCE}
+
+
+def fingerprint(fmt: str, row: dict[str, str]) -> str:
+    """What identifies a source row's content, with the parser version and format."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{PARSER_VERSION}\x1f{fmt}".encode())
+    for name in sorted(row):
+        digest.update(f"\x1e{name}\x1f{row[name]}".encode())
+    return digest.hexdigest()
+
+
+def _ready(item: Item, now: datetime, source_hash: str | None = None) -> Stored:
     if isinstance(item, Parsed):
-        return Ready(item.line, incidents.values(item.incident, now), item.warnings)
+        values = incidents.values(item.incident, now)
+        if source_hash is not None:
+            values["source_hash"] = source_hash
+        return Ready(item.line, values, item.warnings)
     return item
 
 
-def _parse_chunk(
-    fmt: Format, now: datetime, rows: list[tuple[int, dict[str, str]] | Rejected]
-) -> list[Stored]:
-    return [_ready(item, now) for item in parse_rows(fmt, rows, now)]
+def _parse_chunk(fmt: Format, now: datetime, rows: list[Raw]) -> list[Stored]:
+    out: list[Stored] = []
+    for raw in rows:
+        digest = None
+        if fmt in ID_COLUMN and not isinstance(raw, Rejected):
+            digest = fingerprint(fmt, raw[1])
+        out.extend(_ready(item, now, digest) for item in parse_rows(fmt, [raw], now))
+    return out
+
+
+def _screen(factory: sessionmaker[Session], fmt: Format, rows: list[Raw]) -> tuple[int, list[Raw]]:
+    """How many rows of a chunk are stored exactly as they are now, and the others."""
+    column = ID_COLUMN.get(fmt)
+    if column is None:
+        return 0, rows
+    keyed: dict[tuple[str, str], str] = {}
+    for entry in rows:
+        if not isinstance(entry, Rejected) and (ident := entry[1].get(column, "").strip()):
+            keyed[(SOURCE[fmt], ident)] = fingerprint(fmt, entry[1])
+    if not keyed:
+        return 0, rows
+    with factory() as session:
+        stored = {
+            (r.source, r.source_id): r.source_hash
+            for r in session.execute(
+                select(Incident.source, Incident.source_id, Incident.source_hash).where(
+                    tuple_(Incident.source, Incident.source_id).in_(sorted(keyed))
+                )
+            )
+        }
+    rest: list[Raw] = []
+    for entry in rows:
+        if not isinstance(entry, Rejected):
+            key = (SOURCE[fmt], entry[1].get(column, "").strip())
+            if key in stored and stored[key] == keyed.get(key):
+                continue
+        rest.append(entry)
+    return len(rows) - len(rest), rest
 
 
 def run(
@@ -205,18 +265,26 @@ def run_file(
     parallel: bool = True,
 ) -> Summary:
     """Import a file: read here, parsed in a second process (when `parallel` and there is a
-    second core) while this one stores the chunks parsed before."""
+    second core) while this one stores the chunks parsed before. A row whose fingerprint
+    matches the stored report's is counted unchanged without being parsed."""
     now = clock()
-    raw = records(fmt, stream)
-    if not parallel or (os.cpu_count() or 1) < 2:
-        return run(factory, parse_rows(fmt, raw, now), fmt=fmt, origin=origin, clock=clock,
-                   skew=skew, chunk_size=chunk_size, progress=progress)  # fmt: skip
     parse = functools.partial(_parse_chunk, fmt, now)
+    # Rows stored before exactly as they are now are counted, not parsed again.
+    screened = (
+        _screen(factory, fmt, chunk) for chunk in _batched(records(fmt, stream), chunk_size)
+    )
+    if not parallel or (os.cpu_count() or 1) < 2:
+        return _run(
+            factory,
+            (item for known, rows in screened for item in [*parse(rows), *[Known(0)] * known]),
+            fmt=fmt, origin=origin, clock=clock, skew=skew, chunk_size=chunk_size,
+            progress=progress,
+        )  # fmt: skip
     # A spawned process: forking one that runs threads (a progress bar, a pool) is unsafe.
     with ProcessPoolExecutor(
         max_workers=1, mp_context=multiprocessing.get_context("spawn")
     ) as pool:
-        parsed = _ahead(pool, parse, _batched(raw, chunk_size), depth=3)
+        parsed = _ahead(pool, parse, screened, depth=3)
         return _run(
             factory,
             (item for chunk in parsed for item in chunk),
@@ -242,18 +310,24 @@ def _batched(rows: Iterable[_T], size: int) -> Iterator[list[_T]]:
 
 def _ahead(
     pool: ProcessPoolExecutor,
-    func: Callable[[list[_T]], list[Stored]],
-    chunks: Iterator[list[_T]],
+    func: Callable[[list[Raw]], list[Stored]],
+    chunks: Iterator[tuple[int, list[Raw]]],
     depth: int,
 ) -> Iterator[list[Stored]]:
-    """`func` over `chunks` in the pool, in order, with at most `depth` chunks in flight."""
-    waiting: collections.deque[Future[list[Stored]]] = collections.deque()
-    for chunk in chunks:
-        waiting.append(pool.submit(func, chunk))
+    """`func` over the rows left in `chunks` in the pool, in order, with at most `depth` chunks
+    in flight; rows known unchanged come back as `Known`."""
+    waiting: collections.deque[tuple[int, Future[list[Stored]]]] = collections.deque()
+
+    def take() -> list[Stored]:
+        known, future = waiting.popleft()
+        return [*future.result(), *(Known(0) for _ in range(known))]
+
+    for known, rows in chunks:
+        waiting.append((known, pool.submit(func, rows)))
         if len(waiting) >= depth:
-            yield waiting.popleft().result()
+            yield take()
     while waiting:
-        yield waiting.popleft().result()
+        yield take()
 
 
 def _run(
@@ -305,7 +379,9 @@ def _store(
     reports: dict[tuple[str, str], Ready] = {}
     deletions: dict[tuple[str, str], Deletion] = {}
     for item in chunk:
-        if isinstance(item, Rejected):
+        if isinstance(item, Known):
+            summary.unchanged += 1
+        elif isinstance(item, Rejected):
             summary.reject(item.line, item.source_id, item.reason)
         elif isinstance(item, Deletion):
             deletions[(item.source, item.source_id)] = item

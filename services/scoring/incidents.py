@@ -231,6 +231,19 @@ def upsert_rows(
         for i, (columns, row) in enumerate(zip(rows, found, strict=True))
         if row is not None
     }
+    refreshed = [
+        {"b_id": row.id, "b_hash": columns["source_hash"]}
+        for i, (columns, row) in enumerate(zip(rows, found, strict=True))
+        if row is not None and i not in revising
+        and columns.get("source_hash") not in (None, row.source_hash)
+    ]  # fmt: skip
+    if refreshed:
+        session.execute(
+            update(_INCIDENTS)
+            .where(_INCIDENTS.c.id == bindparam("b_id"))
+            .values(source_hash=bindparam("b_hash")),
+            refreshed,
+        )
     fresh = [
         {"revision": 1, "created_at": now, "updated_at": now, "merged_into_id": None, **columns}
         for columns, row in zip(rows, found, strict=True)
@@ -447,7 +460,8 @@ def _revision(given: dict[str, Any], existing: Incident | SqlRow[Any]) -> dict[s
     stored_edit, edit = existing.source_updated_at, columns["source_updated_at"]
     if stored_edit is not None and edit is not None and edit < stored_edit:
         return None  # an older edit than the one stored
-    if all(getattr(existing, name) == value for name, value in columns.items()):
+    # The row's fingerprint alone is no revision (a new parser version changes it).
+    if all(getattr(existing, k) == v for k, v in columns.items() if k != "source_hash"):
         return None
     return columns
 

@@ -74,6 +74,9 @@ class Incident(Base):
     source_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The source's own codes and figures as imported (event types, precision codes, low/high).
     source_fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # A fingerprint of the source row as imported (and of the parser that read it): a
+    # re-import of the same row is known unchanged without parsing it again.
+    source_hash: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
