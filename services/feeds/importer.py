@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -213,7 +213,7 @@ def _screen(factory: sessionmaker[Session], fmt: Format, rows: list[Raw]) -> tup
             (r.source, r.source_id): r.source_hash
             for r in session.execute(
                 select(Incident.source, Incident.source_id, Incident.source_hash).where(
-                    tuple_(Incident.source, Incident.source_id).in_(sorted(keyed))
+                    incidents.with_keys(keyed)
                 )
             )
         }

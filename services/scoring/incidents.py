@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from types import SimpleNamespace
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, bindparam, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, false, insert, or_, select, update
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
@@ -176,6 +177,24 @@ def upsert(session: Session, data: schemas.IncidentIn, now: datetime) -> Upserte
     return upsert_many(session, [data], now)[0]
 
 
+def with_keys(keys: Iterable[tuple[str, str]]) -> ColumnElement[bool]:
+    """The condition selecting incidents by (source, source_id).
+
+    One `source = s AND source_id IN (...)` per source: both engines use the unique index
+    for it, where SQLite scans for a row-value IN.
+    """
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for source, source_id in keys:
+        by_source[source].append(source_id)
+    return or_(
+        false(),
+        *(
+            and_(Incident.source == source, Incident.source_id.in_(sorted(ids)))
+            for source, ids in sorted(by_source.items())
+        ),
+    )
+
+
 def values(data: schemas.IncidentIn, now: datetime) -> dict[str, Any]:
     """A validated report as the column values `upsert_rows` stores."""
     return {"source": data.source, "source_id": data.source_id, **_columns(data, now)}
@@ -208,9 +227,7 @@ def upsert_rows(
     existing: dict[tuple[str, str], SqlRow[Any]] = {}
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
-        for row in session.execute(
-            select(_INCIDENTS).where(tuple_(Incident.source, Incident.source_id).in_(chunk))
-        ):
+        for row in session.execute(select(_INCIDENTS).where(with_keys(chunk))):
             existing[(row.source, row.source_id)] = row
     found = [existing.get(key) for key in keys]
     revising = {
@@ -297,9 +314,7 @@ def retract_many(
         (row.source, row.source_id): row
         for start in range(0, len(keys), 500)
         for row in session.execute(
-            select(Incident).where(
-                tuple_(Incident.source, Incident.source_id).in_(keys[start : start + 500])
-            )
+            select(Incident).where(with_keys(keys[start : start + 500]))
         ).scalars()
     }
     out: list[Upserted | None] = []

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     case,
     delete,
+    func,
     literal,
     or_,
     select,
@@ -142,30 +143,40 @@ def consume_incident_feed(
     cursor = cursors.lock(session, FEED_CURSOR, now)
     if cursor is None:
         return 0
+    # Only versions that count now reach a current score: not retracted or merged ones (what
+    # they replaced is read too), nor history beyond the lookback, which a bulk import of
+    # back-filled events is mostly made of: those are skipped without being read.
+    cutoff = now - timedelta(days=params.lookback_days)
     versions: list[risk.Incident] = []
     read = 0
     for _ in range(pages):
-        rows = session.execute(
-            select(IncidentChange.id.label("change_id"), IncidentChange.previous,
-                   *incidents.MODEL_COLUMNS)
-            .join(Incident, Incident.id == IncidentChange.incident_id)
+        page = (
+            select(IncidentChange.id)
             .where(IncidentChange.id > cursor.position)
             .order_by(IncidentChange.id)
             .limit(limit)
-        ).all()  # fmt: skip
-        if not rows:
+            .subquery()
+        )
+        count, upper = session.execute(select(func.count(), func.max(page.c.id))).one()
+        if not count:
             break
+        rows = session.execute(
+            select(IncidentChange.previous, *incidents.MODEL_COLUMNS)
+            .join(Incident, Incident.id == IncidentChange.incident_id)
+            .where(
+                IncidentChange.id > cursor.position,
+                IncidentChange.id <= upper,
+                or_(Incident.occurred_at >= cutoff, IncidentChange.outcome != "created"),
+            )
+        ).all()
         versions += [incidents.to_model(row) for row in rows]
         # An update also affects whatever the revision it replaced could.
         versions += [incidents.from_snapshot(row.previous) for row in rows if row.previous]
-        cursor.position = rows[-1].change_id
-        read += len(rows)
-        if len(rows) < limit:
+        cursor.position = upper
+        read += count
+        if count < limit:
             break
     if read:
-        # Only versions that count now reach a current score: not retracted or merged ones
-        # (what they replaced is among the versions), nor history beyond the lookback.
-        cutoff = now - timedelta(days=params.lookback_days)
         live = [v for v in versions if v.counts and v.occurred_at >= cutoff]
         add(session, affected_targets(session, live, params), "incident", now)
         cursor.updated_at = now
