@@ -266,25 +266,19 @@ def upsert_rows(
         for columns, row in zip(rows, found, strict=True)
         if row is None
     ]
-    # New reports go in as one multi-row INSERT, without the ORM's unit of work; the objects
-    # made of them carry the rows to callers and are never added to the session.
-    ids = iter(
-        session.execute(
-            insert(_INCIDENTS).returning(_INCIDENTS.c.id, sort_by_parameter_order=True), fresh
+    # New reports go in as one multi-row INSERT, without the ORM's unit of work. The ids come
+    # back with their keys: asking for them in the order given would make SQLite insert one
+    # row per statement.
+    ids = {
+        (r.source, r.source_id): r.id
+        for r in session.execute(
+            insert(_INCIDENTS).returning(_INCIDENTS.c.id, Incident.source, Incident.source_id),
+            fresh,
         )
-        .scalars()
-        .all()
-        if fresh
-        else ()
-    )
+    } if fresh else {}  # fmt: skip
     created = iter(fresh)
     # Plain objects: an ORM instance of 45 columns costs more to make than the row to insert.
-    out = [
-        revised[i]
-        if i in revised
-        else Upserted(SimpleNamespace(id=next(ids), **next(created)), "created", None)
-        for i in range(len(rows))
-    ]
+    out = [revised[i] if i in revised else _created(next(created), ids) for i in range(len(rows))]
     session.flush()
     changed = [r for r in out if r.outcome != "unchanged"]
     extra = _merge(session, changed, index or merge.Index(), now)
@@ -464,6 +458,11 @@ def _merge(
 def _report(session: Session, incident_id: int) -> merge.Report | None:
     row = session.get(Incident, incident_id)
     return merge.Report.of(row) if row is not None else None
+
+
+def _created(columns: dict[str, Any], ids: dict[tuple[str, str], int]) -> Upserted:
+    incident_id = ids[(columns["source"], columns["source_id"])]
+    return Upserted(SimpleNamespace(id=incident_id, **columns), "created", None)
 
 
 def _revision(given: dict[str, Any], existing: Incident | SqlRow[Any]) -> dict[str, Any] | None:

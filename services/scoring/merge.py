@@ -212,8 +212,13 @@ class Index:
     """
 
     def __init__(self) -> None:
-        self._fine: dict[tuple[int, int, int], set[int]] = defaultdict(set)
-        self._coarse: dict[tuple[int, int, int], set[int]] = defaultdict(set)
+        # (cell row, cell column) -> day (or week, for month-precise reports) -> report ids
+        self._fine: dict[tuple[int, int], dict[int, set[int]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
+        self._coarse: dict[tuple[int, int], dict[int, set[int]]] = defaultdict(
+            lambda: defaultdict(set)
+        )
         self._reports: dict[int, Report] = {}
         self._events: dict[int, set[int]] = defaultdict(set)
         self._days: set[int] = set()
@@ -222,19 +227,13 @@ class Index:
         """Forget everything (after a rollback undid what was put in)."""
         self.__init__()  # type: ignore[misc]
 
-    @staticmethod
-    def _key(report: Report) -> tuple[int, int, int] | None:
+    def _slot(self, report: Report) -> tuple[dict[int, set[int]], int] | None:
         if report.lat is None or report.lon is None:
             return None
-        coarse = report.occurred_precision is TimePrecision.MONTH
-        return (
-            report.day // 7 if coarse else report.day,
-            int(report.lat // CELL_DEGREES),
-            int(report.lon // CELL_DEGREES),
-        )
-
-    def _cells(self, report: Report) -> dict[tuple[int, int, int], set[int]]:
-        return self._coarse if report.occurred_precision is TimePrecision.MONTH else self._fine
+        cell = (int(report.lat // CELL_DEGREES), int(report.lon // CELL_DEGREES))
+        if report.occurred_precision is TimePrecision.MONTH:
+            return self._coarse[cell], report.day // 7
+        return self._fine[cell], report.day
 
     def load(self, session: Session, reports: Iterable[Report]) -> None:
         """Read the stored reports that could match any of `reports`, for days not yet read."""
@@ -266,20 +265,22 @@ class Index:
     def put(self, report: Report) -> None:
         """Add or replace a report."""
         self.drop(report.id)
-        key = self._key(report)
-        if key is None:
+        slot = self._slot(report)
+        if slot is None:
             return
+        days, day = slot
         self._reports[report.id] = report
-        self._cells(report)[key].add(report.id)
+        days[day].add(report.id)
         self._events[report.event_id].add(report.id)
 
     def drop(self, report_id: int) -> None:
         """Forget a report."""
         old = self._reports.pop(report_id, None)
         if old is not None:
-            key = self._key(old)
-            assert key is not None
-            self._cells(old)[key].discard(report_id)
+            slot = self._slot(old)
+            assert slot is not None
+            days, day = slot
+            days[day].discard(report_id)
             self._events[old.event_id].discard(report_id)
 
     def get(self, report_id: int) -> Report | None:
@@ -292,25 +293,25 @@ class Index:
 
     def near(self, report: Report) -> list[Report]:
         """Indexed reports close enough in time and place to be worth comparing."""
-        key = self._key(report)
-        if key is None:
+        if report.lat is None or report.lon is None:
             return []
-        _, row, col = key
-        found: list[int] = []
+        row, col = int(report.lat // CELL_DEGREES), int(report.lon // CELL_DEGREES)
         fine = report.slack + TIME_SLACK[TimePrecision.WEEK].days
         coarse = report.slack + TIME_SLACK[TimePrecision.MONTH].days
+        found: list[int] = []
         for cells, first, last in (
             (self._fine, report.day - fine, report.day + fine),
             (self._coarse, (report.day - coarse) // 7, (report.day + coarse) // 7),
         ):
-            if not cells:
-                continue
-            for slot in range(first, last + 1):
-                for dr in (-1, 0, 1):
-                    for dc in (-1, 0, 1):
-                        cell = cells.get((slot, row + dr, col + dc))
-                        if cell:
-                            found.extend(cell)
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    days = cells.get((row + dr, col + dc))
+                    if not days:
+                        continue
+                    for slot in range(first, last + 1):
+                        ids = days.get(slot)
+                        if ids:
+                            found.extend(ids)
         return [self._reports[i] for i in found]
 
     def best_event(self, report: Report) -> Report | None:
