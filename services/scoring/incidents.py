@@ -266,16 +266,21 @@ def upsert_rows(
         for columns, row in zip(rows, found, strict=True)
         if row is None
     ]
-    # New reports go in as one multi-row INSERT, without the ORM's unit of work. The ids come
-    # back with their keys: asking for them in the order given would make SQLite insert one
-    # row per statement.
-    ids = {
-        (r.source, r.source_id): r.id
-        for r in session.execute(
-            insert(_INCIDENTS).returning(_INCIDENTS.c.id, Incident.source, Incident.source_id),
-            fresh,
-        )
-    } if fresh else {}  # fmt: skip
+    # New reports go in as one executemany INSERT, without the ORM's unit of work, then their
+    # ids are read by key. With RETURNING, SQLAlchemy would send one statement of thousands of
+    # parameters that psycopg parses in Python (and SQLite, asked for the ids in order,
+    # would insert a row per statement).
+    ids: dict[tuple[str, str], int] = {}
+    if fresh:
+        session.execute(insert(_INCIDENTS), fresh)
+        ids = {
+            (r.source, r.source_id): r.id
+            for r in session.execute(
+                select(Incident.id, Incident.source, Incident.source_id).where(
+                    with_keys((c["source"], c["source_id"]) for c in fresh)
+                )
+            )
+        }
     created = iter(fresh)
     # Plain objects: an ORM instance of 45 columns costs more to make than the row to insert.
     out = [revised[i] if i in revised else _created(next(created), ids) for i in range(len(rows))]
