@@ -397,7 +397,9 @@ def _store(
                     continue
             reports[key] = item
     try:
-        _write(factory, list(reports.values()), list(deletions.values()), summary, index, now)
+        _write(
+            factory, list(reports.values()), list(deletions.values()), summary, index, now, run_id
+        )
     except SQLAlchemyError as exc:
         # One row the database refuses (or a racing writer) must not cost the chunk: store
         # them one at a time, and reject only what fails alone.
@@ -405,19 +407,17 @@ def _store(
         index.clear()  # what the failed transaction put in it was rolled back
         for ready in reports.values():
             try:
-                _write(factory, [ready], [], summary, index, now)
+                _write(factory, [ready], [], summary, index, now, run_id)
             except SQLAlchemyError as single:
                 index.clear()
                 reason = str(getattr(single, "orig", single)).splitlines()[0]
                 summary.reject(ready.line, ready.source_id, f"not stored: {reason}")
         for gone in deletions.values():
             try:
-                _write(factory, [], [gone], summary, index, now)
+                _write(factory, [], [gone], summary, index, now, run_id)
             except SQLAlchemyError:
                 index.clear()
                 summary.reject(gone.line, gone.source_id, "deletion not stored")
-    with factory.begin() as session:
-        session.execute(update(ImportRun).where(ImportRun.id == run_id).values(heartbeat_at=now))
 
 
 def _write(
@@ -427,9 +427,12 @@ def _write(
     summary: Summary,
     index: merge.Index,
     now: datetime,
+    run_id: int,
 ) -> None:
     counts = {"created": 0, "updated": 0, "unchanged": 0, "merged": 0, "retracted": 0}
     with factory.begin() as session:
+        # The run's heartbeat goes with its chunks: one commit each.
+        session.execute(update(ImportRun).where(ImportRun.id == run_id).values(heartbeat_at=now))
         if reports:
             results = incidents.upsert_rows(session, [r.values for r in reports], now, index)
             for result in results:

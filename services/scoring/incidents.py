@@ -11,7 +11,19 @@ from enum import Enum
 from types import SimpleNamespace
 from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, false, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
@@ -266,24 +278,20 @@ def upsert_rows(
         for columns, row in zip(rows, found, strict=True)
         if row is None
     ]
-    # New reports go in as one executemany INSERT, without the ORM's unit of work, then their
-    # ids are read by key. With RETURNING, SQLAlchemy would send one statement of thousands of
-    # parameters that psycopg parses in Python (and SQLite, asked for the ids in order,
+    # New reports get their ids first and go in as one executemany INSERT, without the ORM's
+    # unit of work or RETURNING: SQLAlchemy would send RETURNING as one statement of thousands
+    # of parameters, which psycopg parses in Python (and SQLite, asked for the ids in order,
     # would insert a row per statement).
-    ids: dict[tuple[str, str], int] = {}
+    for columns, incident_id in zip(fresh, _new_ids(session, len(fresh)), strict=True):
+        columns["id"] = incident_id
     if fresh:
         session.execute(insert(_INCIDENTS), fresh)
-        ids = {
-            (r.source, r.source_id): r.id
-            for r in session.execute(
-                select(Incident.id, Incident.source, Incident.source_id).where(
-                    with_keys((c["source"], c["source_id"]) for c in fresh)
-                )
-            )
-        }
     created = iter(fresh)
     # Plain objects: an ORM instance of 45 columns costs more to make than the row to insert.
-    out = [revised[i] if i in revised else _created(next(created), ids) for i in range(len(rows))]
+    out = [
+        revised[i] if i in revised else Upserted(SimpleNamespace(**next(created)), "created", None)
+        for i in range(len(rows))
+    ]
     session.flush()
     changed = [r for r in out if r.outcome != "unchanged"]
     extra = _merge(session, changed, index or merge.Index(), now)
@@ -465,9 +473,24 @@ def _report(session: Session, incident_id: int) -> merge.Report | None:
     return merge.Report.of(row) if row is not None else None
 
 
-def _created(columns: dict[str, Any], ids: dict[tuple[str, str], int]) -> Upserted:
-    incident_id = ids[(columns["source"], columns["source_id"])]
-    return Upserted(SimpleNamespace(id=incident_id, **columns), "created", None)
+def _new_ids(session: Session, count: int) -> list[int]:
+    """Ids for `count` new incidents, taken before they are inserted."""
+    if not count:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        return list(
+            session.execute(
+                text(
+                    "SELECT nextval(pg_get_serial_sequence('incident', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": count},
+            ).scalars()
+        )
+    # SQLite: the write transaction holds the database's only write lock (BEGIN IMMEDIATE),
+    # so the ids after the highest one are this transaction's until it commits.
+    top = session.execute(select(func.max(Incident.id))).scalar_one_or_none() or 0
+    return list(range(top + 1, top + count + 1))
 
 
 def _revision(given: dict[str, Any], existing: Incident | SqlRow[Any]) -> dict[str, Any] | None:
