@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, event, insert, select, text
+from sqlalchemy import Table, event, select, text
 from sqlalchemy.orm import Session
 
 from services.core import wake
+from services.core.db import bulk_insert
 from services.scoring import schemas
 from services.scoring.models import CurrentScore, IncidentChange, ScoreChange, Target
 from services.scoring.taxonomy import Band
@@ -106,7 +107,7 @@ def _append_waiting(session: Session) -> None:
         return
     _lock(session, INCIDENT_FEED_LOCK)
     # Many rows, one statement: a bulk import appends thousands at a time.
-    session.execute(insert(cast(Table, IncidentChange.__table__)), waiting)
+    bulk_insert(session, cast(Table, IncidentChange.__table__), waiting)
     wake.announce(session, FEED_CHANNEL)
     wake.announce(session, INCIDENT_CHANNEL)
 

@@ -18,7 +18,6 @@ from sqlalchemy import (
     bindparam,
     false,
     func,
-    insert,
     or_,
     select,
     text,
@@ -27,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
+from services.core.db import bulk_insert
 from services.core.problems import Problem
 from services.scoring import feed, merge, risk, schemas
 from services.scoring.models import Incident
@@ -285,7 +285,7 @@ def upsert_rows(
     for columns, incident_id in zip(fresh, _new_ids(session, len(fresh)), strict=True):
         columns["id"] = incident_id
     if fresh:
-        session.execute(insert(_INCIDENTS), fresh)
+        bulk_insert(session, _INCIDENTS, fresh)
     created = iter(fresh)
     # Plain objects: an ORM instance of 45 columns costs more to make than the row to insert.
     out = [
