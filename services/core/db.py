@@ -13,6 +13,7 @@ from alembic.config import Config
 from psycopg.types.json import Json
 from sqlalchemy import JSON, DateTime, Engine, MetaData, Table, create_engine, event, insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
@@ -129,6 +130,10 @@ def downgrade_to_base(url: str) -> None:
     command.downgrade(alembic_config(url), "base")
 
 
+# Fewer rows than this go in as one executemany INSERT: COPY pays off for bulk imports.
+COPY_FROM_ROWS = 100
+
+
 def bulk_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert many rows (all with the same keys) in this session's transaction: COPY on
     PostgreSQL (far less work for the server than as many INSERTs), executemany elsewhere.
@@ -137,15 +142,19 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     """
     if not rows:
         return
-    if session.get_bind().dialect.name != "postgresql":
+    if session.get_bind().dialect.name != "postgresql" or len(rows) < COPY_FROM_ROWS:
         session.execute(insert(table), list(rows))
         return
     columns = [c for c in table.c if c.name in rows[0]]
     dbapi = cast(psycopg.Connection[Any], session.connection().connection.dbapi_connection)
     names = ", ".join(f'"{c.name}"' for c in columns)
+    kinds = [(c.name, isinstance(c.type, JSON)) for c in columns]
     statement = f'COPY "{table.name}" ({names}) FROM STDIN'
-    with dbapi.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(
-                [Json(row[c.name]) if isinstance(c.type, JSON) else row[c.name] for c in columns]
-            )
+    try:
+        with dbapi.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([Json(row[n]) if json else row[n] for n, json in kinds])
+    except psycopg.Error as exc:
+        # As SQLAlchemy would raise it (IntegrityError, OperationalError, ...), so callers and
+        # the API's problem handlers see the same errors whichever way rows went in.
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
