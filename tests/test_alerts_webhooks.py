@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from services.alerts.signing import generate_secret
 from services.alerts.ssrf import resolve
 from services.alerts.webhooks import AttemptResult, Resolver, send_webhook
+from tests import httpd
 
 SECRET = generate_secret()
 OLD_SECRET = generate_secret()
@@ -94,16 +95,7 @@ class Receiver:
                 reply = receiver.reply
                 if reply.hang:
                     receiver.release.wait(timeout=WAIT_S)
-                try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", str(len(reply.body)))
-                    self.end_headers()
-                    self.wfile.write(reply.body)
-                except OSError:
-                    # The client gave up (timeout, or it stopped reading at its byte cap).
-                    pass
+                httpd.send(self, reply.status, reply.headers, reply.body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -31,6 +31,7 @@ from services.feeds import poller
 from services.feeds.models import FeedState
 from services.feeds.settings import FeedConfig, FeedsSettings
 from services.scoring.models import ImportRun, Incident
+from tests import httpd
 from tests.conftest import Api, assert_problem
 
 RECORDED = Path(__file__).parent / "fixtures" / "feeds" / "recorded"
@@ -119,15 +120,7 @@ class Replay:
                     replay.arrived.notify_all()
                 if reply.hold is not None:
                     reply.hold.wait(5)
-                try:
-                    self.send_response(reply.status)
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("content-length", str(len(reply.body)))
-                    self.end_headers()
-                    self.wfile.write(reply.body)
-                except OSError:
-                    pass  # the client timed out and left
+                httpd.send(self, reply.status, reply.headers, reply.body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
