@@ -7,12 +7,11 @@ from sqlalchemy import create_engine, pool, text
 
 # The models are imported only so that `alembic check` can compare them with the revisions;
 # the revisions themselves are written with op/sa and never import them.
+import services.alerts.models
 import services.core.models
-import services.scoring.models
+import services.feeds.models
+import services.scoring.models  # noqa: F401  (registers the tables on Base.metadata)
 from services.core.db import Base
-
-import services.alerts.models  # noqa: F401  isort: skip
-import services.feeds.models  # noqa: F401  isort: skip
 
 config = context.config
 LOCK_KEY = 0x5C0E_0A1E
