@@ -782,3 +782,25 @@ def test_a_reimported_row_is_known_by_its_fingerprint_and_not_parsed_again(
     parsed.clear()
     import_file(sessions, "acled", "".join([lines[0], out.getvalue(), *lines[2:]]))
     assert sum(parsed) == 0
+
+
+def test_a_newer_edit_listed_before_the_stored_one_is_still_read(sessions: Factory) -> None:
+    events = synth.generate(6, 1, date(2024, 1, 1), date(2024, 2, 1))
+    text = io.StringIO()
+    synth.write_acled_csv(events, text)
+    header, stored_row = text.getvalue().splitlines(keepends=True)[:2]
+    import_file(sessions, "acled", header + stored_row)
+
+    fields = next(csv.reader([header]))
+    row = next(csv.reader([stored_row]))
+    row[fields.index("fatalities")] = "41"
+    row[fields.index("timestamp")] = str(int(row[fields.index("timestamp")]) + 86_400)
+    newer = io.StringIO()
+    csv.writer(newer, lineterminator="\n").writerow(row)
+    # The newer edit first, the stored one after it: the stored row's fingerprint must not
+    # hide the newer one.
+    summary = import_file(sessions, "acled", header + newer.getvalue() + stored_row)
+
+    assert (summary.updated, summary.unchanged) == (1, 1)
+    [incident] = stored(sessions).values()
+    assert incident.fatalities_best == 41

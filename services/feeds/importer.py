@@ -202,28 +202,30 @@ def _screen(factory: sessionmaker[Session], fmt: Format, rows: list[Raw]) -> tup
     column = ID_COLUMN.get(fmt)
     if column is None:
         return 0, rows
-    keyed: dict[tuple[str, str], str] = {}
-    for entry in rows:
-        if not isinstance(entry, Rejected) and (ident := entry[1].get(column, "").strip()):
-            keyed[(SOURCE[fmt], ident)] = fingerprint(fmt, entry[1])
-    if not keyed:
+    # Each row with its own fingerprint: a file may hold two edits of one report.
+    marked = [
+        (entry, (SOURCE[fmt], entry[1].get(column, "").strip()), fingerprint(fmt, entry[1]))
+        if not isinstance(entry, Rejected)
+        else (entry, None, None)
+        for entry in rows
+    ]
+    keys = {key for _, key, _ in marked if key is not None and key[1]}
+    if not keys:
         return 0, rows
     with factory() as session:
         stored = {
             (r.source, r.source_id): r.source_hash
             for r in session.execute(
                 select(Incident.source, Incident.source_id, Incident.source_hash).where(
-                    incidents.with_keys(keyed)
+                    incidents.with_keys(keys)
                 )
             )
         }
-    rest: list[Raw] = []
-    for entry in rows:
-        if not isinstance(entry, Rejected):
-            key = (SOURCE[fmt], entry[1].get(column, "").strip())
-            if key in stored and stored[key] == keyed.get(key):
-                continue
-        rest.append(entry)
+    rest = [
+        entry
+        for entry, key, digest in marked
+        if key is None or digest is None or stored.get(key) != digest
+    ]
     return len(rows) - len(rest), rest
 
 
