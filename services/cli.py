@@ -19,6 +19,7 @@ import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
@@ -375,3 +376,19 @@ def generate(
         with ucdp_file.open("w", newline="", encoding="utf-8") as out:
             synth.write_ucdp_csv(lethal, out)
         console.print(f"{len(lethal)} UCDP rows written to {ucdp_file}")
+
+
+@app.command()
+def check(database_url: DatabaseOption = None) -> None:
+    """Exit 0 when the database answers, 1 otherwise (a probe for worker containers)."""
+    settings = _settings(database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except SQLAlchemyError as exc:
+        console.print(f"[red]database unavailable[/red]: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    console.print("database answers")
