@@ -23,7 +23,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
-from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
+from services.core.db import (
+    head_revision,
+    make_engine,
+    make_sessionmaker,
+    schema_behind,
+    schema_revision,
+    upgrade_to_head,
+)
 from services.feeds import importer, poller, synth
 from services.scoring import demo, jobs, scores
 from services.settings import Settings
@@ -380,15 +387,18 @@ def generate(
 
 @app.command()
 def check(database_url: DatabaseOption = None) -> None:
-    """Exit 0 when the database answers, 1 otherwise (a probe for worker containers)."""
+    """Exit 0 when the database answers at this release's schema, 1 otherwise (a worker probe)."""
     settings = _settings(database_url)
     engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")
+            at = schema_revision(conn)
     except SQLAlchemyError as exc:
         console.print(f"[red]database unavailable[/red]: {type(exc).__name__}")
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
-    console.print("database answers")
+    if schema_behind(at):
+        console.print(f"[red]schema at {at}, this release needs {head_revision()}[/red]")
+        raise typer.Exit(1)
+    console.print(f"database answers, schema at {at}")

@@ -126,3 +126,42 @@ def test_revisions_are_date_prefixed_linear_and_never_import_app_models() -> Non
         source = path.read_text()
         assert not re.search(r"^\s*(from|import)\s+services\b", source, re.MULTILINE), path.name
         assert "def downgrade()" in source, path.name
+
+
+def test_readiness_needs_the_schema_this_release_ships(empty_url: str) -> None:
+    from alembic import command
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from services.app import create_app
+    from services.cli import app as cli
+    from tests.conftest import make_settings
+
+    def ready() -> tuple[int, dict[str, object]]:
+        with TestClient(create_app(make_settings(empty_url, auto_migrate=False))) as client:
+            response = client.get("/readyz")
+            return response.status_code, response.json()
+
+    def probe() -> int:
+        return CliRunner().invoke(cli, ["check", "--database-url", empty_url]).exit_code
+
+    head = ScriptDirectory.from_config(alembic_config(empty_url)).get_current_head()
+    upgrade_to_head(empty_url)
+    assert ready() == (200, {"status": "ready", "database": ready()[1]["database"], "schema": head})
+    assert probe() == 0
+
+    # One migration behind: not ready, and the problem says what to run.
+    command.downgrade(alembic_config(empty_url), "-1")
+    status, doc = ready()
+    assert status == 503
+    assert str(doc["type"]).endswith("/schema-not-at-head")
+    assert "riskalert migrate" in str(doc["detail"])
+    assert probe() == 1
+
+    # A revision this release does not know is a later release's (rolling out): still ready.
+    engine = create_engine(empty_url, poolclass=pool.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'from_the_future'")
+    engine.dispose()
+    assert ready()[0] == 200
+    assert probe() == 0

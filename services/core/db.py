@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,8 +11,21 @@ from typing import Any, cast
 import psycopg
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from psycopg.types.json import Json
-from sqlalchemy import JSON, DateTime, Engine, MetaData, Table, create_engine, event, insert
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    insert,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -118,6 +132,36 @@ def alembic_config(url: str) -> Config:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def head_revision() -> str | None:
+    """The newest migration this release ships."""
+    return _scripts().get_current_head()
+
+
+def schema_behind(revision: str | None) -> bool:
+    """Whether a database at `revision` lacks migrations this release needs.
+
+    A revision this release does not know is a later release's: migrations add before they
+    remove, so this release still runs on it (while a newer one rolls out).
+    """
+    if revision is None:
+        return True
+    try:
+        known = _scripts().get_revision(revision)
+    except CommandError:
+        return False
+    return known is not None and revision != head_revision()
+
+
+def schema_revision(connection: Connection) -> str | None:
+    """The migration the database is at; None before the first one."""
+    return MigrationContext.configure(connection).get_current_revision()
 
 
 def upgrade_to_head(url: str) -> None:

@@ -9,12 +9,19 @@ from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from services.core import activity
 from services.core.auth import KeyCache, hash_key
-from services.core.db import is_sqlite, make_engine, make_sessionmaker, upgrade_to_head
+from services.core.db import (
+    head_revision,
+    is_sqlite,
+    make_engine,
+    make_sessionmaker,
+    schema_behind,
+    schema_revision,
+    upgrade_to_head,
+)
 from services.core.problems import (
     PROBLEM_MEDIA_TYPE,
     install_problem_handlers,
@@ -124,10 +131,10 @@ def create_app(
         responses=problem_responses(503),
     )
     def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers a query."""
+        """Readiness: the database answers, and its schema is at this release's migration."""
         try:
             with request.app.state.read_sessions() as session:
-                session.execute(text("SELECT 1"))
+                at = schema_revision(session.connection())
         except Exception:
             return JSONResponse(
                 {
@@ -139,10 +146,26 @@ def create_app(
                 status_code=503,
                 media_type=PROBLEM_MEDIA_TYPE,
             )
+        head = head_revision()
+        if schema_behind(at):
+            # Serving on an older schema would fail on whatever changed: not ready until
+            # `riskalert migrate` has run.
+            return JSONResponse(
+                {
+                    "type": "https://riskalert.dev/problems/schema-not-at-head",
+                    "title": "Service unavailable",
+                    "status": 503,
+                    "detail": f"the database schema is at {at or 'no migration'}; "
+                    f"this release needs {head}: run `riskalert migrate`",
+                },
+                status_code=503,
+                media_type=PROBLEM_MEDIA_TYPE,
+            )
         return JSONResponse(
             {
                 "status": "ready",
                 "database": "sqlite" if is_sqlite(settings.database_url) else "postgresql",
+                "schema": at,
             }
         )
 
