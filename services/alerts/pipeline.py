@@ -639,6 +639,10 @@ def _notify_updates(
         if text not in told[_event_of(incident)]:
             told[_event_of(incident)].append(text)
     reasons = {event: "; ".join(texts) for event, texts in told.items()}
+    if not reasons:
+        # Only new reports: none of their events can have alerted yet (a report that joins
+        # an event is fed as `merged`, which has a reason).
+        return set()
     existing = (
         session.execute(
             select(Alert).where(Alert.incident_id.in_(sorted(events))).with_for_update()

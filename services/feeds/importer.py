@@ -157,8 +157,6 @@ class Ready:
 class Known:
     """A row stored before exactly as it is now (same fingerprint): nothing to do."""
 
-    line: int
-
 
 Stored = Ready | Rejected | Deletion | Known
 Raw = tuple[int, dict[str, str]] | Rejected
@@ -278,7 +276,7 @@ def run_file(
     if not parallel or (os.cpu_count() or 1) < 2:
         return _run(
             factory,
-            (item for known, rows in screened for item in [*parse(rows), *[Known(0)] * known]),
+            (item for known, rows in screened for item in [*parse(rows), *[Known()] * known]),
             fmt=fmt, origin=origin, clock=clock, skew=skew, chunk_size=chunk_size,
             progress=progress,
         )  # fmt: skip
@@ -322,7 +320,7 @@ def _ahead(
 
     def take() -> list[Stored]:
         known, future = waiting.popleft()
-        return [*future.result(), *(Known(0) for _ in range(known))]
+        return [*future.result(), *(Known() for _ in range(known))]
 
     for known, rows in chunks:
         waiting.append((known, pool.submit(func, rows)))

@@ -245,7 +245,7 @@ def upsert_rows(
     revising = {
         i: row.id
         for i, (columns, row) in enumerate(zip(rows, found, strict=True))
-        if row is not None and not _same(columns, row)
+        if row is not None and _revision(columns, row) is not None
     }
     loaded = {
         row.id: row
@@ -294,7 +294,7 @@ def upsert_rows(
     ]
     session.flush()
     changed = [r for r in out if r.outcome != "unchanged"]
-    extra = _merge(session, changed, index or merge.Index(), now)
+    extra = _merge(session, changed, index or merge.Index(local=True), now)
     out = [dataclasses.replace(r, merged=True) if r.incident.id in extra.joined else r for r in out]
     _feed(
         session,
@@ -344,7 +344,7 @@ def retract_many(
         out.append(Upserted(row, "updated", previous))
     session.flush()
     changed = [r for r in out if r is not None and r.outcome != "unchanged"]
-    extra = _merge(session, changed, index or merge.Index(), now)
+    extra = _merge(session, changed, index or merge.Index(local=True), now)
     _feed(session, [(r.incident, "retracted", r.previous) for r in changed] + extra.entries, now)
     return out
 
@@ -506,10 +506,6 @@ def _revision(given: dict[str, Any], existing: Incident | SqlRow[Any]) -> dict[s
     if all(getattr(existing, k) == v for k, v in columns.items() if k != "source_hash"):
         return None
     return columns
-
-
-def _same(given: dict[str, Any], existing: SqlRow[Any]) -> bool:
-    return _revision(given, existing) is None
 
 
 def _update(given: dict[str, Any], existing: Incident, now: datetime) -> Upserted:

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from services.scoring import geo
@@ -211,7 +211,10 @@ class Index:
     they are stored.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, local: bool = False) -> None:
+        # One ingest's index reads only the cells around its reports; an import's reads whole
+        # days, once, for all its chunks.
+        self._local = local
         # (cell row, cell column) -> day (or week, for month-precise reports) -> report ids
         self._fine: dict[tuple[int, int], dict[int, set[int]]] = defaultdict(
             lambda: defaultdict(set)
@@ -225,7 +228,7 @@ class Index:
 
     def clear(self) -> None:
         """Forget everything (after a rollback undid what was put in)."""
-        self.__init__()  # type: ignore[misc]
+        self.__init__(local=self._local)  # type: ignore[misc]
 
     def _slot(self, report: Report) -> tuple[dict[int, set[int]], int] | None:
         if report.lat is None or report.lon is None:
@@ -235,7 +238,7 @@ class Index:
             return self._coarse[cell], report.day // 7
         return self._fine[cell], report.day
 
-    def load(self, session: Session, reports: Iterable[Report]) -> None:
+    def load(self, session: Session, reports: Sequence[Report]) -> None:
         """Read the stored reports that could match any of `reports`, for days not yet read."""
         span = 2 * MAX_TIME_SLACK.days
         wanted: set[int] = set()
@@ -257,6 +260,8 @@ class Index:
                 for lo, hi in ranges[start : start + 50]
             ]
             query = select(*COLUMNS).where(or_(*conditions), Incident.lat.is_not(None))
+            if self._local:
+                query = query.where(_around([r for r in reports if r.lat is not None]))
             for row in session.execute(query):
                 if row.id not in self._reports:
                     self.put(Report.of(row))
@@ -339,10 +344,16 @@ class Index:
 _TICK = timedelta(microseconds=1)
 
 
+def _around(reports: Sequence[Report]) -> ColumnElement[bool]:
+    # The cells `near` looks in: each report's cell and the eight around it.
+    lats = [r.lat for r in reports if r.lat is not None]
+    lons = [r.lon for r in reports if r.lon is not None]
+    low_lat = (min(lats) // CELL_DEGREES - 1) * CELL_DEGREES
+    high_lat = (max(lats) // CELL_DEGREES + 2) * CELL_DEGREES
+    low_lon = (min(lons) // CELL_DEGREES - 1) * CELL_DEGREES
+    high_lon = (max(lons) // CELL_DEGREES + 2) * CELL_DEGREES
+    return and_(Incident.lat.between(low_lat, high_lat), Incident.lon.between(low_lon, high_lon))
+
+
 def _midnight(day: int) -> datetime:
     return datetime.fromordinal(day).replace(tzinfo=UTC)
-
-
-def still_matches(report: Report, primary: Report) -> bool:
-    """Whether a merged report still describes its primary's event."""
-    return distance(report, primary) is not None
