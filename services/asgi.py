@@ -3,9 +3,12 @@
 from fastapi import FastAPI
 
 from services.app import create_app
+from services.core import logs
 from services.settings import Settings
 
 
 def app() -> FastAPI:
-    """Build the app from the environment (RISKALERT_*)."""
-    return create_app(Settings())
+    """Build the app from the environment (RISKALERT_*), logging as it says."""
+    settings = Settings()
+    logs.configure(settings.log_format, settings.log_level)
+    return create_app(settings)

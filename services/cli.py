@@ -8,12 +8,14 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, TextIO
 
+import prometheus_client
 import typer
 import uvicorn
 from rich.console import Console
@@ -23,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
+from services.core import logs, metrics
 from services.core.db import (
     head_revision,
     make_engine,
@@ -39,6 +42,8 @@ app = typer.Typer(help="riskalert: security-risk scores and alerts for sites and
 console = Console()
 
 DEMO_DATABASE = "sqlite:///./riskalert-demo.db"
+# On SIGTERM, how long requests in flight may take to finish before uvicorn closes them.
+GRACE_SECONDS = 20
 
 
 def _settings(database_url: str | None) -> Settings:
@@ -53,11 +58,8 @@ DatabaseOption = Annotated[
 ]
 
 
-def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # One line per webhook request is noise at volume; attempts are stored with their outcome.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
+def _logging(settings: Settings) -> None:
+    logs.configure(settings.log_format, settings.log_level)
 
 
 @app.command()
@@ -111,8 +113,8 @@ def serve(
     database_url: DatabaseOption = None,
 ) -> None:
     """Run the API (and, unless disabled, the rescoring worker in the same process)."""
-    _logging()
     settings = _settings(database_url or (DEMO_DATABASE if with_demo else None))
+    _logging(settings)
     if (
         with_demo
         and not ipaddress.ip_address("127.0.0.1" if host == "localhost" else host).is_loopback
@@ -135,9 +137,26 @@ def serve(
         upgrade_to_head(settings.database_url)
         os.environ["RISKALERT_DATABASE_URL"] = settings.database_url
         os.environ["RISKALERT_AUTO_MIGRATE"] = "false"
-        uvicorn.run("services.asgi:app", host=host, port=port, workers=workers, factory=True)
+        # The workers' counters go to files in one directory, summed by whichever answers
+        # /metrics; a fresh directory per start, so a restart does not add up old counts.
+        os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="riskalert-metrics-")
+        uvicorn.run(
+            "services.asgi:app",
+            host=host,
+            port=port,
+            workers=workers,
+            factory=True,
+            log_config=None,
+            timeout_graceful_shutdown=GRACE_SECONDS,
+        )
         return
-    uvicorn.run(create_app(settings), host=host, port=port)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=GRACE_SECONDS,
+    )
     if settings.inline_worker:
         _exit_now()
 
@@ -148,15 +167,22 @@ def worker(
     role: Annotated[
         str, typer.Option(help="What to run: all, scoring (rescoring, feed polling) or alerts.")
     ] = "all",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this process's Prometheus metrics on this port.", min=1, max=65535
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run the background work (rescoring, alert pipeline and delivery, ticks) until SIGTERM.
 
     SIGTERM stops claiming new work; requests in flight finish and are recorded first.
     """
-    _logging()
     if role not in ("all", "scoring", "alerts"):
         raise typer.BadParameter("use all, scoring or alerts", param_hint="--role")
     settings = _settings(database_url)
+    _logging(settings)
     # Several threads share the interpreter (rescoring, the alert consumers, the dispatcher and
     # its senders): hand the GIL over every millisecond so short transactions are not held up.
     sys.setswitchinterval(0.001)
@@ -168,6 +194,8 @@ def worker(
         pool_size=settings.db_pool_size,
     )
     factory = make_sessionmaker(engine)
+    if metrics_port is not None:
+        prometheus_client.start_http_server(metrics_port, metrics_host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core import http
+from services.core import http, ticks
 from services.core.db import make_engine, make_sessionmaker
 from services.feeds import poller
 from services.feeds.models import FeedState
@@ -792,7 +792,9 @@ def test_the_tick_is_scheduled_only_when_feeds_are_configured() -> None:
     feed = {"name": "a", "kind": "acled", "url": "https://x.org/a"}
     poller.add_jobs(scheduler, sessions, FeedsSettings(feeds=[feed], feed_poll_tick=45))
     (job,) = scheduler.get_jobs()
-    assert job.func is poller.poll_due
+    # Run once per slot across processes (services.core.ticks), by the poller's function.
+    assert job.func is ticks.run_once
+    assert job.args[3] is poller.poll_due
     assert job.trigger.interval == timedelta(seconds=45)
     assert (job.coalesce, job.max_instances) == (True, 1)
 

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from random import Random
 
 import httpx
@@ -30,8 +30,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.alerts import email, outbox, pipeline, webhooks
 from services.alerts.settings import AlertsSettings
-from services.core import activity, wake
+from services.core import activity, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker
+from services.core.logs import working_for
+from services.core.ticks import add_tick
 from services.scoring.feed import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -366,6 +368,30 @@ class AlertsWorker:
         return client
 
     def _attempt(self, item: outbox.Claimed) -> _Done:
+        # Its logs name the delivery, its webhook id and the request that caused it.
+        with working_for(
+            [item.request_id], delivery_id=item.id, webhook_id=item.message_id, attempt=item.attempt
+        ):
+            done = self._send(item)
+            result = done.result
+            # Successes are the bulk and are stored with their attempt; the rest is news.
+            log.log(
+                logging.DEBUG if result.outcome == "delivered" else logging.INFO,
+                "%s attempt: %s",
+                item.kind,
+                result.outcome,
+                extra={
+                    "status_code": result.status_code,
+                    "error_class": result.error_class,
+                    "error": result.error,
+                    "ms": round(result.duration_ms, 1),
+                },
+            )
+        metrics.DELIVERIES.labels(item.kind, done.result.outcome).inc()
+        metrics.DELIVERY_SECONDS.labels(item.kind).observe(done.result.duration_ms / 1000)
+        return done
+
+    def _send(self, item: outbox.Claimed) -> _Done:
         settings = self._settings
         started = self._clock()
         begun = time.perf_counter()
@@ -432,28 +458,18 @@ def smtp_config(settings: AlertsSettings) -> email.SmtpConfig:
 def make_scheduler(
     factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock = utc_now
 ) -> BackgroundScheduler:
-    """The periodic ticks; each is safe to run in several processes at once."""
+    """The periodic ticks, each run once per slot however many processes schedule it.
+
+    Slots are multiples of the interval since 2000-01-01 UTC: the daily digest goes out at
+    midnight UTC, not a day after whenever the process started.
+    """
     scheduler = BackgroundScheduler(timezone=UTC)
-    ticks: list[tuple[Callable[..., int], list[object], float]] = [
-        (reap, [factory, clock], settings.reaper_interval.total_seconds()),
-        (reevaluate, [factory, settings, clock], settings.reevaluate_interval.total_seconds()),
-        (digests, [factory, settings, clock], settings.digest_interval.total_seconds()),
-        (purge, [factory, settings, clock], 3600.0),
+    ticks: list[tuple[Callable[..., int], list[object], timedelta]] = [
+        (reap, [factory, clock], settings.reaper_interval),
+        (reevaluate, [factory, settings, clock], settings.reevaluate_interval),
+        (digests, [factory, settings, clock], settings.digest_interval),
+        (purge, [factory, settings, clock], timedelta(hours=1)),
     ]
-    for func, args, seconds in ticks:
-        scheduler.add_job(
-            func,
-            "interval",
-            args=args,
-            seconds=seconds,
-            id=f"alerts_{func.__name__}",
-            # A tick that could not run on time (a busy process, or none up at midnight) runs
-            # late rather than not at all; the digest's dedupe key is per period.
-            misfire_grace_time=None,
-            # Aligned to multiples of the interval since 2000-01-01 UTC: the daily digest goes
-            # out at midnight UTC, not a day after whenever the process started.
-            start_date=datetime(2000, 1, 1, tzinfo=UTC),
-            coalesce=True,
-            max_instances=1,
-        )
+    for func, args, every in ticks:
+        add_tick(scheduler, factory, f"alerts_{func.__name__}", every, func, args)
     return scheduler

@@ -18,6 +18,7 @@ from services.alerts.models import Delivery, DeliveryAttempt, DigestItem, Endpoi
 from services.alerts.settings import AlertsSettings
 from services.alerts.webhooks import AttemptResult
 from services.core import wake
+from services.core.logs import current_request_id
 
 # Rung (NOTIFY on Postgres, an event in-process) when a unit of work that enqueued commits.
 DELIVERY_CHANNEL = "riskalert_delivery"
@@ -112,6 +113,7 @@ def new_delivery(
         "dedupe_key": f"{dedupe}:e{endpoint_id}" if dedupe else None,
         "sequence": sequence,
         "payload": dict(payload),
+        "request_id": current_request_id(),
         "status": PENDING,
         "attempts": 0,
         "schedule_offset": 0,
@@ -171,6 +173,7 @@ class Claimed:
     event_type: str
     payload: dict[str, Any]
     unsubscribe_token: str | None
+    request_id: str | None = None  # of the request that caused it, for the attempt's logs
 
 
 # The hot statements are Core, on the tables: the ORM's per-statement bookkeeping costs more
@@ -216,7 +219,15 @@ _LEASE = (
     )
 )
 _LEASED = (
-    select(_D.c.id, _D.c.endpoint_id, _D.c.attempts, _D.c.message_id, _D.c.event_type, _D.c.payload)
+    select(
+        _D.c.id,
+        _D.c.endpoint_id,
+        _D.c.attempts,
+        _D.c.message_id,
+        _D.c.event_type,
+        _D.c.payload,
+        _D.c.request_id,
+    )
     .where(_D.c.id.in_(bindparam("ids", expanding=True)))
     .order_by(_D.c.id)
 )
@@ -332,6 +343,7 @@ def claim(
             event_type=row.event_type,
             payload=row.payload,
             unsubscribe_token=endpoints[row.endpoint_id].unsubscribe_token,
+            request_id=row.request_id,
         )
         for row in chosen
     ]

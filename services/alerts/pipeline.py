@@ -7,6 +7,7 @@ only in memory and a crash replays the batch instead of losing it.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from services.alerts.models import (
 from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
 from services.core import cursors
+from services.core.logs import working_for
 from services.core.models import FeedCursor
 from services.scoring import geo
 from services.scoring import incidents as scoring_incidents
@@ -38,6 +40,7 @@ from services.scoring import targets as scoring_targets
 from services.scoring.models import CurrentScore, Incident, IncidentChange, ScoreChange, Target
 from services.scoring.taxonomy import Band
 
+log = logging.getLogger(__name__)
 SCORE_FEED, INCIDENT_FEED, SEED = "score_change", "incident_change", "seed"
 TRIGGERED = "triggered"  # the state of an event alert: it happened, there is nothing to clear
 ACKNOWLEDGED = "acknowledged"
@@ -826,38 +829,41 @@ def _trigger(
     history: list[dict[str, Any]] = []
     deliveries: list[dict[str, Any]] = []
     for m, row in zip(fresh, alerts, strict=True):
-        incident, found = m.incident, m.found
-        history.append(
-            {
-                "alert_id": row.id, "at": now, "from_state": "normal", "to_state": TRIGGERED,
-                "score": None, "band": m.params.severity.value, "notified": "triggered",
-                "reason": found.why[:300],
-            }
-        )  # fmt: skip
-        data = notify.alert_data(
-            alert=_alert_part(base_url, row, TRIGGERED, "triggered", found.why, now),
-            subscription={"id": m.watch.subscription.id, "name": m.watch.subscription.name},
-            rule=_rule_part(m.watch),
-            target=_feature(m.target),
-            change=None,
-            incident=_incident_part(incident, found.distance_km),
-            top_incidents=[],
-            trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
-        )
-        if m.params.severity.value in m.watch.subscription.digest_bands:
-            _dispatch(session, row, m.watch, "alert.triggered", data, m.params.severity, now)
-            continue
-        # A first notice: nothing older to supersede, so many go in one statement.
-        payload = notify.envelope("alert.triggered", data, now)
-        deliveries.extend(
-            outbox.new_delivery(
-                tenant_id=row.tenant_id, endpoint_id=endpoint.id, alert_id=row.id,
-                event_type="alert.triggered", sequence=row.sequence, payload=payload, now=now,
-                dedupe=f"a{row.id}:s{row.sequence}",
+        # The notices and logs of this alert carry the request that stored the incident.
+        with working_for([m.incident.request_id], incident_id=m.incident.id, alert_id=row.id):
+            log.info("event alert triggered for target %d", m.target.id)
+            incident, found = m.incident, m.found
+            history.append(
+                {
+                    "alert_id": row.id, "at": now, "from_state": "normal", "to_state": TRIGGERED,
+                    "score": None, "band": m.params.severity.value, "notified": "triggered",
+                    "reason": found.why[:300],
+                }
+            )  # fmt: skip
+            data = notify.alert_data(
+                alert=_alert_part(base_url, row, TRIGGERED, "triggered", found.why, now),
+                subscription={"id": m.watch.subscription.id, "name": m.watch.subscription.name},
+                rule=_rule_part(m.watch),
+                target=_feature(m.target),
+                change=None,
+                incident=_incident_part(incident, found.distance_km),
+                top_incidents=[],
+                trigger_why=f"{found.why}: {incident.title}" if incident.title else found.why,
             )
-            for endpoint in m.watch.endpoints
-            if endpoint.enabled
-        )  # fmt: skip
+            if m.params.severity.value in m.watch.subscription.digest_bands:
+                _dispatch(session, row, m.watch, "alert.triggered", data, m.params.severity, now)
+                continue
+            # A first notice: nothing older to supersede, so many go in one statement.
+            payload = notify.envelope("alert.triggered", data, now)
+            deliveries.extend(
+                outbox.new_delivery(
+                    tenant_id=row.tenant_id, endpoint_id=endpoint.id, alert_id=row.id,
+                    event_type="alert.triggered", sequence=row.sequence, payload=payload, now=now,
+                    dedupe=f"a{row.id}:s{row.sequence}",
+                )
+                for endpoint in m.watch.endpoints
+                if endpoint.enabled
+            )  # fmt: skip
     session.execute(insert(cast(Table, AlertEvent.__table__)), history)
     outbox.insert_new(session, deliveries)
 

@@ -129,7 +129,9 @@ async def authenticate(
 ) -> Principal:
     """Resolve the caller's key, or answer 401."""
     raw = header or (bearer.credentials if bearer else None)
+    state = request.app.state
     if not raw:
+        state.anonymous_limits.hit(_address(request))
         raise Problem(
             401,
             "unauthenticated",
@@ -137,23 +139,30 @@ async def authenticate(
             headers={"WWW-Authenticate": "Bearer"},
         )
     key_hash = hash_key(raw)
-    state = request.app.state
     admin_hash: str | None = state.admin_key_hash
     if admin_hash is not None and hmac.compare_digest(key_hash, admin_hash):
-        return Principal(None, None, frozenset({Role.ADMIN}))
+        admin = Principal(None, None, frozenset({Role.ADMIN}))
+        state.key_limits.hit(admin.ident)
+        return admin
     cache: KeyCache = state.key_cache
     hit, principal = cache.get(key_hash)
     if not hit:
         principal = await run_in_threadpool(_lookup, state.read_sessions, key_hash)
         cache.put(key_hash, principal)
     if principal is None:
+        state.anonymous_limits.hit(_address(request))
         raise Problem(
             401,
             "unauthenticated",
             "unknown or revoked API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    state.key_limits.hit(principal.ident)
     return principal
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     insert,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -176,6 +177,25 @@ def downgrade_to_base(url: str) -> None:
 
 # Fewer rows than this go in as one executemany INSERT: COPY pays off for bulk imports.
 COPY_FROM_ROWS = 100
+
+
+def insert_ignoring_conflicts(
+    session: Session, table: Table, values: Mapping[str, Any], keys: Sequence[str]
+) -> bool:
+    """INSERT `values` unless a row with the same `keys` exists; whether this one went in.
+
+    One statement on both engines (`ON CONFLICT DO NOTHING`): of several processes racing on
+    the same key, exactly one sees True, and no transaction is aborted by the conflict.
+    """
+    dialect = session.get_bind().dialect.name
+    statement = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    # RETURNING tells what went in: the drivers' rowcount is not reliable here (-1 on psycopg).
+    inserted = session.execute(
+        statement.values(**values)
+        .on_conflict_do_nothing(index_elements=list(keys))
+        .returning(table.c[keys[0]])
+    ).first()
+    return inserted is not None
 
 
 def bulk_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -78,3 +78,16 @@ class FeedCursor(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     position: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class TickRun(Base):
+    """One run of a periodic tick: the key makes each slot run once however many processes
+    schedule it."""
+
+    __tablename__ = "tick_run"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The start of the slot: the tick's interval, counted from 2000-01-01 UTC.
+    slot_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
+    process: Mapped[str] = mapped_column(String(120))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -29,10 +29,11 @@ from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 import httpx
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Table, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core.db import insert_ignoring_conflicts
 from services.core.http import parse_retry_after
+from services.core.ticks import add_tick
 from services.feeds import acled, importer, ucdp
 from services.feeds.models import FeedState
 from services.feeds.rows import Item, RowError, normalise, unix_or_iso
@@ -487,12 +488,11 @@ class _Claim:
 def _ensure(session: Session, config: FeedConfig, now: datetime) -> None:
     table = FeedState.__table__
     assert isinstance(table, Table)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
-    session.execute(
-        insert.values(
-            name=config.name, kind=config.kind, consecutive_failures=0, updated_at=now
-        ).on_conflict_do_nothing(index_elements=["name"])
+    insert_ignoring_conflicts(
+        session,
+        table,
+        {"name": config.name, "kind": config.kind, "consecutive_failures": 0, "updated_at": now},
+        ["name"],
     )
 
 
@@ -730,14 +730,11 @@ def add_jobs(
     Without `client`, each tick makes (and closes) its own."""
     if not settings.feeds:
         return
-    scheduler.add_job(
+    add_tick(
+        scheduler,
+        factory,
+        "feeds_poll_due",
+        settings.feed_poll_tick,
         poll_due,
-        "interval",
-        args=[factory, settings, clock, client],
-        seconds=settings.feed_poll_tick.total_seconds(),
-        id="feeds_poll_due",
-        # A tick that could not run on time runs late; ticks missed meanwhile are one tick.
-        misfire_grace_time=None,
-        coalesce=True,
-        max_instances=1,
+        [factory, settings, clock, client],
     )

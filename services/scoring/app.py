@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 
-from services.core import activity
+from services.core import activity, metrics
 from services.core.auth import KeyCache, hash_key
 from services.core.db import (
     head_revision,
@@ -22,16 +23,21 @@ from services.core.db import (
     schema_revision,
     upgrade_to_head,
 )
+from services.core.observe import Observe
 from services.core.problems import (
     PROBLEM_MEDIA_TYPE,
+    Problem,
     install_problem_handlers,
     problem_responses,
 )
+from services.core.ratelimit import Limiter
 from services.scoring import jobs, scores
 from services.scoring.api import router
 from services.scoring.settings import ScoringSettings
 
 API_VERSION = "1.0.0"
+# File imports check their own, larger limit (max_import_bytes).
+BODY_LIMIT_EXEMPT = ("/v1/imports/",)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,10 @@ def create_app(
         app.state.sessions = make_sessionmaker(engine)
         app.state.read_sessions = make_sessionmaker(engine, read_only=True)
         app.state.key_cache = KeyCache(settings.key_cache_ttl.total_seconds())
+        app.state.key_limits = Limiter(settings.rate_limit, "requests a key may make")
+        app.state.anonymous_limits = Limiter(
+            settings.rate_limit_unauthenticated, "requests without a valid key"
+        )
         admin = settings.admin_api_key
         app.state.admin_key_hash = hash_key(admin.get_secret_value()) if admin else None
         try:
@@ -115,9 +125,28 @@ def create_app(
     install_problem_handlers(app)
     # Requests count as foreground work: a rescoring backlog in this process yields to them.
     app.add_middleware(activity.Touch)
+    # Outermost: every request, answered by a route or not, gets an id, a log line, metrics.
+    app.add_middleware(Observe, max_body_bytes=settings.max_body_bytes, exempt=BODY_LIMIT_EXEMPT)
     app.include_router(router)
     for extra in routers:
         app.include_router(extra)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        """Prometheus metrics (docs/operations.md lists them)."""
+        token = settings.metrics_token
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {token.get_secret_value()}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                raise Problem(
+                    401,
+                    "unauthenticated",
+                    "metrics need the metrics token (Authorization: Bearer)",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+        database = metrics.DatabaseCollector(request.app.state.read_sessions, clock)
+        return Response(metrics.exposition(database), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,7 +26,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
 
+from services.core import metrics
 from services.core.db import bulk_insert
+from services.core.logs import current_request_id
 from services.core.problems import Problem
 from services.scoring import feed, merge, risk, schemas
 from services.scoring.models import Incident
@@ -233,6 +235,9 @@ def upsert_rows(
     New and revised reports of an event another report already stands for are merged into it;
     `index` (one per import) saves reading the same days again.
     """
+    # The request storing them, for the logs of the jobs they cause (none from the CLI).
+    request_id = current_request_id()
+    rows = [{**r, "request_id": request_id} for r in rows]
     keys = [(r["source"], r["source_id"]) for r in rows]
     # Stored reports are read as plain rows: a re-import compares them and changes nothing, so
     # only those that change are loaded as ORM objects.
@@ -302,6 +307,8 @@ def upsert_rows(
         + extra.entries,
         now,
     )
+    for outcome, count in Counter("merged" if r.merged else r.outcome for r in out).items():
+        metrics.INCIDENTS.labels(outcome).inc(count)
     return out
 
 
@@ -346,6 +353,7 @@ def retract_many(
     changed = [r for r in out if r is not None and r.outcome != "unchanged"]
     extra = _merge(session, changed, index or merge.Index(local=True), now)
     _feed(session, [(r.incident, "retracted", r.previous) for r in changed] + extra.entries, now)
+    metrics.INCIDENTS.labels("retracted").inc(len(changed))
     return out
 
 
@@ -502,8 +510,13 @@ def _revision(given: dict[str, Any], existing: Incident | SqlRow[Any]) -> dict[s
     stored_edit, edit = existing.source_updated_at, columns["source_updated_at"]
     if stored_edit is not None and edit is not None and edit < stored_edit:
         return None  # an older edit than the one stored
-    # The row's fingerprint alone is no revision (a new parser version changes it).
-    if all(getattr(existing, k) == v for k, v in columns.items() if k != "source_hash"):
+    # The row's fingerprint alone is no revision (a new parser version changes it), nor is
+    # the request that sent it again.
+    if all(
+        getattr(existing, k) == v
+        for k, v in columns.items()
+        if k not in ("source_hash", "request_id")
+    ):
         return None
     return columns
 

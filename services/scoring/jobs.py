@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -14,9 +14,10 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core import activity, wake
+from services.core import activity, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker
 from services.core.models import IdempotencyRecord
+from services.core.ticks import add_tick
 from services.scoring import feed, queue, scores
 from services.scoring.settings import ScoringSettings
 
@@ -66,6 +67,7 @@ def rescore_pending(
         claims = queue.claim(session, settings.rescore_batch_size, now, settings.rescore_lease)
     if not claims:
         return read
+    began = time.perf_counter()
     try:
         with (reader or factory).begin() as session:
             ids = [c.target_id for c in claims]
@@ -89,6 +91,8 @@ def rescore_pending(
         with factory.begin() as session:
             queue.give_back(session, claims)
         raise
+    metrics.RESCORE_SECONDS.observe(time.perf_counter() - began)
+    metrics.RESCORED.inc(len(claims))
     return read + len(claims)
 
 
@@ -215,24 +219,15 @@ class RescoreWorker:
 def make_scheduler(
     factory: sessionmaker[Session], settings: ScoringSettings
 ) -> BackgroundScheduler:
-    """The periodic ticks; each is idempotent, so several processes may run them."""
+    """The periodic ticks, each run once per slot however many processes schedule it."""
     scheduler = BackgroundScheduler(timezone=UTC)
-    scheduler.add_job(
-        queue_decay,
-        "interval",
-        args=[factory],
-        seconds=settings.rescore_interval.total_seconds(),
-        id="queue_decay",
-        coalesce=True,
-        max_instances=1,
-    )
-    scheduler.add_job(
+    add_tick(scheduler, factory, "queue_decay", settings.rescore_interval, queue_decay, [factory])
+    add_tick(
+        scheduler,
+        factory,
+        "purge_idempotency",
+        timedelta(hours=1),
         purge_idempotency,
-        "interval",
-        args=[factory, settings],
-        hours=1,
-        id="purge_idempotency",
-        coalesce=True,
-        max_instances=1,
+        [factory, settings],
     )
     return scheduler

@@ -77,6 +77,8 @@ class Incident(Base):
     # A fingerprint of the source row as imported (and of the parser that read it): a
     # re-import of the same row is known unchanged without parsing it again.
     source_hash: Mapped[str | None] = mapped_column(String(32))
+    # The X-Request-ID of the request that stored this revision (None from the CLI).
+    request_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 

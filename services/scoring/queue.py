@@ -8,6 +8,7 @@ unless it was queued again meanwhile.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,9 +35,12 @@ from sqlalchemy.orm import Session
 
 from services.core import cursors
 from services.core.db import UTCDateTime
+from services.core.logs import working_for
 from services.scoring import geo, incidents, risk
 from services.scoring.models import ImportRun, Incident, IncidentChange, RescoreMark, Target
 from services.scoring.taxonomy import Sector, TargetKind
+
+log = logging.getLogger(__name__)
 
 # Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
 QUEUED = "rescore_queued"
@@ -148,6 +152,7 @@ def consume_incident_feed(
     # back-filled events is mostly made of: those are skipped without being read.
     cutoff = now - timedelta(days=params.lookback_days)
     versions: list[risk.Incident] = []
+    request_ids: list[str | None] = []
     read = 0
     for _ in range(pages):
         page = (
@@ -161,7 +166,7 @@ def consume_incident_feed(
         if not count:
             break
         rows = session.execute(
-            select(IncidentChange.previous, *incidents.MODEL_COLUMNS)
+            select(IncidentChange.previous, Incident.request_id, *incidents.MODEL_COLUMNS)
             .join(Incident, Incident.id == IncidentChange.incident_id)
             .where(
                 IncidentChange.id > cursor.position,
@@ -172,14 +177,18 @@ def consume_incident_feed(
         versions += [incidents.to_model(row) for row in rows]
         # An update also affects whatever the revision it replaced could.
         versions += [incidents.from_snapshot(row.previous) for row in rows if row.previous]
+        request_ids += [row.request_id for row in rows]
         cursor.position = upper
         read += count
         if count < limit:
             break
     if read:
         live = [v for v in versions if v.counts and v.occurred_at >= cutoff]
-        add(session, affected_targets(session, live, params), "incident", now)
+        affected = affected_targets(session, live, params)
+        add(session, affected, "incident", now)
         cursor.updated_at = now
+        with working_for(request_ids):
+            log.info("incident feed: %d entries queue %d targets", read, len(affected))
     return read
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.core import metrics
 from services.core.problems import Problem
 from services.scoring import feed, geo, incidents, queue, risk, schemas, targets
 from services.scoring.models import (
@@ -412,6 +413,10 @@ def store(
                 old.fed_value, old.fed_band = doc.score, doc.band.value
     session.flush()
     feed.append(session, changes)
+    for change in changes:
+        metrics.SCORE_CHANGES.labels(
+            "band" if change.band != change.previous_band else "value"
+        ).inc()
     return len(changes)
 
 

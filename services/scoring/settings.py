@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.core.duration import Duration
+from services.core.settings import PlatformSettings
 
 
-class ScoringSettings(BaseSettings):
+class ScoringSettings(PlatformSettings):
     """Everything the scoring service can be told; the app factory takes one of these."""
 
     model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
