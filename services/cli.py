@@ -148,6 +148,8 @@ def serve(
             factory=True,
             log_config=None,
             timeout_graceful_shutdown=GRACE_SECONDS,
+            # A worker busy importing at start (seconds on a loaded machine) is not dead.
+            timeout_worker_healthcheck=30,
         )
         return
     uvicorn.run(

@@ -96,12 +96,19 @@ def configure(log_format: str = "auto", level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     logging.getLogger("apscheduler.scheduler").setLevel(logging.WARNING)
+    # Alembic announces its dialect each time the schema revision is read (every /readyz);
+    # the upgrades it runs are still logged.
+    logging.getLogger("alembic.runtime.migration").addFilter(_only_upgrades)
     # The request middleware logs each request once, with its id; uvicorn's access log would
     # repeat it without.
     logging.getLogger("uvicorn.access").disabled = True
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = []
         logging.getLogger(name).propagate = True
+
+
+def _only_upgrades(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("Context impl", "Will assume"))
 
 
 def request_id_from(inbound: str | None) -> str:
