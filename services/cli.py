@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import ipaddress
 import logging
+import math
 import os
 import signal
 import sys
@@ -42,8 +43,6 @@ app = typer.Typer(help="riskalert: security-risk scores and alerts for sites and
 console = Console()
 
 DEMO_DATABASE = "sqlite:///./riskalert-demo.db"
-# On SIGTERM, how long requests in flight may take to finish before uvicorn closes them.
-GRACE_SECONDS = 20
 
 
 def _settings(database_url: str | None) -> Settings:
@@ -132,6 +131,8 @@ def serve(
             f"[cyan]{demo.DEMO_TENANT_KEY}[/cyan], ingest key [cyan]{demo.DEMO_INGEST_KEY}[/cyan]"
         )
         console.print(f"API docs: http://{host}:{port}/docs")
+    # On SIGTERM, requests in flight get this long to finish before uvicorn closes them.
+    grace = math.ceil(settings.shutdown_grace.total_seconds())
     if workers > 1:
         # Each uvicorn worker builds its own app from the environment; migrate once, here.
         upgrade_to_head(settings.database_url)
@@ -147,7 +148,7 @@ def serve(
             workers=workers,
             factory=True,
             log_config=None,
-            timeout_graceful_shutdown=GRACE_SECONDS,
+            timeout_graceful_shutdown=grace,
             # A worker busy importing at start (seconds on a loaded machine) is not dead.
             timeout_worker_healthcheck=30,
         )
@@ -157,7 +158,7 @@ def serve(
         host=host,
         port=port,
         log_config=None,
-        timeout_graceful_shutdown=GRACE_SECONDS,
+        timeout_graceful_shutdown=grace,
     )
     if settings.inline_worker:
         _exit_now()
