@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import logging
 import math
@@ -131,8 +132,15 @@ def serve(
             f"[cyan]{demo.DEMO_TENANT_KEY}[/cyan], ingest key [cyan]{demo.DEMO_INGEST_KEY}[/cyan]"
         )
         console.print(f"API docs: http://{host}:{port}/docs")
-    # On SIGTERM, requests in flight get this long to finish before uvicorn closes them.
-    grace = math.ceil(settings.shutdown_grace.total_seconds())
+    run = functools.partial(
+        uvicorn.run,
+        host=host,
+        port=port,
+        # Logging is ours (services.core.logs): JSON lines with request ids.
+        log_config=None,
+        # On SIGTERM, requests in flight get this long to finish before uvicorn closes them.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace.total_seconds()),
+    )
     if workers > 1:
         # Each uvicorn worker builds its own app from the environment; migrate once, here.
         upgrade_to_head(settings.database_url)
@@ -141,25 +149,10 @@ def serve(
         # The workers' counters go to files in one directory, summed by whichever answers
         # /metrics; a fresh directory per start, so a restart does not add up old counts.
         os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="riskalert-metrics-")
-        uvicorn.run(
-            "services.asgi:app",
-            host=host,
-            port=port,
-            workers=workers,
-            factory=True,
-            log_config=None,
-            timeout_graceful_shutdown=grace,
-            # A worker busy importing at start (seconds on a loaded machine) is not dead.
-            timeout_worker_healthcheck=30,
-        )
+        # A worker busy importing at start (seconds on a loaded machine) is not dead.
+        run("services.asgi:app", workers=workers, factory=True, timeout_worker_healthcheck=30)
         return
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_graceful_shutdown=grace,
-    )
+    run(create_app(settings))
     if settings.inline_worker:
         _exit_now()
 
