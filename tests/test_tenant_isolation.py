@@ -1,16 +1,23 @@
-"""One tenant never sees, changes or learns of another tenant's sites, corridors and scores."""
+"""One tenant never sees, changes or learns of another tenant's sites, corridors, scores,
+endpoints, subscriptions, alerts and deliveries."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
+from sqlalchemy import update
 
+from services.alerts.api import router as alerts_router
+from services.alerts.models import Delivery
 from services.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
 from services.scoring.api.deps import MAX_ID
-from tests.conftest import Api
+from tests.conftest import Api, assert_problem, error_fields
 
 PATH_PARAM = re.compile(r"\{([^}]+)\}")
 HTTP_METHODS = ("get", "put", "post", "patch", "delete")
@@ -53,6 +60,32 @@ EXPECTED_TENANT_OPERATIONS = frozenset(
     ("GET", "/v1/deliveries/{delivery_id}"),
     ("POST", "/v1/deliveries/{delivery_id}/replay"),
 }
+
+
+def _alerts_routes() -> frozenset[tuple[str, str]]:
+    """Every (method, path) the alerts service serves, read from its own router."""
+    app = FastAPI()
+    app.include_router(alerts_router)
+    return frozenset(
+        (method.upper(), path)
+        for path, item in app.openapi()["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    )
+
+
+# A route added to the alerts service is walked by the 404 walk below when it names a tenant's
+# resource in its path, and must have an entry in COLLECTION_CHECKS otherwise: both tests fail
+# until it does.
+ALERTS_ROUTES = _alerts_routes()
+ALERTS_ROUTES_BY_ID = frozenset(
+    (method, path)
+    for method, path in ALERTS_ROUTES
+    if PATH_PARAM.search(path) and not set(PATH_PARAM.findall(path)) & CAPABILITY_PARAMS
+)
+ALERTS_COLLECTION_ROUTES = frozenset(
+    (method, path) for method, path in ALERTS_ROUTES if not PATH_PARAM.search(path)
+)
 
 
 def site_body(name: str = "Mine", lon: float = -8.0, lat: float = 12.6) -> dict[str, Any]:
@@ -137,19 +170,20 @@ def make_tenant_a_resources(api: Api) -> dict[str, int]:
     return {"site_id": site.json()["id"], "corridor_id": corridor.json()["id"]}
 
 
-def make_tenant_a_alert_resources(api: Api, site_id: int) -> dict[str, int]:
-    """An endpoint, a subscription with its rule, the alert it raised and a delivery."""
+def make_alert_resources(api: Api, headers: dict[str, str], site_id: int) -> dict[str, int]:
+    """An endpoint, a subscription with its rule on `site_id`, the alert it raised and a
+    delivery, for the tenant whose key `headers` carries."""
     endpoint = api.client.post(
         "/v1/endpoints",
-        headers=api.a,
-        json={"kind": "email", "name": "A's desk", "address": "desk@a.example.com"},
+        headers=headers,
+        json={"kind": "email", "name": "Desk", "address": "desk@example.com"},
     )
     assert endpoint.status_code == 201, endpoint.text
     subscription = api.client.post(
         "/v1/subscriptions",
-        headers=api.a,
+        headers=headers,
         json={
-            "name": "A's watch",
+            "name": "Watch",
             "scope": "target",
             "target_id": site_id,
             "endpoint_ids": [endpoint.json()["id"]],
@@ -157,10 +191,10 @@ def make_tenant_a_alert_resources(api: Api, site_id: int) -> dict[str, int]:
         },
     )
     assert subscription.status_code == 201, subscription.text
-    delivery = api.client.post(f"/v1/endpoints/{endpoint.json()['id']}/test", headers=api.a)
+    delivery = api.client.post(f"/v1/endpoints/{endpoint.json()['id']}/test", headers=headers)
     assert delivery.status_code == 202, delivery.text
     api.drain_alerts()
-    alerts = api.client.get("/v1/alerts", headers=api.a).json()["alerts"]
+    alerts = api.client.get("/v1/alerts", headers=headers).json()["alerts"]
     assert len(alerts) == 1, alerts
     return {
         "endpoint_id": endpoint.json()["id"],
@@ -206,7 +240,7 @@ def make_platform_resources(api: Api) -> dict[str, int]:
 
 def test_tenant_b_gets_404_problem_on_every_route_naming_tenant_a_resources(api: Api) -> None:
     a_ids = make_tenant_a_resources(api)
-    a_ids.update(make_tenant_a_alert_resources(api, a_ids["site_id"]))
+    a_ids.update(make_alert_resources(api, api.a, a_ids["site_id"]))
     before = tenant_a_state(api, a_ids)
     walked = set()
     for method, path, operation, params in operations(api):
@@ -226,6 +260,7 @@ def test_tenant_b_gets_404_problem_on_every_route_naming_tenant_a_resources(api:
         assert response.json()["detail"] == missing.json()["detail"]
         walked.add((method, path))
     assert walked >= EXPECTED_TENANT_OPERATIONS, EXPECTED_TENANT_OPERATIONS - walked
+    assert walked >= ALERTS_ROUTES_BY_ID, ALERTS_ROUTES_BY_ID - walked
     # B's writes were refused: A's resources are still there, unchanged.
     assert tenant_a_state(api, a_ids) == before
 
@@ -345,3 +380,207 @@ def test_unknown_or_missing_key_gets_401_problem(api: Api) -> None:
             assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
             assert response.json()["type"] == PROBLEM_BASE + "unauthenticated"
             assert response.headers["www-authenticate"] == "Bearer"
+
+
+# --------------------------------------------------------------------------------------------
+# Alerts routes without a resource in the path: lists, filters, creations, recover, previews
+
+
+@dataclass
+class AlertsScene:
+    """Tenants A and B, each with a site, an endpoint, a subscription, an alert and deliveries,
+    every delivery failed (so a recover would replay it)."""
+
+    api: Api
+    a: dict[str, int]
+    b: dict[str, int]
+    a_deliveries: set[int]
+    b_deliveries: set[int]
+
+    def listed(self, path: str, key: str, headers: dict[str, str], **params: Any) -> set[int]:
+        response = self.api.client.get(path, headers=headers, params={"limit": 500, **params})
+        assert response.status_code == 200, f"{path} {params}: {response.text}"
+        return {item["id"] for item in response.json()[key]}
+
+    def b_lists(self, path: str, key: str, **params: Any) -> set[int]:
+        return self.listed(path, key, self.api.b, **params)
+
+    def a_lists(self, path: str, key: str, **params: Any) -> set[int]:
+        return self.listed(path, key, self.api.a, **params)
+
+
+def make_alerts_scene(api: Api) -> AlertsScene:
+    a = make_tenant_a_resources(api)
+    a.update(make_alert_resources(api, api.a, a["site_id"]))
+    b_site = api.client.post("/v1/sites", headers=api.b, json=site_body("B's mine"))
+    assert b_site.status_code == 201, b_site.text
+    b = {"site_id": b_site.json()["id"]}
+    b.update(make_alert_resources(api, api.b, b["site_id"]))
+    factory = api.app.state.sessions
+    with factory.begin() as session:
+        session.execute(update(Delivery).values(status="failed"))
+    scene = AlertsScene(api, a, b, set(), set())
+    scene.a_deliveries = scene.a_lists("/v1/deliveries", "deliveries")
+    scene.b_deliveries = scene.b_lists("/v1/deliveries", "deliveries")
+    assert scene.a_deliveries, "tenant A has no delivery"
+    assert scene.b_deliveries, "tenant B has no delivery"
+    return scene
+
+
+def _same_refusal(missing: httpx.Response, others: httpx.Response, status: int, what: str) -> None:
+    """B is refused alike whether an id is another tenant's or nobody's."""
+    doc = assert_problem(others, status)
+    assert doc == {**assert_problem(missing, status), "instance": doc.get("instance")}, what
+
+
+def check_list_endpoints(scene: AlertsScene) -> None:
+    assert scene.b_lists("/v1/endpoints", "endpoints") == {scene.b["endpoint_id"]}
+
+
+def check_create_endpoint(scene: AlertsScene) -> None:
+    body = {"kind": "email", "name": "B's second", "address": "second@b.example.com"}
+    created = scene.api.client.post("/v1/endpoints", headers=scene.api.b, json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["id"] not in scene.a_lists("/v1/endpoints", "endpoints")
+    assert created.json()["id"] in scene.b_lists("/v1/endpoints", "endpoints")
+
+
+def check_list_subscriptions(scene: AlertsScene) -> None:
+    assert scene.b_lists("/v1/subscriptions", "subscriptions") == {scene.b["subscription_id"]}
+
+
+def check_create_subscription(scene: AlertsScene) -> None:
+    api = scene.api
+
+    def body(target_id: int, endpoint_id: int) -> dict[str, Any]:
+        return {
+            "name": "B's watch on A's site",
+            "scope": "target",
+            "target_id": target_id,
+            "endpoint_ids": [endpoint_id],
+            "rules": [{"kind": "threshold", "raise_at": 0}],
+        }
+
+    others = api.client.post(
+        "/v1/subscriptions", headers=api.b, json=body(scene.a["site_id"], scene.a["endpoint_id"])
+    )
+    missing = api.client.post("/v1/subscriptions", headers=api.b, json=body(MAX_ID, MAX_ID))
+    _same_refusal(missing, others, 422, "B subscribing to A's site through A's endpoint")
+    assert error_fields(others.json()) == {"target_id", "endpoint_ids.0"}
+    # Nor can B point its own subscription at them.
+    changed = api.client.patch(
+        f"/v1/subscriptions/{scene.b['subscription_id']}",
+        headers=api.b,
+        json={
+            "scope": "target",
+            "target_id": scene.a["site_id"],
+            "endpoint_ids": [scene.a["endpoint_id"]],
+        },
+    )
+    assert error_fields(assert_problem(changed, 422)) == {"target_id", "endpoint_ids.0"}
+    assert scene.b_lists("/v1/subscriptions", "subscriptions") == {scene.b["subscription_id"]}
+
+
+def check_list_alerts(scene: AlertsScene) -> None:
+    assert scene.b_lists("/v1/alerts", "alerts") == {scene.b["alert_id"]}
+    for name, value in (
+        ("subscription_id", scene.a["subscription_id"]),
+        ("target_id", scene.a["site_id"]),
+    ):
+        # A filter naming A's resource finds nothing, as one naming no resource at all.
+        assert scene.b_lists("/v1/alerts", "alerts", **{name: value}) == set(), name
+        assert scene.a_lists("/v1/alerts", "alerts", **{name: value}) == {scene.a["alert_id"]}
+
+
+def check_list_deliveries(scene: AlertsScene) -> None:
+    assert scene.b_lists("/v1/deliveries", "deliveries") == scene.b_deliveries
+    assert not scene.a_deliveries & scene.b_deliveries
+    for name in ("endpoint_id", "alert_id"):
+        assert scene.b_lists("/v1/deliveries", "deliveries", **{name: scene.a[name]}) == set()
+        assert scene.a_lists("/v1/deliveries", "deliveries", **{name: scene.a[name]})
+    for status in ("failed", "pending"):
+        assert scene.b_lists("/v1/deliveries", "deliveries", status=status) <= scene.b_deliveries
+
+
+def check_recover_deliveries(scene: AlertsScene) -> None:
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    recovered = scene.api.client.post(
+        "/v1/deliveries/recover", headers=scene.api.b, json={"since": since}
+    )
+    assert recovered.status_code == 202, recovered.text
+    assert set(recovered.json()["replayed"]) == scene.b_deliveries
+    # A's failed deliveries stay failed: B's recover queued none of them.
+    still = scene.a_lists("/v1/deliveries", "deliveries", status="failed")
+    assert still == scene.a_deliveries
+
+
+def check_preview(scene: AlertsScene) -> None:
+    api = scene.api
+    now = datetime.now(UTC)
+    period = {
+        "since": (now - timedelta(days=2)).isoformat(),
+        "until": (now - timedelta(minutes=1)).isoformat(),
+    }
+    always = {"kind": "threshold", "raise_at": 0}
+
+    def post(**fields: Any) -> httpx.Response:
+        return api.client.post("/v1/alert-previews", headers=api.b, json={**period, **fields})
+
+    for field, status in (("rule_id", 404), ("subscription_id", 404)):
+        extra = {} if field == "rule_id" else {"rule": always}
+        _same_refusal(
+            post(**extra, **{field: MAX_ID}),
+            post(**extra, **{field: scene.a[field]}),
+            status,
+            f"B previewing with A's {field}",
+        )
+    others = post(rule=always, target_ids=[scene.a["site_id"]])
+    assert error_fields(assert_problem(others, 422)) == {"target_ids.0"}
+    missing = post(rule=always, target_ids=[MAX_ID])
+    reason = others.json()["errors"][0]["reason"].replace(str(scene.a["site_id"]), "#")
+    assert reason == missing.json()["errors"][0]["reason"].replace(str(MAX_ID), "#")
+    # Without targets, a preview replays on B's targets only.
+    own = post(rule=always)
+    assert own.status_code == 200, own.text
+    doc = own.json()
+    assert doc["targets"] == 1
+    assert {a["target_id"] for a in doc["alerts"]} == {scene.b["site_id"]}
+    assert {c["target_id"] for c in doc["counts_by_target"]} == {scene.b["site_id"]}
+
+
+# Each alerts route without a resource in its path, and the check that B learns nothing of A
+# through it. The 404 walk covers the routes naming a resource.
+COLLECTION_CHECKS: dict[tuple[str, str], Callable[[AlertsScene], None]] = {
+    ("GET", "/v1/endpoints"): check_list_endpoints,
+    ("POST", "/v1/endpoints"): check_create_endpoint,
+    ("GET", "/v1/subscriptions"): check_list_subscriptions,
+    ("POST", "/v1/subscriptions"): check_create_subscription,
+    ("GET", "/v1/alerts"): check_list_alerts,
+    ("GET", "/v1/deliveries"): check_list_deliveries,
+    ("POST", "/v1/deliveries/recover"): check_recover_deliveries,
+    ("POST", "/v1/alert-previews"): check_preview,
+}
+
+
+def test_every_alerts_route_has_a_tenant_isolation_check() -> None:
+    unchecked = ALERTS_COLLECTION_ROUTES - set(COLLECTION_CHECKS)
+    assert not unchecked, f"add a check to COLLECTION_CHECKS for {sorted(unchecked)}"
+    assert set(COLLECTION_CHECKS) <= ALERTS_COLLECTION_ROUTES, "a checked route is gone"
+    capability = ALERTS_ROUTES - ALERTS_COLLECTION_ROUTES - ALERTS_ROUTES_BY_ID
+    assert capability == {
+        ("GET", "/v1/unsubscribe/{token}"),
+        ("POST", "/v1/unsubscribe/{token}"),
+    }
+
+
+def test_tenant_b_lists_filters_creates_recovers_and_previews_nothing_of_tenant_a(
+    api: Api,
+) -> None:
+    scene = make_alerts_scene(api)
+    before = tenant_a_state(api, scene.a)
+    for route, check in COLLECTION_CHECKS.items():
+        try:
+            check(scene)
+        except AssertionError as exc:
+            raise AssertionError(f"{route[0]} {route[1]}: {exc}") from exc
+    assert tenant_a_state(api, scene.a) == before

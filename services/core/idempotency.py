@@ -59,7 +59,12 @@ def lookup(
             "validation",
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
             errors=[
-                {"in": "header", "pointer": "", "field": "Idempotency-Key", "reason": "bad length"}
+                {
+                    "in": "header",
+                    "pointer": "/idempotency-key",
+                    "field": "Idempotency-Key",
+                    "reason": "bad length",
+                }
             ],
         )
     row = session.execute(
@@ -74,6 +79,14 @@ def lookup(
             422,
             "idempotency-key-reused",
             "this Idempotency-Key was already used for a different request",
+            errors=[
+                {
+                    "in": "header",
+                    "pointer": "/idempotency-key",
+                    "field": "Idempotency-Key",
+                    "reason": "already used for a different request",
+                }
+            ],
         )
     return StoredResponse(row.status_code, json.loads(row.body))
 

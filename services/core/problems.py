@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -133,6 +134,20 @@ def field_errors(
     return out
 
 
+def _unreadable_body(cause: BaseException) -> Problem:
+    """The 400 for a request body that cannot be read as JSON text at all."""
+    if isinstance(cause, UnicodeDecodeError):
+        reason = f"not UTF-8 text (byte {cause.start})"
+    else:
+        reason = "not readable as JSON text"
+    return Problem(
+        400,
+        "validation",
+        "invalid value in: body",
+        errors=[{"in": "body", "pointer": "", "field": "body", "reason": reason}],
+    )
+
+
 def _respond(problem: Problem, request: Request) -> JSONResponse:
     return JSONResponse(
         problem.document(str(request.url.path)),
@@ -177,6 +192,13 @@ def install_problem_handlers(app: FastAPI) -> None:
             )
             components.update(document.pop("$defs", {}))
             components["ProblemDocument"] = document
+        # Any request body may be refused for its size (services.core.observe): say so.
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if isinstance(operation, dict) and "requestBody" in operation:
+                    operation.setdefault("responses", {}).setdefault(
+                        "413", problem_responses(413)[413]
+                    )
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -195,13 +217,23 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the JSON body (bytes that are not UTF-8): name the body
+            # and why, as for any other invalid body.
+            return _respond(_unreadable_body(exc.__cause__), request)
         slug = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
             exc.status_code, "http-error"
         )
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
-        return _respond(Problem(exc.status_code, slug, str(exc.detail), headers=headers), request)
+        errors = (
+            [{"in": "body", "pointer": "", "field": "body", "reason": str(exc.detail)}]
+            if exc.status_code == 413
+            else []
+        )
+        problem = Problem(exc.status_code, slug, str(exc.detail), headers=headers, errors=errors)
+        return _respond(problem, request)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, OperationalError):
@@ -210,6 +242,17 @@ def install_problem_handlers(app: FastAPI) -> None:
                 503,
                 "database-unavailable",
                 "the database is unavailable; retry shortly",
+                headers={"Retry-After": "5"},
+            )
+            return _respond(problem, request)
+        if isinstance(exc, PoolTimeout):
+            # Every connection of this process stayed busy for the pool's timeout: an overload
+            # (or a stall behind a lock), which the client can retry, not a bug.
+            log.warning("no database connection free on %s %s", request.method, request.url.path)
+            problem = Problem(
+                503,
+                "database-unavailable",
+                "no database connection was free in time; retry shortly",
                 headers={"Retry-After": "5"},
             )
             return _respond(problem, request)
@@ -234,5 +277,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     # handler for Exception runs in Starlette's outermost middleware, which answers and then
     # re-raises, logging a stack trace for what is an expected overload or race.
     app.add_exception_handler(OperationalError, on_unexpected)
+    app.add_exception_handler(PoolTimeout, on_unexpected)
     app.add_exception_handler(IntegrityError, on_unexpected)
     app.add_exception_handler(Exception, on_unexpected)

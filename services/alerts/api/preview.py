@@ -18,7 +18,7 @@ AlertsReader = Annotated[Principal, Depends(require_tenant(Role.ALERTS_READ))]
 
 @router.post(
     "",
-    responses=problem_responses(403, 404, 413, 422),
+    responses=problem_responses(400, 403, 404, 413, 422),
     summary="Replay a rule (or a change to a stored one) over a past period",
 )
 def create_preview(

@@ -18,7 +18,7 @@ from services.scoring.api.deps import Ingestor, Now, ReadSession
 # As for the other /v1 routes: every one may refuse the key or its roles, validate, and answer
 # 503 when the database is down.
 router = APIRouter(
-    prefix="/v1/feeds", tags=["feeds"], responses=problem_responses(401, 403, 422, 503)
+    prefix="/v1/feeds", tags=["feeds"], responses=problem_responses(401, 403, 422, 429, 503)
 )
 
 

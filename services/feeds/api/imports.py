@@ -99,7 +99,14 @@ async def post_import(
             415,
             "unsupported-media-type",
             f"send the file as one of {', '.join(MEDIA_TYPES)}",
-            errors=[{"in": "header", "field": "content-type", "reason": "unsupported"}],
+            errors=[
+                {
+                    "in": "header",
+                    "pointer": "/content-type",
+                    "field": "content-type",
+                    "reason": f"{media or 'missing'} is not one of {', '.join(MEDIA_TYPES)}",
+                }
+            ],
         )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_import_bytes:
@@ -116,7 +123,14 @@ async def post_import(
             400,
             "validation",
             "the file is not UTF-8 text",
-            errors=[{"in": "body", "pointer": "", "reason": f"byte {exc.start} is not UTF-8"}],
+            errors=[
+                {
+                    "in": "body",
+                    "pointer": "",
+                    "field": "body",
+                    "reason": f"byte {exc.start} is not UTF-8",
+                }
+            ],
         ) from None
     factory = request.app.state.sessions
     summary = await run_in_threadpool(
@@ -140,7 +154,9 @@ def _too_large(limit: int) -> Problem:
         413,
         "payload-too-large",
         f"the file is larger than {limit} bytes; import it with `riskalert import`",
-        errors=[{"in": "body", "pointer": "", "reason": f"more than {limit} bytes"}],
+        errors=[
+            {"in": "body", "pointer": "", "field": "body", "reason": f"more than {limit} bytes"}
+        ],
     )
 
 

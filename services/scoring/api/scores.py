@@ -46,10 +46,13 @@ def backtest(
     """Each (item, time) is scored from incidents reported by that time only."""
     pairs = (len(data.points) + len(data.targets)) * len(data.times)
     if pairs > settings.max_backtest_pairs:
+        limit = settings.max_backtest_pairs
+        reason = f"at most {limit} (item, time) pairs per request, got {pairs}"
         raise Problem(
             413,
             "backtest-too-large",
-            f"at most {settings.max_backtest_pairs} (item, time) pairs per request, got {pairs}",
+            reason,
+            errors=[{"in": "body", "pointer": "/times", "field": "times", "reason": reason}],
         )
     assert principal.tenant_id is not None
     found = targets.get_many(session, principal.tenant_id, [(t.kind, t.id) for t in data.targets])
