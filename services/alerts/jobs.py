@@ -284,14 +284,18 @@ class AlertsWorker:
                     failures = 0
                 except Exception:
                     failures += 1
-                    log.exception("settling/claiming failed (%d in a row)", failures)
-                    if failures < 20:
-                        done = batch + done  # try to record them again
-                    else:
-                        # Give up on recording: their leases expire, they are sent again
-                        # (same webhook-id) and receivers deduplicate.
-                        busy -= _ends(batch)
-                        failures = 0
+                    # One stack trace per outage; then a line now and then.
+                    log.log(
+                        logging.ERROR if failures == 1 or failures % 100 == 0 else logging.DEBUG,
+                        "settling/claiming failed (%d in a row)",
+                        failures,
+                        exc_info=failures == 1,
+                    )
+                    # Keep the finished attempts until they are recorded, however long the
+                    # database is away: dropping them would have them sent again after their
+                    # leases. Nothing new is claimed meanwhile, so they are at most
+                    # `concurrency`; settling by lease token records only those still held.
+                    done = batch + done
                     self._stop.wait(min(0.05 * failures, 2.0))
             if stopping and not done:
                 break

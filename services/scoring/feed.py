@@ -95,13 +95,17 @@ def append_at_commit(session: Session, changes: Sequence[dict[str, Any]]) -> Non
     if not changes:
         return
     waiting: list[dict[str, Any]] = session.info.setdefault(_AT_COMMIT, [])
-    if not waiting:
-        event.listen(session, "before_commit", _append_waiting, once=True)
+    if not waiting and not event.contains(session, "before_commit", _append_waiting):
+        # Not `once`: releasing a savepoint (an Idempotency-Key's) fires it too, and must not
+        # take the lock then; the unit of work's commit is what it waits for.
+        event.listen(session, "before_commit", _append_waiting)
         event.listen(session, "after_soft_rollback", _forget_waiting, once=True)
     waiting.extend(changes)
 
 
 def _append_waiting(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint is released, not the unit of work committed
     waiting = session.info.pop(_AT_COMMIT, [])
     if not waiting:
         return
