@@ -95,13 +95,14 @@ class Database:
 
 
 @contextlib.contextmanager
-def scratch_database(backend: str, keep: bool) -> Iterator[Database]:
-    """A fresh, migrated database, removed afterwards unless `keep`."""
+def scratch_database(backend: str, keep: bool, label: str = "") -> Iterator[Database]:
+    """A fresh, migrated database (`riskalert_bench_<label><pid>` on PostgreSQL), removed
+    afterwards unless `keep`."""
     if backend == "sqlite":
         folder = Path(tempfile.mkdtemp(prefix="riskalert-bench-"))
         db = Database(backend, f"sqlite:///{folder / 'bench.db'}", lambda: shutil.rmtree(folder))
     else:
-        name = f"riskalert_bench_{os.getpid()}"
+        name = f"riskalert_bench_{label}{os.getpid()}"
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')

@@ -35,7 +35,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +43,6 @@ from random import Random
 from typing import Any
 
 import httpx
-import psycopg
 import uvicorn
 from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -51,7 +50,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from benchmarks.alerts import env_for, site_points, subscribe
 from benchmarks.run import (
     BIN,
-    POSTGRES_ADMIN,
     RESULTS,
     Database,
     Server,
@@ -61,13 +59,14 @@ from benchmarks.run import (
     pct,
     preload,
     queue_depth,
+    scratch_database,
     start_process,
     stop_process,
     wait_ready,
 )
 from services.alerts import pipeline
 from services.alerts.signing import generate_secret
-from services.core.db import make_engine, upgrade_to_head
+from services.core.db import make_engine
 from services.scoring import queue
 
 SOURCE = "bench-soak"
@@ -218,30 +217,6 @@ def configure(receiver: Server, phase: str, fail: float, slow: float, slow_delay
 
 # ---------------------------------------------------------------------------------------------
 # The database and the processes
-
-
-@contextlib.contextmanager
-def soak_database(keep: bool) -> Iterator[Database]:
-    """A fresh, migrated `riskalert_bench_soak_<pid>` database, dropped afterwards."""
-    name = f"riskalert_bench_soak_{os.getpid()}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    base = POSTGRES_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    db = Database("postgresql", f"{base}/{name}", drop)
-    try:
-        upgrade_to_head(db.url)
-        yield db
-    finally:
-        if keep:
-            log(f"kept database {db.url}")
-        else:
-            db.drop()
 
 
 @dataclass
@@ -685,7 +660,7 @@ def run(args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     secret = generate_secret()
     receiver = start_receiver(secret, args.seed, logs)
     try:
-        with soak_database(args.keep) as db:
+        with scratch_database("postgresql", args.keep, label="soak_") as db:
             started = time.perf_counter()
             keys, setup = preload(db, args.sites, args.corridors, args.seed)
             chosen = subscribe(
