@@ -48,6 +48,7 @@ from sqlalchemy import Engine, text
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from benchmarks.alerts import env_for, site_points, subscribe
+from benchmarks.receiver import _answer
 from benchmarks.run import (
     BIN,
     RESULTS,
@@ -161,21 +162,6 @@ class FaultyReceiver:
         # A late answer goes to a sender that has given up: nothing to do if the socket is gone.
         with contextlib.suppress(OSError):
             await _answer(send, 204, "")
-
-
-async def _answer(send: Any, status: int, text_body: str) -> None:
-    body = text_body.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def serve_receiver(port: int, secret: str, seed: int) -> None:

@@ -236,25 +236,23 @@ def install_problem_handlers(app: FastAPI) -> None:
         return _respond(problem, request)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, OperationalError):
-            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-            problem = Problem(
-                503,
-                "database-unavailable",
-                "the database is unavailable; retry shortly",
-                headers={"Retry-After": "5"},
+        if isinstance(exc, (OperationalError, PoolTimeout)):
+            # The database is away, or every connection of this process stayed busy for the
+            # pool's timeout (an overload, or a stall behind a lock): the client may retry.
+            away = isinstance(exc, OperationalError)
+            log.warning(
+                "%s on %s %s: %s",
+                "database unavailable" if away else "no database connection free",
+                request.method,
+                request.url.path,
+                exc,
             )
-            return _respond(problem, request)
-        if isinstance(exc, PoolTimeout):
-            # Every connection of this process stayed busy for the pool's timeout: an overload
-            # (or a stall behind a lock), which the client can retry, not a bug.
-            log.warning("no database connection free on %s %s", request.method, request.url.path)
-            problem = Problem(
-                503,
-                "database-unavailable",
-                "no database connection was free in time; retry shortly",
-                headers={"Retry-After": "5"},
+            detail = (
+                "the database is unavailable; retry shortly"
+                if away
+                else "no database connection was free in time; retry shortly"
             )
+            problem = Problem(503, "database-unavailable", detail, headers={"Retry-After": "5"})
             return _respond(problem, request)
         if isinstance(exc, IntegrityError):
             # Two requests raced to create the same thing (on PostgreSQL; SQLite serialises
