@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from random import Random
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.alerts.models import Alert
-from services.scoring import merge
+from services.scoring import incidents, merge
 from services.scoring.models import Incident
+from services.scoring.schemas import IncidentIn
 from services.scoring.taxonomy import Category, Lifecycle, LocationPrecision, TimePrecision
 from tests.conftest import Api
 from tests.test_alerts_pipeline import add_watch, deliveries
@@ -284,3 +287,116 @@ def test_subscribers_get_one_alert_per_event_and_updates_for_its_other_reports(a
     assert "the acled report was retracted" in sent[2][1]
     sequences = [d.payload["data"]["alert"]["sequence"] for d in deliveries(api)]
     assert sequences == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------------------------
+# One ingest reads only what it could merge with
+
+
+def stream_values(seed: int, count: int, shift: timedelta, now: datetime) -> list[dict[str, Any]]:
+    """A random stream of reports in one small region: near misses, merges and duplicates."""
+    rng = Random(seed)
+    bodies: list[dict[str, Any]] = []
+    for i in range(count):
+        if bodies and rng.random() < 0.15:
+            # The same source sends the same report again under another id: a duplicate.
+            body = {**rng.choice(bodies), "source_id": f"dup-{i}"}
+            lon, lat = body["location"]["coordinates"]
+            body["location"] = {"type": "Point", "coordinates": [lon + 0.003, lat]}
+        else:
+            day = DAY + timedelta(days=rng.uniform(-25, 25), hours=rng.uniform(0, 24))
+            body = {
+                "source": rng.choice(["acled", "ucdp", "news"]),
+                "source_id": f"r-{i}",
+                "category": rng.choice(["armed_assault", "armed_clash", "ied", "kidnapping"]),
+                "occurred_at": day.isoformat(),
+                "occurred_precision": rng.choice(["day", "day", "week", "month"]),
+                "location": {
+                    "type": "Point",
+                    "coordinates": [-1.0 + rng.uniform(-0.8, 0.8), 14.0 + rng.uniform(-0.8, 0.8)],
+                },
+                "location_precision": rng.choice(["exact", "exact", "near", "region"]),
+                "actors": [rng.choice(["jnim", "issp"])],
+                "fatalities": {"best": rng.choice([1, 3, 12])},
+                "title": rng.choice(["", "ambush on the road", "attack on a village"]),
+            }
+        bodies.append(body)
+    out = []
+    for body in bodies:
+        data = IncidentIn.model_validate(
+            {**body, "occurred_at": datetime.fromisoformat(body["occurred_at"]) + shift}
+        )
+        out.append(incidents.values(data, now))
+    return out
+
+
+def merged_events(session: Session, ids: list[int]) -> dict[str, str | None]:
+    rows = session.execute(select(Incident).where(Incident.id.in_(ids))).scalars().all()
+    by_id = {row.id: row.source_id for row in rows}
+    return {
+        row.source_id: by_id[row.merged_into_id] if row.merged_into_id else None for row in rows
+    }
+
+
+def test_one_ingest_merges_as_if_it_had_read_every_day_around(
+    sessions: sessionmaker[Session],
+) -> None:
+    # The same stream, in the same requests of 1 to 4 reports, stored twice far apart in time:
+    # once with indexes that read whole days (as an import does), once with the ingest's.
+    now = DAY + timedelta(days=5000)
+    results = []
+    for shift, whole_days in ((timedelta(0), True), (timedelta(days=2000), False)):
+        rows = stream_values(seed=5, count=240, shift=shift, now=now)
+        chunks = Random(9)
+        ids: list[int] = []
+        start = 0
+        while start < len(rows):
+            size = chunks.randint(1, 4)
+            with sessions.begin() as session:
+                index = merge.Index() if whole_days else None
+                done = incidents.upsert_rows(session, rows[start : start + size], now, index)
+                ids.extend(u.incident.id for u in done)
+            start += size
+        with sessions() as session:
+            results.append(merged_events(session, ids))
+    read_all, read_candidates = results
+    assert read_candidates == read_all
+    merged = sum(v is not None for v in read_all.values())
+    duplicates = sum(k.startswith("dup-") and v is not None for k, v in read_all.items())
+    assert merged > 40, "the stream should exercise merging"
+    assert duplicates > 5, "and same-source duplicates"
+
+
+def test_one_ingest_reads_its_candidates_not_every_report_nearby(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = DAY + timedelta(days=1)
+    spot = {"type": "Point", "coordinates": [-1.0, 14.0]}
+    base = {"category": "kidnapping", "occurred_at": DAY, "location": spot}
+    bodies = [
+        # Another source's report of an event, and two that are too far in time or place ...
+        {**base, "source": "acled", "source_id": "event"},
+        {**base, "source": "acled", "source_id": "late", "occurred_at": DAY + timedelta(days=9)},
+        {**base, "source": "acled", "source_id": "away",
+         "location": {"type": "Point", "coordinates": [1.0, 14.0]}},
+        # ... then the same source, same day and place: other reports, told apart by their
+        # titles. The first joins the acled event.
+        *({**base, "source": "news", "source_id": f"n{i}", "title": f"kidnapping {i}"}
+          for i in range(300)),
+    ]  # fmt: skip
+    with sessions.begin() as session:
+        for body in bodies:
+            data = IncidentIn.model_validate(body)
+            incidents.upsert_rows(session, [incidents.values(data, now)], now, merge.Index())
+    probe = IncidentIn.model_validate(
+        {**base, "source": "news", "source_id": "new", "title": "kidnapping 7"}
+    )
+    with sessions.begin() as session:
+        (done,) = incidents.upsert_many(session, [probe], now)
+        index = merge.Index(local=True)
+        index.load(session, [merge.Report.of(done.incident)], [done.incident])
+        # Itself, the news report it repeats (same title), the acled event and the news report
+        # that joined it: not the other 299 news reports around.
+        assert len(index) == 4
+        n7 = session.execute(select(Incident).where(Incident.source_id == "n7")).scalar_one()
+        assert done.incident.merged_into_id == n7.id

@@ -299,7 +299,7 @@ def upsert_rows(
     ]
     session.flush()
     changed = [r for r in out if r.outcome != "unchanged"]
-    extra = _merge(session, changed, index or merge.Index(local=True), now)
+    extra = _merge(session, changed, merge.Index(local=True) if index is None else index, now)
     out = [dataclasses.replace(r, merged=True) if r.incident.id in extra.joined else r for r in out]
     _feed(
         session,
@@ -351,7 +351,7 @@ def retract_many(
         out.append(Upserted(row, "updated", previous))
     session.flush()
     changed = [r for r in out if r is not None and r.outcome != "unchanged"]
-    extra = _merge(session, changed, index or merge.Index(local=True), now)
+    extra = _merge(session, changed, merge.Index(local=True) if index is None else index, now)
     _feed(session, [(r.incident, "retracted", r.previous) for r in changed] + extra.entries, now)
     metrics.INCIDENTS.labels("retracted").inc(len(changed))
     return out
@@ -405,7 +405,7 @@ def _merge(
     result = _Merged()
     earliest: dict[int, datetime] = {}  # event id -> the earliest report time of its new reports
     reports = [merge.Report.of(r.incident) for r in changed]
-    index.load(session, reports)
+    index.load(session, reports, [r.incident for r in changed])
 
     def relink(row: Incident, event_id: int | None, outcome: str) -> None:
         # A report that starts or stops counting: the feed tells rescoring and alerts.

@@ -203,17 +203,15 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 class Index:
-    """Located reports by place (1-degree cells) and time, loaded from the database a day range
-    at a time.
+    """Located reports by place (1-degree cells) and time, read from the database.
 
     Reports known to the day or week are kept by day; month-precise ones, by week. One index
     can serve a whole import: each day is read once, and the import's own reports are put in as
-    they are stored.
+    they are stored. A local index (one ingest request) reads only the candidates of its own
+    reports, and the whole events they belong to.
     """
 
     def __init__(self, *, local: bool = False) -> None:
-        # One ingest's index reads only the cells around its reports; an import's reads whole
-        # days, once, for all its chunks.
         self._local = local
         # (cell row, cell column) -> day (or week, for month-precise reports) -> report ids
         self._fine: dict[tuple[int, int], dict[int, set[int]]] = defaultdict(
@@ -225,6 +223,10 @@ class Index:
         self._reports: dict[int, Report] = {}
         self._events: dict[int, set[int]] = defaultdict(set)
         self._days: set[int] = set()
+
+    def __len__(self) -> int:
+        """How many reports the index holds."""
+        return len(self._reports)
 
     def clear(self) -> None:
         """Forget everything (after a rollback undid what was put in)."""
@@ -238,8 +240,16 @@ class Index:
             return self._coarse[cell], report.day // 7
         return self._fine[cell], report.day
 
-    def load(self, session: Session, reports: Sequence[Report]) -> None:
-        """Read the stored reports that could match any of `reports`, for days not yet read."""
+    def load(self, session: Session, reports: Sequence[Report], rows: Sequence[Any]) -> None:
+        """Read the stored reports that could match any of `reports` (read from `rows`).
+
+        An import's index reads whole days in the cells around, each day once. One ingest's
+        index reads only the reports each of its own could pair with, whatever else lies
+        near: its cost follows the matches, not the reports around them.
+        """
+        if self._local:
+            self._load_candidates(session, reports, rows)
+            return
         span = 2 * MAX_TIME_SLACK.days
         wanted: set[int] = set()
         for r in reports:
@@ -259,13 +269,31 @@ class Index:
                 Incident.occurred_at.between(_midnight(lo), _midnight(hi + 1) - _TICK)
                 for lo, hi in ranges[start : start + 50]
             ]
-            query = select(*COLUMNS).where(or_(*conditions), Incident.lat.is_not(None))
-            if self._local:
-                query = query.where(_around([r for r in reports if r.lat is not None]))
-            for row in session.execute(query):
-                if row.id not in self._reports:
-                    self.put(Report.of(row))
+            self._read(session, or_(*conditions), Incident.lat.is_not(None))
         self._days |= wanted
+
+    def _load_candidates(
+        self, session: Session, reports: Sequence[Report], rows: Sequence[Any]
+    ) -> None:
+        located = [(r, row) for r, row in zip(reports, rows, strict=True) if r.lat is not None]
+        for start in range(0, len(located), _PER_QUERY):
+            self._read(
+                session, or_(*(_pairable(r, row) for r, row in located[start : start + _PER_QUERY]))
+            )
+        # Whole events: what `best_event` and a revision's splits read of the other reports.
+        events = sorted(
+            {r.event_id for r in self._reports.values()}
+            | {r.id for r in reports}
+            | {r.merged_into_id for r in reports if r.merged_into_id is not None}
+        )
+        for start in range(0, len(events), _PER_QUERY * 5):
+            chunk = events[start : start + _PER_QUERY * 5]
+            self._read(session, or_(Incident.id.in_(chunk), Incident.merged_into_id.in_(chunk)))
+
+    def _read(self, session: Session, *where: ColumnElement[bool]) -> None:
+        for row in session.execute(select(*COLUMNS).where(*where)):
+            if row.id not in self._reports:
+                self.put(Report.of(row))
 
     def put(self, report: Report) -> None:
         """Add or replace a report."""
@@ -342,17 +370,54 @@ class Index:
 
 
 _TICK = timedelta(microseconds=1)
+_PER_QUERY = 100  # reports whose candidates one query reads
 
 
-def _around(reports: Sequence[Report]) -> ColumnElement[bool]:
-    # The cells `near` looks in: each report's cell and the eight around it.
-    lats = [r.lat for r in reports if r.lat is not None]
-    lons = [r.lon for r in reports if r.lon is not None]
-    low_lat = (min(lats) // CELL_DEGREES - 1) * CELL_DEGREES
-    high_lat = (max(lats) // CELL_DEGREES + 2) * CELL_DEGREES
-    low_lon = (min(lons) // CELL_DEGREES - 1) * CELL_DEGREES
-    high_lon = (max(lons) // CELL_DEGREES + 2) * CELL_DEGREES
-    return and_(Incident.lat.between(low_lat, high_lat), Incident.lon.between(low_lon, high_lon))
+def _pairable(report: Report, row: Any) -> ColumnElement[bool]:
+    # Stored reports `distance` could pair with `report` (a located one, stored as `row`):
+    # a superset, by the columns the database has indexes for, tested again in Python.
+    day = _midnight(report.day)
+    duplicate = and_(
+        Incident.source == report.source,
+        Incident.category == report.category.value,
+        Incident.occurred_precision == report.occurred_precision.value,
+        Incident.location_precision == report.location_precision.value,
+        Incident.occurred_at.between(day, day + timedelta(days=1) - _TICK),
+        _box(report, DUPLICATE_KM),
+        Incident.title.is_not_distinct_from(row.title),
+        Incident.description.is_not_distinct_from(row.description),
+    )
+    slack = TIME_SLACK[report.occurred_precision]
+    in_time = [
+        and_(
+            Incident.occurred_precision == precision.value,
+            Incident.occurred_at.between(
+                report.occurred_at - slack - other, report.occurred_at + slack + other
+            ),
+        )
+        for precision, other in TIME_SLACK.items()
+    ]
+    reach = BASE_KM + PLACE_SLACK_KM[report.location_precision] + max(PLACE_SLACK_KM.values())
+    other_source = and_(
+        Incident.source != report.source,
+        Incident.category.in_(
+            sorted(c.value for c in Category if compatible(report.category, c, False))
+        ),
+        or_(*in_time),
+        _box(report, reach),
+    )
+    return and_(
+        Incident.lat.is_not(None),
+        Incident.lifecycle != Lifecycle.RETRACTED.value,
+        or_(duplicate, other_source),
+    )
+
+
+def _box(report: Report, km: float) -> ColumnElement[bool]:
+    assert report.lat is not None
+    assert report.lon is not None
+    min_lon, min_lat, max_lon, max_lat = geo.bbox_around(report.lat, report.lon, km)
+    return and_(Incident.lat.between(min_lat, max_lat), Incident.lon.between(min_lon, max_lon))
 
 
 def _midnight(day: int) -> datetime:
