@@ -113,8 +113,9 @@ def test_an_ingest_request_id_reaches_the_incident_the_rescoring_and_the_alert_i
     # The request, the rescoring job reading its incident, the alert it triggered.
     assert "POST /v1/incidents 201" in traced
     assert "incident feed" in traced
-    assert f"event alert triggered for target {site}" in traced
+    assert f"incident {response.json()['id']} triggered 1 event alert(s)" in traced
     # A job working for requests other than this one does not carry its id.
+    before = len(captured.events())
     other = api.client.post(
         "/v1/incidents",
         headers={**api.ingest, "X-Request-ID": "ingest-8"},
@@ -122,6 +123,11 @@ def test_an_ingest_request_id_reaches_the_incident_the_rescoring_and_the_alert_i
     )
     assert other.status_code == 201
     api.drain_alerts()
+    later = captured.events()[before:]
+    assert any(
+        e["event"].startswith("incident feed") and e.get("request_id") == "ingest-8" for e in later
+    )
+    assert not [e for e in later if e.get("request_id") == "ingest-7"]
     with factory() as session:
         assert session.execute(select(func.count()).select_from(Delivery)).scalar_one() == 1
 

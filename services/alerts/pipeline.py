@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -831,7 +831,7 @@ def _trigger(
     for m, row in zip(fresh, alerts, strict=True):
         # The notices and logs of this alert carry the request that stored the incident.
         with working_for([m.incident.request_id], incident_id=m.incident.id, alert_id=row.id):
-            log.info("event alert triggered for target %d", m.target.id)
+            log.debug("event alert triggered for target %d", m.target.id)
             incident, found = m.incident, m.found
             history.append(
                 {
@@ -866,6 +866,12 @@ def _trigger(
             )  # fmt: skip
     session.execute(insert(cast(Table, AlertEvent.__table__)), history)
     outbox.insert_new(session, deliveries)
+    # One line per incident, however many targets it alerted (each alert's is at DEBUG).
+    for (incident_id, request_id), count in Counter(
+        (m.incident.id, m.incident.request_id) for m in fresh
+    ).items():
+        with working_for([request_id], incident_id=incident_id):
+            log.info("incident %d triggered %d event alert(s)", incident_id, count)
 
 
 # --------------------------------------------------------------------------------------------

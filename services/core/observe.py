@@ -12,27 +12,16 @@ import time
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from structlog.contextvars import bound_contextvars
 
 from services.core import metrics
 from services.core.activity import App, Receive, Scope, Send
 from services.core.logs import REQUEST_ID, request_id_from
-from services.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
+from services.core.problems import PROBLEM_MEDIA_TYPE, BodyTooLarge, payload_too_large
 
 log = logging.getLogger("riskalert.request")
 
 REQUEST_ID_HEADER = b"x-request-id"
-
-
-class BodyTooLarge(HTTPException):
-    """The body streamed past the limit (it declared no length, or a false one).
-
-    An HTTPException, so FastAPI's body parsing lets it through to the problem handlers.
-    """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than {limit} bytes")
 
 
 class Observe:
@@ -90,19 +79,7 @@ class Observe:
                 self._record(scope, status, time.perf_counter() - started)
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
-        limit = self.max_body_bytes
-        body = json.dumps(
-            {
-                "type": PROBLEM_BASE + "payload-too-large",
-                "title": "Payload too large",
-                "status": 413,
-                "detail": f"the request body is larger than {limit} bytes",
-                "instance": scope["path"],
-                "errors": [
-                    {"in": "body", "pointer": "", "field": "body", "reason": f"over {limit} bytes"}
-                ],
-            }
-        ).encode()
+        body = json.dumps(payload_too_large(self.max_body_bytes).document(scope["path"])).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -99,6 +99,27 @@ class Problem(Exception):
         return doc
 
 
+def payload_too_large(limit: int, advice: str = "") -> Problem:
+    """413 for a request body over `limit` bytes, naming the body (`advice` ends the detail)."""
+    return Problem(
+        413,
+        "payload-too-large",
+        f"the request body is larger than {limit} bytes{advice}",
+        errors=[
+            {"in": "body", "pointer": "", "field": "body", "reason": f"more than {limit} bytes"}
+        ],
+    )
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A body streamed past `limit`: an HTTPException, so FastAPI's body parsing lets it through
+    to the problem handlers."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
 def not_found(what: str) -> Problem:
     """The 404 used for missing resources and for other tenants' resources alike."""
     return Problem(404, "not-found", f"{what} not found")
@@ -221,18 +242,13 @@ def install_problem_handlers(app: FastAPI) -> None:
             # FastAPI could not read the JSON body (bytes that are not UTF-8): name the body
             # and why, as for any other invalid body.
             return _respond(_unreadable_body(exc.__cause__), request)
-        slug = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
-            exc.status_code, "http-error"
-        )
+        if isinstance(exc, BodyTooLarge):
+            return _respond(payload_too_large(exc.limit), request)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
-        errors = (
-            [{"in": "body", "pointer": "", "field": "body", "reason": str(exc.detail)}]
-            if exc.status_code == 413
-            else []
-        )
-        problem = Problem(exc.status_code, slug, str(exc.detail), headers=headers, errors=errors)
+        problem = Problem(exc.status_code, slug, str(exc.detail), headers=headers)
         return _respond(problem, request)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -236,8 +236,8 @@ def upsert_rows(
     `index` (one per import) saves reading the same days again.
     """
     # The request storing them, for the logs of the jobs they cause (none from the CLI).
+    # It goes into the rows written (not into `rows`: an import passes thousands).
     request_id = current_request_id()
-    rows = [{**r, "request_id": request_id} for r in rows]
     keys = [(r["source"], r["source_id"]) for r in rows]
     # Stored reports are read as plain rows: a re-import compares them and changes nothing, so
     # only those that change are loaded as ORM objects.
@@ -259,7 +259,7 @@ def upsert_rows(
         ).scalars()
     } if revising else {}  # fmt: skip
     revised: dict[int, Upserted] = {
-        i: _update(columns, loaded[revising[i]], now)
+        i: _update({**columns, "request_id": request_id}, loaded[revising[i]], now)
         if i in revising
         else Upserted(row, "unchanged", None)
         for i, (columns, row) in enumerate(zip(rows, found, strict=True))
@@ -279,7 +279,14 @@ def upsert_rows(
             refreshed,
         )
     fresh = [
-        {"revision": 1, "created_at": now, "updated_at": now, "merged_into_id": None, **columns}
+        {
+            "revision": 1,
+            "created_at": now,
+            "updated_at": now,
+            "merged_into_id": None,
+            **columns,
+            "request_id": request_id,
+        }
         for columns, row in zip(rows, found, strict=True)
         if row is None
     ]

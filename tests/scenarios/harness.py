@@ -460,9 +460,15 @@ class Riskalert:
         return f"{kind}{self._names[kind]}"
 
     def serve(
-        self, *, inline_worker: bool = True, port: int | None = None, wait: bool = True, **env: str
+        self,
+        *extra: str,
+        inline_worker: bool = True,
+        port: int | None = None,
+        wait: bool = True,
+        **env: str,
     ) -> Server:
-        """Start `riskalert serve` (with the workers inside unless `inline_worker` is False)."""
+        """Start `riskalert serve [EXTRA]` (with the workers inside unless `inline_worker` is
+        False)."""
         port = port or free_port()
         overrides = {
             "RISKALERT_INLINE_WORKER": "true" if inline_worker else "false",
@@ -471,7 +477,7 @@ class Riskalert:
         }
         proc = Proc(
             self._name("serve"),
-            ["serve", "--host", "127.0.0.1", "--port", str(port)],
+            ["serve", "--host", "127.0.0.1", "--port", str(port), *extra],
             self.env(**overrides),
             self.logs,
         )
@@ -482,9 +488,10 @@ class Riskalert:
             server.wait_ready()
         return server
 
-    def worker(self, role: str = "alerts", *, wait: bool = True, **env: str) -> Proc:
-        """Start `riskalert worker --role ROLE`; wait until it runs."""
-        proc = Proc(self._name("worker"), ["worker", "--role", role], self.env(**env), self.logs)
+    def worker(self, role: str = "alerts", *extra: str, wait: bool = True, **env: str) -> Proc:
+        """Start `riskalert worker --role ROLE [EXTRA]`; wait until it runs."""
+        args = ["worker", "--role", role, *extra]
+        proc = Proc(self._name("worker"), args, self.env(**env), self.logs)
         self.procs.append(proc)
         if wait:
             proc.wait_for_output("worker running")

@@ -23,7 +23,6 @@ from tests.scenarios.harness import (
     Receiver,
     Reply,
     Riskalert,
-    free_port,
     seconds,
     wait_until,
 )
@@ -41,18 +40,6 @@ def json_lines(proc: Proc) -> list[dict[str, Any]]:
     return out
 
 
-def worker_with(riskalert: Riskalert, role: str, *extra: str, **env: str) -> Proc:
-    proc = Proc(
-        riskalert._name("worker"),
-        ["worker", "--role", role, *extra],
-        riskalert.env(**env),
-        riskalert.logs,
-    )
-    riskalert.procs.append(proc)
-    proc.wait_for_output("worker running")
-    return proc
-
-
 def test_three_workers_run_each_tick_once_per_slot(
     riskalert: Riskalert, database: Database
 ) -> None:
@@ -62,7 +49,7 @@ def test_three_workers_run_each_tick_once_per_slot(
         "RISKALERT_REEVALUATE_INTERVAL": seconds(0.5),
         "RISKALERT_LOG_LEVEL": "DEBUG",
     }
-    workers = [worker_with(riskalert, "all", **fast) for _ in range(3)]
+    workers = [riskalert.worker("all", **fast) for _ in range(3)]
     ticks = ("queue_decay", "alerts_reap", "alerts_reevaluate")
 
     def slots_claimed() -> Counter[str]:
@@ -110,8 +97,8 @@ def test_a_request_id_follows_an_incident_into_the_workers_and_secrets_stay_out_
     receiver.script("/ops", [Reply(status=500)])  # the first attempt fails, the second lands
     rule = {"kind": "event", "trigger": "kidnapping_nearby", "radius_km": 50}
     api.subscribe([hook["id"]], [rule], target_id=site)
-    scoring = worker_with(riskalert, "scoring")
-    alerts = worker_with(riskalert, "alerts")
+    scoring = riskalert.worker("scoring")
+    alerts = riskalert.worker("alerts")
 
     body = incident_body("k-live", *east_of_base(15), category="kidnapping")
     posted = server.http.post(
@@ -127,7 +114,7 @@ def test_a_request_id_follows_an_incident_into_the_workers_and_secrets_stay_out_
     assert "POST /v1/incidents 201" in traced(server.proc)
     assert any(e.startswith("incident feed") for e in traced(scoring))
     alert_lines = traced(alerts)
-    assert any(e.startswith("event alert triggered") for e in alert_lines)
+    assert f"incident {posted.json()['id']} triggered 1 event alert(s)" in alert_lines
     assert "webhook attempt: retry" in alert_lines
     secrets = [
         hook["secret"],
@@ -203,24 +190,8 @@ def test_sigterm_lets_the_api_finish_a_request_in_flight(riskalert: Riskalert) -
 
 
 def test_metrics_of_several_uvicorn_workers_are_summed(riskalert: Riskalert) -> None:
-    port = free_port()
-    proc = Proc(
-        riskalert._name("serve"),
-        ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        riskalert.env(RISKALERT_INLINE_WORKER="false"),
-        riskalert.logs,
-    )
-    riskalert.procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.exited_early() is None, proc.exited_early()
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(ready, timeout=60, what="serve --workers 2")
+    server = riskalert.serve("--workers", "2", inline_worker=False)
+    url = server.url
     # New connections spread over both workers; without summing, a scrape would count only
     # the share of the worker answering it.
     for _ in range(40):
@@ -237,4 +208,4 @@ def test_metrics_of_several_uvicorn_workers_are_summed(riskalert: Riskalert) -> 
             and 'status="200"' in line
         ]
         assert count >= 40
-    assert proc.terminate() == 0
+    assert server.proc.terminate() == 0

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from services.core.problems import Problem, not_found, problem_responses
+from services.core.problems import Problem, not_found, payload_too_large, problem_responses
 from services.feeds import importer
 from services.scoring.api.deps import Cursor, Id, Ingestor, Limit, ReadSession, Settings
 from services.scoring.models import ImportRun
@@ -19,6 +19,7 @@ from services.scoring.models import ImportRun
 router = APIRouter(prefix="/v1/imports", tags=["imports"])
 
 MEDIA_TYPES = ("text/csv", "application/json", "text/plain")
+_USE_THE_CLI = "; import the file with `riskalert import`"
 
 
 class RowNote(BaseModel):
@@ -110,12 +111,12 @@ async def post_import(
         )
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_import_bytes:
-        raise _too_large(settings.max_import_bytes)
+        raise payload_too_large(settings.max_import_bytes, _USE_THE_CLI)
     body = bytearray()
     async for part in request.stream():
         body += part
         if len(body) > settings.max_import_bytes:
-            raise _too_large(settings.max_import_bytes)
+            raise payload_too_large(settings.max_import_bytes, _USE_THE_CLI)
     try:
         content = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -147,17 +148,6 @@ async def post_import(
         run = session.get(ImportRun, summary.run_id)
         assert run is not None
         return _summary(run)
-
-
-def _too_large(limit: int) -> Problem:
-    return Problem(
-        413,
-        "payload-too-large",
-        f"the file is larger than {limit} bytes; import it with `riskalert import`",
-        errors=[
-            {"in": "body", "pointer": "", "field": "body", "reason": f"more than {limit} bytes"}
-        ],
-    )
 
 
 @router.get("", summary="Past imports, newest first")
