@@ -356,3 +356,24 @@ def test_run_once_runs_the_tick_only_for_the_winner(sessions: sessionmaker[Sessi
     assert ticks.run_once(sessions, "hourly", every, ran.append, [1])
     assert not ticks.run_once(sessions, "hourly", every, ran.append, [2])
     assert ran == [1]
+
+
+def test_a_failing_loop_logs_its_first_failure_in_full_then_now_and_then(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    streak = logs.FailureStreak(logging.getLogger("riskalert.test"), "the pass", every=100)
+    with caplog.at_level(logging.INFO, logger="riskalert.test"):
+        for _ in range(250):
+            try:
+                raise ConnectionError("database away")
+            except ConnectionError:
+                streak.failed()
+        streak.succeeded()
+        streak.succeeded()
+    lines = [(r.levelname, r.getMessage(), bool(r.exc_info)) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "the pass failed (1 in a row)", True),
+        ("ERROR", "the pass failed (100 in a row)", False),
+        ("ERROR", "the pass failed (200 in a row)", False),
+        ("INFO", "the pass works again after 250 failures", False),
+    ]

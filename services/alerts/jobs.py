@@ -32,7 +32,7 @@ from services.alerts import email, outbox, pipeline, webhooks
 from services.alerts.settings import AlertsSettings
 from services.core import activity, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker
-from services.core.logs import working_for
+from services.core.logs import FailureStreak, working_for
 from services.core.ticks import add_tick
 from services.scoring.feed import FEED_CHANNEL
 
@@ -240,6 +240,7 @@ class AlertsWorker:
 
     def _consume(self, inputs: tuple[str, ...], ready: threading.Event) -> None:
         poll = self._settings.poll_interval.total_seconds()
+        streak = FailureStreak(log, f"the alert pipeline ({', '.join(inputs)})")
         while not self._stop.is_set():
             ready.wait(poll)
             ready.clear()
@@ -250,9 +251,10 @@ class AlertsWorker:
                         self._factory, self._settings, self._clock, self._reader, inputs
                     ):
                         break
+                streak.succeeded()
             except Exception:
                 # The unit of work rolled back: the cursor did not move, the batch comes again.
-                log.exception("alert pipeline pass failed (%s)", ", ".join(inputs))
+                streak.failed()
 
     # The dispatcher: claim, deliver (on the pool), settle ------------------------------------
 
@@ -262,7 +264,7 @@ class AlertsWorker:
         busy: Counter[int] = Counter()
         inflight: set[Future[_Done]] = set()
         done: list[_Done] = []
-        failures = 0
+        failures = FailureStreak(log, "settling and claiming deliveries")
         while True:
             # Cleared before looking, so a completion or wake-up from now on is not missed.
             self._kick.clear()
@@ -281,22 +283,15 @@ class AlertsWorker:
                     claimed = self._cycle(batch, limit, +(busy - _ends(batch)))
                     busy -= _ends(batch)
                     self.delivered += len(batch)
-                    failures = 0
+                    failures.succeeded()
                 except Exception:
-                    failures += 1
-                    # One stack trace per outage; then a line now and then.
-                    log.log(
-                        logging.ERROR if failures == 1 or failures % 100 == 0 else logging.DEBUG,
-                        "settling/claiming failed (%d in a row)",
-                        failures,
-                        exc_info=failures == 1,
-                    )
+                    failures.failed()
                     # Keep the finished attempts until they are recorded, however long the
                     # database is away: dropping them would have them sent again after their
                     # leases. Nothing new is claimed meanwhile, so they are at most
                     # `concurrency`; settling by lease token records only those still held.
                     done = batch + done
-                    self._stop.wait(min(0.05 * failures, 2.0))
+                    self._stop.wait(min(0.05 * failures.count, 2.0))
             if stopping and not done:
                 break
             if claimed:

@@ -84,6 +84,31 @@ def formatter(as_json: bool) -> logging.Formatter:
     )
 
 
+class FailureStreak:
+    """A loop's failures in a row, logged without flooding: the first with its stack trace,
+    then one line every `every`, and the recovery once. Call `failed` in the except block."""
+
+    def __init__(self, logger: logging.Logger, what: str, every: int = 100) -> None:
+        self._log = logger
+        self._what = what
+        self._every = every
+        self.count = 0
+
+    def failed(self) -> None:
+        """Count a failure (in an except block: the first one's stack trace is logged)."""
+        self.count += 1
+        if self.count == 1 or self.count % self._every == 0:
+            self._log.error(
+                "%s failed (%d in a row)", self._what, self.count, exc_info=self.count == 1
+            )
+
+    def succeeded(self) -> None:
+        """End the streak, if any, with one line."""
+        if self.count:
+            self._log.info("%s works again after %d failures", self._what, self.count)
+            self.count = 0
+
+
 def configure(log_format: str = "auto", level: str = "INFO") -> None:
     """Route every standard-library log record through structlog, as JSON or for people."""
     as_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
@@ -140,4 +165,11 @@ def working_for(request_ids: Iterable[str | None], **context: Any) -> Iterator[N
         yield
 
 
-__all__ = ["bind_contextvars", "configure", "current_request_id", "request_id_from", "working_for"]
+__all__ = [
+    "FailureStreak",
+    "bind_contextvars",
+    "configure",
+    "current_request_id",
+    "request_id_from",
+    "working_for",
+]

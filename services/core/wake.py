@@ -15,6 +15,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from services.core.logs import FailureStreak
+
 log = logging.getLogger(__name__)
 
 
@@ -93,12 +95,14 @@ class Listener:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        streak = FailureStreak(log, "the wake listener (polling covers the gap)")
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
                     for channel in self._channels:
                         conn.execute(f"LISTEN {channel}")
                     self.listening.set()
+                    streak.succeeded()
                     while not self._stop.is_set():
                         # Short waits, so a stop request is noticed within a second.
                         for note in conn.notifies(timeout=1.0, stop_after=1):
@@ -106,5 +110,5 @@ class Listener:
             except Exception:
                 # Whatever broke it, keep listening: polling covers the gap meanwhile.
                 self.listening.clear()
-                log.warning("wake listener lost its connection; reconnecting", exc_info=True)
+                streak.failed()
                 self._stop.wait(self._retry_s)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.core import activity, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker
+from services.core.logs import FailureStreak
 from services.core.models import IdempotencyRecord
 from services.core.ticks import add_tick
 from services.scoring import feed, queue, scores
@@ -175,12 +176,14 @@ class RescoreWorker:
         poll = self._settings.worker_poll_interval.total_seconds()
         url = make_url(self._settings.database_url).set(drivername="postgresql")
         dsn = url.render_as_string(hide_password=False)
+        streak = FailureStreak(log, "the rescore listener (polling covers the gap)")
         while not self._stop.is_set():
             try:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
                     conn.execute(f"LISTEN {queue.CHANNEL}")
                     conn.execute(f"LISTEN {feed.INCIDENT_CHANNEL}")
                     self.listening.set()
+                    streak.succeeded()
                     while not self._stop.is_set():
                         # Short waits, so a stop request is noticed within a second.
                         for _ in conn.notifies(timeout=min(poll, 1.0), stop_after=1):
@@ -188,7 +191,7 @@ class RescoreWorker:
             except psycopg.Error:
                 self.listening.clear()
                 # Polling still runs meanwhile; retry the listener after a pause.
-                log.warning("rescore listener lost its connection; reconnecting", exc_info=True)
+                streak.failed()
                 self._stop.wait(poll)
 
     def _catch_up(self) -> None:
@@ -206,14 +209,16 @@ class RescoreWorker:
 
     def _run(self) -> None:
         poll = self._settings.worker_poll_interval.total_seconds()
+        streak = FailureStreak(log, "rescoring")
         while not self._stop.is_set():
             self._wake.wait(poll)
             self._wake.clear()
             try:
                 self._catch_up()
+                streak.succeeded()
             except Exception:
-                # A failed batch rolls back and stays queued; log it and try again next pass.
-                log.exception("rescoring pass failed")
+                # A failed batch rolls back and stays queued; try again next pass.
+                streak.failed()
 
 
 def make_scheduler(
