@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.alerts.models import Delivery
@@ -377,3 +378,10 @@ def test_a_failing_loop_logs_its_first_failure_in_full_then_now_and_then(
         ("ERROR", "the pass failed (200 in a row)", False),
         ("INFO", "the pass works again after 250 failures", False),
     ]
+
+
+def test_database_errors_show_the_statement_not_its_data(engine: Engine) -> None:
+    with pytest.raises(DBAPIError) as raised, engine.begin() as conn:
+        conn.execute(text("SELECT nothing FROM incident WHERE title = :t"), {"t": "private-words"})
+    assert "private-words" not in str(raised.value)
+    assert "SELECT nothing FROM incident" in str(raised.value)

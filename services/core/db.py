@@ -79,10 +79,15 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10) -> Engine:
-    """Build an engine; SQLite gets WAL, a busy timeout, foreign keys and IMMEDIATE writes."""
+    """Build an engine; SQLite gets WAL, a busy timeout, foreign keys and IMMEDIATE writes.
+
+    Errors never show a statement's parameters (they hold reports, addresses and hashes of
+    keys): logs carry the SQL, not the data.
+    """
     if is_sqlite(url):
         engine = create_engine(
             url,
+            hide_parameters=True,
             connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
             pool_size=pool_size,
             # SQLite connections are cheap: enough for every request thread (40) and worker
@@ -112,7 +117,13 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10)
         return engine
     # No pre-ping: it costs a round trip per request. A connection found dead raises a
     # disconnect error (a 503 to the client) and SQLAlchemy then discards the whole pool.
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    return create_engine(
+        url,
+        hide_parameters=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_recycle=1800,
+    )
 
 
 def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
