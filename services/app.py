@@ -8,6 +8,7 @@ from datetime import datetime
 
 from fastapi import FastAPI
 
+from services import dashboard
 from services.alerts import jobs as alert_jobs
 from services.alerts.api import router as alerts_router
 from services.feeds import poller as feed_poller
@@ -50,10 +51,12 @@ def create_app(
             finally:
                 worker.stop()
 
-    return scoring_app.create_app(
+    app = scoring_app.create_app(
         settings,
         clock=clock,
         routers=[alerts_router, feeds_router],
         background=background,
         title="riskalert API",
     )
+    dashboard.mount(app)
+    return app

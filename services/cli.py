@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from services.alerts import demo as alerts_demo
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
 from services.core import logs, metrics
@@ -79,6 +80,7 @@ def load_demo(settings: Settings) -> int:
         with factory.begin() as session:
             now = jobs.utc_now()
             tenant_id = demo.load(session, now, scores.ensure_model(session, now))
+            alerts_demo.load(session, tenant_id, now)
         jobs.drain(factory, settings)
     finally:
         engine.dispose()

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from services.alerts.models import Endpoint, Rule, Subscription
 from services.cli import app as cli
 from services.core.db import make_engine, make_sessionmaker
 from services.core.models import ApiKey, Tenant
@@ -180,3 +181,12 @@ def test_demo_command_loads_and_scores_the_database(db_url: str) -> None:
     assert counts["current_score"] == 8
     assert counts["incident"] == len(demo.timeline())
     assert counts["rescore_mark"] == 0
+    # The demo firm watches every target (the dashboard's threshold page works on it), once.
+    with make_sessionmaker(engine)() as session:
+        (subscription,) = session.execute(select(Subscription)).scalars()
+        rules = session.execute(select(Rule).where(Rule.subscription_id == subscription.id))
+        assert sorted(r.kind for r in rules.scalars()) == ["event", "threshold"]
+        (endpoint,) = session.execute(select(Endpoint)).scalars()
+    engine.dispose()
+    assert subscription.scope == "all"
+    assert endpoint.address.endswith("@example.com")

@@ -112,18 +112,23 @@ def free_port() -> int:
 # Databases
 
 
-def run_migrate(url: str, log: Path) -> None:
-    """Build the schema with the command line, as a deployment would."""
+def run_command(command: str, url: str, log: Path) -> None:
+    """Run `riskalert COMMAND --database-url URL` to its end, as a deployment would."""
     with log.open("ab") as out:
         done = subprocess.run(
-            [str(RISKALERT), "migrate", "--database-url", url],
+            [str(RISKALERT), command, "--database-url", url],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=log.parent,
             env=clean_env(),
             timeout=120,
         )
-    assert done.returncode == 0, f"riskalert migrate failed:\n{log.read_text()}"
+    assert done.returncode == 0, f"riskalert {command} failed:\n{log.read_text()}"
+
+
+def run_migrate(url: str, log: Path) -> None:
+    """Build the schema with the command line."""
+    run_command("migrate", url, log)
 
 
 @contextmanager

@@ -1,0 +1,55 @@
+"""The demo firm's alert set-up: an email desk and one subscription watching every target, so
+the dashboard's threshold page and previews have a rule to work on."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.alerts import endpoints, subscriptions
+from services.alerts.models import Subscription
+from services.alerts.schemas import (
+    EndpointIn,
+    EndpointKind,
+    EventRuleIn,
+    SubscriptionIn,
+    SubscriptionScope,
+    ThresholdRuleIn,
+    Trigger,
+)
+
+DEMO_SUBSCRIPTION = "Demo security desk: every site and corridor"
+
+
+def load(session: Session, tenant_id: int, now: datetime) -> None:
+    """Add the demo endpoint and subscription to the demo tenant (idempotent)."""
+    found = session.execute(
+        select(Subscription.id).where(
+            Subscription.tenant_id == tenant_id, Subscription.name == DEMO_SUBSCRIPTION
+        )
+    ).first()
+    if found is not None:
+        return
+    # example.com never answers: an alert would show as a failed delivery, which is the point
+    # of a demo of the deliveries page.
+    desk = EndpointIn(
+        kind=EndpointKind.EMAIL, name="Demo security desk", address="desk@example.com"
+    )
+    endpoint, _ = endpoints.create(session, tenant_id, desk, now)
+    rules = [
+        ThresholdRuleIn(raise_at=60, clear_at=45, pending=timedelta(hours=6)),
+        EventRuleIn(trigger=Trigger.KIDNAPPING_NEARBY, radius_km=50),
+    ]
+    subscriptions.create(
+        session,
+        tenant_id,
+        SubscriptionIn(
+            name=DEMO_SUBSCRIPTION,
+            scope=SubscriptionScope.ALL,
+            endpoint_ids=[endpoint.id],
+            rules=rules,
+        ),
+        now,
+    )

@@ -1,0 +1,59 @@
+"""The ops dashboard: a static page the service serves itself at /dashboard/ (docs/dashboard.md).
+
+It holds no data and no secret: the page asks for an API key and calls the versioned API with
+it, so the key's tenant and roles bound what it shows, as for any integrator. Everything it
+loads comes from this service (vendored files, `static/vendor/LICENSES.md`), so it works
+offline; the security headers below keep it that way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from starlette.staticfiles import StaticFiles
+
+from services.core.activity import App, Receive, Scope, Send
+
+STATIC = Path(__file__).with_name("static")
+PREFIX = "/dashboard"
+HEADERS = [
+    (
+        b"content-security-policy",
+        # Scripts, data and pictures only from here; inline styles for the map's markers.
+        b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        b"img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        b"form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-cache"),
+]
+
+
+class _Secured:
+    """Add the dashboard's security headers to every response of `app`."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def mount(app: FastAPI) -> None:
+    """Serve the dashboard at /dashboard/, and send / there."""
+    app.mount(PREFIX, _Secured(StaticFiles(directory=STATIC, html=True)), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    async def _home() -> RedirectResponse:
+        return RedirectResponse(f"{PREFIX}/")
