@@ -21,7 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from services.scoring.demo import DEMO_TENANT_KEY
+from services.scoring.demo import DEMO_INGEST_KEY, DEMO_TENANT_KEY
 from tests.scenarios.harness import (
     Database,
     Receiver,
@@ -48,6 +48,7 @@ BAND_COLOURS = {
 }
 AUTH = {"Authorization": f"Bearer {DEMO_TENANT_KEY}"}
 UI_TIMEOUT_MS = 60_000
+AXE = Path(__file__).parents[1] / "fixtures" / "axe" / "axe.min.js"
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,8 @@ def server(riskalert: Riskalert, database: Database, tmp_path: Path) -> Server:
 def page(browser: Browser, server: Server) -> Iterator[Page]:
     """A signed-in dashboard tab, on a laptop-sized screen."""
     context = browser.new_context(viewport={"width": 1366, "height": 800})
+    # Loaded by the browser itself before the page's scripts: the page's CSP does not apply.
+    context.add_init_script(path=AXE)
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     problems: list[str] = []
@@ -128,6 +131,16 @@ def unlabelled_controls(page: Page) -> list[str]:
     return found
 
 
+def accessibility_problems(page: Page) -> list[str]:
+    """Serious and critical WCAG 2 A/AA violations axe-core finds on the page as it is now."""
+    result = page.evaluate("() => axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']}: {[n['target'] for n in v['nodes']][:3]}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
 def api_get(server: Server, path: str) -> Any:
     response = httpx.get(f"{server.url}{path}", headers=AUTH, timeout=30)
     assert response.status_code == 200, response.text
@@ -149,7 +162,12 @@ def test_the_map_shows_the_demo_sites_in_their_band_colours_and_the_slider_goes_
     now = {s["id"]: s["properties"]["current_score"]["band"] for s in sites}
     assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in now.items()}
     assert page.locator("path.incident-marker").count() == 0  # the demo's are from 2025
+    # A site marker takes the keyboard: focused, Enter opens its popup with a link to its page.
+    page.locator("path.site-marker").first.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".leaflet-popup-content a")).to_have_text("Score, explanation and history")
     assert unlabelled_controls(page) == []
+    assert accessibility_problems(page) == []
     page.screenshot(path=shots(tmp_path) / "dashboard-map-now.png")
 
     # Back to mid-2025, when the demo timeline happened: the slider counts days from today.
@@ -191,9 +209,45 @@ def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_histo
     expect(page.get_by_text(score["contributions"][0]["why"]).first).to_be_visible()
     expect(page.locator("#history-chart canvas")).to_have_count(1)
     assert unlabelled_controls(page) == []
+    assert accessibility_problems(page) == []
     page.screenshot(path=shots(tmp_path) / "dashboard-target.png", full_page=True)
     page.get_by_text("Score history as a table").click()
     assert page.locator("details table tbody tr").count() == 105  # weekly, two years
+
+
+def test_an_alert_that_fires_is_marked_on_the_targets_history(page: Page, server: Server) -> None:
+    map_drawn(page)
+    site = next(
+        s
+        for s in api_get(server, "/v1/sites?limit=500")["features"]
+        if s["properties"]["expat_staff"]
+    )
+    lon, lat = site["geometry"]["coordinates"]
+    # A kidnapping 5 km from the site, now: the demo subscription's event rule alerts at once.
+    kidnapping = {
+        "source": "dashboard-test",
+        "source_id": "k-1",
+        "category": "kidnapping",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "location": {"type": "Point", "coordinates": [lon + 0.045, lat]},
+        "title": "Engineers kidnapped on the mine road",
+    }
+    posted = httpx.post(
+        f"{server.url}/v1/incidents",
+        headers={"Authorization": f"Bearer {DEMO_INGEST_KEY}"},
+        json=kidnapping,
+        timeout=30,
+    )
+    assert posted.status_code == 201, posted.text
+    wait_until(
+        lambda: api_get(server, f"/v1/alerts?target_id={site['id']}")["alerts"] != [],
+        timeout=60,
+        what="the kidnapping alert",
+    )
+    page.goto(f"{server.url}/dashboard/#/sites/{site['id']}")
+    expect(page.locator("#history-chart")).to_contain_text("the 1 alert(s) that fired")
+    page.get_by_text("Score history as a table").click()
+    expect(page.locator("details caption")).to_contain_text("(triggered)")
 
 
 def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
@@ -206,6 +260,13 @@ def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
     page.locator("#rules-table a").first.click()
     page.wait_for_url(re.compile(rf"#/thresholds/{subscription['id']}/{rule['id']}$"))
     assert unlabelled_controls(page) == []
+    assert accessibility_problems(page) == []
+
+    # A refused value is named with its field, and nothing is saved.
+    page.get_by_label("Raise at").fill("very high")
+    page.get_by_role("button", name="Save the rule").click()
+    expect(page.get_by_role("alert")).to_contain_text("raise_at")
+    expect(page.locator("#saved")).to_have_text("")
 
     page.get_by_label("Raise at").fill("25")
     page.get_by_label("Clear below").fill("15")
@@ -270,6 +331,7 @@ def test_a_failed_delivery_shows_its_attempts_and_is_replayed(
     expect(attempt_rows).to_have_count(len(attempts))
     expect(attempt_rows.first).to_contain_text("500")
     assert unlabelled_controls(page) == []
+    assert accessibility_problems(page) == []
     page.screenshot(path=shots(tmp_path) / "dashboard-deliveries.png", full_page=True)
 
     sent = len(receiver.got("/down"))

@@ -427,9 +427,22 @@ function drawSites(layer, sites, bands, asOf) {
     if (el) {
       el.dataset.siteId = String(s.id);
       el.dataset.band = band || "none";
-      el.setAttribute("aria-label", label);
+      focusable(el, label, () => marker.openPopup());
     }
   }
+}
+
+/** Make a map shape reachable with Tab and opened with Enter or Space, named for readers. */
+function focusable(el, label, open) {
+  el.setAttribute("role", "button");
+  el.setAttribute("tabindex", "0");
+  el.setAttribute("aria-label", label);
+  el.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      open();
+    }
+  });
 }
 
 function drawCorridors(layer, corridors, bands, hotspots, asOf) {
@@ -450,6 +463,7 @@ function drawCorridors(layer, corridors, bands, hotspots, asOf) {
     if (el) {
       el.dataset.corridorId = String(c.id);
       el.dataset.band = band || "none";
+      focusable(el, `${c.properties.name}: ${band || "not scored yet"}`, () => base.openPopup());
     }
     // Hotspot segments: the pieces scoring above "low", in their band's colour.
     for (const spot of hotspots.get(c.id) || []) {
@@ -820,6 +834,8 @@ async function ruleView(main, subscriptionId, ruleId) {
       Object.assign(rule, out);
       saved.textContent = `Saved: ${describeRule(out)}.`;
       saved.className = "ok";
+    } catch (err) {
+      // Shown in the error box by busy(); the stored rule is unchanged.
     } finally {
       saveButton.disabled = false;
     }
@@ -917,8 +933,12 @@ function deliveryTable(deliveries, endpoints) {
         show.setAttribute("aria-expanded", String(!open));
         detailRow.hidden = open;
         if (!open) {
-          const detail = await busy("Loading attempts", api(`/v1/deliveries/${d.id}`));
-          attempts.replaceChildren(attemptTable(detail.attempt_log));
+          try {
+            const detail = await busy("Loading attempts", api(`/v1/deliveries/${d.id}`));
+            attempts.replaceChildren(attemptTable(detail.attempt_log));
+          } catch (err) {
+            attempts.replaceChildren(h("p", { class: "muted" }, "Could not load the attempts."));
+          }
         }
       });
       const replay = h("button", { type: "button" }, "Replay");
