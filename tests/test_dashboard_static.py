@@ -20,6 +20,7 @@ def test_the_page_is_served_with_headers_that_keep_it_to_this_service(api: Api) 
     assert "default-src 'self'" in policy
     assert "script-src 'self'" in policy
     assert "frame-ancestors 'none'" in policy
+    assert "unsafe" not in policy  # no inline script or style, no eval
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["referrer-policy"] == "no-referrer"
     home = api.client.get("/", follow_redirects=False)

@@ -19,10 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from services.scoring.demo import DEMO_INGEST_KEY, DEMO_TENANT_KEY
 from tests.scenarios.harness import (
+    ADMIN_KEY,
     Database,
     Receiver,
     Reply,
@@ -49,6 +50,7 @@ BAND_COLOURS = {
 AUTH = {"Authorization": f"Bearer {DEMO_TENANT_KEY}"}
 UI_TIMEOUT_MS = 60_000
 AXE = Path(__file__).parents[1] / "fixtures" / "axe" / "axe.min.js"
+JUNE_2025 = datetime(2025, 6, 20, tzinfo=UTC)  # in the demo timeline
 
 
 @pytest.fixture(scope="session")
@@ -73,27 +75,52 @@ def server(riskalert: Riskalert, database: Database, tmp_path: Path) -> Server:
     return riskalert.serve()
 
 
+class Tab:
+    """A browser tab on the dashboard, with every script error and CSP violation it logs."""
+
+    def __init__(self, browser: Browser, server: Server) -> None:
+        self.context = browser.new_context(viewport={"width": 1366, "height": 800})
+        # Loaded by the browser itself before the page's scripts: the page's CSP does not apply.
+        self.context.add_init_script(path=AXE)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(UI_TIMEOUT_MS)
+        self.problems: list[str] = []
+        self.page.on("pageerror", lambda error: self.problems.append(str(error)))
+        self.page.on("console", self._console)
+        self.page.goto(f"{server.url}/dashboard/")
+
+    def _console(self, message: ConsoleMessage) -> None:
+        # Refused requests are the tests' own doing; anything else logged as an error is a bug.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.problems.append(message.text)
+
+    def sign_in(self, key: str) -> None:
+        """Type the key and press Enter: the keyboard alone."""
+        expect(self.page.get_by_label("API key")).to_be_focused()
+        self.page.keyboard.type(key)
+        self.page.keyboard.press("Enter")
+
+    def close(self) -> None:
+        self.context.close()
+        assert self.problems == [], f"errors in the page: {self.problems}"
+
+
 @pytest.fixture
-def page(browser: Browser, server: Server) -> Iterator[Page]:
-    """A signed-in dashboard tab, on a laptop-sized screen."""
-    context = browser.new_context(viewport={"width": 1366, "height": 800})
-    # Loaded by the browser itself before the page's scripts: the page's CSP does not apply.
-    context.add_init_script(path=AXE)
-    page = context.new_page()
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(str(error)))
-    page.goto(f"{server.url}/dashboard/")
-    # Signed out, the page asks for a key: typed and sent with the keyboard only.
-    expect(page.get_by_label("API key")).to_be_focused()
-    page.keyboard.type(DEMO_TENANT_KEY)
-    page.keyboard.press("Enter")
-    page.wait_for_url(re.compile(r"#/map$"))
+def tab(browser: Browser, server: Server) -> Iterator[Tab]:
+    opened = Tab(browser, server)
     try:
-        yield page
+        yield opened
     finally:
-        context.close()
-    assert problems == [], f"errors in the page: {problems}"
+        opened.close()
+
+
+@pytest.fixture
+def page(tab: Tab) -> Page:
+    """A dashboard tab signed in with the demo tenant's key, on a laptop-sized screen."""
+    assert accessibility_problems(tab.page) == []  # the sign-in form
+    tab.sign_in(DEMO_TENANT_KEY)
+    tab.page.wait_for_url(re.compile(r"#/map$"))
+    return tab.page
 
 
 def shots(tmp_path: Path) -> Path:
@@ -102,9 +129,10 @@ def shots(tmp_path: Path) -> Path:
     return where
 
 
-def map_drawn(page: Page) -> str:
-    """Wait until the map has drawn; return the time it shows ("now" or an ISO instant)."""
-    page.locator('#map[data-ready="true"]').wait_for()
+def map_drawn(page: Page, as_of: str | re.Pattern[str] = "now") -> str:
+    """Wait until the map has drawn the time asked for; return the time it shows."""
+    expect(page.locator("#map")).to_have_attribute("data-as-of", as_of)
+    expect(page.locator("#map")).to_have_attribute("data-ready", "true")
     return page.locator("#map").get_attribute("data-as-of") or ""
 
 
@@ -113,11 +141,15 @@ def marker_bands(page: Page) -> dict[int, tuple[str, str]]:
     drawn: dict[int, tuple[str, str]] = {}
     for marker in page.locator("path.site-marker").all():
         site_id = int(marker.get_attribute("data-site-id") or 0)
-        drawn[site_id] = (
-            marker.get_attribute("data-band") or "",
-            marker.get_attribute("fill") or "",
-        )
+        band, fill = marker.get_attribute("data-band"), marker.get_attribute("fill")
+        drawn[site_id] = (band or "", fill or "")
     return drawn
+
+
+def checked(page: Page) -> None:
+    """The page as it is now has no unnamed control and no serious WCAG 2 A/AA violation."""
+    assert unlabelled_controls(page) == []
+    assert accessibility_problems(page) == []
 
 
 def unlabelled_controls(page: Page) -> list[str]:
@@ -141,45 +173,50 @@ def accessibility_problems(page: Page) -> list[str]:
     ]
 
 
-def api_get(server: Server, path: str) -> Any:
-    response = httpx.get(f"{server.url}{path}", headers=AUTH, timeout=30)
+def api_get(server: Server, path: str, headers: dict[str, str] = AUTH) -> Any:
+    response = httpx.get(f"{server.url}{path}", headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def api_post(server: Server, path: str, body: dict[str, Any]) -> Any:
-    response = httpx.post(f"{server.url}{path}", headers=AUTH, json=body, timeout=60)
-    assert response.status_code == 200, response.text
+def api_post(
+    server: Server, path: str, body: dict[str, Any], headers: dict[str, str] = AUTH
+) -> Any:
+    response = httpx.post(f"{server.url}{path}", headers=headers, json=body, timeout=60)
+    assert response.status_code in (200, 201, 202), response.text
     return response.json()
+
+
+def post_kidnapping(server: Server, source_id: str, lon: float, lat: float, title: str) -> None:
+    """A kidnapping at (lon, lat), now, from the demo's ingest key."""
+    body = {
+        "source": "dashboard-test",
+        "source_id": source_id,
+        "category": "kidnapping",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "location": {"type": "Point", "coordinates": [lon, lat]},
+        "title": title,
+    }
+    api_post(server, "/v1/incidents", body, {"Authorization": f"Bearer {DEMO_INGEST_KEY}"})
 
 
 def test_the_map_shows_the_demo_sites_in_their_band_colours_and_the_slider_goes_back_in_time(
     page: Page, server: Server, tmp_path: Path
 ) -> None:
-    assert map_drawn(page) == "now"
+    map_drawn(page)
     sites = api_get(server, "/v1/sites?limit=500")["features"]
     assert len(sites) >= 3
     now = {s["id"]: s["properties"]["current_score"]["band"] for s in sites}
     assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in now.items()}
-    assert page.locator("path.incident-marker").count() == 0  # the demo's are from 2025
-    # A site marker takes the keyboard: focused, Enter opens its popup with a link to its page.
-    page.locator("path.site-marker").first.focus()
-    page.keyboard.press("Enter")
-    expect(page.locator(".leaflet-popup-content a")).to_have_text("Score, explanation and history")
-    assert unlabelled_controls(page) == []
-    assert accessibility_problems(page) == []
+    checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-map-now.png")
 
-    # Back to mid-2025, when the demo timeline happened: the slider counts days from today.
-    days_back = (datetime.now(UTC) - datetime(2025, 6, 20, tzinfo=UTC)).days
-    page.get_by_label("As of").fill(str(-days_back))
-    as_of = ""
-    for _ in range(3):  # the slider may still report the previous drawing once
-        as_of = map_drawn(page)
-        if as_of.startswith("2025-06-2"):
-            break
-        page.wait_for_timeout(500)
-    assert as_of.startswith("2025-06-2"), as_of
+    # Back to the demo timeline: the slider counts days from today, and arrow keys move it.
+    slider = page.get_by_label("As of")
+    slider.fill(str(-(datetime.now(UTC) - JUNE_2025).days - 1))
+    slider.press("ArrowRight")
+    as_of = map_drawn(page, re.compile(r"^2025-06-20T"))
+    expect(slider).to_have_attribute("aria-valuetext", "2025-06-20")
     expected = api_post(
         server,
         "/v1/backtests",
@@ -189,8 +226,49 @@ def test_the_map_shows_the_demo_sites_in_their_band_colours_and_the_slider_goes_
     assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in then.items()}
     assert then != now, "mid-2025 looks different from today"
     assert page.locator("path.incident-marker").count() > 0
-    expect(page.locator("#as-of-value")).to_have_text(as_of[:10])
+    expect(page.locator("#shown-on-map")).to_contain_text("Countries under area-scoped threats")
+    checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-map-2025.png")
+
+    # Each site is a button for the keyboard, still after its layer is turned off and on.
+    page.get_by_role("checkbox", name="Sites", exact=True).uncheck()
+    expect(page.locator("path.site-marker")).to_have_count(0)
+    page.get_by_role("checkbox", name="Sites", exact=True).check()
+    page.locator("path.site-marker").first.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".leaflet-popup-content a")).to_have_text("Score, explanation and history")
+
+
+def test_text_from_the_api_is_shown_as_text_never_as_markup(page: Page, server: Server) -> None:
+    map_drawn(page)
+    sneaky = '<img id="injected" src="x">Camp'
+    site = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [-4.0, 12.6]},
+        "properties": {"name": sneaky, "country": "MLI", "expat_staff": True},
+    }
+    api_post(server, "/v1/sites", site)
+    post_kidnapping(server, "k-html", -4.01, 12.6, '<b id="bold">kidnapping</b> at the camp')
+    wait_until(
+        lambda: any(
+            s["properties"]["current_score"] is not None
+            for s in api_get(server, "/v1/sites?limit=500")["features"]
+            if s["properties"]["name"] == sneaky
+        ),
+        timeout=60,
+        what="the new site's first score",
+    )
+    page.reload()
+    map_drawn(page)
+    marker = page.locator("path.site-marker").last
+    marker.hover()
+    expect(page.locator(".leaflet-tooltip")).to_contain_text(sneaky)
+    marker.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".leaflet-popup-content strong")).to_have_text(sneaky)
+    page.locator("#shown-on-map summary", has_text="Incidents").click()
+    expect(page.locator("#shown-on-map")).to_contain_text('<b id="bold">kidnapping</b>')
+    assert page.locator("#injected, #bold").count() == 0
 
 
 def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_history(
@@ -202,14 +280,16 @@ def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_histo
     scored = [(api_get(server, f"/v1/sites/{s['id']}/score?as_of={as_of}"), s) for s in sites]
     score, site = max(scored, key=lambda pair: pair[0]["score"])
     assert score["contributions"], "the demo's worst site in June 2025 has incidents behind it"
+    page.get_by_role("link", name="Sites and corridors").click()
+    expect(page.locator("#targets-table")).to_contain_text(site["properties"]["name"])
+    checked(page)
     page.goto(f"{server.url}/dashboard/#/sites/{site['id']}?as_of={as_of}")
     expect(page.get_by_role("heading", level=1)).to_contain_text(site["properties"]["name"])
     expect(page.locator("#score-value")).to_have_text(f"{score['score']:.1f}")
     expect(page.locator("ol.contributions > li")).to_have_count(len(score["contributions"]))
     expect(page.get_by_text(score["contributions"][0]["why"]).first).to_be_visible()
     expect(page.locator("#history-chart canvas")).to_have_count(1)
-    assert unlabelled_controls(page) == []
-    assert accessibility_problems(page) == []
+    checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-target.png", full_page=True)
     page.get_by_text("Score history as a table").click()
     assert page.locator("details table tbody tr").count() == 105  # weekly, two years
@@ -223,22 +303,8 @@ def test_an_alert_that_fires_is_marked_on_the_targets_history(page: Page, server
         if s["properties"]["expat_staff"]
     )
     lon, lat = site["geometry"]["coordinates"]
-    # A kidnapping 5 km from the site, now: the demo subscription's event rule alerts at once.
-    kidnapping = {
-        "source": "dashboard-test",
-        "source_id": "k-1",
-        "category": "kidnapping",
-        "occurred_at": datetime.now(UTC).isoformat(),
-        "location": {"type": "Point", "coordinates": [lon + 0.045, lat]},
-        "title": "Engineers kidnapped on the mine road",
-    }
-    posted = httpx.post(
-        f"{server.url}/v1/incidents",
-        headers={"Authorization": f"Bearer {DEMO_INGEST_KEY}"},
-        json=kidnapping,
-        timeout=30,
-    )
-    assert posted.status_code == 201, posted.text
+    # 5 km from the site, now: the demo subscription's kidnapping rule alerts at once.
+    post_kidnapping(server, "k-1", lon + 0.045, lat, "Engineers kidnapped on the mine road")
     wait_until(
         lambda: api_get(server, f"/v1/alerts?target_id={site['id']}")["alerts"] != [],
         timeout=60,
@@ -257,16 +323,19 @@ def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
     (subscription,) = api_get(server, "/v1/subscriptions")["subscriptions"]
     rule = next(r for r in subscription["rules"] if r["kind"] == "threshold")
     page.get_by_role("link", name="Thresholds").click()
+    expect(page.locator("#rules-table")).to_be_visible()
+    checked(page)
     page.locator("#rules-table a").first.click()
     page.wait_for_url(re.compile(rf"#/thresholds/{subscription['id']}/{rule['id']}$"))
-    assert unlabelled_controls(page) == []
-    assert accessibility_problems(page) == []
+    checked(page)
 
     # A refused value is named with its field, and nothing is saved.
     page.get_by_label("Raise at").fill("very high")
     page.get_by_role("button", name="Save the rule").click()
     expect(page.get_by_role("alert")).to_contain_text("raise_at")
-    expect(page.locator("#saved")).to_have_text("")
+    checked(page)
+    stored = api_get(server, f"/v1/subscriptions/{subscription['id']}")["rules"]
+    assert next(r for r in stored if r["id"] == rule["id"]) == rule
 
     page.get_by_label("Raise at").fill("25")
     page.get_by_label("Clear below").fill("15")
@@ -289,10 +358,12 @@ def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
     expect(page.locator("#edited-total")).to_have_text(str(expected["total"]))
     expect(page.locator("#current-total")).to_have_text(str(expected["baseline"]["total"]))
     assert page.locator("#preview-alerts > li").count() == len(expected["alerts"])
+    checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-thresholds.png", full_page=True)
 
     page.get_by_role("button", name="Save the rule").click()
     expect(page.locator("#saved")).to_contain_text("Saved")
+    expect(page.locator("#rule-now")).to_contain_text("raise at score 25")
     stored = api_get(server, f"/v1/subscriptions/{subscription['id']}")
     (saved,) = [r for r in stored["rules"] if r["id"] == rule["id"]]
     assert (saved["raise_at"], saved["clear_at"]) == (25, 15)
@@ -303,19 +374,12 @@ def test_a_failed_delivery_shows_its_attempts_and_is_replayed(
     page: Page, server: Server, receiver: Receiver, tmp_path: Path
 ) -> None:
     map_drawn(page)
-    created = httpx.post(
-        f"{server.url}/v1/endpoints",
-        headers=AUTH,
-        json={"kind": "webhook", "name": "ops", "url": receiver.url("/down")},
-        timeout=30,
+    hook = api_post(
+        server, "/v1/endpoints", {"kind": "webhook", "name": "ops", "url": receiver.url("/down")}
     )
-    assert created.status_code == 201, created.text
-    hook = created.json()
     receiver.expect("/down", hook["secret"])
     receiver.script("/down", [], then=Reply(status=500))
-    queued = httpx.post(f"{server.url}/v1/endpoints/{hook['id']}/test", headers=AUTH, timeout=30)
-    assert queued.status_code == 202, queued.text
-    delivery_id = queued.json()["id"]
+    delivery_id = api_post(server, f"/v1/endpoints/{hook['id']}/test", {})["id"]
     wait_until(
         lambda: api_get(server, f"/v1/deliveries/{delivery_id}")["status"] == "failed",
         timeout=60,
@@ -326,12 +390,12 @@ def test_a_failed_delivery_shows_its_attempts_and_is_replayed(
     page.get_by_role("link", name="Deliveries").click()
     row = page.locator(f'tr[data-delivery-id="{delivery_id}"]')
     expect(row).to_contain_text("endpoint.test")
+    expect(row).to_contain_text("ops (webhook)")
     row.get_by_role("button", name="Attempts").click()
     attempt_rows = page.locator(f'tr[data-delivery-id="{delivery_id}"] + tr tbody tr')
     expect(attempt_rows).to_have_count(len(attempts))
     expect(attempt_rows.first).to_contain_text("500")
-    assert unlabelled_controls(page) == []
-    assert accessibility_problems(page) == []
+    checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-deliveries.png", full_page=True)
 
     sent = len(receiver.got("/down"))
@@ -340,15 +404,38 @@ def test_a_failed_delivery_shows_its_attempts_and_is_replayed(
     wait_until(lambda: len(receiver.got("/down")) > sent, timeout=30, what="the replayed delivery")
 
 
-def test_a_bad_key_is_refused_plainly(browser: Browser, server: Server) -> None:
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    try:
-        page.goto(f"{server.url}/dashboard/")
-        page.get_by_label("API key").fill("rak_" + "x" * 43)
-        page.get_by_role("button", name="Sign in").click()
-        expect(page.get_by_role("alert")).to_contain_text("401")
-        assert page.url.endswith("#/sign-in")
-    finally:
-        context.close()
+def test_the_skip_link_moves_focus_to_the_page_without_leaving_it(page: Page) -> None:
+    map_drawn(page)
+    first = page.evaluate("() => document.querySelector('a[href], button, input').className")
+    assert first == "skip", "the skip link comes first in the tab order"
+    page.locator(".skip").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    assert page.url.endswith("#/map")
+    expect(page.locator("#map")).to_be_visible()
+
+
+def test_a_refused_key_is_named_and_a_revoked_one_signs_out_saying_why(
+    tab: Tab, server: Server
+) -> None:
+    tab.sign_in("rak_" + "x" * 43)
+    expect(tab.page.get_by_role("alert")).to_contain_text("401")
+    assert tab.page.evaluate("() => sessionStorage.length") == 0
+    checked(tab.page)
+
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    (tenant,) = api_get(server, "/v1/tenants", admin)
+    created = api_post(
+        server,
+        "/v1/api-keys",
+        {"name": "ops laptop", "tenant_id": tenant["id"], "roles": ["scores:read"]},
+        admin,
+    )
+    tab.page.get_by_label("API key").fill("")
+    tab.sign_in(created["key"])
+    map_drawn(tab.page)
+    revoked = httpx.delete(f"{server.url}/v1/api-keys/{created['id']}", headers=admin)
+    assert revoked.status_code == 204, revoked.text
+    tab.page.get_by_role("link", name="Sites and corridors").click()
+    tab.page.wait_for_url(re.compile(r"#/sign-in$"))
+    expect(tab.page.get_by_role("alert")).to_contain_text("Signed out")

@@ -1,14 +1,19 @@
 // riskalert dashboard: one page, no build step. It calls the same versioned API as any
 // integrator, with the API key the user signs in with (kept in this tab's sessionStorage
 // only), so the key's tenant and roles bound what it shows. Text from the API is only ever
-// set as text (never as HTML).
+// set as text: every node is built by h(), and Leaflet gets elements, never strings.
 
 const KEY_STORAGE = "riskalert.apiKey";
+const NOTE_STORAGE = "riskalert.signInNote"; // why the last key stopped working
 const DAY_MS = 86_400_000;
-const SLIDER_DAYS = 730; // how far back the map's time slider reaches
-const INCIDENT_WINDOW_DAYS = 90; // incidents shown on the map: those of the last 90 days
+const SLIDER_DAYS = 1826; // how far back the map's time slider reaches: five years
+const HISTORY_WEEKS = 104; // the target page's chart
+const INCIDENT_WINDOW_DAYS = 90; // incidents shown on the map: those of the 90 days before
 const MAX_PAGES = 50; // bounds every paginated read
+const MAX_HOTSPOT_CORRIDORS = 100;
+const IN_FLIGHT = 6; // requests at once for per-item reads, within the per-key rate limit
 const BANDS = ["low", "moderate", "elevated", "high", "critical"];
+const DELIVERY_ORDER = ["failed", "pending", "sending", "succeeded", "cancelled", "superseded"];
 export const BAND_COLOURS = {
   low: "#2e7d32",
   moderate: "#9e9d24",
@@ -42,9 +47,6 @@ const ALPHA3 = {
   "894": "ZMB",
 };
 
-// ------------------------------------------------------------------------------------------
-// Small helpers
-
 /** Build an element: h("a", {href: "#/map"}, "Map"). Strings become text nodes. */
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -52,6 +54,8 @@ function h(tag, attrs = {}, ...children) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
     else if (name === "dataset") Object.assign(el.dataset, value);
+    // Through the CSSOM: the page's CSP allows no inline style attributes.
+    else if (name === "style") el.style.cssText = value;
     else el.setAttribute(name, value === true ? "" : String(value));
   }
   for (const child of children.flat(Infinity)) {
@@ -61,35 +65,32 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-function bandBadge(band) {
-  return h("span", { class: `band band-${band}` }, band);
-}
+const bandBadge = (band) => h("span", { class: `band band-${band}` }, band);
+const day = (iso) => (iso ? iso.slice(0, 10) : "");
+const when = (iso) => (iso ? `${iso.replace("T", " ").slice(0, 16)} UTC` : "");
+const isoAt = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+const humanize = (text) => String(text).replaceAll("_", " ");
+const latLng = ([lon, lat]) => [lat, lon];
+const familyOf = (category) =>
+  FAMILIES.find((f) => f.categories.includes(category)) || FAMILIES[FAMILIES.length - 1];
 
-function day(iso) {
-  return iso ? iso.slice(0, 10) : "";
+/** Run `work(item)` for every item, at most IN_FLIGHT at once; results in order. */
+async function eachLimited(items, work) {
+  const out = new Array(items.length);
+  let next = 0;
+  const runner = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await work(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(IN_FLIGHT, items.length) }, runner));
+  return out;
 }
-
-function when(iso) {
-  return iso ? iso.replace("T", " ").slice(0, 16) + " UTC" : "";
-}
-
-function isoAt(ms) {
-  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
-}
-
-function familyOf(category) {
-  return FAMILIES.find((f) => f.categories.includes(category)) || FAMILIES[FAMILIES.length - 1];
-}
-
-function humanize(text) {
-  return String(text).replaceAll("_", " ");
-}
-
-// ------------------------------------------------------------------------------------------
-// Status, errors, the API
 
 const statusEl = () => document.getElementById("status");
 const errorEl = () => document.getElementById("error");
+let navigation = 0; // bumped on every page change: work for a page left behind shows nothing
 
 class ApiError extends Error {
   constructor(status, problem) {
@@ -99,44 +100,41 @@ class ApiError extends Error {
   }
 }
 
-/** Show progress while `promise` runs; errors are shown plainly, then rethrown. */
-async function busy(label, promise) {
+/** Show progress while `promise` runs, and its error, as long as `current()` holds. */
+async function busy(label, promise, current = onThisPage()) {
   const el = statusEl();
   el.textContent = `${label}…`;
   el.classList.add("busy");
   try {
-    const result = await promise;
-    el.textContent = "";
-    return result;
+    return await promise;
   } catch (err) {
-    el.textContent = "";
-    showError(err);
+    if (current()) showError(err);
     throw err;
   } finally {
-    el.classList.remove("busy");
+    if (current()) {
+      el.textContent = "";
+      el.classList.remove("busy");
+    }
   }
+}
+
+function onThisPage() {
+  const token = navigation;
+  return () => token === navigation;
 }
 
 function showError(err) {
-  const box = errorEl();
-  box.replaceChildren();
   const problem = err instanceof ApiError ? err.problem : null;
   const title = problem && problem.title ? `${problem.title} (${err.status})` : "Something went wrong";
-  box.append(h("strong", {}, title), ": ", err.message || String(err));
-  if (problem && Array.isArray(problem.errors) && problem.errors.length) {
-    box.append(h("ul", {}, problem.errors.map((e) => h("li", {}, `${e.field || e.pointer}: ${e.reason}`))));
-  }
-  box.hidden = false;
+  const fields = problem && Array.isArray(problem.errors) ? problem.errors : [];
+  errorEl().replaceChildren(
+    h("strong", {}, title), ": ", err.message || String(err),
+    fields.length ? h("ul", {}, fields.map((e) => h("li", {}, `${e.field || e.pointer}: ${e.reason}`))) : "",
+  );
 }
 
-function clearError() {
-  errorEl().hidden = true;
-  errorEl().replaceChildren();
-}
-
-function apiKey() {
-  return sessionStorage.getItem(KEY_STORAGE);
-}
+const clearError = () => errorEl().replaceChildren();
+const apiKey = () => sessionStorage.getItem(KEY_STORAGE);
 
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "application/json" };
@@ -148,15 +146,17 @@ async function api(path, { method = "GET", body } = {}) {
   });
   const type = response.headers.get("content-type") || "";
   const doc = type.includes("json") ? await response.json() : null;
-  if (response.status === 401) {
+  if (response.status === 401 && apiKey()) {
+    // The key stopped working (revoked, or mistyped): say so on the sign-in form.
     sessionStorage.removeItem(KEY_STORAGE);
+    sessionStorage.setItem(NOTE_STORAGE, (doc && doc.detail) || "the API key was refused");
     location.hash = "#/sign-in";
   }
   if (!response.ok) throw new ApiError(response.status, doc);
   return doc;
 }
 
-/** Every page of a list (bounded), following `next_cursor`. */
+/** Every page of a list (at most MAX_PAGES), following `next_cursor`. */
 async function all(path, field) {
   const items = [];
   let after = 0;
@@ -170,9 +170,6 @@ async function all(path, field) {
   return items;
 }
 
-// ------------------------------------------------------------------------------------------
-// Routing
-
 const routes = [
   [/^#\/sign-in$/, signIn],
   [/^#\/map$/, mapView],
@@ -182,46 +179,66 @@ const routes = [
   [/^#\/thresholds\/(\d+)\/(\d+)$/, ruleView],
   [/^#\/deliveries$/, deliveriesView],
 ];
-let currentCleanup = null;
+let leavePage = null;
 
 async function route() {
-  clearError();
-  if (currentCleanup) {
-    currentCleanup();
-    currentCleanup = null;
-  }
   const hash = location.hash || "#/map";
+  if (!hash.startsWith("#/")) return; // an in-page anchor, not a page
+  navigation += 1;
+  clearError();
+  statusEl().textContent = "";
+  if (leavePage) {
+    leavePage();
+    leavePage = null;
+  }
   if (!apiKey() && hash !== "#/sign-in") {
     location.hash = "#/sign-in";
     return;
   }
   document.getElementById("sign-out").hidden = !apiKey();
   for (const link of document.querySelectorAll(".top nav a")) {
-    const active = hash.startsWith(link.getAttribute("href").replace(/s?$/, ""));
+    const section = link.getAttribute("href");
+    const active = hash === section || hash.startsWith(`${section}/`)
+      || (section === "#/targets" && /^#\/(sites|corridors)\//.test(hash));
     if (active) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
-  const main = document.getElementById("main");
-  main.replaceChildren();
-  for (const [pattern, view] of routes) {
-    const match = hash.match(pattern);
-    if (match) {
-      try {
-        await view(main, ...match.slice(1));
-      } catch (err) {
-        if (!(err instanceof ApiError)) console.error(err);
-      }
-      return;
+  // Each page draws into its own container: one left behind mid-load draws into nothing.
+  const view = h("div");
+  document.getElementById("main").replaceChildren(view);
+  const [pattern, render] = routes.find(([p]) => p.test(hash)) || [null, notFound];
+  const match = pattern ? hash.match(pattern) : [];
+  try {
+    await render(view, ...match.slice(1));
+  } catch (err) {
+    if (!(err instanceof ApiError)) {
+      console.error(err);
+      showError(err);
     }
   }
-  main.append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/map" }, "Back to the map")));
+  // Focus went with the link or button that was clicked: put it on the new page's heading.
+  const heading = view.querySelector("h1");
+  if (heading && view.isConnected && (!document.activeElement || document.activeElement === document.body)) {
+    heading.setAttribute("tabindex", "-1");
+    heading.focus();
+  }
 }
 
-// ------------------------------------------------------------------------------------------
-// Sign in
+function notFound(view) {
+  view.append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/map" }, "Back to the map")));
+}
 
-function signIn(main) {
-  document.title = "Sign in · riskalert";
+function titled(view, text) {
+  if (view.isConnected) document.title = `${text} · riskalert`;
+}
+
+function signIn(view) {
+  titled(view, "Sign in");
+  const note = sessionStorage.getItem(NOTE_STORAGE);
+  if (note) {
+    sessionStorage.removeItem(NOTE_STORAGE);
+    showError(new ApiError(401, { title: "Signed out", detail: note }));
+  }
   const input = h("input", {
     id: "api-key", name: "api-key", type: "password", autocomplete: "off", required: true,
     "aria-describedby": "api-key-help", size: 50,
@@ -237,6 +254,8 @@ function signIn(main) {
           location.hash = "#/map";
         } catch (err) {
           sessionStorage.removeItem(KEY_STORAGE);
+          sessionStorage.removeItem(NOTE_STORAGE); // shown already, by busy()
+          input.focus();
         }
       },
     },
@@ -247,12 +266,9 @@ function signIn(main) {
         "A tenant key (rak_…). It stays in this browser tab and is sent only to this service.")),
     h("button", { type: "submit" }, "Sign in"),
   );
-  main.append(h("h1", {}, "Sign in"), form);
+  view.append(h("h1", {}, "Sign in"), form);
   input.focus();
 }
-
-// ------------------------------------------------------------------------------------------
-// Map
 
 let outlines = null; // the country outlines, read once per page load
 
@@ -265,25 +281,39 @@ async function countryOutlines() {
   return outlines;
 }
 
-async function mapView(main) {
-  document.title = "Map · riskalert";
+/** The tenant's sites and corridors, and their stored (current) scores by "kind:id". */
+async function loadTargets() {
+  const [sites, corridors] = await busy(
+    "Loading sites and corridors",
+    Promise.all([all("/v1/sites", "features"), all("/v1/corridors", "features")]),
+  );
+  const current = new Map();
+  for (const s of sites) current.set(`site:${s.id}`, s.properties.current_score);
+  for (const c of corridors) current.set(`corridor:${c.id}`, c.properties.current_score);
+  return { sites, corridors, current };
+}
+
+async function mapView(view) {
+  titled(view, "Map");
   const now = Date.now();
+  const dateAt = (offset) => (offset === 0 ? "now" : day(isoAt(now + offset * DAY_MS)));
   const slider = h("input", {
     id: "as-of", type: "range", min: -SLIDER_DAYS, max: 0, step: 1, value: 0,
-    "aria-describedby": "as-of-value",
+    "aria-describedby": "as-of-value", "aria-valuetext": "now",
   });
   const shown = h("output", { id: "as-of-value", for: "as-of" }, "now");
   const nowButton = h("button", { type: "button", class: "secondary" }, "Back to now");
   const mapEl = h("div", { id: "map", role: "region", "aria-label": "Map of sites, corridors and incidents" });
-  const list = h("div", { class: "side", id: "target-list" });
-  main.append(
+  const list = h("div", { id: "target-list" });
+  view.append(
     h("h1", {}, "Map"),
     h("div", { class: "controls" },
       h("label", { for: "as-of" }, "As of"), slider, shown, nowButton),
-    h("div", { class: "map-layout" }, mapEl, h("aside", { "aria-label": "Legend and targets" }, legend(), list)),
+    h("div", { class: "map-layout" }, mapEl,
+      h("aside", { class: "side", "aria-label": "Legend, targets and what the map shows" }, legend(), list)),
   );
 
-  const map = L.map(mapEl, { zoomSnap: 0.5, attributionControl: true, keyboard: true });
+  const map = L.map(mapEl, { zoomSnap: 0.5, keyboard: true });
   map.attributionControl.setPrefix(false);
   map.attributionControl.addAttribution("Outlines: Natural Earth");
   map.setView([14.5, -2], 5);
@@ -300,73 +330,76 @@ async function mapView(main) {
     Corridors: layers.corridors,
     Sites: layers.sites,
   }, { collapsed: false }).addTo(map);
-  let generation = 0; // each drawing's number: a drawing that is no longer the latest stops
-  currentCleanup = () => {
-    generation += 1; // leaving the page: drawings still loading stop
+  let generation = 0; // each drawing's number: only the latest one draws
+  let pending = null;
+  const here = onThisPage();
+  leavePage = () => {
+    clearTimeout(pending);
+    generation += 1;
     map.stop();
     map.remove();
   };
 
   const world = await busy("Loading country outlines", countryOutlines());
-  if (generation !== 0) return; // left the page meanwhile
+  if (!here()) return;
   L.geoJSON(world, {
     style: { color: "#7a8793", weight: 1, fillColor: "#f7f5ef", fillOpacity: 1 },
     interactive: false,
   }).addTo(layers.countries);
-
-  const [sites, corridors] = await busy(
-    "Loading sites and corridors",
-    Promise.all([all("/v1/sites", "features"), all("/v1/corridors", "features")]),
-  );
-  if (generation !== 0) return;
+  const { sites, corridors, current } = await loadTargets();
+  if (!here()) return;
   const bounds = L.latLngBounds([]);
-  for (const s of sites) bounds.extend([s.geometry.coordinates[1], s.geometry.coordinates[0]]);
-  for (const c of corridors) for (const [lon, lat] of c.geometry.coordinates) bounds.extend([lat, lon]);
+  for (const s of sites) bounds.extend(latLng(s.geometry.coordinates));
+  for (const c of corridors) for (const point of c.geometry.coordinates) bounds.extend(latLng(point));
   if (bounds.isValid()) map.fitBounds(bounds.pad(0.25), { animate: false });
 
   async function draw() {
     const mine = ++generation;
+    const latest = () => mine === generation && here();
     const offset = Number(slider.value);
     const asOf = offset === 0 ? null : isoAt(now + offset * DAY_MS);
-    shown.textContent = asOf ? day(asOf) : "now";
     mapEl.dataset.asOf = asOf || "now";
     mapEl.dataset.ready = "false";
-    const [bands, incidents] = await busy(
-      asOf ? `Scoring as of ${day(asOf)}` : "Loading scores and incidents",
-      Promise.all([bandsAsOf(sites, corridors, asOf), incidentsBefore(asOf ?? isoAt(now))]),
+    const until = asOf ?? isoAt(now);
+    const [bands, incidents, hotspots] = await busy(
+      asOf ? `Scoring as of ${day(asOf)}` : "Loading scores, incidents and hotspots",
+      Promise.all([
+        asOf ? bandsAsOf(sites, corridors, asOf) : current,
+        incidentsBefore(asOf, now),
+        hotspotsAsOf(corridors, asOf),
+      ]),
+      latest,
     );
-    if (mine !== generation) return; // the slider moved on meanwhile
-    const hotspots = await busy("Loading corridor hotspots", hotspotsAsOf(corridors, asOf));
-    if (mine !== generation) return;
-    drawThreats(layers.threats, world, incidents);
-    drawIncidents(layers.incidents, incidents, asOf ?? isoAt(now));
+    if (!latest()) return;
+    const threatened = drawThreats(layers.threats, world, incidents);
+    drawIncidents(layers.incidents, incidents, until);
     drawCorridors(layers.corridors, corridors, bands, hotspots, asOf);
     drawSites(layers.sites, sites, bands, asOf);
-    list.replaceChildren(targetTable(sites, corridors, bands, asOf));
+    list.replaceChildren(
+      targetTable(sites, corridors, bands, asOf),
+      shownOnMap(corridors, hotspots, incidents, threatened),
+    );
     mapEl.dataset.ready = "true";
   }
-  let pending = null;
   slider.addEventListener("input", () => {
-    const offset = Number(slider.value);
-    shown.textContent = offset === 0 ? "now" : day(isoAt(now + offset * DAY_MS));
+    const label = dateAt(Number(slider.value));
+    shown.textContent = label;
+    slider.setAttribute("aria-valuetext", label);
     clearTimeout(pending);
     pending = setTimeout(() => draw().catch(() => {}), 350);
   });
   nowButton.addEventListener("click", () => {
     slider.value = 0;
+    shown.textContent = "now";
+    slider.setAttribute("aria-valuetext", "now");
     draw().catch(() => {});
   });
   await draw();
 }
 
-/** Bands of every target: stored now, or from a backtest as of a past time. */
+/** Bands of every target as of a past time, from one backtest per 1,000 targets. */
 async function bandsAsOf(sites, corridors, asOf) {
   const bands = new Map();
-  if (!asOf) {
-    for (const s of sites) bands.set(`site:${s.id}`, s.properties.current_score);
-    for (const c of corridors) bands.set(`corridor:${c.id}`, c.properties.current_score);
-    return bands;
-  }
   const targets = [
     ...sites.map((s) => ({ kind: "site", id: s.id })),
     ...corridors.map((c) => ({ kind: "corridor", id: c.id })),
@@ -381,104 +414,103 @@ async function bandsAsOf(sites, corridors, asOf) {
   return bands;
 }
 
-async function incidentsBefore(untilIso) {
-  const since = isoAt(Date.parse(untilIso) - INCIDENT_WINDOW_DAYS * DAY_MS);
-  const query = `since=${encodeURIComponent(since)}&until=${encodeURIComponent(untilIso)}`;
+/** Incidents of the 90 days before `asOf` that had been reported by then; with no `asOf`,
+ * the latest 90 days as the service knows them (the browser's clock may be off). */
+async function incidentsBefore(asOf, now) {
+  const until = asOf ? Date.parse(asOf) : now;
+  let query = `since=${encodeURIComponent(isoAt(until - INCIDENT_WINDOW_DAYS * DAY_MS))}`;
+  if (asOf) query += `&until=${encodeURIComponent(asOf)}`;
   const items = await all(`/v1/incidents?${query}`, "features");
-  // As the service knew them then: reported by that time.
-  return items.filter((f) => f.properties.reported_at <= untilIso && f.properties.lifecycle !== "retracted");
+  return items.filter((f) => f.properties.lifecycle !== "retracted"
+    && (!asOf || Date.parse(f.properties.reported_at) <= until));
 }
 
+/** Each corridor's scored pieces (the first MAX_HOTSPOT_CORRIDORS corridors). */
 async function hotspotsAsOf(corridors, asOf) {
-  const out = new Map();
   const query = asOf ? `?as_of=${encodeURIComponent(asOf)}` : "";
-  // One request per corridor: bounded to the first 100 (the list beside the map has them all).
-  await Promise.all(
-    corridors.slice(0, 100).map(async (c) => {
-      const score = await api(`/v1/corridors/${c.id}/score${query}`);
-      out.set(c.id, score.hotspots || []);
-    }),
-  );
-  return out;
+  const shown = corridors.slice(0, MAX_HOTSPOT_CORRIDORS);
+  const scores = await eachLimited(shown, (c) => api(`/v1/corridors/${c.id}/score${query}`));
+  return new Map(shown.map((c, i) => [c.id, scores[i].hotspots || []]));
 }
 
 function targetLink(plural, id, asOf) {
   return asOf ? `#/${plural}/${id}?as_of=${asOf}` : `#/${plural}/${id}`;
 }
 
+/** A map shape named for screen readers, reached with Tab, opened with Enter or Space; kept
+ * so when Leaflet redraws its element (a layer turned off and on again). */
+function accessible(shape, label, data) {
+  shape.bindTooltip(h("span", {}, label));
+  const dress = () => {
+    const el = shape.getElement();
+    if (!el) return;
+    Object.assign(el.dataset, data);
+    el.setAttribute("role", "button");
+    el.setAttribute("tabindex", "0");
+    el.setAttribute("aria-label", label);
+    el.onkeydown = (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        shape.openPopup();
+      }
+    };
+  };
+  shape.on("add", dress);
+  dress();
+}
+
+function targetPopup(name, score, link) {
+  return () => h("div", {},
+    h("strong", {}, name), h("br"),
+    score ? [bandBadge(score.band), ` ${score.score.toFixed(1)}`] : "not scored yet", h("br"),
+    h("a", { href: link }, "Score, explanation and history"));
+}
+
 function drawSites(layer, sites, bands, asOf) {
   layer.clearLayers();
   for (const s of sites) {
-    const current = bands.get(`site:${s.id}`);
-    const band = current ? current.band : null;
-    const [lon, lat] = s.geometry.coordinates;
-    const marker = L.circleMarker([lat, lon], {
+    const score = bands.get(`site:${s.id}`);
+    const band = score ? score.band : "none";
+    const marker = L.circleMarker(latLng(s.geometry.coordinates), {
       radius: 9, weight: 2, color: "#111", fillOpacity: 0.95,
-      fillColor: band ? BAND_COLOURS[band] : "#9e9e9e",
-      className: `site-marker band-${band || "none"}`,
+      fillColor: BAND_COLOURS[band] || "#9e9e9e", className: `site-marker band-${band}`,
     }).addTo(layer);
-    const label = `${s.properties.name}: ${band ? `${band}, ${current.score.toFixed(1)}` : "not scored yet"}`;
-    marker.bindTooltip(label);
-    marker.bindPopup(() => h("div", {},
-      h("strong", {}, s.properties.name), h("br"),
-      band ? bandBadge(band) : "not scored", " ", current ? current.score.toFixed(1) : "", h("br"),
-      h("a", { href: targetLink("sites", s.id, asOf) }, "Score, explanation and history")));
-    const el = marker.getElement();
-    if (el) {
-      el.dataset.siteId = String(s.id);
-      el.dataset.band = band || "none";
-      focusable(el, label, () => marker.openPopup());
-    }
+    marker.bindPopup(targetPopup(s.properties.name, score, targetLink("sites", s.id, asOf)));
+    const label = `${s.properties.name}: ${score ? `${band}, ${score.score.toFixed(1)}` : "not scored yet"}`;
+    accessible(marker, label, { siteId: String(s.id), band });
   }
-}
-
-/** Make a map shape reachable with Tab and opened with Enter or Space, named for readers. */
-function focusable(el, label, open) {
-  el.setAttribute("role", "button");
-  el.setAttribute("tabindex", "0");
-  el.setAttribute("aria-label", label);
-  el.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" || event.key === " ") {
-      event.preventDefault();
-      open();
-    }
-  });
 }
 
 function drawCorridors(layer, corridors, bands, hotspots, asOf) {
   layer.clearLayers();
   for (const c of corridors) {
-    const current = bands.get(`corridor:${c.id}`);
-    const line = c.geometry.coordinates.map(([lon, lat]) => [lat, lon]);
-    const band = current ? current.band : null;
-    const base = L.polyline(line, {
-      color: "#37474f", weight: 4, opacity: 0.7, dashArray: c.properties.mode === "air" ? "6 6" : null,
-      className: `corridor-line band-${band || "none"}`,
+    const score = bands.get(`corridor:${c.id}`);
+    const band = score ? score.band : "none";
+    const line = L.polyline(c.geometry.coordinates.map(latLng), {
+      color: BAND_COLOURS[band] || "#607d8b", weight: 4, opacity: 0.75,
+      dashArray: c.properties.mode === "air" ? "6 6" : null, className: `corridor-line band-${band}`,
     }).addTo(layer);
-    base.bindTooltip(`${c.properties.name}: ${band || "not scored yet"}`);
-    base.bindPopup(() => h("div", {},
-      h("strong", {}, c.properties.name), h("br"), band ? bandBadge(band) : "not scored", h("br"),
-      h("a", { href: targetLink("corridors", c.id, asOf) }, "Score, explanation and history")));
-    const el = base.getElement();
-    if (el) {
-      el.dataset.corridorId = String(c.id);
-      el.dataset.band = band || "none";
-      focusable(el, `${c.properties.name}: ${band || "not scored yet"}`, () => base.openPopup());
-    }
-    // Hotspot segments: the pieces scoring above "low", in their band's colour.
-    for (const spot of hotspots.get(c.id) || []) {
-      if (spot.properties.band === "low") continue;
-      const seg = L.polyline(spot.geometry.coordinates.map(([lon, lat]) => [lat, lon]), {
-        color: BAND_COLOURS[spot.properties.band], weight: 8, opacity: 0.9,
+    line.bindPopup(targetPopup(c.properties.name, score, targetLink("corridors", c.id, asOf)));
+    accessible(line, `${c.properties.name}: ${score ? band : "not scored yet"}`, { corridorId: String(c.id), band });
+    for (const spot of hotspotsAbove(hotspots, c)) {
+      L.polyline(spot.geometry.coordinates.map(latLng), {
+        color: BAND_COLOURS[spot.properties.band], weight: 9, opacity: 0.9,
         className: `hotspot band-${spot.properties.band}`,
-      }).addTo(layer);
-      seg.bindTooltip(
-        `${c.properties.name}, segment ${spot.properties.index + 1}: ${spot.properties.band}, ` +
-          `${spot.properties.score.toFixed(1)} (${spot.properties.incident_count} incidents)`,
-      );
+      }).addTo(layer).bindTooltip(h("span", {}, hotspotText(c, spot)));
     }
   }
 }
+
+/** A corridor's pieces scoring above "low", worst first. */
+const hotspotsAbove = (hotspots, corridor) =>
+  (hotspots.get(corridor.id) || []).filter((s) => s.properties.band !== "low");
+
+const hotspotText = (corridor, spot) =>
+  `${corridor.properties.name}, segment ${spot.properties.index + 1}: ${spot.properties.band}, ` +
+  `${spot.properties.score.toFixed(1)} (${spot.properties.incident_count} incidents)`;
+
+const incidentText = (p) =>
+  `${humanize(p.category)}, ${day(p.occurred_at)}: ${p.title || p.location_name || "no title"}`;
 
 function drawIncidents(layer, incidents, untilIso) {
   layer.clearLayers();
@@ -488,54 +520,48 @@ function drawIncidents(layer, incidents, untilIso) {
     const p = f.properties;
     const ageDays = Math.max(0, (until - Date.parse(p.occurred_at)) / DAY_MS);
     const family = familyOf(p.category);
-    const [lon, lat] = f.geometry.coordinates;
-    const marker = L.circleMarker([lat, lon], {
+    L.circleMarker(latLng(f.geometry.coordinates), {
       radius: 5, weight: 1, color: "#fff", fillColor: family.colour,
       fillOpacity: ageDays <= 7 ? 0.95 : ageDays <= 30 ? 0.7 : 0.4,
       className: `incident-marker family-${FAMILIES.indexOf(family)}`,
-    }).addTo(layer);
-    marker.bindTooltip(`${humanize(p.category)}, ${day(p.occurred_at)}: ${p.title || p.location_name || ""}`);
+    }).addTo(layer).bindTooltip(h("span", {}, incidentText(p)));
   }
 }
 
+/** Shade the countries named by area-scoped threats; return their names with the threats. */
 function drawThreats(layer, world, incidents) {
   layer.clearLayers();
   const scoped = new Map(); // alpha-3 -> threats naming it
   for (const f of incidents) {
-    const scope = f.properties.scope;
-    if (!scope) continue;
-    for (const code of scope.countries) {
+    for (const code of f.properties.scope ? f.properties.scope.countries : []) {
       if (!scoped.has(code)) scoped.set(code, []);
       scoped.get(code).push(f.properties);
     }
   }
-  if (!scoped.size) return;
   const features = world.features.filter((c) => scoped.has(ALPHA3[c.id]));
   L.geoJSON({ type: "FeatureCollection", features }, {
     style: { color: "#c62828", weight: 2, fillColor: "#ef9a9a", fillOpacity: 0.35, dashArray: "4 3" },
     onEachFeature: (feature, shape) => {
       const threats = scoped.get(ALPHA3[feature.id]);
-      shape.bindTooltip(
-        `${feature.properties.name}: ${threats.length} area-scoped threat(s), latest ` +
-          `${day(threats.map((t) => t.occurred_at).sort().at(-1))}`,
-      );
+      shape.bindTooltip(h("span", {}, `${feature.properties.name}: ${threats.length} area-scoped threat(s)`));
     },
   }).addTo(layer);
+  return features.map((c) => [c.properties.name, scoped.get(ALPHA3[c.id])]);
 }
 
 function legend() {
+  const swatch = (style) => h("span", { class: "swatch", style });
   return h("div", { class: "legend" },
     h("h2", {}, "Legend"),
-    h("p", { class: "muted" }, "Sites and corridor hotspots by band:"),
-    h("ul", {}, BANDS.map((b) => h("li", {},
-      h("span", { class: "swatch", style: `background:${BAND_COLOURS[b]}` }), b))),
+    h("p", { class: "muted" }, "Sites, corridors and their hotspots by band:"),
+    h("ul", {}, BANDS.map((b) => h("li", {}, swatch(`background:${BAND_COLOURS[b]}`), b))),
     h("p", { class: "muted" }, `Incidents of the ${INCIDENT_WINDOW_DAYS} days before, by kind (fainter when older):`),
-    h("ul", {}, FAMILIES.map((f) => h("li", {},
-      h("span", { class: "swatch", style: `background:${f.colour}` }), f.name))),
+    h("ul", {}, FAMILIES.map((f) => h("li", {}, swatch(`background:${f.colour}`), f.name))),
     h("ul", {},
-      h("li", {}, h("span", { class: "swatch area", style: "background:#ef9a9a;border:2px dashed #c62828" }),
+      h("li", {}, swatch("background:#ef9a9a;border:2px dashed #c62828;border-radius:0"),
         "a country named by an area-scoped threat"),
-      h("li", {}, h("span", { class: "swatch line", style: "background:#37474f" }), "corridor (dashed: flight leg)")),
+      h("li", {}, swatch("background:#607d8b;border-radius:0;height:5px;border:0"),
+        "corridor (dashed: flight leg); thick pieces: hotspots")),
   );
 }
 
@@ -554,40 +580,47 @@ function targetTable(sites, corridors, bands, asOf) {
         h("td", { class: "num" }, score ? score.score.toFixed(1) : "–"))))));
 }
 
-// ------------------------------------------------------------------------------------------
-// Sites and corridors: list, and one target's score, explanation and history
-
-async function targetsView(main) {
-  document.title = "Sites and corridors · riskalert";
-  const [sites, corridors] = await busy(
-    "Loading sites and corridors",
-    Promise.all([all("/v1/sites", "features"), all("/v1/corridors", "features")]),
-  );
-  const bands = new Map();
-  for (const s of sites) bands.set(`site:${s.id}`, s.properties.current_score);
-  for (const c of corridors) bands.set(`corridor:${c.id}`, c.properties.current_score);
-  main.append(h("h1", {}, "Sites and corridors"), targetTable(sites, corridors, bands, null));
+/** The map's other layers as text: hotspots, scoped threats and incidents. */
+function shownOnMap(corridors, hotspots, incidents, threatened) {
+  const spots = corridors.flatMap((c) => hotspotsAbove(hotspots, c).map((s) => hotspotText(c, s)));
+  const located = incidents.filter((f) => f.geometry);
+  return h("div", { id: "shown-on-map" },
+    h("h2", {}, "Also on the map"),
+    h("details", {}, h("summary", {}, `Hotspots: ${spots.length}`),
+      h("ul", {}, spots.map((t) => h("li", {}, t)))),
+    h("details", {}, h("summary", {}, `Countries under area-scoped threats: ${threatened.length}`),
+      h("ul", {}, threatened.map(([name, threats]) => h("li", {},
+        `${name}: ${threats.map((t) => t.title || humanize(t.category)).join("; ")}`)))),
+    h("details", {}, h("summary", {}, `Incidents: ${located.length}`),
+      h("ul", {}, located.map((f) => h("li", {}, incidentText(f.properties))))));
 }
 
-async function targetView(main, plural, id, asOf) {
+async function targetsView(view) {
+  titled(view, "Sites and corridors");
+  const { sites, corridors, current } = await loadTargets();
+  view.append(h("h1", {}, "Sites and corridors"), targetTable(sites, corridors, current, null));
+}
+
+async function targetView(view, plural, id, asOf) {
   const kind = plural === "sites" ? "site" : "corridor";
   const at = asOf ? `?as_of=${encodeURIComponent(asOf)}` : "";
   const now = Date.now();
   const times = [];
-  for (let week = 104; week >= 0; week -= 1) times.push(isoAt(now - week * 7 * DAY_MS));
-  const [target, score, history, alerts, series] = await busy(
+  for (let week = HISTORY_WEEKS; week >= 0; week -= 1) times.push(isoAt(now - week * 7 * DAY_MS));
+  const since = encodeURIComponent(times[0]);
+  const [target, score, history, fired, series] = await busy(
     "Loading the score, its history and alerts",
     Promise.all([
       api(`/v1/${plural}/${id}`),
       api(`/v1/${plural}/${id}/score${at}`),
-      all(`/v1/${plural}/${id}/score-history?`, "points"),
+      all(`/v1/${plural}/${id}/score-history?since=${since}`, "points"),
       firings(id),
       api("/v1/backtests", { method: "POST", body: { targets: [{ kind, id: Number(id) }], times } }),
     ]),
   );
   const name = target.properties.name;
-  document.title = `${name} · riskalert`;
-  main.append(
+  titled(view, name);
+  view.append(
     h("p", {}, h("a", { href: "#/map" }, "← Map"),
       asOf ? [" · ", h("a", { href: `#/${plural}/${id}` }, "Now")] : ""),
     h("h1", {}, `${name} (${kind})`),
@@ -602,21 +635,27 @@ async function targetView(main, plural, id, asOf) {
     h("h2", {}, "Incidents behind the score"),
     contributionsList(score),
     h("h2", {}, "Score history"),
-    historyChart(series, history, alerts),
+    historyChart(series, history, fired),
     h("details", {},
       h("summary", {}, "Score history as a table"),
-      historyTable(series, alerts)),
+      historyTable(series, fired)),
   );
 }
 
-/** When alerts on the target fired (or triggered): each alert's history (newest 50 alerts). */
+/** When alerts on the target fired or triggered (the newest 50 alerts' histories); null when
+ * the key may not read alerts. */
 async function firings(targetId) {
-  const alerts = await all(`/v1/alerts?target_id=${targetId}`, "alerts");
-  const details = await Promise.all(alerts.slice(-50).map((a) => api(`/v1/alerts/${a.id}`)));
+  let alerts;
+  try {
+    alerts = await all(`/v1/alerts?target_id=${targetId}`, "alerts");
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 403) return null;
+    throw err;
+  }
+  const details = await eachLimited(alerts.slice(-50), (a) => api(`/v1/alerts/${a.id}`));
   return details.flatMap((d) => d.events
-    .filter((e) => e.to_state === "firing" || e.to_state === "triggered")
-    .filter((e) => e.from_state !== e.to_state)
-    .map((e) => ({ at: e.at, state: e.to_state, band: e.band, reason: e.reason })));
+    .filter((e) => (e.to_state === "firing" || e.to_state === "triggered") && e.from_state !== e.to_state)
+    .map((e) => ({ at: e.at, state: e.to_state })));
 }
 
 function explainInWords(name, score) {
@@ -641,22 +680,24 @@ function componentsTable(score) {
 function contributionsList(score) {
   if (!score.contributions.length) return h("p", { class: "muted" }, "None: no recent incident reaches this target.");
   // `why` starts with the incident's title and says, in words, what made it count.
-  return h("ol", { class: "contributions" }, score.contributions.map((c) => h("li", {},
-    h("strong", {}, `${c.points.toFixed(1)} points (${Math.round(c.share * 100)} %), ${c.component}`),
-    h("br"), c.why)));
+  return h("div", {},
+    h("ol", { class: "contributions" }, score.contributions.map((c) => h("li", {},
+      h("strong", {}, `${c.points.toFixed(1)} points (${Math.round(c.share * 100)} %), ${c.component}`),
+      h("br"), c.why))),
+    score.incident_count > score.contributions.length
+      ? h("p", { class: "muted" }, `The ${score.contributions.length} largest of ${score.incident_count}.`)
+      : "");
 }
 
-function historyChart(series, history, alerts) {
-  const box = h("div", { class: "chart", id: "history-chart", role: "img",
-    "aria-label": "Weekly score over the last two years, with the alerts that fired marked" });
+function historyChart(series, history, fired) {
+  const canvas = h("div", { id: "history-canvas", role: "img",
+    "aria-label": "Weekly score over the last two years, with the alerts that fired marked; the table below has the figures" });
   const xs = series.times.map((t) => Date.parse(t) / 1000);
-  const ys = series.scores[0];
-  const fired = alerts.map((a) => Date.parse(a.at) / 1000).filter((t) => t >= xs[0]);
+  const marks = (fired || []).map((a) => Date.parse(a.at) / 1000).filter((t) => t >= xs[0]);
   const recorded = new Map(history.map((p) => [Math.round(Date.parse(p.as_of) / 1000), p.score]));
-  const recordedXs = [...recorded.keys()].filter((t) => t >= xs[0]);
   // One x axis for both series: weekly as-of scores and the recorded changes.
-  const allXs = [...new Set([...xs, ...recordedXs])].sort((a, b) => a - b);
-  const weekly = new Map(xs.map((x, i) => [x, ys[i]]));
+  const allXs = [...new Set([...xs, ...recorded.keys()].filter((t) => t >= xs[0]))].sort((a, b) => a - b);
+  const weekly = new Map(xs.map((x, i) => [x, series.scores[0][i]]));
   const data = [allXs, allXs.map((x) => weekly.get(x) ?? null), allXs.map((x) => recorded.get(x) ?? null)];
   const width = Math.max(560, Math.min(1100, (document.getElementById("main").clientWidth || 900) - 40));
   const markAlerts = (u) => {
@@ -665,7 +706,7 @@ function historyChart(series, history, alerts) {
     ctx.strokeStyle = "#b71c1c";
     ctx.lineWidth = 2;
     ctx.setLineDash([5, 4]);
-    for (const t of fired) {
+    for (const t of marks) {
       const x = u.valToPos(t, "x", true);
       ctx.beginPath();
       ctx.moveTo(x, u.bbox.top);
@@ -684,33 +725,33 @@ function historyChart(series, history, alerts) {
     ],
     axes: [{}, { label: "score" }],
     hooks: { draw: [markAlerts] },
-  }, data, box);
-  box.append(h("p", { class: "muted" }, `Dashed red lines: the ${fired.length} alert(s) that fired in the period.`));
-  return box;
+  }, data, canvas);
+  const note = fired === null
+    ? "Alerts are not shown: this API key may not read them (alerts:read)."
+    : `Dashed red lines: the ${marks.length} alert(s) that fired in the period.`;
+  return h("div", { class: "chart", id: "history-chart" }, canvas, h("p", { class: "muted" }, note));
 }
 
-function historyTable(series, alerts) {
+function historyTable(series, fired) {
+  const alerts = (fired || []).map((a) => `${day(a.at)} (${a.state})`).join("; ") || "none";
   return h("table", {},
+    h("caption", {}, `Alerts fired: ${alerts}`),
     h("thead", {}, h("tr", {}, h("th", {}, "Week"), h("th", { class: "num" }, "Score"), h("th", {}, "Band"))),
     h("tbody", {}, series.times.map((t, i) => h("tr", {},
       h("td", {}, day(t)), h("td", { class: "num" }, series.scores[0][i].toFixed(1)),
-      h("td", {}, bandBadge(series.bands[0][i]))))),
-    h("caption", {}, `Alerts fired: ${alerts.map((a) => `${day(a.at)} (${a.state})`).join("; ") || "none"}`));
+      h("td", {}, bandBadge(series.bands[0][i]))))));
 }
 
-// ------------------------------------------------------------------------------------------
-// Thresholds: subscriptions, their rules, preview a change, save it
-
-async function thresholdsView(main) {
-  document.title = "Thresholds · riskalert";
+async function thresholdsView(view) {
+  titled(view, "Thresholds");
   const subscriptions = await busy("Loading subscriptions", all("/v1/subscriptions", "subscriptions"));
-  main.append(h("h1", {}, "Thresholds"));
+  view.append(h("h1", {}, "Thresholds"));
   if (!subscriptions.length) {
-    main.append(h("p", {}, "No subscriptions yet: create one through the API (POST /v1/subscriptions)."));
+    view.append(h("p", {}, "No subscriptions yet: create one through the API (POST /v1/subscriptions)."));
     return;
   }
-  main.append(h("table", { id: "rules-table" },
-    h("thead", {}, h("tr", {}, h("th", {}, "Subscription"), h("th", {}, "Rule"), h("th", {}, ""))),
+  view.append(h("table", { id: "rules-table" },
+    h("thead", {}, h("tr", {}, h("th", {}, "Subscription"), h("th", {}, "Rule"), h("th", {}, "Change"))),
     h("tbody", {}, subscriptions.flatMap((s) => s.rules.map((r) => h("tr", {},
       h("td", {}, `${s.name} (${s.scope}${s.enabled ? "" : ", disabled"})`),
       h("td", {}, describeRule(r)),
@@ -724,88 +765,87 @@ function describeRule(rule) {
   return `${humanize(rule.trigger)} within ${rule.radius_km} km (${rule.severity})`;
 }
 
-/** A rule's editable fields, as form controls, by kind. Durations are edited in hours. */
+// A rule's editable fields by kind: [name, label, type, help]. Durations are edited in hours.
 const THRESHOLD_FIELDS = [
-  ["raise_at", "Raise at", "number", "Score 0-100 (or band name when the metric is band)"],
-  ["clear_at", "Clear below", "number", "Hysteresis: the alert clears below this"],
+  ["raise_at", "Raise at", "level", "Score 0-100 (or band name when the metric is band)"],
+  ["clear_at", "Clear below", "level", "Hysteresis: the alert clears below this"],
   ["pending", "Pending (hours)", "hours", "How long the condition must hold first"],
   ["keep_firing", "Keep firing (hours)", "hours", "How long it stays firing after clearing"],
   ["cooldown", "Cooldown (hours)", "hours", "Least time between two firings"],
 ];
 const EVENT_FIELDS = [
-  ["radius_km", "Radius (km)", "number", "Distance from the target"],
+  ["radius_km", "Radius (km)", "level", "Distance from the target"],
   ["max_age", "Maximum age (hours)", "hours", "Older incidents (backfills) do not trigger"],
 ];
 
+/** Seconds in an ISO 8601 duration as the API writes them (PT1H30M, P1D...). */
 function seconds(duration) {
-  // The API serialises durations as ISO 8601 (PT1H30M, P1D...).
   const m = /^P(?:(\d+(?:\.\d+)?)D)?(?:T(?:(\d+(?:\.\d+)?)H)?(?:(\d+(?:\.\d+)?)M)?(?:(\d+(?:\.\d+)?)S)?)?$/.exec(duration);
   if (!m) return Number(duration) || 0;
   const [, d, hh, mm, ss] = m.map((v) => Number(v || 0));
   return d * 86400 + hh * 3600 + mm * 60 + ss;
 }
 
-async function ruleView(main, subscriptionId, ruleId) {
+const dateField = (ms) => isoAt(ms).slice(0, 10);
+
+async function ruleView(view, subscriptionId, ruleId) {
   const subscription = await busy("Loading the rule", api(`/v1/subscriptions/${subscriptionId}`));
   const rule = subscription.rules.find((r) => String(r.id) === ruleId);
   if (!rule) {
-    main.append(h("h1", {}, "Rule not found"));
+    view.append(h("h1", {}, "Rule not found"));
     return;
   }
-  document.title = `Rule ${rule.id} · riskalert`;
+  titled(view, `Rule ${rule.id}`);
   const fields = rule.kind === "threshold" ? THRESHOLD_FIELDS : EVENT_FIELDS;
+  const choices = rule.kind === "threshold"
+    ? ["metric", "Metric", ["score", "band"]]
+    : ["severity", "Severity", BANDS];
   const inputs = {};
-  const form = h("form", { id: "rule-form", onsubmit: (e) => e.preventDefault() });
-  if (rule.kind === "threshold") {
-    const metric = h("select", { id: "f-metric", name: "metric" },
-      ["score", "band"].map((m) => h("option", { value: m, selected: rule.metric === m }, m)));
-    inputs.metric = metric;
-    form.append(h("div", { class: "field" }, h("label", { for: "f-metric" }, "Metric"), metric));
-  } else {
-    const severity = h("select", { id: "f-severity", name: "severity" },
-      BANDS.map((b) => h("option", { value: b, selected: rule.severity === b }, b)));
-    inputs.severity = severity;
-    form.append(h("div", { class: "field" }, h("label", { for: "f-severity" }, "Severity"), severity));
-  }
+  const select = h("select", { id: `f-${choices[0]}`, name: choices[0] },
+    choices[2].map((v) => h("option", { value: v, selected: rule[choices[0]] === v }, v)));
+  inputs[choices[0]] = select;
+  const form = h("form", { id: "rule-form", onsubmit: (e) => e.preventDefault() },
+    h("div", { class: "field" }, h("label", { for: select.id }, choices[1]), select));
   for (const [name, label, type, help] of fields) {
     const value = type === "hours" ? seconds(rule[name]) / 3600 : rule[name];
+    // Levels are text: a score, or a band name when the metric is band.
     const input = h("input", {
-      // Levels are text: a score, or a band name when the metric is band.
       id: `f-${name}`, name, value: value ?? "", type: type === "hours" ? "number" : "text",
       min: type === "hours" ? 0 : null, step: type === "hours" ? "any" : null,
       "aria-describedby": `f-${name}-help`,
     });
     inputs[name] = input;
     form.append(h("div", { class: "field" },
-      h("label", { for: `f-${name}` }, label), input, h("small", { id: `f-${name}-help` }, help)));
+      h("label", { for: input.id }, label), input, h("small", { id: `f-${name}-help` }, help)));
   }
-  const today = new Date();
-  const sinceInput = h("input", { id: "p-since", type: "date", value: isoAt(today - 90 * DAY_MS).slice(0, 10) });
-  const untilInput = h("input", { id: "p-until", type: "date", value: isoAt(today).slice(0, 10) });
+  const today = dateField(Date.now());
+  const sinceInput = h("input", { id: "p-since", type: "date", value: dateField(Date.now() - 90 * DAY_MS) });
+  const untilInput = h("input", { id: "p-until", type: "date", value: today });
   const stepInput = h("select", { id: "p-step" },
     [["PT6H", "every 6 hours"], ["P1D", "every day"], ["P7D", "every week"]].map(([v, t]) =>
       h("option", { value: v, selected: v === "P1D" }, t)));
   const previewButton = h("button", { type: "button", id: "preview" }, "Preview on history");
   const saveButton = h("button", { type: "button", id: "save", class: "secondary" }, "Save the rule");
-  const result = h("div", { id: "preview-result", "aria-live": "polite" });
+  const result = h("div", { id: "preview-result" });
   const saved = h("p", { id: "saved", role: "status" });
+  const nowLine = h("p", { id: "rule-now" }, `Now: ${describeRule(rule)}.`);
 
+  /** The edited fields; an emptied one is left out (the API's default applies on save). */
   function changes() {
     const out = {};
     for (const [name, input] of Object.entries(inputs)) {
       const raw = input.value.trim();
       const field = fields.find((f) => f[0] === name);
       if (!field) out[name] = raw;
+      else if (raw === "") continue;
       else if (field[2] === "hours") out[name] = Math.round(Number(raw) * 3600);
-      else if (raw === "") out[name] = null;
       else out[name] = Number.isNaN(Number(raw)) ? raw : Number(raw);
     }
     return out;
   }
   function period() {
-    const until = untilInput.value === isoAt(today).slice(0, 10)
-      ? isoAt(Date.now() - 60_000)
-      : `${untilInput.value}T23:59:59Z`;
+    // Today's end lies in the future, which a preview refuses: up to a minute ago instead.
+    const until = untilInput.value === today ? isoAt(Date.now() - 60_000) : `${untilInput.value}T23:59:59Z`;
     return { since: `${sinceInput.value}T00:00:00Z`, until, step: stepInput.value };
   }
   previewButton.addEventListener("click", async () => {
@@ -829,11 +869,13 @@ async function ruleView(main, subscriptionId, ruleId) {
     try {
       const { id, ...stored } = rule;
       const body = { ...stored, ...changes() };
+      for (const [name] of fields) if (inputs[name].value.trim() === "") delete body[name];
       const out = await busy("Saving", api(`/v1/subscriptions/${subscription.id}/rules/${rule.id}`,
         { method: "PUT", body }));
       Object.assign(rule, out);
       saved.textContent = `Saved: ${describeRule(out)}.`;
       saved.className = "ok";
+      nowLine.textContent = `Now: ${describeRule(out)}.`;
     } catch (err) {
       // Shown in the error box by busy(); the stored rule is unchanged.
     } finally {
@@ -841,10 +883,10 @@ async function ruleView(main, subscriptionId, ruleId) {
     }
   });
 
-  main.append(
+  view.append(
     h("p", {}, h("a", { href: "#/thresholds" }, "← Thresholds")),
     h("h1", {}, `${subscription.name}: ${rule.kind} rule ${rule.id}`),
-    h("p", {}, "Now: ", describeRule(rule), "."),
+    nowLine,
     h("div", { class: "compare" },
       h("section", { class: "panel", "aria-labelledby": "edit-h" }, h("h2", { id: "edit-h" }, "Edit"), form),
       h("section", { class: "panel", "aria-labelledby": "period-h" },
@@ -870,7 +912,7 @@ function previewReport(out) {
   const bar = (n, cls) => h("span", { class: `bar ${cls}`, style: `width:${(n / peak) * 120}px` });
   return h("section", { "aria-labelledby": "preview-h" },
     h("h2", { id: "preview-h" }, "Preview"),
-    h("p", { id: "preview-summary" },
+    h("p", { id: "preview-summary", role: "status" },
       `Over ${day(out.since)} to ${day(out.until)} on ${out.targets} target(s): the edited rule would have raised `,
       h("strong", { id: "edited-total" }, String(out.total)),
       " alert(s); the current rule ",
@@ -878,10 +920,10 @@ function previewReport(out) {
       out.truncated ? " (The list below is cut short.)" : ""),
     h("table", { id: "weeks-table" },
       h("thead", {}, h("tr", {}, h("th", {}, "Week of"), h("th", { class: "num" }, "Current"),
-        h("th", { class: "num" }, "Edited"), h("th", {}, ""))),
+        h("th", { class: "num" }, "Edited"), h("th", {}, "Compared"))),
       h("tbody", {}, [...weeks.entries()].sort().map(([week, r]) => h("tr", {},
         h("td", {}, week), h("td", { class: "num" }, String(r.current)), h("td", { class: "num" }, String(r.edited)),
-        h("td", {}, bar(r.current, "current"), h("br"), bar(r.edited, "edited")))))),
+        h("td", { "aria-hidden": "true" }, bar(r.current, "current"), h("br"), bar(r.edited, "edited")))))),
     h("h2", {}, "Alerts the edited rule would have raised, and why"),
     out.alerts.length
       ? h("ol", { id: "preview-alerts" }, out.alerts.map((a) => h("li", {},
@@ -891,16 +933,13 @@ function previewReport(out) {
       : h("p", { class: "muted" }, "None in this period."));
 }
 
-// ------------------------------------------------------------------------------------------
-// Deliveries: failed and pending, their attempts, replay
-
-async function deliveriesView(main) {
-  document.title = "Deliveries · riskalert";
+async function deliveriesView(view) {
+  titled(view, "Deliveries");
   const status = h("select", { id: "d-status" },
-    [["failed,pending", "failed and pending"], ...["failed", "pending", "sending", "succeeded",
-      "cancelled", "superseded"].map((s) => [s, s])].map(([v, t]) => h("option", { value: v }, t)));
+    [["failed,pending", "failed and pending"], ...DELIVERY_ORDER.map((s) => [s, s])]
+      .map(([v, t]) => h("option", { value: v }, t)));
   const table = h("div", { id: "deliveries" });
-  main.append(
+  view.append(
     h("h1", {}, "Deliveries"),
     h("div", { class: "controls" }, h("label", { for: "d-status" }, "Status"), status),
     table,
@@ -908,11 +947,16 @@ async function deliveriesView(main) {
   const endpoints = new Map(
     (await busy("Loading endpoints", all("/v1/endpoints", "endpoints"))).map((e) => [e.id, e]),
   );
+  if (!view.isConnected) return; // left meanwhile
+  let asked = 0;
   async function load() {
-    const statuses = status.value.split(",");
-    const pages = await busy(`Loading ${status.selectedOptions[0].textContent} deliveries`,
-      Promise.all(statuses.map((s) => api(`/v1/deliveries?status=${s}&limit=200`))));
-    const items = pages.flatMap((p) => p.deliveries).sort((a, b) => b.id - a.id);
+    const mine = ++asked;
+    const chosen = status.value.split(",");
+    const lists = await busy(`Loading ${status.selectedOptions[0].textContent} deliveries`,
+      Promise.all(chosen.map((s) => all(`/v1/deliveries?status=${s}`, "deliveries"))));
+    if (mine !== asked) return; // the choice changed meanwhile
+    const rank = (d) => DELIVERY_ORDER.indexOf(d.status);
+    const items = lists.flat().sort((a, b) => rank(a) - rank(b) || b.id - a.id);
     table.replaceChildren(deliveryTable(items, endpoints));
   }
   status.addEventListener("change", () => load().catch(() => {}));
@@ -921,7 +965,7 @@ async function deliveriesView(main) {
 
 function deliveryTable(deliveries, endpoints) {
   if (!deliveries.length) return h("p", { class: "muted" }, "None.");
-  const headings = ["Id", "Status", "Event", "Endpoint", "Attempts", "Last error", "Next attempt", ""];
+  const headings = ["Id", "Status", "Event", "Endpoint", "Attempts", "Last error", "Next attempt", "Actions"];
   return h("table", {},
     h("thead", {}, h("tr", {}, headings.map((t) => h("th", {}, t)))),
     h("tbody", {}, deliveries.map((d) => {
@@ -932,13 +976,12 @@ function deliveryTable(deliveries, endpoints) {
         const open = show.getAttribute("aria-expanded") === "true";
         show.setAttribute("aria-expanded", String(!open));
         detailRow.hidden = open;
-        if (!open) {
-          try {
-            const detail = await busy("Loading attempts", api(`/v1/deliveries/${d.id}`));
-            attempts.replaceChildren(attemptTable(detail.attempt_log));
-          } catch (err) {
-            attempts.replaceChildren(h("p", { class: "muted" }, "Could not load the attempts."));
-          }
+        if (open) return;
+        try {
+          const detail = await busy("Loading attempts", api(`/v1/deliveries/${d.id}`));
+          attempts.replaceChildren(attemptTable(detail.attempt_log));
+        } catch (err) {
+          attempts.replaceChildren(h("p", { class: "muted" }, "Could not load the attempts."));
         }
       });
       const replay = h("button", { type: "button" }, "Replay");
@@ -946,7 +989,9 @@ function deliveryTable(deliveries, endpoints) {
         replay.disabled = true;
         try {
           const out = await busy("Replaying", api(`/v1/deliveries/${d.id}/replay`, { method: "POST" }));
-          replay.replaceWith(h("span", { class: "ok" }, `queued again (${out.status})`));
+          const done = h("span", { class: "ok", tabindex: "-1" }, `queued again (${out.status})`);
+          replay.replaceWith(done);
+          done.focus();
         } catch (err) {
           replay.disabled = false;
         }
@@ -974,11 +1019,13 @@ function attemptTable(attempts) {
       h("td", {}, a.error || "")))));
 }
 
-// ------------------------------------------------------------------------------------------
-
 document.getElementById("sign-out").addEventListener("click", () => {
   sessionStorage.removeItem(KEY_STORAGE);
   location.hash = "#/sign-in";
+});
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  document.getElementById("main").focus();
 });
 window.addEventListener("hashchange", () => route());
 route();
