@@ -385,3 +385,15 @@ def test_database_errors_show_the_statement_not_its_data(engine: Engine) -> None
         conn.execute(text("SELECT nothing FROM incident WHERE title = :t"), {"t": "private-words"})
     assert "private-words" not in str(raised.value)
     assert "SELECT nothing FROM incident" in str(raised.value)
+
+
+def test_api_answers_are_not_cached_by_browsers_or_proxies(api: Api) -> None:
+    sites = api.client.get("/v1/sites", headers=api.a)
+    assert sites.status_code == 200
+    assert sites.headers["cache-control"] == "no-store"
+    refused = api.client.get("/v1/sites")
+    assert refused.status_code == 401
+    assert refused.headers["cache-control"] == "no-store"
+    # The dashboard's own files may be cached (and revalidated); health checks are not data.
+    assert api.client.get("/dashboard/").headers["cache-control"] == "no-cache"
+    assert "cache-control" not in api.client.get("/healthz").headers

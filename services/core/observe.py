@@ -1,5 +1,5 @@
-"""The outermost ASGI middleware: a request id, a body size limit, metrics and one log line
-for every request.
+"""The outermost ASGI middleware: a request id, a body size limit, no caching of API answers,
+metrics and one log line for every request.
 
 Pure ASGI (no BaseHTTPMiddleware), so streamed bodies and responses pass through untouched.
 """
@@ -43,15 +43,17 @@ class Observe:
         started = time.perf_counter()
         status = 500
         limited = not scope["path"].startswith(self.exempt)
+        # Tenant data must not outlive a session in a browser's or proxy's cache.
+        private = scope["path"].startswith("/v1/")
 
         async def send_with_id(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(str(message["status"]))
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (REQUEST_ID_HEADER, request_id.encode()),
-                ]
+                headers = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+                if private and not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
             await send(message)
 
         received = 0

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,18 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from services.scoring.demo import DEMO_INGEST_KEY, DEMO_TENANT_KEY
+from tests.conftest import BACKENDS
 from tests.scenarios.harness import (
     ADMIN_KEY,
     Database,
+    Mailbox,
     Receiver,
     Reply,
     Riskalert,
     Server,
+    postgres_clone,
     run_command,
+    sqlite_clone,
     wait_until,
 )
 
@@ -68,11 +73,45 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
+@pytest.fixture(
+    scope="module",
+    # One pytest-xdist worker per engine (--dist loadgroup): each server is started once.
+    params=[pytest.param(b, marks=pytest.mark.xdist_group(f"dashboard-{b}")) for b in BACKENDS],
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One `riskalert serve` per engine for this module, on a database loaded by `riskalert
+    demo`. Tests add to it (sites, incidents, endpoints, keys), read-only ones first; each
+    reads what it checks from the API."""
+    folder = tmp_path_factory.mktemp("dashboard")
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            template = request.getfixturevalue("scenario_sqlite_template")
+            database = Database(sqlite_clone(template, folder))
+        else:
+            template = request.getfixturevalue("scenario_postgres_template")
+            database = Database(stack.enter_context(postgres_clone(template)))
+        stack.callback(database.close)
+        mailbox = Mailbox()
+        mailbox.start()
+        stack.callback(mailbox.stop)
+        run_command("demo", database.url, folder / "demo.log")
+        (folder / "logs").mkdir()
+        processes = Riskalert(database, folder / "logs", mailbox.port)
+        stack.callback(processes.stop_all)
+        yield processes.serve()
+
+
 @pytest.fixture
-def server(riskalert: Riskalert, database: Database, tmp_path: Path) -> Server:
-    """`riskalert serve` on a database loaded by `riskalert demo`."""
-    run_command("demo", database.url, tmp_path / "demo.log")
-    return riskalert.serve()
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 verifying requests with `standardwebhooks`."""
+    listening = Receiver()
+    listening.start()
+    try:
+        yield listening
+    finally:
+        listening.close()
 
 
 class Tab:
@@ -239,38 +278,6 @@ def test_the_map_shows_the_demo_sites_in_their_band_colours_and_the_slider_goes_
     expect(page.locator(".leaflet-popup-content a")).to_have_text("Score, explanation and history")
 
 
-def test_text_from_the_api_is_shown_as_text_never_as_markup(page: Page, server: Server) -> None:
-    map_drawn(page)
-    sneaky = '<img id="injected" src="x">Camp'
-    site = {
-        "type": "Feature",
-        "geometry": {"type": "Point", "coordinates": [-4.0, 12.6]},
-        "properties": {"name": sneaky, "country": "MLI", "expat_staff": True},
-    }
-    api_post(server, "/v1/sites", site)
-    post_kidnapping(server, "k-html", -4.01, 12.6, '<b id="bold">kidnapping</b> at the camp')
-    wait_until(
-        lambda: any(
-            s["properties"]["current_score"] is not None
-            for s in api_get(server, "/v1/sites?limit=500")["features"]
-            if s["properties"]["name"] == sneaky
-        ),
-        timeout=60,
-        what="the new site's first score",
-    )
-    page.reload()
-    map_drawn(page)
-    marker = page.locator("path.site-marker").last
-    marker.hover()
-    expect(page.locator(".leaflet-tooltip")).to_contain_text(sneaky)
-    marker.focus()
-    page.keyboard.press("Enter")
-    expect(page.locator(".leaflet-popup-content strong")).to_have_text(sneaky)
-    page.locator("#shown-on-map summary", has_text="Incidents").click()
-    expect(page.locator("#shown-on-map")).to_contain_text('<b id="bold">kidnapping</b>')
-    assert page.locator("#injected, #bold").count() == 0
-
-
 def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_history(
     page: Page, server: Server, tmp_path: Path
 ) -> None:
@@ -295,25 +302,41 @@ def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_histo
     assert page.locator("details table tbody tr").count() == 105  # weekly, two years
 
 
-def test_an_alert_that_fires_is_marked_on_the_targets_history(page: Page, server: Server) -> None:
+def test_the_skip_link_moves_focus_to_the_page_without_leaving_it(page: Page) -> None:
     map_drawn(page)
-    site = next(
-        s
-        for s in api_get(server, "/v1/sites?limit=500")["features"]
-        if s["properties"]["expat_staff"]
+    first = page.evaluate("() => document.querySelector('a[href], button, input').className")
+    assert first == "skip", "the skip link comes first in the tab order"
+    page.locator(".skip").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    assert page.url.endswith("#/map")
+    expect(page.locator("#map")).to_be_visible()
+
+
+def test_a_refused_key_is_named_and_a_revoked_one_signs_out_saying_why(
+    tab: Tab, server: Server
+) -> None:
+    tab.sign_in("rak_" + "x" * 43)
+    expect(tab.page.get_by_role("alert")).to_contain_text("401")
+    assert tab.page.evaluate("() => sessionStorage.length") == 0
+    checked(tab.page)
+
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    (tenant,) = api_get(server, "/v1/tenants", admin)
+    created = api_post(
+        server,
+        "/v1/api-keys",
+        {"name": "ops laptop", "tenant_id": tenant["id"], "roles": ["scores:read"]},
+        admin,
     )
-    lon, lat = site["geometry"]["coordinates"]
-    # 5 km from the site, now: the demo subscription's kidnapping rule alerts at once.
-    post_kidnapping(server, "k-1", lon + 0.045, lat, "Engineers kidnapped on the mine road")
-    wait_until(
-        lambda: api_get(server, f"/v1/alerts?target_id={site['id']}")["alerts"] != [],
-        timeout=60,
-        what="the kidnapping alert",
-    )
-    page.goto(f"{server.url}/dashboard/#/sites/{site['id']}")
-    expect(page.locator("#history-chart")).to_contain_text("the 1 alert(s) that fired")
-    page.get_by_text("Score history as a table").click()
-    expect(page.locator("details caption")).to_contain_text("(triggered)")
+    tab.page.get_by_label("API key").fill("")
+    tab.sign_in(created["key"])
+    map_drawn(tab.page)
+    revoked = httpx.delete(f"{server.url}/v1/api-keys/{created['id']}", headers=admin)
+    assert revoked.status_code == 204, revoked.text
+    tab.page.get_by_role("link", name="Sites and corridors").click()
+    tab.page.wait_for_url(re.compile(r"#/sign-in$"))
+    expect(tab.page.get_by_role("alert")).to_contain_text("Signed out")
 
 
 def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
@@ -404,38 +427,58 @@ def test_a_failed_delivery_shows_its_attempts_and_is_replayed(
     wait_until(lambda: len(receiver.got("/down")) > sent, timeout=30, what="the replayed delivery")
 
 
-def test_the_skip_link_moves_focus_to_the_page_without_leaving_it(page: Page) -> None:
+def test_an_alert_that_fires_is_marked_on_the_targets_history(page: Page, server: Server) -> None:
     map_drawn(page)
-    first = page.evaluate("() => document.querySelector('a[href], button, input').className")
-    assert first == "skip", "the skip link comes first in the tab order"
-    page.locator(".skip").focus()
-    page.keyboard.press("Enter")
-    expect(page.locator("#main")).to_be_focused()
-    assert page.url.endswith("#/map")
-    expect(page.locator("#map")).to_be_visible()
-
-
-def test_a_refused_key_is_named_and_a_revoked_one_signs_out_saying_why(
-    tab: Tab, server: Server
-) -> None:
-    tab.sign_in("rak_" + "x" * 43)
-    expect(tab.page.get_by_role("alert")).to_contain_text("401")
-    assert tab.page.evaluate("() => sessionStorage.length") == 0
-    checked(tab.page)
-
-    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    (tenant,) = api_get(server, "/v1/tenants", admin)
-    created = api_post(
-        server,
-        "/v1/api-keys",
-        {"name": "ops laptop", "tenant_id": tenant["id"], "roles": ["scores:read"]},
-        admin,
+    site = next(
+        s
+        for s in api_get(server, "/v1/sites?limit=500")["features"]
+        if s["properties"]["expat_staff"]
     )
-    tab.page.get_by_label("API key").fill("")
-    tab.sign_in(created["key"])
-    map_drawn(tab.page)
-    revoked = httpx.delete(f"{server.url}/v1/api-keys/{created['id']}", headers=admin)
-    assert revoked.status_code == 204, revoked.text
-    tab.page.get_by_role("link", name="Sites and corridors").click()
-    tab.page.wait_for_url(re.compile(r"#/sign-in$"))
-    expect(tab.page.get_by_role("alert")).to_contain_text("Signed out")
+    lon, lat = site["geometry"]["coordinates"]
+    # 5 km from the site, now: the demo subscription's kidnapping rule alerts at once.
+    post_kidnapping(server, "k-1", lon + 0.045, lat, "Engineers kidnapped on the mine road")
+    # The target has other alerts already (the threshold rule's, in state normal).
+    wait_until(
+        lambda: any(
+            a["state"] == "triggered"
+            for a in api_get(server, f"/v1/alerts?target_id={site['id']}")["alerts"]
+        ),
+        timeout=60,
+        what="the kidnapping alert",
+    )
+    page.goto(f"{server.url}/dashboard/#/sites/{site['id']}")
+    expect(page.locator("#history-chart")).to_contain_text("the 1 alert(s) that fired")
+    page.get_by_text("Score history as a table").click()
+    expect(page.locator("details caption")).to_contain_text("(triggered)")
+
+
+def test_text_from_the_api_is_shown_as_text_never_as_markup(page: Page, server: Server) -> None:
+    map_drawn(page)
+    sneaky = '<img id="injected" src="x">Camp'
+    site = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [-4.0, 12.6]},
+        "properties": {"name": sneaky, "country": "MLI", "expat_staff": True},
+    }
+    api_post(server, "/v1/sites", site)
+    post_kidnapping(server, "k-html", -4.01, 12.6, '<b id="bold">kidnapping</b> at the camp')
+    wait_until(
+        lambda: any(
+            s["properties"]["current_score"] is not None
+            for s in api_get(server, "/v1/sites?limit=500")["features"]
+            if s["properties"]["name"] == sneaky
+        ),
+        timeout=60,
+        what="the new site's first score",
+    )
+    page.reload()
+    map_drawn(page)
+    marker = page.locator("path.site-marker").last
+    marker.hover()
+    expect(page.locator(".leaflet-tooltip")).to_contain_text(sneaky)
+    marker.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator(".leaflet-popup-content strong")).to_have_text(sneaky)
+    page.locator("#shown-on-map summary", has_text="Incidents").click()
+    expect(page.locator("#shown-on-map")).to_contain_text('<b id="bold">kidnapping</b>')
+    assert page.locator("#injected, #bold").count() == 0
