@@ -58,7 +58,9 @@ AXE = Path(__file__).parents[1] / "fixtures" / "axe" / "axe.min.js"
 JUNE_2025 = datetime(2025, 6, 20, tzinfo=UTC)  # in the demo timeline
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API runs an event loop in the thread while it is open, which
+# would break the asyncio.run() of tests that run after this module in the same process.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         message = f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)"
