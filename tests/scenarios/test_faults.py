@@ -553,6 +553,47 @@ def test_postgres_restart_under_load_answers_503_then_recovers_without_loss_or_d
         assert proc.running, proc.exited_early()
 
 
+def test_answers_received_during_a_long_outage_are_recorded_after_it_not_sent_again(
+    private_postgres: PrivatePostgres, private_stack: Riskalert, private_receiver: Receiver
+) -> None:
+    receiver, database = private_receiver, private_stack.database
+    server = private_stack.serve(inline_worker=False)
+    api = Api(server)
+    # Leases far longer than the outage: a delivery whose answer was dropped would stay
+    # `sending` until its lease ran out, then go out again.
+    worker = private_stack.worker(
+        "alerts", RISKALERT_LEASE=seconds(60), RISKALERT_WEBHOOK_TIMEOUT=seconds(20)
+    )
+    hook = api.create_webhook("ops", receiver.url("/slow"))
+    receiver.expect("/slow", hook["secret"])
+    # Each answer comes 3 s after its request: once the database has gone.
+    receiver.script("/slow", [Reply(status=204, delay=3.0)] * 4)
+    sent = [api.send_test(hook["id"])["id"] for _ in range(4)]
+    wait_until(lambda: len(receiver.got("/slow")) == 4, what="four deliveries in flight")
+    private_postgres.stop("fast")
+    stopped = time.monotonic()
+    try:
+        wait_until(lambda: len(receiver.answered("/slow", 204)) == 4, what="the four answers")
+        # The outage's length (the old dispatcher gave finished attempts up after about
+        # 10 s), not a wait for work.
+        time.sleep(max(0.0, 15.0 - (time.monotonic() - stopped)))
+    finally:
+        private_postgres.start()
+    database.engine.dispose()  # the test's own connections died with the server
+
+    # Recorded from memory once the database is back, long before any lease runs out.
+    wait_until(
+        lambda: all(database.delivery(i).status == "succeeded" for i in sent),
+        timeout=20,
+        what="the four deliveries recorded as made",
+    )
+    assert len(receiver.got("/slow")) == 4, "an answered delivery was sent again"
+    assert [len(database.attempts(i)) for i in sent] == [1, 1, 1, 1]
+    streak = worker.output()
+    assert streak.count("settling and claiming deliveries failed (1 in a row)") == 1
+    assert "settling and claiming deliveries works again" in streak
+
+
 # --------------------------------------------------------------------------------------------
 # What the soak found (docs/benchmarks.md, "Soak and faults")
 
