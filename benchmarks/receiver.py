@@ -39,15 +39,10 @@ class Receiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         arrived = time.time()
         if scope["method"] == "GET" and scope["path"] == "/stats":
-            await _answer(
+            await answer(
                 send, 200, json.dumps({"records": self.records, "rejected": self.rejected})
             )
             return
@@ -58,19 +53,17 @@ class Receiver:
                 "triggered_incidents": len(self.triggered),
                 "rejected": self.rejected,
             }
-            await _answer(send, 200, json.dumps(counts))
+            await answer(send, 200, json.dumps(counts))
             return
         if scope["method"] == "POST" and scope["path"] == "/reset":
             self.records, self.rejected = [], 0
             self.by_type, self.triggered = Counter(), set()
-            await _answer(send, 204, "")
+            await answer(send, 204, "")
             return
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        try:
-            payload = self._webhook.verify(body, headers)
-        except WebhookVerificationError:
+        headers = headers_of(scope)
+        payload = await verified(self._webhook, body, headers, send)
+        if payload is None:
             self.rejected += 1
-            await _answer(send, 401, "")
             return
         data = payload.get("data", {})
         incident = data.get("incident") or {}
@@ -87,10 +80,38 @@ class Receiver:
                 "incident_id": incident.get("id"),
             }
         )
-        await _answer(send, 204, "")
+        await answer(send, 204, "")
 
 
-async def _answer(send: Send, status: int, text: str) -> None:
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (bounded: a body comes in a few chunks)."""
+    body = b""
+    for _ in range(100_000):
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return body
+
+
+def headers_of(scope: Scope) -> dict[str, str]:
+    """A request's headers by (lower-case) name."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def verified(
+    webhook: Webhook, body: bytes, headers: dict[str, str], send: Send
+) -> dict[str, Any] | None:
+    """The payload if its signature verifies; else None, once 401 is answered."""
+    try:
+        payload: dict[str, Any] = webhook.verify(body, headers)
+    except WebhookVerificationError:
+        await answer(send, 401, "")
+        return None
+    return payload
+
+
+async def answer(send: Send, status: int, text: str) -> None:
     body = text.encode()
     await send(
         {

@@ -45,10 +45,10 @@ from typing import Any
 import httpx
 import uvicorn
 from sqlalchemy import Engine, text
-from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from standardwebhooks.webhooks import Webhook
 
 from benchmarks.alerts import env_for, site_points, subscribe
-from benchmarks.receiver import _answer
+from benchmarks.receiver import answer, headers_of, read_body, verified
 from benchmarks.run import (
     BIN,
     RESULTS,
@@ -107,20 +107,15 @@ class FaultyReceiver:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        for _ in range(100_000):  # bounded: a body comes in a few chunks
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         arrived = time.time()
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == "/count":
             counts = {"records": len(self.records), "fates": self.fates, "phase": self.phase}
-            await _answer(send, 200, json.dumps(counts))
+            await answer(send, 200, json.dumps(counts))
             return
         if method == "GET" and path == "/stats":
-            await _answer(
+            await answer(
                 send, 200, json.dumps({"records": self.records, "rejected": self.rejected})
             )
             return
@@ -129,14 +124,12 @@ class FaultyReceiver:
             self.phase = str(config["phase"])
             self.fail, self.slow = float(config["fail"]), float(config["slow"])
             self.slow_delay = float(config["slow_delay"])
-            await _answer(send, 204, "")
+            await answer(send, 204, "")
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            payload = self._webhook.verify(body, headers)
-        except WebhookVerificationError:
+        headers = headers_of(scope)
+        payload = await verified(self._webhook, body, headers, send)
+        if payload is None:
             self.rejected += 1
-            await _answer(send, 401, "")
             return
         draw = self._rng.random()
         fate = "failed" if draw < self.fail else "late" if draw < self.fail + self.slow else "ok"
@@ -155,13 +148,13 @@ class FaultyReceiver:
             }
         )
         if fate == "failed":
-            await _answer(send, 500, "")
+            await answer(send, 500, "")
             return
         if fate == "late":
             await asyncio.sleep(self.slow_delay)
         # A late answer goes to a sender that has given up: nothing to do if the socket is gone.
         with contextlib.suppress(OSError):
-            await _answer(send, 204, "")
+            await answer(send, 204, "")
 
 
 def serve_receiver(port: int, secret: str, seed: int) -> None:
