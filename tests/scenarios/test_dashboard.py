@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
 from services.scoring.demo import DEMO_INGEST_KEY, DEMO_TENANT_KEY
 from tests.conftest import BACKENDS
@@ -313,6 +313,29 @@ def test_the_skip_link_moves_focus_to_the_page_without_leaving_it(page: Page) ->
     expect(page.locator("#main")).to_be_focused()
     assert page.url.endswith("#/map")
     expect(page.locator("#map")).to_be_visible()
+
+
+def test_a_rate_limited_read_is_retried_after_its_retry_after(page: Page) -> None:
+    map_drawn(page)
+    limited: list[str] = []
+
+    def once_too_many(route: Route) -> None:
+        if limited:
+            route.continue_()
+            return
+        limited.append(route.request.url)
+        route.fulfill(
+            status=429,
+            headers={"Retry-After": "1", "Content-Type": "application/problem+json"},
+            body='{"type": "about:blank", "title": "Too many requests", "status": 429}',
+        )
+
+    page.route(re.compile(r"/v1/corridors\?"), once_too_many)
+    page.reload()
+    map_drawn(page)
+    assert limited, "the corridors were read"
+    expect(page.get_by_role("alert")).to_have_text("")
+    assert page.locator("path.corridor-line").count() > 0
 
 
 def test_a_refused_key_is_named_and_a_revoked_one_signs_out_saying_why(

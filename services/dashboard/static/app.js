@@ -11,10 +11,11 @@ const HISTORY_WEEKS = 104; // the target page's chart
 const INCIDENT_WINDOW_DAYS = 90; // incidents shown on the map: those of the 90 days before
 const MAX_PAGES = 50; // bounds every paginated read
 const MAX_HOTSPOT_CORRIDORS = 100;
-const IN_FLIGHT = 6; // requests at once for per-item reads, within the per-key rate limit
+const IN_FLIGHT = 6; // requests at once for per-item reads
+const RATE_LIMIT_RETRIES = 3;
 const BANDS = ["low", "moderate", "elevated", "high", "critical"];
 const DELIVERY_ORDER = ["failed", "pending", "sending", "succeeded", "cancelled", "superseded"];
-export const BAND_COLOURS = {
+const BAND_COLOURS = {
   low: "#2e7d32",
   moderate: "#9e9d24",
   elevated: "#f9a825",
@@ -139,11 +140,19 @@ const apiKey = () => sessionStorage.getItem(KEY_STORAGE);
 async function api(path, { method = "GET", body } = {}) {
   const headers = { Authorization: `Bearer ${apiKey()}`, Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
+  const send = () => fetch(path, {
     method,
     headers,
     body: body === undefined ? undefined : JSON.stringify(body),
   });
+  let response = await send();
+  // Over the key's rate limit (a map of many corridors reads them one by one): wait as told,
+  // a few times at most.
+  for (let retry = 0; response.status === 429 && retry < RATE_LIMIT_RETRIES; retry += 1) {
+    const wait = Math.min(Number(response.headers.get("retry-after")) || 1, 10);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    response = await send();
+  }
   const type = response.headers.get("content-type") || "";
   const doc = type.includes("json") ? await response.json() : null;
   if (response.status === 401 && apiKey()) {
