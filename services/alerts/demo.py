@@ -32,8 +32,8 @@ def load(session: Session, tenant_id: int, now: datetime) -> None:
     ).first()
     if found is not None:
         return
-    # example.com never answers: an alert would show as a failed delivery, which is the point
-    # of a demo of the deliveries page.
+    # The demo configures no mail relay: an alert's email fails and waits on the deliveries
+    # page, ready to be replayed once RISKALERT_SMTP_HOST points at one.
     desk = EndpointIn(
         kind=EndpointKind.EMAIL, name="Demo security desk", address="desk@example.com"
     )

@@ -116,7 +116,7 @@ class BodyTooLarge(StarletteHTTPException):
     to the problem handlers."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is larger than {limit} bytes")
+        super().__init__(413, payload_too_large(limit).detail)
         self.limit = limit
 
 
