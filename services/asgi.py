@@ -1,4 +1,9 @@
-"""ASGI entry point for multi-worker uvicorn: `uvicorn services.asgi:app --factory`."""
+"""ASGI entry point for multi-worker uvicorn: `uvicorn services.asgi:app --factory`.
+
+Each worker follows RISKALERT_AUTO_MIGRATE. `riskalert serve --workers N` migrates once in its
+parent and turns it off for the workers; started otherwise, turn it off and migrate first, or
+every worker would migrate at once.
+"""
 
 from fastapi import FastAPI
 

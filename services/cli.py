@@ -30,11 +30,13 @@ from services.alerts import jobs as alert_jobs
 from services.app import create_app
 from services.core import logs, metrics
 from services.core.db import (
-    head_revision,
+    SchemaState,
     make_engine,
     make_sessionmaker,
-    schema_behind,
-    schema_revision,
+    prepare_schema,
+    schema_note,
+    schema_revision_at,
+    schema_state,
     upgrade_to_head,
 )
 from services.feeds import importer, poller, synth
@@ -67,6 +69,12 @@ def _logging(settings: Settings) -> None:
 def migrate(database_url: DatabaseOption = None) -> None:
     """Apply every pending database migration."""
     settings = _settings(database_url)
+    at = schema_revision_at(settings.database_url)
+    if schema_state(at) is SchemaState.AHEAD:
+        # A rollback's migrate step: Alembic would stop on the revision it does not know, yet
+        # there is nothing for this release to do.
+        console.print(f"[yellow]nothing to apply[/yellow]: {schema_note(at)}")
+        return
     upgrade_to_head(settings.database_url)
     console.print(f"[green]database at head[/green]: {settings.database_url}")
 
@@ -144,8 +152,10 @@ def serve(
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace.total_seconds()),
     )
     if workers > 1:
-        # Each uvicorn worker builds its own app from the environment; migrate once, here.
-        upgrade_to_head(settings.database_url)
+        # Each uvicorn worker builds its own app from the environment: migrate once, here, if
+        # told to, and never in the workers.
+        if settings.auto_migrate:
+            prepare_schema(settings.database_url, migrate=True)
         os.environ["RISKALERT_DATABASE_URL"] = settings.database_url
         os.environ["RISKALERT_AUTO_MIGRATE"] = "false"
         # The workers' counters go to files in one directory, summed by whichever answers
@@ -184,8 +194,7 @@ def worker(
     # Several threads share the interpreter (rescoring, the alert consumers, the dispatcher and
     # its senders): hand the GIL over every millisecond so short transactions are not held up.
     sys.setswitchinterval(0.001)
-    if settings.auto_migrate:
-        upgrade_to_head(settings.database_url)
+    prepare_schema(settings.database_url, migrate=settings.auto_migrate)
     engine = make_engine(
         settings.database_url,
         busy_timeout_ms=int(settings.sqlite_busy_timeout.total_seconds() * 1000),
@@ -413,18 +422,15 @@ def generate(
 
 @app.command()
 def check(database_url: DatabaseOption = None) -> None:
-    """Exit 0 when the database answers at this release's schema, 1 otherwise (a worker probe)."""
+    """Exit 0 when the database answers at this release's schema (or a later release's), 1
+    otherwise: a worker probe."""
     settings = _settings(database_url)
-    engine = make_engine(settings.database_url)
     try:
-        with engine.connect() as conn:
-            at = schema_revision(conn)
+        at = schema_revision_at(settings.database_url)
     except SQLAlchemyError as exc:
         console.print(f"[red]database unavailable[/red]: {type(exc).__name__}")
         raise typer.Exit(1) from None
-    finally:
-        engine.dispose()
-    if schema_behind(at):
-        console.print(f"[red]schema at {at}, this release needs {head_revision()}[/red]")
+    if schema_state(at) is SchemaState.BEHIND:
+        console.print(f"[red]{schema_note(at)}[/red]")
         raise typer.Exit(1)
-    console.print(f"database answers, schema at {at}")
+    console.print(f"database answers: {schema_note(at)}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,7 +15,6 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from psycopg.types.json import Json
 from sqlalchemy import (
     JSON,
@@ -28,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
@@ -36,6 +37,8 @@ from sqlalchemy.types import TypeDecorator
 READ_ONLY_OPTION = "riskalert_read_only"
 SQLITE_OVERFLOW = 64
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -156,24 +159,93 @@ def head_revision() -> str | None:
     return _scripts().get_current_head()
 
 
-def schema_behind(revision: str | None) -> bool:
-    """Whether a database at `revision` lacks migrations this release needs.
+class SchemaState(StrEnum):
+    """Where a database's schema stands against this release's migrations."""
+
+    CURRENT = "current"
+    # Lacks migrations this release needs (or has none): `riskalert migrate` first.
+    BEHIND = "behind"
+    # At a revision this release does not know: a later release's (rolling out, or rolled back).
+    AHEAD = "ahead"
+
+
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+def schema_state(revision: str | None) -> SchemaState:
+    """Where a database at `revision` stands against this release's migrations.
 
     A revision this release does not know is a later release's: migrations add before they
-    remove, so this release still runs on it (while a newer one rolls out).
+    remove, so this release still runs on it (while a newer one rolls out, or after a rollback).
     """
-    if revision is None:
-        return True
-    try:
-        known = _scripts().get_revision(revision)
-    except CommandError:
-        return False
-    return known is not None and revision != head_revision()
+    if revision == head_revision():
+        return SchemaState.CURRENT
+    if revision is None or revision in _known_revisions():
+        return SchemaState.BEHIND
+    return SchemaState.AHEAD
+
+
+def schema_note(revision: str | None) -> str:
+    """One sentence for people on where a database at `revision` stands against this release."""
+    head = head_revision()
+    state = schema_state(revision)
+    if state is SchemaState.BEHIND:
+        return (
+            f"the database schema is at {revision or 'no migration'}; "
+            f"this release needs {head}: run `riskalert migrate`"
+        )
+    if state is SchemaState.AHEAD:
+        return (
+            f"the database schema is at {revision}, a later release's (this release's newest "
+            f"migration is {head}): served as it is, not migrated, as migrations add before "
+            "they remove"
+        )
+    return f"the database schema is at {revision}, this release's newest migration"
 
 
 def schema_revision(connection: Connection) -> str | None:
     """The migration the database is at; None before the first one."""
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def schema_revision_at(url: str) -> str | None:
+    """The migration the database at `url` is at, read on a connection of its own."""
+    # Read-only: on SQLite no write lock is taken (another process may be migrating).
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.execution_options(**{READ_ONLY_OPTION: True}).connect() as conn:
+            return schema_revision(conn)
+    finally:
+        engine.dispose()
+
+
+def prepare_schema(url: str, *, migrate: bool) -> SchemaState | None:
+    """At a process's start: upgrade a schema behind this release when `migrate` says so, and
+    return where the schema then stands (None when the database does not answer).
+
+    Never migrates a schema ahead of this release (Alembic would stop on the revision it does
+    not know) nor, without `migrate`, one behind it: both are logged. Without `migrate`, a
+    database that does not answer is logged too, so the process starts and reports it on
+    /readyz; with it, the error is raised, as the migration could not run.
+    """
+    try:
+        revision = schema_revision_at(url)
+    except SQLAlchemyError as exc:
+        if migrate:
+            raise
+        log.warning("database unavailable at start-up, schema not checked: %s", exc)
+        return None
+    state = schema_state(revision)
+    if state is SchemaState.BEHIND and migrate:
+        upgrade_to_head(url)
+        return SchemaState.CURRENT
+    if state is SchemaState.BEHIND:
+        log.warning("auto-migrate is off and %s; not ready until then", schema_note(revision))
+    elif state is SchemaState.AHEAD:
+        log.warning("%s", schema_note(revision))
+    return state
 
 
 def upgrade_to_head(url: str) -> None:

@@ -15,13 +15,14 @@ from sqlalchemy.exc import OperationalError
 from services.core import activity, metrics
 from services.core.auth import KeyCache, hash_key
 from services.core.db import (
-    head_revision,
+    SchemaState,
     is_sqlite,
     make_engine,
     make_sessionmaker,
-    schema_behind,
+    prepare_schema,
+    schema_note,
     schema_revision,
-    upgrade_to_head,
+    schema_state,
 )
 from services.core.observe import Observe
 from services.core.problems import (
@@ -66,8 +67,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.auto_migrate:
-            upgrade_to_head(settings.database_url)
+        # Migrates only when told to, and never a schema ahead of this release (a later
+        # release's, after a rollback): that one is served as it is.
+        schema = prepare_schema(settings.database_url, migrate=settings.auto_migrate)
         engine = make_engine(
             settings.database_url,
             busy_timeout_ms=int(settings.sqlite_busy_timeout.total_seconds() * 1000),
@@ -86,8 +88,11 @@ def create_app(
         admin = settings.admin_api_key
         app.state.admin_key_hash = hash_key(admin.get_secret_value()) if admin else None
         try:
-            with app.state.sessions.begin() as session:
-                scores.ensure_model(session, clock())
+            # Not on a schema behind this release (its tables may not exist yet): /readyz says
+            # to migrate, and the first request after that creates the model version.
+            if schema is not SchemaState.BEHIND:
+                with app.state.sessions.begin() as session:
+                    scores.ensure_model(session, clock())
         except OperationalError as exc:
             # Start anyway: requests answer 503 and /readyz fails until the database is back;
             # the first request then creates the model version (see deps.active_model).
@@ -160,7 +165,7 @@ def create_app(
         responses=problem_responses(503),
     )
     def readyz(request: Request) -> JSONResponse:
-        """Readiness: the database answers, and its schema is at this release's migration."""
+        """Readiness: the database answers at this release's schema or a later release's."""
         try:
             with request.app.state.read_sessions() as session:
                 at = schema_revision(session.connection())
@@ -175,8 +180,8 @@ def create_app(
                 status_code=503,
                 media_type=PROBLEM_MEDIA_TYPE,
             )
-        head = head_revision()
-        if schema_behind(at):
+        state = schema_state(at)
+        if state is SchemaState.BEHIND:
             # Serving on an older schema would fail on whatever changed: not ready until
             # `riskalert migrate` has run.
             return JSONResponse(
@@ -184,18 +189,21 @@ def create_app(
                     "type": "https://riskalert.dev/problems/schema-not-at-head",
                     "title": "Service unavailable",
                     "status": 503,
-                    "detail": f"the database schema is at {at or 'no migration'}; "
-                    f"this release needs {head}: run `riskalert migrate`",
+                    "detail": schema_note(at),
                 },
                 status_code=503,
                 media_type=PROBLEM_MEDIA_TYPE,
             )
-        return JSONResponse(
-            {
-                "status": "ready",
-                "database": "sqlite" if is_sqlite(settings.database_url) else "postgresql",
-                "schema": at,
-            }
-        )
+        body: dict[str, str | None] = {
+            "status": "ready",
+            "database": "sqlite" if is_sqlite(settings.database_url) else "postgresql",
+            "schema": at,
+            "schema_state": state.value,
+        }
+        if state is SchemaState.AHEAD:
+            # Ready all the same (a later release's schema still serves this one), but say so:
+            # it is what an operator looks for after a rollback.
+            body["note"] = schema_note(at)
+        return JSONResponse(body)
 
     return app

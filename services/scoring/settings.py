@@ -23,7 +23,13 @@ class ScoringSettings(PlatformSettings):
     admin_api_key: SecretStr | None = Field(
         None, description="Bootstrap platform-admin key (creates tenants and keys)."
     )
-    auto_migrate: bool = Field(True, description="Apply migrations at start-up.")
+    auto_migrate: bool = Field(
+        True,
+        description=(
+            "Apply pending migrations at start-up (`serve --workers N`: once, in the parent); "
+            "off, no process migrates. A schema ahead of this release is never migrated."
+        ),
+    )
     inline_worker: bool = Field(
         True, description="Run the rescoring worker and scheduler inside the API process."
     )
