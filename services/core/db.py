@@ -50,9 +50,20 @@ NAMING_CONVENTION = {
 
 
 class Base(DeclarativeBase):
-    """Declarative base of every table, with one constraint naming convention."""
+    """Declarative base of every table, with one constraint naming convention.
+
+    Every table is AUTOINCREMENT on SQLite: ids outlive their rows (in deliveries' dedupe keys,
+    change feeds, audit entries, links sent to receivers), and SQLite would otherwise hand a
+    deleted row's id to the next row. PostgreSQL's sequences never reuse one.
+    """
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        table = cls.__dict__.get("__table__")
+        if isinstance(table, Table):
+            table.dialect_kwargs["sqlite_autoincrement"] = True
 
 
 class UTCDateTime(TypeDecorator[datetime]):

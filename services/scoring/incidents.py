@@ -17,7 +17,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     false,
-    func,
     or_,
     select,
     text,
@@ -503,8 +502,15 @@ def _new_ids(session: Session, count: int) -> list[int]:
             ).scalars()
         )
     # SQLite: the write transaction holds the database's only write lock (BEGIN IMMEDIATE),
-    # so the ids after the highest one are this transaction's until it commits.
-    top = session.execute(select(func.max(Incident.id))).scalar_one_or_none() or 0
+    # so the ids after the highest ever used are this transaction's until it commits. The
+    # highest ever used, not the highest now: a deleted incident's id is never handed out again
+    # (inserting them moves sqlite_sequence on, as AUTOINCREMENT does).
+    top = session.execute(
+        text(
+            "SELECT max(coalesce((SELECT max(id) FROM incident), 0), "
+            "coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'incident'), 0))"
+        )
+    ).scalar_one()
     return list(range(top + 1, top + count + 1))
 
 
