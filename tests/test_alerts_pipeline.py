@@ -216,7 +216,6 @@ def _claim(session: Session, **overrides: Any) -> list[outbox.Claimed]:
         "limit": 10,
         "now": datetime.now(UTC),
         "lease": timedelta(seconds=45),
-        "busy": {},
         "slots": 2,
     }
     args.update(overrides)

@@ -73,6 +73,7 @@ def create(
         name=data.name,
         address=address,
         enabled=True,
+        max_in_flight=data.max_in_flight,
         unsubscribe_token=None if webhook else secrets.token_urlsafe(24),
         created_at=now,
         updated_at=now,
@@ -94,6 +95,8 @@ def update(session: Session, endpoint: Endpoint, data: EndpointPatch, now: datet
     new_address = data.url if data.url is not None else data.address
     if new_address is not None:
         endpoint.address = new_address
+    if "max_in_flight" in data.model_fields_set:
+        endpoint.max_in_flight = data.max_in_flight
     if data.enabled is True and not endpoint.enabled:
         # A fresh start: the failures that disabled it are not held against it again.
         endpoint.enabled = True
@@ -217,6 +220,7 @@ def to_out(endpoint: Endpoint, secret_state: SecretState | None) -> EndpointOut:
         url=endpoint.address if webhook else None,
         address=None if webhook else endpoint.address,
         enabled=endpoint.enabled,
+        max_in_flight=endpoint.max_in_flight,
         disabled_reason=endpoint.disabled_reason,
         disabled_at=endpoint.disabled_at,
         failing_since=endpoint.failing_since,

@@ -11,6 +11,7 @@ dedupe keys).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
@@ -30,8 +30,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.alerts import email, outbox, pipeline, webhooks
 from services.alerts.settings import AlertsSettings
-from services.core import activity, metrics, wake
+from services.core import activity, deadletters, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker
+from services.core.deadletters import Quarantine
 from services.core.logs import FailureStreak, working_for
 from services.core.ticks import add_tick
 from services.scoring.feed import FEED_CHANNEL
@@ -55,7 +56,8 @@ def worker_name() -> str:
 # a burst of score changes is being evaluated.
 EVENTS = (pipeline.INCIDENT_FEED,)
 THRESHOLDS = (pipeline.SCORE_FEED, pipeline.SEED)
-_STEPS = {
+Step = Callable[[Session, AlertsSettings, datetime, Quarantine | None], int]
+_STEPS: dict[str, Step] = {
     pipeline.INCIDENT_FEED: pipeline.consume_incidents,
     pipeline.SCORE_FEED: pipeline.consume_scores,
     pipeline.SEED: pipeline.seed_rules,
@@ -75,9 +77,19 @@ def consume(
     taken = 0
     for name in inputs:
         if name in waiting:
-            with factory.begin() as session:
-                taken += _STEPS[name](session, settings, clock())
+            step = functools.partial(_step, _STEPS[name], settings, clock)
+            taken += deadletters.run(factory, f"alerts.{name}", step, clock)
     return taken
+
+
+def _step(
+    step: Step,
+    settings: AlertsSettings,
+    clock: Clock,
+    session: Session,
+    quarantine: Quarantine | None,
+) -> int:
+    return step(session, settings, clock(), quarantine)
 
 
 def drain(factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock = utc_now) -> int:
@@ -98,16 +110,24 @@ def reevaluate(
     factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock = utc_now
 ) -> int:
     """Tick: re-run alerts whose timers are due."""
-    with factory.begin() as session:
-        return pipeline.reevaluate_due(session, settings, clock())
+    return deadletters.run(
+        factory,
+        "alerts.timers",
+        lambda session, quarantine: pipeline.reevaluate_due(session, settings, clock(), quarantine),
+        clock,
+    )
 
 
 def digests(
     factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock = utc_now
 ) -> int:
     """Tick: send the digests."""
-    with factory.begin() as session:
-        return pipeline.send_digests(session, settings, clock())
+    return deadletters.run(
+        factory,
+        "alerts.digests",
+        lambda session, quarantine: pipeline.send_digests(session, settings, clock(), quarantine),
+        clock,
+    )
 
 
 def purge(factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock = utc_now) -> int:
@@ -141,9 +161,33 @@ async def _within(
         )
 
 
-def _ends(batch: list[_Done]) -> Counter[int]:
-    """Slots the finished attempts free, per endpoint."""
-    return Counter(item.claimed.endpoint_id for item in batch)
+def settle_and_claim(
+    factory: sessionmaker[Session],
+    batch: list[_Done],
+    limit: int,
+    *,
+    owner: str,
+    settings: AlertsSettings,
+    rng: Random,
+    clock: Clock = utc_now,
+) -> list[outbox.Claimed]:
+    """One cycle of the dispatcher, in one short transaction: record the finished attempts,
+    then lease up to `limit` due deliveries. An attempt that cannot be recorded is set aside
+    (a dead letter) and its delivery closed; the others are recorded and claiming goes on."""
+
+    def step(session: Session, quarantine: Quarantine | None) -> list[outbox.Claimed]:
+        now = clock()
+        outbox.settle(
+            session, batch, now=now, owner=owner, settings=settings, rng=rng, quarantine=quarantine
+        )
+        if limit <= 0:
+            return []
+        return outbox.claim(
+            session, owner=owner, limit=limit, now=now, lease=settings.lease,
+            slots=settings.endpoint_slots,
+        )  # fmt: skip
+
+    return deadletters.run(factory, "alerts.dispatch", step, clock)
 
 
 class AlertsWorker:
@@ -261,7 +305,6 @@ class AlertsWorker:
     def _dispatch(self) -> None:
         settings = self._settings
         poll = settings.poll_interval.total_seconds()
-        busy: Counter[int] = Counter()
         inflight: set[Future[_Done]] = set()
         done: list[_Done] = []
         failures = FailureStreak(log, "settling and claiming deliveries")
@@ -280,8 +323,7 @@ class AlertsWorker:
                 batch, done = done, []
                 try:
                     # One short transaction settles what finished and claims what is due.
-                    claimed = self._cycle(batch, limit, +(busy - _ends(batch)))
-                    busy -= _ends(batch)
+                    claimed = self._cycle(batch, limit)
                     self.delivered += len(batch)
                     failures.succeeded()
                 except Exception:
@@ -299,7 +341,6 @@ class AlertsWorker:
                 # produces score changes itself, and must not slow down for them).
                 activity.touch()
             for lease in claimed:
-                busy[lease.endpoint_id] += 1
                 future = self._pool.submit(self._attempt, lease)
                 future.add_done_callback(lambda _: self._kick.set())
                 inflight.add(future)
@@ -320,31 +361,23 @@ class AlertsWorker:
         last = [f.result() for f in finished]
         for _ in range(5):
             try:
-                self._cycle(last, 0, Counter())
+                self._cycle(last, 0)
                 self.delivered += len(last)
                 return
             except Exception:
                 log.exception("recording the last attempts failed")
                 time.sleep(0.5)
 
-    def _cycle(self, batch: list[_Done], limit: int, busy: Counter[int]) -> list[outbox.Claimed]:
-        settings = self._settings
-        with self._factory.begin() as session:
-            now = self._clock()
-            outbox.settle(
-                session, batch, now=now, owner=self.name, settings=settings, rng=self._rng
-            )
-            if limit <= 0:
-                return []
-            return outbox.claim(
-                session,
-                owner=self.name,
-                limit=limit,
-                now=now,
-                lease=settings.lease,
-                busy=busy,
-                slots=settings.endpoint_slots,
-            )
+    def _cycle(self, batch: list[_Done], limit: int) -> list[outbox.Claimed]:
+        return settle_and_claim(
+            self._factory,
+            batch,
+            limit,
+            owner=self.name,
+            settings=self._settings,
+            rng=self._rng,
+            clock=self._clock,
+        )
 
     def _http(self) -> httpx.Client:
         """This sender thread's HTTP client (made on first use)."""

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -42,6 +43,8 @@ class Endpoint(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Opaque token of the one-click unsubscribe link (email only).
     unsubscribe_token: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # Deliveries to it in flight at once across every worker; None: RISKALERT_ENDPOINT_SLOTS.
+    max_in_flight: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -168,7 +171,10 @@ class Delivery(Base):
 
     __tablename__ = "delivery"
     __table_args__ = (
-        Index("ix_delivery_status_next_attempt_at", "status", "next_attempt_at"),
+        # Due deliveries in the order they are claimed: urgent first, then oldest first.
+        Index(
+            "ix_delivery_status_priority_next_attempt_at", "status", "priority", "next_attempt_at"
+        ),
         Index("ix_delivery_tenant_id_status", "tenant_id", "status"),
         Index("ix_delivery_alert_id_endpoint_id", "alert_id", "endpoint_id"),
     )
@@ -186,6 +192,10 @@ class Delivery(Base):
     # Makes a notification enqueued twice (a tick run by two processes) a constraint error.
     dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True)
     sequence: Mapped[int] = mapped_column(Integer)
+    # Claimed in this order: 0 event alerts (a kidnapping nearby), 1 threshold notices and other
+    # news, 2 digests (outbox.priority_of). The server default lets an older release's
+    # processes insert during a rolling upgrade.
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="1")
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     # pending -> sending -> succeeded | failed | cancelled | superseded (or back to pending).
     status: Mapped[str] = mapped_column(String(12))

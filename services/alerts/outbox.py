@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import secrets
 import string
 from collections.abc import Mapping, Sequence
@@ -10,7 +11,7 @@ from datetime import datetime, timedelta
 from random import Random
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Integer, Table, bindparam, exists, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from services.alerts import notify, retry
@@ -18,6 +19,7 @@ from services.alerts.models import Delivery, DeliveryAttempt, DigestItem, Endpoi
 from services.alerts.settings import AlertsSettings
 from services.alerts.webhooks import AttemptResult
 from services.core import wake
+from services.core.deadletters import Quarantine
 from services.core.logs import current_request_id
 
 # Rung (NOTIFY on Postgres, an event in-process) when a unit of work that enqueued commits.
@@ -28,9 +30,22 @@ SUCCEEDED, FAILED, CANCELLED, SUPERSEDED = "succeeded", "failed", "cancelled", "
 SETTLED = (SUCCEEDED, FAILED, CANCELLED, SUPERSEDED)
 STATUSES = (PENDING, SENDING, *SETTLED)
 
+# Claim order: event alerts go before threshold notices, and those before digests, to every
+# endpoint and across all of them (a backlog of bulk notices never holds a kidnapping alert).
+URGENT, NOTICE, BULK = 0, 1, 2
+_URGENT_TYPES = frozenset({"alert.triggered", "alert.updated", "endpoint.test"})
+
 _ALPHABET = string.ascii_letters + string.digits
 # How stale an endpoint's `last_success_at` may get while it keeps succeeding.
 HEALTH_RESOLUTION = timedelta(minutes=1)
+
+
+def priority_of(event_type: str) -> int:
+    """The claim order of a notification: event alerts (and a test someone is waiting for)
+    first, daily digests last, everything else in between."""
+    if event_type in _URGENT_TYPES:
+        return URGENT
+    return BULK if event_type == "digest.daily" else NOTICE
 
 
 def new_message_id() -> str:
@@ -112,6 +127,7 @@ def new_delivery(
         "message_id": new_message_id(),
         "dedupe_key": f"{dedupe}:e{endpoint_id}" if dedupe else None,
         "sequence": sequence,
+        "priority": priority_of(event_type),
         "payload": dict(payload),
         "request_id": current_request_id(),
         "status": PENDING,
@@ -182,15 +198,25 @@ _D = cast(Table, Delivery.__table__)
 _E = cast(Table, Endpoint.__table__)
 _S = cast(Table, EndpointSecret.__table__)
 _older = _D.alias("older")
-# Due candidates, by id only (a cheap, index-driven read); a delivery waits while an older
-# state of the same alert is in flight to the same endpoint, so the newest arrives last.
+# Deliveries in flight to each endpoint across every worker (leases not yet expired), with the
+# endpoint's own limit.
+_IN_FLIGHT = (
+    select(_D.c.endpoint_id, func.count().label("n"), _E.c.max_in_flight)
+    .join(_E, _E.c.id == _D.c.endpoint_id)
+    .where(_D.c.status == SENDING, _D.c.lease_expires_at > bindparam("now"))
+    .group_by(_D.c.endpoint_id, _E.c.max_in_flight)
+)
+# Due candidates, most urgent first, then oldest first (a cheap, index-driven read); a delivery
+# waits while an older state of the same alert is in flight to the same endpoint, so the newest
+# arrives last.
 _CANDIDATES = (
-    select(_D.c.id, _D.c.endpoint_id)
+    select(_D.c.id, _D.c.endpoint_id, _E.c.max_in_flight)
+    .join(_E, _E.c.id == _D.c.endpoint_id)
     .where(
         _D.c.status == PENDING,
         _D.c.next_attempt_at <= bindparam("now"),
-        # Endpoints this worker already keeps busy are left out here, not after the LIMIT,
-        # so a hanging endpoint's backlog cannot fill every window (property 6).
+        # Endpoints already at their limit are left out here, not after the LIMIT, so a
+        # hanging endpoint's backlog cannot fill every window (property 6).
         _D.c.endpoint_id.not_in(bindparam("full", expanding=True)),
         or_(
             _D.c.alert_id.is_(None),
@@ -202,9 +228,16 @@ _CANDIDATES = (
             ),
         ),
     )
-    .order_by(_D.c.next_attempt_at, _D.c.id)
+    .order_by(_D.c.priority, _D.c.next_attempt_at, _D.c.id)
     .limit(bindparam("n", type_=Integer))
-    .with_for_update(skip_locked=True)
+    .with_for_update(skip_locked=True, of=_D)
+)
+# PostgreSQL: the endpoints no other worker is claiming for at this moment (a lock until this
+# transaction ends), so two workers cannot both fill the same endpoint's free places.
+_ENDPOINT_LOCK_SPACE = 0x0E1D
+_TRY_LOCK_ENDPOINTS = text(
+    "SELECT id FROM unnest(CAST(:ids AS integer[])) AS id "
+    "WHERE pg_try_advisory_xact_lock(:space, id)"
 )
 _LEASE = (
     update(_D)
@@ -229,7 +262,6 @@ _LEASED = (
         _D.c.request_id,
     )
     .where(_D.c.id.in_(bindparam("ids", expanding=True)))
-    .order_by(_D.c.id)
 )
 _SECRETS = (
     select(_S.c.endpoint_id, _S.c.secret)
@@ -286,21 +318,42 @@ def claim(
     limit: int,
     now: datetime,
     lease: timedelta,
-    busy: Mapping[int, int],
     slots: int,
 ) -> list[Claimed]:
-    """Lease up to `limit` due deliveries, at most `slots` in flight per endpoint (given `busy`)."""
+    """Lease up to `limit` due deliveries, most urgent first, keeping every endpoint within its
+    limit of deliveries in flight across all workers (`max_in_flight`, else `slots`)."""
     if limit <= 0:
         return []
-    counts = dict(busy)
+    room = {
+        row.endpoint_id: (row.max_in_flight or slots) - row.n
+        for row in session.execute(_IN_FLIGHT, {"now": now})
+    }
     # An empty list would render as NOT IN (NULL), which matches nothing; 0 is no endpoint.
-    full = [e for e, n in counts.items() if n >= slots] or [0]
+    full = [e for e, free in room.items() if free <= 0] or [0]
+    candidates = session.execute(_CANDIDATES, {"now": now, "n": limit * 4, "full": full}).all()
+    if not candidates:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        # SQLite has one writer, so the counts above are exact; here another worker may have
+        # claimed since: count again, for the endpoints locked against it.
+        wanted = sorted({c.endpoint_id for c in candidates})
+        mine = set(
+            session.execute(
+                _TRY_LOCK_ENDPOINTS, {"ids": wanted, "space": _ENDPOINT_LOCK_SPACE}
+            ).scalars()
+        )
+        room = {e: free for e, free in room.items() if e in mine}
+        for row in session.execute(
+            _IN_FLIGHT.where(_D.c.endpoint_id.in_(sorted(mine))), {"now": now}
+        ):
+            room[row.endpoint_id] = (row.max_in_flight or slots) - row.n
+        candidates = [c for c in candidates if c.endpoint_id in mine]
     picked: list[int] = []
-    params = {"now": now, "n": limit * 4, "full": full}
-    for delivery_id, endpoint_id in session.execute(_CANDIDATES, params):
-        if counts.get(endpoint_id, 0) >= slots:
+    for delivery_id, endpoint_id, max_in_flight in candidates:
+        free = room.get(endpoint_id, max_in_flight or slots)
+        if free <= 0:
             continue
-        counts[endpoint_id] = counts.get(endpoint_id, 0) + 1
+        room[endpoint_id] = free - 1
         picked.append(delivery_id)
         if len(picked) >= limit:
             break
@@ -313,7 +366,9 @@ def claim(
         _LEASE,
         {"ids": picked, "owner": owner, "token": token, "expires": now + lease, "now": now},
     )
-    chosen = session.execute(_LEASED, {"ids": picked}).all()
+    # In the order picked: the most urgent is sent first.
+    order = {delivery_id: n for n, delivery_id in enumerate(picked)}
+    chosen = sorted(session.execute(_LEASED, {"ids": picked}).all(), key=lambda r: order[r.id])
     endpoint_ids = {d.endpoint_id for d in chosen}
     endpoints = {e.id: e for e in session.execute(_ENDPOINTS, {"ids": sorted(endpoint_ids)})}
     # Disabled since it was enqueued (unsubscribed, 410, a concurrent PATCH): never sent.
@@ -384,12 +439,58 @@ def settle(
     owner: str,
     settings: AlertsSettings,
     rng: Random,
+    quarantine: Quarantine | None = None,
 ) -> list[Settled]:
     """Record attempts and move their deliveries on where this worker still holds the lease.
 
     A few statements for the whole batch: the attempts are inserted together, the deliveries
-    and their endpoints are locked and read in one query each.
+    and their endpoints are locked and read in one query each. With a `quarantine`, attempt by
+    attempt: one that cannot be recorded is set aside and its delivery closed by its outcome
+    alone (succeeded or failed), so it is neither sent again nor kept sending forever.
     """
+    if quarantine is None:
+        return _settle(session, attempts, now=now, owner=owner, settings=settings, rng=rng)
+    out: list[Settled] = []
+    for a in attempts:
+        with quarantine.item(
+            f"delivery {a.claimed.id}, attempt {a.claimed.attempt}",
+            then=functools.partial(_close, session, a, now),
+        ):
+            out.extend(_settle(session, [a], now=now, owner=owner, settings=settings, rng=rng))
+    return out
+
+
+def _close(session: Session, attempt: Attempted, now: datetime) -> None:
+    """Settle a delivery whose attempt could not be recorded, by the attempt's outcome only."""
+    delivered = attempt.result.outcome == "delivered"
+    session.execute(
+        update(_D)
+        .where(
+            _D.c.id == attempt.claimed.id,
+            _D.c.status == SENDING,
+            _D.c.lease_token == attempt.claimed.token,
+        )
+        .values(
+            status=SUCCEEDED if delivered else FAILED,
+            settled_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            last_error=None if delivered else "the attempt could not be recorded (a dead letter)",
+        )
+    )
+
+
+def _settle(
+    session: Session,
+    attempts: Sequence[Attempted],
+    *,
+    now: datetime,
+    owner: str,
+    settings: AlertsSettings,
+    rng: Random,
+) -> list[Settled]:
     if not attempts:
         return []
     rows = session.execute(_HOLDERS, {"ids": [a.claimed.id for a in attempts]}).all()

@@ -7,6 +7,7 @@ only in memory and a crash replays the batch instead of losing it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import Counter, defaultdict
@@ -32,6 +33,7 @@ from services.alerts.models import (
 from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
 from services.core import cursors
+from services.core.deadletters import Quarantine, guard
 from services.core.logs import working_for
 from services.core.models import FeedCursor
 from services.scoring import geo
@@ -202,8 +204,13 @@ def backlog(session: Session) -> set[str]:
 # Threshold rules: score changes, seeding, timers
 
 
-def consume_scores(session: Session, settings: AlertsSettings, now: datetime) -> int:
-    """Evaluate a batch of score changes after the cursor; return how many were consumed."""
+def consume_scores(
+    session: Session, settings: AlertsSettings, now: datetime, quarantine: Quarantine | None = None
+) -> int:
+    """Evaluate a batch of score changes after the cursor; return how many were consumed.
+
+    With a `quarantine`, each (change, rule) is its own item: one that fails is set aside.
+    """
     cursor = cursors.lock(session, SCORE_FEED, now)
     if cursor is None:
         return 0
@@ -249,11 +256,13 @@ def consume_scores(session: Session, settings: AlertsSettings, now: datetime) ->
             continue  # deleted a moment ago
         snapshot = change_snapshot(change)
         for watch in watched[target.id]:
-            row = _alert_row(session, watch, target.id, 0, now)
-            observe(
-                session, row, watch, target, change.value, Band(change.band), snapshot, now,
-                settings.public_url,
-            )  # fmt: skip
+            key = f"score_change {change.id}, rule {watch.rule.id}, target {target.id}"
+            with guard(quarantine, key, tenant_id=change.tenant_id):
+                row = _alert_row(session, watch, target.id, 0, now)
+                observe(
+                    session, row, watch, target, change.value, Band(change.band), snapshot, now,
+                    settings.public_url,
+                )  # fmt: skip
     return len(heads)
 
 
@@ -272,8 +281,17 @@ def change_snapshot(change: ScoreChange) -> dict[str, Any]:
     }
 
 
-def seed_rules(session: Session, settings: AlertsSettings, now: datetime, limit: int = 20) -> int:
-    """Evaluate new or changed threshold rules against their targets' current scores."""
+def seed_rules(
+    session: Session,
+    settings: AlertsSettings,
+    now: datetime,
+    quarantine: Quarantine | None = None,
+    limit: int = 20,
+) -> int:
+    """Evaluate new or changed threshold rules against their targets' current scores.
+
+    With a `quarantine`, each rule, and each of its targets, is an item of its own.
+    """
     # Under the score feed's cursor: seeding and consuming score changes never interleave
     # (no two processes create the same alert, and no stale change is replayed after a seed).
     cursor = cursors.lock(session, SCORE_FEED, now)
@@ -296,49 +314,73 @@ def seed_rules(session: Session, settings: AlertsSettings, now: datetime, limit:
         .all()
     )
     for rule in pending:
+        # Outside the item: a rule that cannot be seeded is set aside, not tried again forever.
         rule.seeded = True
-        sub = session.get(Subscription, rule.subscription_id)
-        if sub is None or not sub.enabled or not rule.enabled or rule.kind != "threshold":
+        with guard(quarantine, f"rule {rule.id} (seeding)", tenant_id=rule.tenant_id):
+            _seed(session, rule, settings, now, quarantine)
+    return len(pending)
+
+
+def _seed(
+    session: Session,
+    rule: Rule,
+    settings: AlertsSettings,
+    now: datetime,
+    quarantine: Quarantine | None,
+) -> None:
+    """Evaluate one threshold rule against its targets' current scores."""
+    sub = session.get(Subscription, rule.subscription_id)
+    if sub is None or not sub.enabled or not rule.enabled or rule.kind != "threshold":
+        return
+    watch = next(
+        (w for w in watches(session, [sub.tenant_id])[sub.tenant_id] if w.rule.id == rule.id),
+        None,
+    )
+    if watch is None:
+        return
+    query = (
+        select(Target, CurrentScore)
+        .join(CurrentScore, CurrentScore.target_id == Target.id)
+        .where(Target.tenant_id == sub.tenant_id)
+    )
+    if sub.scope == "target":
+        query = query.where(Target.id == sub.target_id)
+    for target, score in session.execute(query).all():
+        if not applies(sub, target):
             continue
-        watch = next(
-            (w for w in watches(session, [sub.tenant_id])[sub.tenant_id] if w.rule.id == rule.id),
-            None,
-        )
-        if watch is None:
-            continue
-        query = (
-            select(Target, CurrentScore)
-            .join(CurrentScore, CurrentScore.target_id == Target.id)
-            .where(Target.tenant_id == sub.tenant_id)
-        )
-        if sub.scope == "target":
-            query = query.where(Target.id == sub.target_id)
-        for target, score in session.execute(query).all():
-            if not applies(sub, target):
-                continue
-            snapshot: dict[str, Any] = {
-                "feed_id": None,
-                "previous": None,
-                "current": score.fed_value,
-                "previous_band": None,
-                "band": score.fed_band,
-                "as_of": notify.iso(score.as_of),
-                "model_version": score.model_version,
-                "components": {},
-                "top_incidents": [],
-            }
+        snapshot: dict[str, Any] = {
+            "feed_id": None,
+            "previous": None,
+            "current": score.fed_value,
+            "previous_band": None,
+            "band": score.fed_band,
+            "as_of": notify.iso(score.as_of),
+            "model_version": score.model_version,
+            "components": {},
+            "top_incidents": [],
+        }
+        with guard(
+            quarantine, f"rule {rule.id}, target {target.id} (seeding)", tenant_id=sub.tenant_id
+        ):
             row = _alert_row(session, watch, target.id, 0, now)
             observe(
                 session, row, watch, target, score.fed_value, Band(score.fed_band), snapshot, now,
                 settings.public_url,
             )  # fmt: skip
-    return len(pending)
 
 
 def reevaluate_due(
-    session: Session, settings: AlertsSettings, now: datetime, limit: int = 500
+    session: Session,
+    settings: AlertsSettings,
+    now: datetime,
+    quarantine: Quarantine | None = None,
+    limit: int = 500,
 ) -> int:
-    """Re-run alerts whose timers (pending, keep-firing, repeat, cooldown, snooze) are due."""
+    """Re-run alerts whose timers (pending, keep-firing, repeat, cooldown, snooze) are due.
+
+    With a `quarantine`, each alert is an item; one that fails is set aside and its timer
+    cleared, so it does not fail again at every tick.
+    """
     rows = (
         session.execute(
             select(Alert)
@@ -360,10 +402,16 @@ def reevaluate_due(
         if watch is None or target is None or row.score is None or row.band is None:
             row.next_check_at = None  # rule or subscription disabled: nothing to time
             continue
-        observe(
-            session, row, watch, target, row.score, Band(row.band), row.change, now,
-            settings.public_url,
-        )  # fmt: skip
+        with guard(
+            quarantine,
+            f"alert {row.id} (timers)",
+            tenant_id=row.tenant_id,
+            then=functools.partial(setattr, row, "next_check_at", None),
+        ):
+            observe(
+                session, row, watch, target, row.score, Band(row.band), row.change, now,
+                settings.public_url,
+            )  # fmt: skip
     return len(rows)
 
 
@@ -539,8 +587,13 @@ def _dispatch(
 # Event rules: the incident feed
 
 
-def consume_incidents(session: Session, settings: AlertsSettings, now: datetime) -> int:
-    """Match a batch of new or revised incidents against event rules; return how many."""
+def consume_incidents(
+    session: Session, settings: AlertsSettings, now: datetime, quarantine: Quarantine | None = None
+) -> int:
+    """Match a batch of new or revised incidents against event rules; return how many.
+
+    With a `quarantine`, each feed entry is matched on its own: one that fails is set aside.
+    """
     cursor = cursors.lock(session, INCIDENT_FEED, now)
     if cursor is None:
         return 0
@@ -563,6 +616,24 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
     ]
     if not found:
         return len(changes)
+    if quarantine is None:
+        _match_changes(session, changes, found, settings, now)
+        return len(changes)
+    for change in changes:
+        key = f"incident_change {change.id} (incident {change.incident_id})"
+        with guard(quarantine, key):
+            _match_changes(session, [change], found, settings, now)
+    return len(changes)
+
+
+def _match_changes(
+    session: Session,
+    changes: Sequence[IncidentChange],
+    found: Sequence[Watch],
+    settings: AlertsSettings,
+    now: datetime,
+) -> None:
+    """Tell event alerts of revised incidents, and raise those that new incidents trigger."""
     rows = {
         i.id: i
         for i in session.execute(
@@ -587,7 +658,6 @@ def consume_incidents(session: Session, settings: AlertsSettings, now: datetime)
         for match in _match_incident(session, incident, indexes, reach, now)
     ]
     _trigger(session, matches, events, notified, now, settings.public_url)
-    return len(changes)
 
 
 def _event_of(incident: Incident) -> int:
@@ -878,8 +948,13 @@ def _trigger(
 # Digests and retention
 
 
-def send_digests(session: Session, settings: AlertsSettings, now: datetime) -> int:
-    """Gather each endpoint's held notifications into one digest delivery; return how many."""
+def send_digests(
+    session: Session, settings: AlertsSettings, now: datetime, quarantine: Quarantine | None = None
+) -> int:
+    """Gather each endpoint's held notifications into one digest delivery; return how many.
+
+    With a `quarantine`, each endpoint's digest is an item of its own.
+    """
     items = (
         session.execute(
             select(DigestItem)
@@ -900,24 +975,25 @@ def send_digests(session: Session, settings: AlertsSettings, now: datetime) -> i
         endpoint = session.get(Endpoint, endpoint_id)
         if endpoint is None or not endpoint.enabled:
             continue
-        data = {
-            "period": {"from": notify.iso(held[0].created_at), "to": notify.iso(now)},
-            "items": [item.payload for item in held],
-        }
-        rows = outbox.enqueue(
-            session,
-            tenant_id=endpoint.tenant_id,
-            endpoints=[endpoint],
-            alert_id=None,
-            event_type="digest.daily",
-            sequence=0,
-            payload=notify.envelope("digest.daily", data, now),
-            now=now,
-            dedupe=f"digest:{slot}:{held[-1].id}",
-        )
-        for item in held:
-            item.delivery_id = rows[0].id
-        sent += 1
+        with guard(quarantine, f"digest of endpoint {endpoint_id}", tenant_id=endpoint.tenant_id):
+            data = {
+                "period": {"from": notify.iso(held[0].created_at), "to": notify.iso(now)},
+                "items": [item.payload for item in held],
+            }
+            rows = outbox.enqueue(
+                session,
+                tenant_id=endpoint.tenant_id,
+                endpoints=[endpoint],
+                alert_id=None,
+                event_type="digest.daily",
+                sequence=0,
+                payload=notify.envelope("digest.daily", data, now),
+                now=now,
+                dedupe=f"digest:{slot}:{held[-1].id}",
+            )
+            for item in held:
+                item.delivery_id = rows[0].id
+            sent += 1
     return sent
 
 

@@ -280,6 +280,12 @@ class EndpointKind(StrEnum):
     EMAIL = "email"
 
 
+# Deliveries in flight to one endpoint: a receiver that takes more is better served by more
+# alerts workers than by one endpoint holding a whole worker's senders.
+MAX_IN_FLIGHT = 32
+MaxInFlight = Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT, strict=True)]
+
+
 class EndpointIn(ApiIn):
     """A new endpoint: `{kind: webhook, name, url}` or `{kind: email, name, address}`."""
 
@@ -287,6 +293,13 @@ class EndpointIn(ApiIn):
     name: Name
     url: WebhookUrl | None = Field(None, description="Webhooks only.")
     address: EmailAddress | None = Field(None, description="Email only.")
+    max_in_flight: MaxInFlight | None = Field(
+        None,
+        description=(
+            "Deliveries sent to it at once, across every worker: what the receiver tolerates. "
+            "Default (null): RISKALERT_ENDPOINT_SLOTS."
+        ),
+    )
 
     @model_validator(mode="after")
     def _fields_match_kind(self) -> EndpointIn:
@@ -319,10 +332,13 @@ class EndpointPatch(ApiIn):
     enabled: bool | None = Field(
         None, description="true re-enables a disabled endpoint and forgets its failures."
     )
+    max_in_flight: MaxInFlight | None = Field(
+        None, description="Deliveries sent to it at once; null returns to the default."
+    )
 
     @model_validator(mode="after")
     def _no_nulls(self) -> EndpointPatch:
-        errors = _null_errors(self, set(type(self).model_fields))
+        errors = _null_errors(self, set(type(self).model_fields) - {"max_in_flight"})
         if errors:
             raise invalid(errors, type(self).__name__)
         return self
@@ -357,6 +373,9 @@ class EndpointOut(BaseModel):
     url: str | None
     address: str | None
     enabled: bool
+    max_in_flight: int | None = Field(
+        None, description="Deliveries sent to it at once; null: the service's default."
+    )
     disabled_reason: str | None
     disabled_at: datetime | None
     failing_since: datetime | None

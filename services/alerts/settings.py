@@ -58,7 +58,12 @@ class AlertsSettings(BaseSettings):
     )
     concurrency: int = Field(64, ge=1, description="Deliveries in flight per worker process.")
     endpoint_slots: int = Field(
-        2, ge=1, description="Deliveries in flight per endpoint per worker process."
+        2,
+        ge=1,
+        description=(
+            "Deliveries in flight per endpoint across every worker, for endpoints without "
+            "their own max_in_flight."
+        ),
     )
     claim_batch: int = Field(100, ge=1, description="Deliveries claimed per query.")
     feed_batch: int = Field(500, ge=1, description="Feed entries consumed per transaction.")

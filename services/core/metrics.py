@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.models import FeedCursor
+from services.core.models import DeadLetter, FeedCursor
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ DELIVERY_SECONDS = Histogram(
     "Time of one delivery attempt, by channel.",
     ["channel"],
     buckets=_SECONDS,
+)
+DEAD_LETTERS = Counter(
+    "riskalert_dead_letters_total",
+    "Items a pipeline could not process and set aside (GET /v1/dead-letters), by pipeline.",
+    ["pipeline"],
 )
 TICKS = Counter(
     "riskalert_ticks_total",
@@ -191,6 +196,19 @@ def _database_gauges(session: Session, now: datetime) -> Iterator[Metric]:
         failures.add_metric([name], failed)
     yield lag
     yield failures
+
+    dead = GaugeMetricFamily(
+        "riskalert_dead_letters_open",
+        "Items set aside by a pipeline and not yet resolved by an operator, by pipeline.",
+        labels=["pipeline"],
+    )
+    for pipeline, count in session.execute(
+        select(DeadLetter.pipeline, func.count())
+        .where(DeadLetter.resolved_at.is_(None))
+        .group_by(DeadLetter.pipeline)
+    ):
+        dead.add_metric([pipeline], count)
+    yield dead
 
 
 def exposition(database: Collector | None) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.core.db import Base, UTCDateTime
@@ -91,3 +91,31 @@ class TickRun(Base):
     slot_at: Mapped[datetime] = mapped_column(UTCDateTime(), primary_key=True)
     process: Mapped[str] = mapped_column(String(120))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class DeadLetter(Base):
+    """An item a shared pipeline could not process, set aside with its error so the rest of the
+    pipeline went on; open until an operator resolves it."""
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (Index("ix_dead_letter_resolved_at_pipeline", "resolved_at", "pipeline"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Which pipeline set it aside, e.g. alerts.score_change, scoring.rescore, alerts.dispatch.
+    pipeline: Mapped[str] = mapped_column(String(64))
+    # What it was, in words an operator can look up: "score_change 812, rule 7".
+    item: Mapped[str] = mapped_column(String(200))
+    # The tenant it concerns, when one does.
+    tenant_id: Mapped[int | None] = mapped_column(Integer)
+    error_class: Mapped[str] = mapped_column(String(120))
+    error: Mapped[str] = mapped_column(String(1000))
+    # The stack trace, for whoever fixes the cause (code and messages; never statement data).
+    trace: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # The same item failing again while this is open counts here instead of a new letter.
+    occurrences: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The API key that resolved it.
+    resolved_by: Mapped[int | None] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(String(500))

@@ -5,21 +5,24 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core import activity, metrics, wake
+from services.core import activity, deadletters, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker
+from services.core.deadletters import Quarantine
 from services.core.logs import FailureStreak
 from services.core.models import IdempotencyRecord
 from services.core.ticks import add_tick
 from services.scoring import feed, queue, scores
+from services.scoring.models import Target
 from services.scoring.settings import ScoringSettings
 
 log = logging.getLogger(__name__)
@@ -51,10 +54,14 @@ def rescore_pending(
     (Postgres) that ingest requests would wait on: queue what new incidents affect and lease
     the marks (short write), compute (read-only), store the scores and release the marks
     (short write). A crash in between leaves the leases to expire and the targets are taken
-    again.
+    again. A feed entry or a target that fails on its own is set aside as a dead letter; the
+    rest goes on.
     """
     now = clock()
-    with factory.begin() as session:
+
+    def take(
+        session: Session, quarantine: Quarantine | None
+    ) -> tuple[scores.ActiveModel, int, list[queue.Claim]]:
         model = scores.ensure_model(session, now)
         # While an import runs, its incidents wait on the feed: read at its end, they queue
         # each target once, not once per chunk.
@@ -62,31 +69,29 @@ def rescore_pending(
             0
             if queue.importing(session, now)
             else queue.consume_incident_feed(
-                session, model.params, now, settings.feed_batch_size, FEED_PAGES
+                session, model.params, now, settings.feed_batch_size, FEED_PAGES, quarantine
             )
         )
         claims = queue.claim(session, settings.rescore_batch_size, now, settings.rescore_lease)
+        return model, read, claims
+
+    model, read, claims = deadletters.run(factory, "scoring.incident_feed", take, clock)
     if not claims:
         return read
     began = time.perf_counter()
+    work = _Rescoring(factory, reader or factory, settings, model, now, cache)
     try:
-        with (reader or factory).begin() as session:
-            ids = [c.target_id for c in claims]
-            computed = scores.compute(session, model, ids, now, cache)
-        with factory.begin() as session:
-            scores.store(
-                session,
-                computed,
-                now,
-                # The feed names why each target was rescored (incident, decay, model...).
-                causes={c.target_id: c.cause for c in claims},
-                min_delta=settings.change_min_delta,
+        try:
+            work.rescore(claims)
+        except Exception as exc:
+            if deadletters.transient(exc):
+                raise
+            log.warning(
+                "rescoring a batch of %d targets failed (%s); rescoring them one by one",
+                len(claims),
+                type(exc).__name__,
             )
-        # Released in a short transaction of its own: the store above holds no queue rows, so
-        # an ingest queueing the same targets never waits for a whole batch to be written. A
-        # crash in between leaves the leases to expire: the targets are computed once more.
-        with factory.begin() as session:
-            queue.release(session, claims)
+            work.one_by_one(claims)
     except Exception:
         # Hand the batch back at once rather than when its lease expires.
         with factory.begin() as session:
@@ -95,6 +100,61 @@ def rescore_pending(
     metrics.RESCORE_SECONDS.observe(time.perf_counter() - began)
     metrics.RESCORED.inc(len(claims))
     return read + len(claims)
+
+
+@dataclass(frozen=True)
+class _Rescoring:
+    """Compute, store and release leased targets as of `now`."""
+
+    factory: sessionmaker[Session]
+    reader: sessionmaker[Session]
+    settings: ScoringSettings
+    model: scores.ActiveModel
+    now: datetime
+    cache: scores.IncidentCache | None
+
+    def rescore(self, claims: Sequence[queue.Claim]) -> None:
+        """Rescore the targets of `claims` together."""
+        with self.reader.begin() as session:
+            ids = [c.target_id for c in claims]
+            computed = scores.compute(session, self.model, ids, self.now, self.cache)
+        with self.factory.begin() as session:
+            scores.store(
+                session,
+                computed,
+                self.now,
+                # The feed names why each target was rescored (incident, decay, model...).
+                causes={c.target_id: c.cause for c in claims},
+                min_delta=self.settings.change_min_delta,
+            )
+        # Released in a short transaction of its own: the store above holds no queue rows, so
+        # an ingest queueing the same targets never waits for a whole batch to be written. A
+        # crash in between leaves the leases to expire: the targets are computed once more.
+        with self.factory.begin() as session:
+            queue.release(session, claims)
+
+    def one_by_one(self, claims: Sequence[queue.Claim]) -> None:
+        """Rescore each target on its own; one that fails is set aside and leaves the queue
+        (it comes back when something queues it again: an incident, an edit, the decay tick)."""
+        for claim in claims:
+            try:
+                self.rescore([claim])
+            except Exception as exc:
+                if deadletters.transient(exc):
+                    raise
+                with self.factory.begin() as session:
+                    tenant = session.execute(
+                        select(Target.tenant_id).where(Target.id == claim.target_id)
+                    ).scalar_one_or_none()
+                    deadletters.record(
+                        session,
+                        "scoring.rescore",
+                        f"target {claim.target_id}",
+                        exc,
+                        self.now,
+                        tenant_id=tenant,
+                    )
+                    queue.release(session, [claim])
 
 
 def drain(factory: sessionmaker[Session], settings: ScoringSettings, clock: Clock = utc_now) -> int:

@@ -31,10 +31,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from services.core import cursors
 from services.core.db import UTCDateTime
+from services.core.deadletters import Quarantine, guard
 from services.core.logs import working_for
 from services.scoring import geo, incidents, risk
 from services.scoring.models import ImportRun, Incident, IncidentChange, RescoreMark, Target
@@ -134,7 +136,12 @@ IMPORT_HEARTBEAT_TIMEOUT = timedelta(minutes=2)
 
 
 def consume_incident_feed(
-    session: Session, params: risk.ModelParams, now: datetime, limit: int, pages: int = 1
+    session: Session,
+    params: risk.ModelParams,
+    now: datetime,
+    limit: int,
+    pages: int = 1,
+    quarantine: Quarantine | None = None,
 ) -> int:
     """Queue what newly fed incident revisions can affect, and move the rescorer's cursor.
 
@@ -142,7 +149,8 @@ def consume_incident_feed(
     the ingest transaction, keeps ingest off the queue's rows, which every rescoring batch
     writes, and queues a burst of nearby incidents' targets once. Up to `pages` pages of
     `limit` entries are read in one go, so a backlog (a bulk import) queues each target once.
-    Returns how many entries were read (0 also while another process reads the feed).
+    With a `quarantine`, each entry queues its targets on its own, and one that fails is set
+    aside. Returns how many entries were read (0 also while another process reads the feed).
     """
     cursor = cursors.lock(session, FEED_CURSOR, now)
     if cursor is None:
@@ -151,8 +159,7 @@ def consume_incident_feed(
     # they replaced is read too), nor history beyond the lookback, which a bulk import of
     # back-filled events is mostly made of: those are skipped without being read.
     cutoff = now - timedelta(days=params.lookback_days)
-    versions: list[risk.Incident] = []
-    request_ids: list[str | None] = []
+    fed: list[Row[Any]] = []
     read = 0
     for _ in range(pages):
         page = (
@@ -165,8 +172,13 @@ def consume_incident_feed(
         count, upper = session.execute(select(func.count(), func.max(page.c.id))).one()
         if not count:
             break
-        rows = session.execute(
-            select(IncidentChange.previous, Incident.request_id, *incidents.MODEL_COLUMNS)
+        fed += session.execute(
+            select(
+                IncidentChange.id.label("change_id"),
+                IncidentChange.previous,
+                Incident.request_id,
+                *incidents.MODEL_COLUMNS,
+            )
             .join(Incident, Incident.id == IncidentChange.incident_id)
             .where(
                 IncidentChange.id > cursor.position,
@@ -174,22 +186,40 @@ def consume_incident_feed(
                 or_(Incident.occurred_at >= cutoff, IncidentChange.outcome != "created"),
             )
         ).all()
-        versions += [incidents.to_model(row) for row in rows]
-        # An update also affects whatever the revision it replaced could.
-        versions += [incidents.from_snapshot(row.previous) for row in rows if row.previous]
-        request_ids += [row.request_id for row in rows]
         cursor.position = upper
         read += count
         if count < limit:
             break
-    if read:
-        live = [v for v in versions if v.counts and v.occurred_at >= cutoff]
-        affected = affected_targets(session, live, params)
-        add(session, affected, "incident", now)
-        cursor.updated_at = now
-        with working_for(request_ids):
-            log.info("incident feed: %d entries queue %d targets", read, len(affected))
+    if not read:
+        return 0
+    cursor.updated_at = now
+    if quarantine is None:
+        queued = _queue_affected(session, fed, params, cutoff, now)
+    else:
+        queued = 0
+        for row in fed:
+            with guard(quarantine, f"incident_change {row.change_id} (incident {row.id})"):
+                queued += _queue_affected(session, [row], params, cutoff, now)
+    with working_for([row.request_id for row in fed]):
+        log.info("incident feed: %d entries queue %d targets", read, queued)
     return read
+
+
+def _queue_affected(
+    session: Session,
+    fed: Sequence[Row[Any]],
+    params: risk.ModelParams,
+    cutoff: datetime,
+    now: datetime,
+) -> int:
+    """Queue the targets that fed incident versions can affect; return how many."""
+    versions = [incidents.to_model(row) for row in fed]
+    # An update also affects whatever the revision it replaced could.
+    versions += [incidents.from_snapshot(row.previous) for row in fed if row.previous]
+    live = [v for v in versions if v.counts and v.occurred_at >= cutoff]
+    affected = affected_targets(session, live, params)
+    add(session, affected, "incident", now)
+    return len(affected)
 
 
 def importing(session: Session, now: datetime) -> bool:

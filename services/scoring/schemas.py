@@ -680,3 +680,40 @@ class AuditPage(BaseModel):
 
     entries: list[AuditEntryOut]
     next_cursor: int | None
+
+
+class DeadLetterOut(BaseModel):
+    """An item a pipeline could not process, set aside so the rest went on."""
+
+    id: int
+    pipeline: str = Field(
+        description="Which pipeline set it aside: alerts.score_change, alerts.incident_change, "
+        "alerts.seed, alerts.timers, alerts.digests, alerts.dispatch, scoring.incident_feed, "
+        "scoring.rescore."
+    )
+    item: str = Field(description="What it was, e.g. `score_change 812, rule 7, target 3`.")
+    tenant_id: int | None
+    error_class: str
+    error: str
+    trace: str = Field(description="The stack trace, for whoever fixes the cause.")
+    occurrences: int = Field(description="Times the item failed while this letter was open.")
+    created_at: datetime
+    last_at: datetime
+    resolved_at: datetime | None
+    resolved_by: int | None = Field(description="The API key that resolved it.")
+    note: str | None
+
+
+class DeadLetterPage(BaseModel):
+    """A page of dead letters; pass `next_cursor` as `after` for the next page."""
+
+    dead_letters: list[DeadLetterOut]
+    next_cursor: int | None
+
+
+class DeadLetterResolveIn(BaseModel):
+    """Marks a dead letter dealt with, saying how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(None, max_length=500, description="What was done about it.")

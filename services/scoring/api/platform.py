@@ -1,13 +1,16 @@
-"""Platform routes: tenants, API keys, model versions and the audit log."""
+"""Platform routes: tenants, API keys, model versions, the audit log and dead letters."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from services.core import audit
+from services.core import audit, deadletters
 from services.core.auth import AnyPrincipal, Role, generate_key, roles_from
-from services.core.models import ApiKey, Tenant
+from services.core.models import ApiKey, DeadLetter, Tenant
 from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import schemas, scores
 from services.scoring.api.deps import (
@@ -235,3 +238,96 @@ def audit_log(
         ],
         next_cursor=rows[-1].id if len(rows) == limit else None,
     )
+
+
+def _letter_out(row: DeadLetter) -> schemas.DeadLetterOut:
+    return schemas.DeadLetterOut(
+        id=row.id,
+        pipeline=row.pipeline,
+        item=row.item,
+        tenant_id=row.tenant_id,
+        error_class=row.error_class,
+        error=row.error,
+        trace=row.trace,
+        occurrences=row.occurrences,
+        created_at=row.created_at,
+        last_at=row.last_at,
+        resolved_at=row.resolved_at,
+        resolved_by=row.resolved_by,
+        note=row.note,
+    )
+
+
+class LetterStatus(StrEnum):
+    """Which dead letters to list."""
+
+    OPEN = "open"
+    RESOLVED = "resolved"
+    ALL = "all"
+
+
+@router.get("/dead-letters", summary="Items a pipeline set aside (admin)")
+def list_dead_letters(
+    _: Admin,
+    session: ReadSession,
+    limit: Limit,
+    after: Cursor = 0,
+    status: LetterStatus = LetterStatus.OPEN,
+    pipeline: Annotated[str | None, Query(max_length=64)] = None,
+) -> schemas.DeadLetterPage:
+    """What could not be processed and was set aside so the rest went on, oldest first."""
+    query = select(DeadLetter).where(DeadLetter.id > after)
+    if status is LetterStatus.OPEN:
+        query = query.where(DeadLetter.resolved_at.is_(None))
+    elif status is LetterStatus.RESOLVED:
+        query = query.where(DeadLetter.resolved_at.is_not(None))
+    if pipeline is not None:
+        query = query.where(DeadLetter.pipeline == pipeline)
+    rows = session.execute(query.order_by(DeadLetter.id).limit(limit)).scalars().all()
+    return schemas.DeadLetterPage(
+        dead_letters=[_letter_out(r) for r in rows],
+        next_cursor=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+@router.get(
+    "/dead-letters/{letter_id}", responses=problem_responses(404), summary="A dead letter (admin)"
+)
+def get_dead_letter(letter_id: Id, _: Admin, session: ReadSession) -> schemas.DeadLetterOut:
+    """One set-aside item, with its error and stack trace."""
+    row = session.get(DeadLetter, letter_id)
+    if row is None:
+        raise not_found("dead letter")
+    return _letter_out(row)
+
+
+@router.post(
+    "/dead-letters/{letter_id}/resolve",
+    responses=problem_responses(404),
+    summary="Mark a dead letter dealt with (admin)",
+)
+def resolve_dead_letter(
+    letter_id: Id,
+    data: schemas.DeadLetterResolveIn,
+    principal: Admin,
+    session: WriteSession,
+    now: Now,
+) -> schemas.DeadLetterOut:
+    """It stays listed (`status=resolved`) and no longer counts as open; audited."""
+    row = session.get(DeadLetter, letter_id)
+    if row is None:
+        raise not_found("dead letter")
+    if row.resolved_at is None:
+        deadletters.resolve(session, row, by=principal.key_id, note=data.note, now=now)
+        audit.record(
+            session,
+            principal,
+            action="dead_letter.resolve",
+            resource=f"dead_letter/{row.id}",
+            before={"resolved_at": None},
+            after={"resolved_at": now.isoformat(), "note": data.note},
+            now=now,
+            tenant_id=row.tenant_id,
+        )
+        session.flush()
+    return _letter_out(row)
