@@ -851,3 +851,42 @@ def test_another_tenant_gets_404_for_tenant_a_resources_and_cannot_change_them(a
     assert (
         api.client.get(f"/v1/alerts/{alert['id']}", headers=api.a).json()["acknowledged_at"] is None
     )
+
+
+@pytest.mark.parametrize(
+    ("rule", "field"),
+    [
+        ({**ALWAYS, "cooldown": False}, "rules.0.threshold.cooldown"),
+        ({**ALWAYS, "pending": True}, "rules.0.threshold.pending"),
+        ({**ALWAYS, "repeat_every": False}, "rules.0.threshold.repeat_every"),
+        ({**ALWAYS, "flap_changes": True}, "rules.0.threshold.flap_changes"),
+        ({**ALWAYS, "flap_changes": "3"}, "rules.0.threshold.flap_changes"),
+        ({"kind": "event", "trigger": "kidnapping_nearby", "radius_km": "50"},
+         "rules.0.event.radius_km"),
+        ({"kind": "event", "trigger": "kidnapping_nearby", "max_age": False},
+         "rules.0.event.max_age"),
+    ],
+)  # fmt: skip
+def test_rule_fields_of_the_wrong_json_type_are_422_naming_them(
+    api: Api, rule: dict[str, Any], field: str
+) -> None:
+    mine = email(api)["id"]
+    body = {"name": "w", "scope": "all", "endpoint_ids": [mine], "rules": [rule]}
+
+    doc = assert_problem(api.client.post("/v1/subscriptions", json=body, headers=api.a), 422)
+
+    assert field in error_fields(doc), doc
+    assert api.client.get("/v1/subscriptions", headers=api.a).json()["subscriptions"] == []
+
+
+def test_rule_durations_are_iso_8601_text_or_seconds(api: Api) -> None:
+    mine = email(api)["id"]
+    rule = {**ALWAYS, "cooldown": "PT45M", "pending": 600, "keep_firing": 0.5}
+    body = {"name": "w", "scope": "all", "endpoint_ids": [mine], "rules": [rule]}
+
+    made = created(api.client.post("/v1/subscriptions", json=body, headers=api.a))
+
+    stored = made["rules"][0]
+    assert (stored["cooldown"], stored["pending"], stored["keep_firing"]) == (
+        "PT45M", "PT10M", "PT0.5S"
+    )  # fmt: skip

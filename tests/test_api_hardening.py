@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from services.core.problems import MAX_FIELD_ERRORS
+from services.scoring.schemas import SiteIn
 from tests.conftest import Api
 
 PROBLEM = "application/problem+json"
@@ -245,3 +249,56 @@ def test_a_key_for_a_tenant_that_does_not_exist_is_422_naming_tenant_id(api: Api
         json={"name": "orphan", "tenant_id": 424242, "roles": ["scores:read"]},
     )
     assert_problem(response, 422, "tenant_id", "body")
+
+
+def unknown_keys(count: int) -> dict[str, int]:
+    return {f"key{i:06d}": 0 for i in range(count)}
+
+
+def test_a_body_of_110000_unknown_keys_gets_the_first_50_and_a_count_of_the_rest(
+    api: Api,
+) -> None:
+    body = json.dumps({**SITE, **unknown_keys(110_000)}).encode()
+    assert 1_700_000 < len(body) < api.settings.max_body_bytes
+
+    response = api.client.post(
+        "/v1/sites", headers={**api.a, "Content-Type": "application/json"}, content=body
+    )
+
+    assert response.status_code == 422, response.text[:500]
+    assert len(response.content) < 20_000
+    doc = response.json()
+    assert [e["field"] for e in doc["errors"]] == [f"key{i:06d}" for i in range(50)]
+    assert {e["reason"] for e in doc["errors"]} == {"Extra inputs are not permitted"}
+    assert doc["errors_omitted"] == 110_000 - 50
+    assert doc["detail"].endswith("key000049 (and 109950 more errors)")
+    assert api.client.get("/v1/sites", headers=api.a).json()["features"] == []
+
+
+def test_a_flood_of_unknown_fields_costs_pydantic_only_the_errors_a_document_lists() -> None:
+    # Building one error per field, which the document would not list, held the event loop
+    # for seconds: validation stops at the first MAX_FIELD_ERRORS, and counts the rest.
+    nested = {**SITE, "properties": {**SITE["properties"], **unknown_keys(10_000)}}
+    for body in ({**SITE, **unknown_keys(10_000)}, nested):
+        with pytest.raises(ValidationError) as refused:
+            SiteIn.model_validate(body)
+        assert refused.value.error_count() == MAX_FIELD_ERRORS + 1
+
+
+def test_many_invalid_values_list_the_first_50_errors_and_count_the_others(api: Api) -> None:
+    points = [{"lon": str(-1.5 - i / 100), "lat": 14.0} for i in range(60)]
+    response = api.client.post(
+        "/v1/backtests",
+        headers=api.a,
+        json={"points": points, "times": ["2025-06-01T00:00:00Z"]},
+    )
+    assert response.status_code == 422, response.text
+    doc = response.json()
+    assert [e["field"] for e in doc["errors"]] == [f"points.{i}.lon" for i in range(50)]
+    assert doc["errors_omitted"] == 10
+
+
+def test_the_problem_schema_documents_the_count_of_errors_left_out(api: Api) -> None:
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+    omitted = schemas["ProblemDocument"]["properties"]["errors_omitted"]
+    assert (omitted["type"], omitted["minimum"]) == ("integer", 0)

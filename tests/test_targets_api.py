@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from services.scoring.models import Target
 from tests.conftest import DELETE, Api, assert_problem, error_fields, setter
 
 DJIBO = (-1.63, 14.10)
@@ -573,3 +575,108 @@ def test_idempotency_key_on_site_create_replays_without_second_site(api: Api) ->
     assert replay.json() == first.json()
     assert assert_problem(other, 422)["type"].endswith("/idempotency-key-reused")
     assert [f["id"] for f in get(api, "/v1/sites", api.a)["features"]] == [first.json()["id"]]
+
+
+# --- strict types ------------------------------------------------------------------------------
+
+
+def point(lonlat: list[Any], **props: Any) -> dict[str, Any]:
+    """An ad-hoc point body, with raw JSON values."""
+    return {"type": "Feature", "geometry": {"type": "Point", "coordinates": lonlat},
+            "properties": props}  # fmt: skip
+
+
+LOOSELY_TYPED: list[Any] = [
+    pytest.param("/v1/sites", setter("geometry.coordinates", ["-1.63", 14.1]),
+                 "geometry.coordinates.0", id="site-lon-string"),
+    pytest.param("/v1/sites", setter("geometry.coordinates", [-1.63, True]),
+                 "geometry.coordinates.1", id="site-lat-true"),
+    pytest.param("/v1/sites", setter("properties.expat_staff", 0), "properties.expat_staff",
+                 id="expat-staff-0"),
+    pytest.param("/v1/sites", setter("properties.foreign_owned", "true"),
+                 "properties.foreign_owned", id="foreign-owned-string"),
+    pytest.param("/v1/sites", setter("properties.radius_km", "25"), "properties.radius_km",
+                 id="radius-string"),
+    # A union names each of its types: neither an integer nor a string.
+    pytest.param("/v1/sites", setter("id", False), "id.int", id="feature-id-false"),
+    pytest.param("/v1/sites", setter("properties.country", "XXX"), "properties.country",
+                 id="country-xxx"),
+    pytest.param("/v1/corridors", setter("properties.countries", ["BFA", "ZZZ"]),
+                 "properties.countries.1", id="corridor-country-zzz"),
+    pytest.param("/v1/corridors", setter("geometry.coordinates", [[-1.5, 12.0], [False, 13.0]]),
+                 "geometry.coordinates.1.0", id="corridor-lon-false"),
+    pytest.param("/v1/corridors", setter("properties.buffer_km", True), "properties.buffer_km",
+                 id="buffer-true"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "mutate", "field"), LOOSELY_TYPED)
+def test_a_value_of_the_wrong_json_type_or_an_unknown_country_is_422_naming_it(
+    api: Api, path: str, mutate: Callable[[dict[str, Any]], None], field: str
+) -> None:
+    body = site() if path == "/v1/sites" else corridor()
+    mutate(body)
+
+    response = api.client.post(path, json=body, headers=api.a)
+
+    doc = assert_problem(response, 422)
+    assert field in error_fields(doc), doc
+    assert all(f.startswith(field.split(".int")[0]) for f in error_fields(doc)), doc
+    assert get(api, path, api.a)["features"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (point(["-1.63", "14.1"]),
+         {"geometry.Point.coordinates.0", "geometry.Point.coordinates.1"}),
+        (point([-1.63, 14.1], expat_staff=1), {"properties.expat_staff"}),
+        (point([-1.63, 14.1], countries=["XXX"]), {"properties.countries.0"}),
+    ],
+)  # fmt: skip
+def test_adhoc_scores_take_numbers_flags_and_countries_strictly(
+    api: Api, body: dict[str, Any], fields: set[str]
+) -> None:
+    doc = assert_problem(api.client.post("/v1/scores", json=body, headers=api.a), 422)
+    assert error_fields(doc) == fields, doc
+
+
+def test_incident_numbers_flags_and_countries_are_strict_but_integers_are_numbers(
+    api: Api,
+) -> None:
+    cases = [
+        (incident(location={"type": "Point", "coordinates": ["-1.63", 14.1]}),
+         "location.coordinates.0"),
+        (incident(fatalities={"best": "20"}), "fatalities.best"),
+        (incident(reported_at_estimated=1), "reported_at_estimated"),
+        (incident(source_reliability="0.9"), "source_reliability"),
+        (incident(country="XXX"), "country"),
+        (incident(location=None, scope={"countries": ["BFA", "XXX"]}), "scope.countries.1"),
+    ]  # fmt: skip
+    for body, field in cases:
+        doc = assert_problem(api.client.post("/v1/incidents", json=body, headers=api.ingest), 422)
+        assert error_fields(doc) == {field}, (body, doc)
+    # JSON integers are numbers: whole-degree coordinates and a reliability of 1.
+    accepted = incident(location={"type": "Point", "coordinates": [-2, 14]}, source_reliability=1)
+    assert post(api, "/v1/incidents", accepted, api.ingest)["geometry"]["coordinates"] == [-2, 14]
+
+
+def test_whole_degree_coordinates_and_a_string_or_number_feature_id_are_accepted(
+    api: Api,
+) -> None:
+    first = post(api, "/v1/sites", {**site(lonlat=(-2, 14)), "id": "mine-7"}, api.a)
+    second = post(api, "/v1/sites", {**site(name="Kaya"), "id": 7}, api.a)
+    assert first["geometry"]["coordinates"] == [-2, 14]
+    assert first["properties"]["country"] == "BFA"
+    assert second["id"] != 7
+
+
+def test_a_site_stored_with_a_code_from_before_the_iso_check_is_still_served(api: Api) -> None:
+    site_id = post(api, "/v1/sites", site(), api.a)["id"]
+    corridor_id = post(api, "/v1/corridors", corridor(), api.a)["id"]
+    with api.app.state.sessions.begin() as session:
+        session.execute(update(Target).values(countries=["XXX"]))
+
+    assert get(api, f"/v1/sites/{site_id}", api.a)["properties"]["country"] == "XXX"
+    served = get(api, f"/v1/corridors/{corridor_id}", api.a)
+    assert served["properties"]["countries"] == ["XXX"]

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.alerts import rules
+from services.core.duration import BodyDuration
 from services.core.problems import Problem
 from services.scoring import schemas as scoring_schemas
 from services.scoring.taxonomy import Band, Category
@@ -19,7 +20,7 @@ from services.scoring.taxonomy import Band, Category
 BAND_RANK = {band: rank for rank, band in enumerate(Band)}
 
 Duration = Annotated[
-    timedelta,
+    BodyDuration,
     Field(ge=timedelta(0), le=timedelta(days=30), description="ISO 8601 duration or seconds."),
 ]
 
@@ -75,7 +76,9 @@ class ThresholdRuleIn(Strict):
         timedelta(minutes=30), description="Least time between two firings (a band rise bypasses)."
     )
     repeat_every: Duration | None = Field(None, description="Re-notify while firing, this often.")
-    flap_changes: int = Field(2, ge=1, le=100, description="Changes tolerated per flap_window.")
+    flap_changes: int = Field(
+        2, ge=1, le=100, strict=True, description="Changes tolerated per flap_window."
+    )
     flap_window: Duration = Field(timedelta(minutes=30))
 
     @model_validator(mode="after")
@@ -142,7 +145,11 @@ class EventRuleIn(Strict):
     kind: Literal["event"] = "event"
     trigger: Trigger
     radius_km: float = Field(
-        50.0, gt=0, le=500, description="Distance from the site or corridor (nearby triggers)."
+        50.0,
+        gt=0,
+        le=500,
+        strict=True,
+        description="Distance from the site or corridor (nearby triggers).",
     )
     categories: list[Category] = Field(
         default_factory=list,

@@ -1,4 +1,5 @@
-"""Durations in settings: ISO 8601 (`PT10M`) or a number of seconds, also from environment text."""
+"""Durations: ISO 8601 (`PT10M`) or a number of seconds; in settings also from environment text,
+in request bodies never as true or false."""
 
 from __future__ import annotations
 
@@ -19,3 +20,15 @@ def _seconds_text(value: object) -> object:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_seconds_text)]
+
+
+def _not_a_flag(value: object) -> object:
+    # pydantic reads a bool as the number 0 or 1, so `false` would pass as no time at all.
+    # Field(strict=True) cannot say this: FastAPI validates decoded JSON in Python mode, where a
+    # strict timedelta refuses the ISO 8601 text and the numbers a body may carry.
+    if isinstance(value, bool):
+        raise ValueError("expected an ISO 8601 duration or a number of seconds, not true or false")
+    return value
+
+
+BodyDuration = Annotated[timedelta, BeforeValidator(_not_a_flag)]

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -18,6 +19,12 @@ from starlette.routing import Match
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://riskalert.dev/problems/"
 PROBLEM_SCHEMA_REF = "#/components/schemas/ProblemDocument"
+# Field errors listed in one document: a body with 100,000 wrong fields gets the first ones and
+# a count of the rest, not an answer ten times the size of the request.
+MAX_FIELD_ERRORS = 50
+# The type of a pydantic error that stands for `ctx.count` errors found but not listed: a model
+# that stops early on a flood of errors raises it after those it lists (omitted_errors).
+OMITTED_ERRORS = "errors_omitted"
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +61,12 @@ class ProblemDocument(BaseModel):
     status: int
     detail: str
     instance: str | None = None
-    errors: list[FieldError] = []
+    errors: list[FieldError] = Field(
+        [], description=f"What is wrong, field by field: the first {MAX_FIELD_ERRORS}."
+    )
+    errors_omitted: int = Field(
+        0, ge=0, description="How many more field errors were found than `errors` lists."
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -74,6 +86,7 @@ class Problem(Exception):
         *,
         title: str | None = None,
         errors: Sequence[Mapping[str, Any]] = (),
+        omitted: int = 0,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
@@ -81,7 +94,10 @@ class Problem(Exception):
         self.slug = slug
         self.detail = detail
         self.title = title or _TITLES.get(status, "Error")
-        self.errors = list(errors)
+        # Every document is capped here, whoever raised it; `omitted` counts errors a caller
+        # found but left out already.
+        self.errors = list(errors[:MAX_FIELD_ERRORS])
+        self.omitted = omitted + max(0, len(errors) - MAX_FIELD_ERRORS)
         self.headers = dict(headers or {})
 
     def document(self, instance: str | None = None) -> dict[str, Any]:
@@ -96,6 +112,8 @@ class Problem(Exception):
             doc["instance"] = instance
         if self.errors:
             doc["errors"] = self.errors
+        if self.omitted:
+            doc["errors_omitted"] = self.omitted
         return doc
 
 
@@ -125,15 +143,47 @@ def not_found(what: str) -> Problem:
     return Problem(404, "not-found", f"{what} not found")
 
 
+def omitted_errors(count: int) -> InitErrorDetails:
+    """A pydantic error standing for `count` more errors, which problem documents count in
+    `errors_omitted` instead of listing."""
+    return InitErrorDetails(
+        type=PydanticCustomError(OMITTED_ERRORS, "{count} more errors", {"count": count}),
+        loc=(),
+        input=None,
+    )
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]], *, location: str = "body") -> Problem:
+    """The 422 for pydantic errors: the first MAX_FIELD_ERRORS listed, the others counted."""
+    listed: list[Mapping[str, Any]] = []
+    omitted = 0
+    for error in errors:
+        if error.get("type") == OMITTED_ERRORS:
+            omitted += int(error.get("ctx", {}).get("count", 0))
+        elif len(listed) < MAX_FIELD_ERRORS:
+            listed.append(error)
+        else:
+            omitted += 1
+    entries = field_errors(listed, location=location)
+    fields = ", ".join(sorted({e["field"] for e in entries})) or "request"
+    more = f" (and {omitted} more errors)" if omitted else ""
+    return Problem(
+        422, "validation", f"invalid value in: {fields}{more}", errors=entries, omitted=omitted
+    )
+
+
 def field_errors(
     errors: Sequence[Mapping[str, Any]], *, location: str = "body"
 ) -> list[dict[str, Any]]:
     """Turn pydantic errors into `{pointer, field, reason}` entries (RFC 6901 pointers).
 
-    `location` is the request part of errors whose `loc` does not start with one.
+    `location` is the request part of errors whose `loc` does not start with one. An error
+    standing for others not listed (OMITTED_ERRORS) is no entry.
     """
     out: list[dict[str, Any]] = []
     for error in errors:
+        if error.get("type") == OMITTED_ERRORS:
+            continue
         loc = [str(part) for part in error.get("loc", ())]
         if loc and loc[0] in {"body", "query", "path", "header", "cookie"}:
             where, loc = loc[0], loc[1:]
@@ -230,11 +280,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = field_errors(exc.errors())
-        fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
-        return _respond(
-            Problem(422, "validation", f"invalid value in: {fields}", errors=errors), request
-        )
+        return _respond(validation_problem(exc.errors()), request)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

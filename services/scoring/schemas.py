@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import iso3166
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -14,6 +15,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -21,6 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.core.auth import PLATFORM_ROLES, TENANT_ROLES, Role
+from services.core.problems import MAX_FIELD_ERRORS, omitted_errors
 from services.scoring.taxonomy import (
     Band,
     Category,
@@ -38,16 +43,46 @@ MAX_CORRIDOR_POINTS = 1000
 # Ids are 32-bit integer columns: a larger one would overflow the database, not just miss.
 MAX_ID = 2_147_483_647
 
-Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False)]
-Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False)]
+# Numbers and flags of request bodies are strict: FastAPI validates the decoded JSON in
+# Python mode, where lax pydantic would read "12.5" or true as a number and 0 as a flag. Strict
+# floats still take JSON integers.
+Longitude = Annotated[float, Field(ge=-180, le=180, allow_inf_nan=False, strict=True)]
+Latitude = Annotated[float, Field(ge=-90, le=90, allow_inf_nan=False, strict=True)]
 Position = tuple[Longitude, Latitude]
+# ISO 3166-1 alpha-3 as the iso3166 package lists them: the 249 assigned codes, and Kosovo's
+# user-assigned XKX, which ACLED and UN bodies use.
+COUNTRY_CODES = frozenset(iso3166.countries_by_alpha3)
+
+
+def is_country_code(code: str) -> bool:
+    """Whether `code` is an ISO 3166-1 alpha-3 country code."""
+    return code in COUNTRY_CODES
+
+
+def _country_code(value: str) -> str:
+    if not is_country_code(value):
+        raise ValueError(f"not an ISO 3166-1 alpha-3 country code: {value[:10]!r}")
+    return value
+
+
 CountryCode = Annotated[
+    str,
+    Field(
+        description="ISO 3166-1 alpha-3, e.g. MLI, BFA, NER",
+        json_schema_extra={"enum": sorted(COUNTRY_CODES)},
+    ),
+    AfterValidator(_country_code),
+]
+# A code as stored: checked against the list when written, but read back as it was, so a row
+# stored before the check (or under an older list) is still served.
+StoredCountryCode = Annotated[
     str, Field(pattern=r"^[A-Z]{3}$", description="ISO 3166-1 alpha-3, e.g. MLI, BFA, NER")
 ]
+Kilometres = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 SourceValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
-Count = Annotated[int, Field(ge=0, le=1_000_000)]
+Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
 RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
 _NUL = "text must not contain NUL characters"
@@ -98,6 +133,23 @@ def _nul_paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[s
             yield from _nul_paths(item, (*path, index))
 
 
+def _refuse_many_unknown(model: type[BaseModel], data: Any) -> None:
+    """More unknown fields than a problem document lists: refused here, listing the first few
+    and counting the rest, before pydantic builds one error per field (a second or more for a
+    body of 100,000, with the server's event loop held meanwhile)."""
+    if not isinstance(data, dict) or len(data) <= len(model.model_fields) + MAX_FIELD_ERRORS:
+        return
+    unknown = [key for key in data if key not in model.model_fields]
+    if len(unknown) <= MAX_FIELD_ERRORS:
+        return
+    errors = [
+        InitErrorDetails(type="extra_forbidden", loc=(key,), input=data[key])
+        for key in unknown[:MAX_FIELD_ERRORS]
+    ]
+    errors.append(omitted_errors(len(unknown) - MAX_FIELD_ERRORS))
+    raise ValidationError.from_exception_data(model.__name__, errors)
+
+
 class Strict(BaseModel):
     """Refuses unknown fields (a typo is a 422, not a silent default) and NUL characters."""
 
@@ -106,6 +158,7 @@ class Strict(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _refuse_nul(cls, data: Any, info: ValidationInfo) -> Any:
+        _refuse_many_unknown(cls, data)
         if info.context and info.context.get(NUL_FREE):
             return data  # the caller removed NUL characters already (importers do)
         # Raised as a ValidationError so each error points at the offending field, not the model.
@@ -139,23 +192,29 @@ class LineStringGeometry(Strict):
 
 
 class AreaScope(Strict):
+    """Where an area-scoped incident (threat, statement) applies, as stored."""
+
+    countries: Annotated[list[StoredCountryCode], Field(min_length=1, max_length=60)]
+    admin1: Annotated[list[ShortText], Field(max_length=100)] = []
+
+
+class AreaScopeIn(AreaScope):
     """Where an area-scoped incident (threat, statement) applies."""
 
     countries: Annotated[list[CountryCode], Field(min_length=1, max_length=60)]
-    admin1: Annotated[list[ShortText], Field(max_length=100)] = []
 
 
 class TargetProfile(Strict):
     """Whom a threat or attack targets."""
 
-    foreign_owned_only: bool = False
+    foreign_owned_only: StrictBool = False
     sectors: Annotated[list[Sector], Field(max_length=len(Sector))] = []
 
 
 class VictimProfile(Strict):
     """Who the victims were (kidnappings)."""
 
-    expatriate: bool = False
+    expatriate: StrictBool = False
     nationality: Annotated[str | None, Field(max_length=64)] = None
     sector: Sector | None = None
 
@@ -187,10 +246,10 @@ class IncidentIn(Strict):
     reported_at: Timestamp | None = Field(
         None, description="When the system could first know it; defaults to the time received."
     )
-    reported_at_estimated: bool = False
+    reported_at_estimated: StrictBool = False
     location: PointGeometry | None = None
     location_precision: LocationPrecision = LocationPrecision.EXACT
-    scope: Annotated[AreaScope | None, Field(validate_default=True)] = None
+    scope: Annotated[AreaScopeIn | None, Field(validate_default=True)] = None
     country: CountryCode | None = None
     admin1: ShortText | None = None
     admin2: ShortText | None = None
@@ -200,7 +259,7 @@ class IncidentIn(Strict):
     target_profile: TargetProfile = TargetProfile()
     victim_profile: VictimProfile = VictimProfile()
     fatalities: Fatalities = Fatalities()
-    source_reliability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.7
+    source_reliability: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False, strict=True)] = 0.7
     lifecycle: Lifecycle = Lifecycle.CONFIRMED
     title: Annotated[str, Field(max_length=200)] = ""
     description: Annotated[str, Field(max_length=4000)] = ""
@@ -218,7 +277,7 @@ class IncidentIn(Strict):
 
     @field_validator("scope")
     @classmethod
-    def _located(cls, scope: AreaScope | None, info: ValidationInfo) -> AreaScope | None:
+    def _located(cls, scope: AreaScopeIn | None, info: ValidationInfo) -> AreaScopeIn | None:
         # Runs after `location` (declared earlier), so the error names the field that is missing.
         if scope is None and info.data.get("location") is None and "location" in info.data:
             raise ValueError("give a location (Point) or an area scope (countries)")
@@ -335,10 +394,10 @@ class SiteProperties(Strict):
     """A site's attributes: radius of interest and profile."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    radius_km: Annotated[float, Field(gt=0, le=500, allow_inf_nan=False)] = 25.0
+    radius_km: Annotated[Kilometres, Field(gt=0, le=500)] = 25.0
     sector: Sector | None = None
-    foreign_owned: bool = False
-    expat_staff: bool = False
+    foreign_owned: StrictBool = False
+    expat_staff: StrictBool = False
     country: CountryCode
     admin1: ShortText | None = None
     tags: Annotated[list[Tag], Field(max_length=32)] = []
@@ -348,12 +407,12 @@ class CorridorProperties(Strict):
     """A corridor's attributes: buffer, mode and the countries it crosses."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
-    buffer_km: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] = 10.0
+    buffer_km: Annotated[Kilometres, Field(gt=0, le=100)] = 10.0
     mode: Mode = Mode.ROAD
     countries: Annotated[list[CountryCode], Field(min_length=1, max_length=20)]
     sector: Sector | None = None
-    foreign_owned: bool = False
-    expat_staff: bool = False
+    foreign_owned: StrictBool = False
+    expat_staff: StrictBool = False
     tags: Annotated[list[Tag], Field(max_length=32)] = []
 
 
@@ -363,7 +422,7 @@ class SiteIn(Strict):
     type: Literal["Feature"]
     geometry: PointGeometry
     properties: SiteProperties
-    id: int | str | None = Field(None, description="Ignored; the service assigns ids.")
+    id: StrictInt | StrictStr | None = Field(None, description="Ignored; the service assigns ids.")
 
 
 class CorridorIn(Strict):
@@ -372,7 +431,7 @@ class CorridorIn(Strict):
     type: Literal["Feature"]
     geometry: LineStringGeometry
     properties: CorridorProperties
-    id: int | str | None = Field(None, description="Ignored; the service assigns ids.")
+    id: StrictInt | StrictStr | None = Field(None, description="Ignored; the service assigns ids.")
 
 
 class ScoreSummary(BaseModel):
@@ -387,6 +446,7 @@ class ScoreSummary(BaseModel):
 class SiteOutProperties(SiteProperties):
     """A stored site's attributes."""
 
+    country: StoredCountryCode
     created_at: datetime
     updated_at: datetime
     current_score: ScoreSummary | None
@@ -395,6 +455,7 @@ class SiteOutProperties(SiteProperties):
 class CorridorOutProperties(CorridorProperties):
     """A stored corridor's attributes."""
 
+    countries: list[StoredCountryCode]
     created_at: datetime
     updated_at: datetime
     current_score: ScoreSummary | None
@@ -515,11 +576,11 @@ class ScoreHistory(BaseModel):
 class AdhocProperties(Strict):
     """Profile of an ad-hoc point or line, and the time to score it as of."""
 
-    radius_km: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = 25.0
+    radius_km: Annotated[Kilometres, Field(ge=0, le=500)] = 25.0
     mode: Mode = Mode.ROAD
     sector: Sector | None = None
-    foreign_owned: bool = False
-    expat_staff: bool = False
+    foreign_owned: StrictBool = False
+    expat_staff: StrictBool = False
     countries: Annotated[list[CountryCode], Field(max_length=20)] = []
     as_of: Timestamp | None = Field(None, description="Defaults to now.")
 
@@ -552,7 +613,7 @@ class BacktestIn(Strict):
     points: Annotated[list[BacktestPoint], Field(max_length=100_000)] = []
     targets: Annotated[list[BacktestTarget], Field(max_length=1000)] = []
     times: Annotated[list[Timestamp], Field(min_length=1, max_length=10_000)]
-    radius_km: Annotated[float, Field(ge=0, le=500, allow_inf_nan=False)] = 25.0
+    radius_km: Annotated[Kilometres, Field(ge=0, le=500)] = 25.0
 
     @model_validator(mode="after")
     def _something(self) -> BacktestIn:
