@@ -40,6 +40,7 @@ from services.core.db import (
     upgrade_to_head,
 )
 from services.feeds import importer, poller, synth
+from services.feeds.rows import FileError, spreadsheet_cell
 from services.scoring import demo, jobs, scores
 from services.settings import Settings
 
@@ -296,46 +297,82 @@ def _import(
     engine = make_engine(settings.database_url)
     factory = make_sessionmaker(engine)
     size = max(path.stat().st_size, 1)
-    with (
-        path.open(encoding="utf-8-sig", newline="") as stream,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rows]} rows"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=False,
-        ) as bar,
-    ):
-        task = bar.add_task(f"{fmt} {path.name}", total=size, rows=0)
-        handle = _Counted(stream)
-        rows = 0
+    summary = importer.Summary()
+    unreadable: FileError | None = None
+    try:
+        with (
+            path.open(encoding="utf-8-sig", newline="") as stream,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("{task.fields[rows]} rows"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as bar,
+        ):
+            task = bar.add_task(f"{fmt} {path.name}", total=size, rows=0)
+            handle = _Counted(stream)
+            rows = 0
 
-        def advance(count: int) -> None:
-            nonlocal rows
-            rows += count
-            bar.update(task, completed=min(handle.done, size), rows=rows)
+            def advance(count: int) -> None:
+                nonlocal rows
+                rows += count
+                bar.update(task, completed=min(handle.done, size), rows=rows)
 
-        summary = importer.run_file(
-            factory,
-            fmt,
-            handle,
-            origin=str(path),
-            clock=jobs.utc_now,
-            skew=settings.clock_skew,
-            progress=advance,
-        )
-        bar.update(task, completed=size)
-    engine.dispose()
-    _print_summary(summary)
+            importer.run_file(
+                factory,
+                fmt,
+                handle,
+                origin=str(path),
+                clock=jobs.utc_now,
+                skew=settings.clock_skew,
+                progress=advance,
+                summary=summary,
+            )
+            bar.update(task, completed=size)
+    except FileError as exc:
+        unreadable = exc  # refused before anything was written
+    except Exception as exc:
+        # Recorded with the run (when one started): one line here, not a stack trace.
+        summary.error = summary.error or importer.describe(exc)
+    finally:
+        engine.dispose()
+    if summary.run_id:
+        _print_summary(summary)
     if report is not None:
-        with report.open("w", newline="", encoding="utf-8") as out:
-            writer = csv.writer(out)
-            writer.writerow(["line", "source_id", "reason"])
-            for rejection in summary.rejections:
-                writer.writerow([rejection["line"], rejection["source_id"], rejection["reason"]])
-        console.print(f"rejected rows written to {report}")
+        _write_report(report, summary, unreadable)
+    if unreadable is not None:
+        typer.echo(f"error: {path}: {unreadable}; nothing was imported", err=True)
+        raise typer.Exit(1)
+    if summary.error is not None:
+        typer.echo(
+            f"error: {path}: the import stopped after {summary.read} rows (import run "
+            f"{summary.run_id}): {summary.error}"
+            if summary.run_id
+            else f"error: {path}: {summary.error}; nothing was imported",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _write_report(report: Path, summary: importer.Summary, unreadable: FileError | None) -> None:
+    """The rejected rows as CSV (and why the file or the import stopped), safe to open in a
+    spreadsheet."""
+    rows: list[tuple[object, object, str]] = [
+        (r["line"], r["source_id"], r["reason"]) for r in summary.rejections
+    ]
+    if unreadable is not None:
+        rows.append((unreadable.line, None, f"file not imported: {unreadable.reason}"))
+    if summary.error is not None:
+        rows.append((None, None, f"the import stopped here: {summary.error}"))
+    with report.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["line", "source_id", "reason"])
+        for row in rows:
+            writer.writerow([spreadsheet_cell(cell) for cell in row])
+    console.print(f"rejected rows written to {report}")
 
 
 def _print_summary(summary: importer.Summary) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -20,11 +21,23 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from services import cli
-from services.feeds import importer, synth
+from services.feeds import acled, importer, synth
 from services.feeds.rows import Item
+from services.scoring import incidents
 from services.scoring.models import ImportRun, Incident, IncidentChange
 from services.scoring.taxonomy import Category, Lifecycle
 from tests.conftest import Api, assert_problem
+from tests.test_feeds_poller import (
+    ACLED,
+    RECORDED,
+    T0,
+    Clock,
+    Replay,
+    acled_feed,
+    document,
+    feeds_settings,
+    poll,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "feeds"
 EXPORT = FIXTURES / "acled_export.csv"
@@ -804,3 +817,292 @@ def test_a_newer_edit_listed_before_the_stored_one_is_still_read(sessions: Facto
     assert (summary.updated, summary.unchanged) == (1, 1)
     [incident] = stored(sessions).values()
     assert incident.fatalities_best == 41
+
+
+# --- bad rows and bad files -------------------------------------------------------------------
+
+
+def with_row(path: Path, line: int, old: str, new: str) -> bytes:
+    """A fixture file with one line's `old` text replaced by `new`."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert old in lines[line - 1]
+    lines[line - 1] = lines[line - 1].replace(old, new, 1)
+    return "".join(lines).encode()
+
+
+def test_a_row_dated_9999_12_31_is_rejected_and_every_good_row_is_stored(api: Api) -> None:
+    body = with_row(EXPORT, 2, "2025-06-01", "9999-12-31")
+
+    response = post(api, "acled", body, "text/csv")
+
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert (summary["read"], summary["inserted"], summary["rejected"]) == (8, 4, 4)
+    assert summary["rejections"][0] == {
+        "line": 2, "source_id": "MLI9001", "warning": None,
+        "reason": "event_date: 9999-12-31 is not between 1900 and 2200",
+    }  # fmt: skip
+    assert summary["error"] is None
+    assert {sid for _, sid in stored(api.app.state.sessions)} == EXPORT_IDS - {"MLI9001"}
+    listed = api.client.get("/v1/imports", headers=api.ingest).json()["items"]
+    assert [(i["read"], i["inserted"], i["error"]) for i in listed] == [(8, 4, None)]
+
+
+def test_a_row_that_fails_in_an_unforeseen_way_is_rejected_and_the_import_goes_on(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    title = acled._title
+
+    def failing(row: dict[str, str], category: Category) -> str:
+        if row["event_id_cnty"] == "MLI9002":
+            raise OverflowError("date value out of range")
+        return title(row, category)
+
+    # The API parses in-process, so the patched parser is the one used.
+    monkeypatch.setattr(acled, "_title", failing)
+    response = post(api, "acled", EXPORT.read_bytes(), "text/csv")
+
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert (summary["read"], summary["inserted"], summary["rejected"]) == (8, 4, 4)
+    assert {"line": 3, "source_id": "MLI9002", "warning": None,
+            "reason": "not readable: OverflowError: date value out of range"} in (
+        summary["rejections"]
+    )  # fmt: skip
+    assert {sid for _, sid in stored(api.app.state.sessions)} == EXPORT_IDS - {"MLI9002"}
+
+
+def test_a_row_that_cannot_be_stored_alone_is_rejected_and_the_chunk_is_kept(
+    sessions: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upsert = incidents.upsert_rows
+
+    def failing(session: Session, rows: list[dict[str, Any]], *args: Any) -> Any:
+        if any(r["source_id"] == "MLI9003" for r in rows):
+            raise ValueError("cannot place this report")
+        return upsert(session, rows, *args)
+
+    monkeypatch.setattr(incidents, "upsert_rows", failing)
+    summary = run_file(sessions, "acled", EXPORT)
+
+    assert (summary.read, summary.inserted, summary.rejected) == (8, 4, 4)
+    assert {
+        "line": 4,
+        "source_id": "MLI9003",
+        "reason": "not stored: ValueError: cannot place this report",
+    } in summary.rejections
+    assert {sid for _, sid in stored(sessions)} == EXPORT_IDS - {"MLI9003"}
+
+
+def test_an_import_that_stops_is_recorded_as_stopped_with_why_and_keeps_what_it_stored(
+    api: Api,
+) -> None:
+    with EXPORT.open(encoding="utf-8", newline="") as stream:
+        items = list(importer.items("acled", stream, NOW))
+
+    def crashing() -> Iterator[Item]:
+        yield from items[:4]
+        raise OSError("disk gone")
+
+    factory: Factory = api.app.state.sessions
+    with pytest.raises(OSError, match="disk gone"):
+        importer.run(factory, crashing(), fmt="acled", origin="crash", clock=lambda: NOW,
+                     chunk_size=2)  # fmt: skip
+
+    [run] = api.client.get("/v1/imports", headers=api.ingest).json()["items"]
+    assert run["finished_at"] is not None
+    assert (run["read"], run["inserted"], run["error"]) == (4, 4, "OSError: disk gone")
+    assert len(stored(factory)) == 4
+
+
+def runs_of(factory: Factory) -> list[ImportRun]:
+    with factory() as session:
+        return list(session.execute(select(ImportRun)).scalars())
+
+
+def test_the_import_command_rejects_a_row_dated_9999_and_writes_its_report(
+    db_url: str, sessions: Factory, tmp_path: Path
+) -> None:
+    path, report = tmp_path / "export.csv", tmp_path / "rejected.csv"
+    path.write_bytes(with_row(EXPORT, 2, "2025-06-01", "9999-12-31"))
+
+    result = CliRunner().invoke(
+        cli.app, ["import", "acled", str(path), "--database-url", db_url, "--report", str(report)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    with report.open(encoding="utf-8", newline="") as stream:
+        rows = list(csv.reader(stream))
+    assert rows[1] == ["2", "MLI9001", "event_date: 9999-12-31 is not between 1900 and 2200"]
+    assert {sid for _, sid in stored(sessions)} == EXPORT_IDS - {"MLI9001"}
+
+
+def test_the_import_command_reports_an_import_that_stops_in_one_line_and_writes_its_report(
+    db_url: str, sessions: Factory, tmp_path: Path
+) -> None:
+    # More rows than the parser reads ahead (three chunks of 1,000), so some are stored first.
+    events = synth.generate(4, 5000, date(2024, 1, 1), date(2025, 1, 1))
+    text = io.StringIO()
+    synth.write_acled_csv(events, text)
+    path, report = tmp_path / "export.csv", tmp_path / "rejected.csv"
+    # Bytes that are not UTF-8 near the end: the first chunks are stored before they are read.
+    path.write_bytes(text.getvalue().encode() + b"MLI1,2024-01-01,caf\xe9\n")
+
+    result = CliRunner().invoke(
+        cli.app, ["import", "acled", str(path), "--database-url", db_url, "--report", str(report)]
+    )
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    [run] = runs_of(sessions)
+    assert run.summary is not None
+    error = "the file is not UTF-8 text (byte b'\\xe9')"
+    assert (run.finished_at is not None, run.summary["error"]) == (True, error)
+    assert run.summary["inserted"] == len(stored(sessions)) >= 1000
+    assert (
+        f"error: {path}: the import stopped after {run.summary['read']} rows "
+        f"(import run {run.id}): {error}"
+    ) in result.output.replace("\n", "")
+    with report.open(encoding="utf-8", newline="") as stream:
+        assert list(csv.reader(stream))[-1] == ["", "", f"the import stopped here: {error}"]
+
+
+FILE_PROBLEMS: list[Any] = [
+    pytest.param(b"[" * 100_000, "application/json", 1,
+                 "JSON nested too deeply: API pages are four levels deep", id="deep-json"),
+    pytest.param(b"x" * 10_000_000, "text/csv", 1,
+                 "the header row cannot be read: a field is longer than 131072 characters (a "
+                 "quote never closed, or a file without line breaks?)", id="10mb-line"),
+    pytest.param(b"event_id_cnty;event_date\nMLI1;2025-06-01\n", "text/csv", 1,
+                 "the file uses ';' as its delimiter; export it comma-separated", id="semicolon"),
+    pytest.param(b"event_id_cnty\tevent_date\nMLI1\t2025-06-01\n", "text/csv", 1,
+                 "the file uses tabs as its delimiter; export it comma-separated", id="tab"),
+    pytest.param(b'"event_id_cnty,event_date\nMLI1,2025-06-01\n', "text/csv", 1,
+                 "a quote opened in the header row is never closed", id="header-quote"),
+    pytest.param(b"", "text/csv", 1, "the file is empty", id="empty"),
+    pytest.param(b"event_id_cnty,event_date\r\n", "text/csv", 2,
+                 "the file has a header row but no records", id="header-only"),
+    pytest.param(b'{"data": [\n {"event_id_cnty": "MLI1",}\n]}', "application/json", 2,
+                 "unreadable JSON: Expecting property name enclosed in double quotes (column 27)",
+                 id="bad-json"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "media", "line", "reason"), FILE_PROBLEMS)
+def test_a_file_that_cannot_be_imported_is_a_422_naming_the_problem_and_nothing_is_written(
+    api: Api, body: bytes, media: str, line: int, reason: str
+) -> None:
+    before = post(api, "acled", EXPORT.read_bytes(), "text/csv").json()
+
+    doc = assert_problem(post(api, "acled", body, media), 422)
+
+    assert doc["detail"] == f"the file cannot be imported: {reason}"
+    assert doc["errors"] == [
+        {"in": "body", "pointer": "", "field": "body", "reason": f"line {line}: {reason}"}
+    ]
+    assert runs(api) == 1
+    assert {sid for _, sid in stored(api.app.state.sessions)} == EXPORT_IDS
+    assert before["inserted"] == 5
+
+
+@pytest.mark.parametrize(("body", "media", "line", "reason"), FILE_PROBLEMS)
+def test_the_import_command_names_a_file_it_cannot_import_in_one_line_and_reports_it(
+    db_url: str, sessions: Factory, tmp_path: Path, body: bytes, media: str, line: int,
+    reason: str,
+) -> None:  # fmt: skip
+    path, report = tmp_path / "file", tmp_path / "rejected.csv"
+    path.write_bytes(body)
+
+    result = CliRunner().invoke(
+        cli.app, ["import", "acled", str(path), "--database-url", db_url, "--report", str(report)]
+    )
+
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"error: {path}: line {line}: {reason}; nothing was imported" in result.output.replace(
+        "\n", ""
+    )
+    with report.open(encoding="utf-8", newline="") as stream:
+        assert list(csv.reader(stream)) == [
+            ["line", "source_id", "reason"],
+            [str(line), "", f"file not imported: {reason}"],
+        ]
+    assert runs_of(sessions) == []
+
+
+def test_a_quote_never_closed_mid_file_rejects_the_lines_it_swallowed_and_stores_the_rest(
+    api: Api,
+) -> None:
+    # Lines 6 to 8 hold no quote: one opened on line 6 runs to the end of the file.
+    lines = with_row(EXPORT, 6, "MLI9005,", 'MLI9005,"').decode().splitlines(keepends=True)
+
+    response = post(api, "acled", "".join(lines[:8]).encode(), "text/csv")
+
+    assert response.status_code == 200, response.text
+    summary = response.json()
+    assert (summary["read"], summary["inserted"]) == (5, 4)
+    assert summary["rejections"] == [
+        {"line": 6, "source_id": None, "warning": None,
+         "reason": "a quote opened in this record is never closed: lines 6-8 were read as one "
+                   "record"}
+    ]  # fmt: skip
+    assert {sid for _, sid in stored(api.app.state.sessions)} == {
+        "MLI9001", "MLI9002", "MLI9003", "MLI9004"
+    }  # fmt: skip
+
+
+def test_the_rejected_rows_report_neutralises_cells_a_spreadsheet_would_run(
+    db_url: str, tmp_path: Path
+) -> None:
+    path, report = tmp_path / "export.csv", tmp_path / "rejected.csv"
+    path.write_bytes(
+        b"event_id_cnty,event_date,latitude,longitude\n"
+        b'"=HYPERLINK(""http://x"")",2025-06-01,,-1.5\n'
+        b"@SUM(A1),not a date,14.1,-1.5\n"
+        b"+MLI3,2025-06-01,14.1,-1.5,extra\n"
+    )
+
+    result = CliRunner().invoke(
+        cli.app, ["import", "acled", str(path), "--database-url", db_url, "--report", str(report)]
+    )
+
+    assert result.exit_code == 0, result.output
+    with report.open(encoding="utf-8", newline="") as stream:
+        assert list(csv.reader(stream)) == [
+            ["line", "source_id", "reason"],
+            ["2", "'=HYPERLINK(\"http://x\")", "latitude: missing"],
+            ["3", "'@SUM(A1)",
+             "event_date: not a date like 2020-08-01 or 01 August 2020: 'not a date'"],
+            ["4", "", "expected 4 fields as in the header, found 5"],
+        ]  # fmt: skip
+
+
+def test_a_feed_row_that_cannot_be_read_is_rejected_and_the_poll_still_succeeds(
+    sessions: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [
+        *json.loads((RECORDED / "acled_page1.json").read_text())["data"],
+        *json.loads((RECORDED / "acled_page2.json").read_text())["data"],
+    ]
+    rows[1]["event_date"] = "9999-12-31"
+    title = acled._title
+
+    def failing(row: dict[str, str], category: Category) -> str:
+        if row["event_id_cnty"] == "NER5101":
+            raise KeyError("admin9")
+        return title(row, category)
+
+    monkeypatch.setattr(acled, "_title", failing)
+    source = Replay()
+    try:
+        source.script(ACLED, document({"status": 200, "success": True, "data": rows}))
+        outcome = poll(sessions, feeds_settings(acled_feed(source, page_size=5)), Clock(T0))
+    finally:
+        source.close()
+
+    assert outcome.status == "succeeded", outcome
+    assert outcome.summary is not None
+    assert (outcome.summary["read"], outcome.summary["inserted"]) == (3, 1)
+    assert outcome.summary["rejected"] == 2
+    assert {sid for _, sid in stored(sessions)} == {"MLI7001"}

@@ -17,7 +17,16 @@ from typing import Any, Literal
 import pytest
 
 from services.feeds import acled, importer, synth, ucdp
-from services.feeds.rows import Deletion, Item, Parsed, Rejected, csv_rows
+from services.feeds.rows import (
+    Deletion,
+    FileError,
+    Item,
+    NoRecords,
+    Parsed,
+    Rejected,
+    csv_rows,
+    spreadsheet_cell,
+)
 from services.scoring.taxonomy import (
     Category,
     LocationPrecision,
@@ -1048,3 +1057,180 @@ def test_synthetic_ucdp_rows_for_acled_events_describe_the_same_day_and_place() 
         report = parsed(ucdp.parse(synth.ucdp_values(row, 1), 2, SYNTH_NOW))
         assert abs(report.incident.occurred_at.date() - event.day) <= timedelta(days=1)
         assert report.incident.admin1 == event.admin1
+
+
+# --- bad rows and bad files ------------------------------------------------------------------
+
+
+def test_a_row_dated_9999_12_31_is_rejected_naming_the_date_not_an_overflow() -> None:
+    found = items_of(
+        "acled", csv_text([list(acled_row()), list(acled_row(event_date="9999-12-31").values())])
+    )
+    assert found == [Rejected(2, "MLI1001", "event_date: 9999-12-31 is not between 1900 and 2200")]
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"event_date": "31 December 9999"}, "event_date: 9999-12-31 is not between 1900 and 2200"),
+        ({"event_date": "1066-10-14"}, "event_date: 1066-10-14 is not between 1900 and 2200"),
+        ({"timestamp": "253402214400"}, "timestamp: 9999-12-31 is not between 1900 and 2200"),
+        ({"timestamp": "9999-12-31T00:00:00"},
+         "timestamp: 9999-12-31 is not between 1900 and 2200"),
+    ],
+)  # fmt: skip
+def test_acled_dates_outside_the_plausible_years_are_rejected_on_their_field(
+    fields: dict[str, str], reason: str
+) -> None:
+    assert acled.parse(acled_row(**fields), 2, NOW) == Rejected(2, "MLI1001", reason)
+
+
+def test_ucdp_dates_outside_the_plausible_years_are_rejected_on_their_field() -> None:
+    late = ucdp.parse(ucdp_row(date_start="9999-12-31", date_end="9999-12-31"), 2, NOW)
+    assert late == Rejected(2, "640001", "date_start: 9999-12-31 is not between 1900 and 2200")
+    edge = ucdp.parse(ucdp_row(date_end="9999-12-31T23:59:59-12:00"), 3, NOW)
+    assert edge == Rejected(3, "640001", "date_end: out of range: '9999-12-31T23:59:59-12:00'")
+
+
+def test_a_row_whose_parsing_fails_in_any_way_is_rejected_with_its_line_and_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    title = acled._title
+
+    def failing(row: dict[str, str], category: Category) -> str:
+        if row["event_id_cnty"] == "MLI1002":
+            raise ZeroDivisionError("division by zero")
+        return title(row, category)
+
+    monkeypatch.setattr(acled, "_title", failing)
+    rows = [acled_row(), acled_row(event_id_cnty="MLI1002"), acled_row(event_id_cnty="MLI1003")]
+    found = items_of("acled", csv_text([list(rows[0]), *(list(r.values()) for r in rows)]))
+    assert [p.incident.source_id for p in found if isinstance(p, Parsed)] == ["MLI1001", "MLI1003"]
+    assert [r for r in found if isinstance(r, Rejected)] == [
+        Rejected(3, "MLI1002", "not readable: ZeroDivisionError: division by zero")
+    ]
+
+
+def test_an_iso3_code_outside_iso_3166_is_no_code_and_the_country_name_is_read() -> None:
+    report = read_acled(iso3="XXX", country="Niger", event_id_cnty="XYZ1")
+    assert report.incident.country == "NER"
+    unknown = read_acled(iso3="XXX", country="Atlantis", event_id_cnty="XYZ1")
+    assert unknown.incident.country is None
+    assert "country 'Atlantis' unknown: kept without a code" in unknown.warnings
+    assert read_acled(country="Atlantis", event_id_cnty="BFA1").incident.country == "BFA"
+
+
+HEADER = "event_id_cnty,event_date,notes\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("event_id_cnty;event_date\nMLI1;2025-06-01\n", 1,
+         "the file uses ';' as its delimiter; export it comma-separated"),
+        ("event_id_cnty\tevent_date\nMLI1\t2025-06-01\n", 1,
+         "the file uses tabs as its delimiter; export it comma-separated"),
+        ('"event_id_cnty,event_date\nMLI1,2025-06-01\n', 1,
+         "a quote opened in the header row is never closed"),
+        ("x" * 200_000, 1,
+         "the header row cannot be read: a field is longer than 131072 characters (a quote never "
+         "closed, or a file without line breaks?)"),
+    ],
+    ids=["semicolon", "tab", "header-quote", "no-line-breaks"],
+)  # fmt: skip
+def test_a_csv_file_that_cannot_be_imported_is_refused_naming_the_real_problem(
+    text: str, line: int, reason: str
+) -> None:
+    with pytest.raises(FileError) as refused:
+        csv_rows(io.StringIO(text, newline=""))
+    assert (refused.value.line, refused.value.reason) == (line, reason)
+    assert not isinstance(refused.value, NoRecords)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("", 1, "the file is empty"),
+        (HEADER, 2, "the file has a header row but no records"),
+        (HEADER + "#event+code,#date,#description\n\n", 2,
+         "the file has a header row but no records"),
+    ],
+    ids=["empty", "header-only", "header-and-hxl-only"],
+)  # fmt: skip
+def test_a_csv_file_without_records_says_so(text: str, line: int, reason: str) -> None:
+    with pytest.raises(NoRecords) as refused:
+        csv_rows(io.StringIO(text, newline=""))
+    assert (refused.value.line, refused.value.reason) == (line, reason)
+    # Read leniently (a feed's empty answer), such a file is simply no item.
+    assert items_of("acled", text) == []
+
+
+def test_a_quote_never_closed_rejects_its_record_and_names_the_lines_it_swallowed() -> None:
+    text = HEADER + 'MLI1,2025-06-01,fine\nMLI2,2025-06-02,"broken\nMLI3,2025-06-03,x\nMLI4,a,b\n'
+    rows = list(csv_rows(io.StringIO(text, newline="")))
+    assert rows == [
+        (2, {"event_id_cnty": "MLI1", "event_date": "2025-06-01", "notes": "fine"}),
+        Rejected(3, None, "a quote opened in this record is never closed: lines 3-5 were read "
+                          "as one record"),
+    ]  # fmt: skip
+    last = list(csv_rows(io.StringIO(HEADER + 'MLI1,2025-06-01,"open', newline="")))
+    assert last == [Rejected(2, None, "a quote opened in this record is never closed")]
+
+
+def test_a_field_over_the_csv_size_limit_is_one_rejection_and_the_next_record_is_read() -> None:
+    text = HEADER + "MLI1,2025-06-01," + "x" * 200_000 + "\nMLI2,2025-06-02,ok\n"
+    rows = list(csv_rows(io.StringIO(text, newline="")))
+    assert rows[0] == Rejected(
+        2,
+        None,
+        "unreadable CSV record: a field is longer than 131072 characters (a quote never closed, "
+        "or a file without line breaks?)",
+    )
+    assert rows[-1] == (3, {"event_id_cnty": "MLI2", "event_date": "2025-06-02", "notes": "ok"})
+
+
+def test_json_nested_too_deeply_is_one_rejection_not_a_recursion_error() -> None:
+    found = items_of("acled", "[" * 100_000)
+    assert found == [Rejected(1, None, "JSON nested too deeply: API pages are four levels deep")]
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1+1", "'+1+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\t=1", "'\t=1"),
+        ("\r=1", "'\r=1"),
+        ("-", "'-"),
+        ("-12.5", "-12.5"),
+        ("+3", "+3"),
+        ("-1e5", "-1e5"),
+        (-3, "-3"),
+        (2.5, "2.5"),
+        (None, ""),
+        ("event_date: missing", "event_date: missing"),
+        ("a=b", "a=b"),
+    ],
+)
+def test_a_cell_a_spreadsheet_would_run_as_a_formula_is_quoted_but_a_number_is_not(
+    value: object, cell: str
+) -> None:
+    assert spreadsheet_cell(value) == cell
+
+
+def test_synthetic_exports_are_written_with_no_cell_neutralised() -> None:
+    # The generator's values are numbers and words: a quote added to one would change the rows.
+    events = synth.generate(3, 3000, START, END)
+    acled_text, ucdp_text = io.StringIO(), io.StringIO()
+    synth.write_acled_csv(events, acled_text)
+    synth.write_ucdp_csv(synth.ucdp_events(events, 3), ucdp_text)
+    cells = [
+        cell
+        for written in (acled_text, ucdp_text)
+        for row in csv.reader(io.StringIO(written.getvalue()))
+        for cell in row
+    ]
+    assert not [cell for cell in cells if cell.startswith("'")]
+    assert any(cell.startswith("-") for cell in cells)  # negative longitudes, kept as numbers

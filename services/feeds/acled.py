@@ -22,9 +22,11 @@ from services.feeds.rows import (
     country_code,
     integer,
     page_rows,
+    plausible,
     text,
     unix_or_iso,
 )
+from services.scoring.schemas import is_country_code
 from services.scoring.taxonomy import (
     Category,
     Lifecycle,
@@ -217,14 +219,17 @@ def _date(value: str) -> datetime:
         raise RowError("event_date", "missing")
     if len(value) == 10 and value[4] == "-":
         try:
-            return datetime.combine(date.fromisoformat(value), time(), UTC)
+            parsed = datetime.combine(date.fromisoformat(value), time(), UTC)
         except ValueError:
             pass
+        else:
+            return plausible("event_date", parsed)
     for fmt in DATE_FORMATS:
         try:
-            return datetime.strptime(value, fmt).replace(tzinfo=UTC)
+            parsed = datetime.strptime(value, fmt).replace(tzinfo=UTC)
         except ValueError:
             continue
+        return plausible("event_date", parsed)
     raise RowError("event_date", f"not a date like 2020-08-01 or 01 August 2020: {value[:40]!r}")
 
 
@@ -276,14 +281,15 @@ def _reported(
 
 
 def _country(row: dict[str, str], source_id: str) -> str | None:
+    # The same check as the API's: a code that is not ISO 3166-1 is no code.
     iso3 = text(row, "iso3").upper()
-    if re.fullmatch(r"[A-Z]{3}", iso3):
+    if is_country_code(iso3):
         return iso3
     code = country_code(text(row, "country"))
     if code is not None:
         return code
     prefix = source_id[:3].upper()
-    return prefix if re.fullmatch(r"[A-Z]{3}", prefix) else None
+    return prefix if is_country_code(prefix) else None
 
 
 def _actors(row: dict[str, str]) -> list[str]:

@@ -1,9 +1,12 @@
 """Import a stream of source rows: chunked upserts, merging, retractions and a summary.
 
-One bad row never aborts an import: it is rejected with its line and reason, and the rows
-around it are stored. Each chunk commits on its own, so a crash keeps what was committed and
-a re-run finishes the rest (re-importing a row changes nothing). While an import runs it holds
-the rescorer off the incident feed, so a bulk import rescores each target once, at its end.
+One bad row never aborts an import: whatever fails while it is read or stored, it is rejected
+with its line and reason, and the rows around it are stored. A file that cannot be imported at
+all (unreadable JSON, another delimiter, no record) is refused before anything is written.
+Each chunk commits on its own, so a crash keeps what was committed, the run records why it
+stopped, and a re-run finishes the rest (re-importing a row changes nothing). While an import
+runs it holds the rescorer off the incident feed, so a bulk import rescores each target once,
+at its end.
 """
 
 from __future__ import annotations
@@ -22,11 +25,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, TypeVar
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.feeds import acled, ucdp
-from services.feeds.rows import Deletion, Item, Parsed, Rejected, csv_rows
+from services.feeds.rows import (
+    Deletion,
+    FileError,
+    Item,
+    NoRecords,
+    Parsed,
+    Rejected,
+    csv_rows,
+)
 from services.scoring import incidents, merge
 from services.scoring.models import ImportRun, Incident
 
@@ -53,6 +63,7 @@ class Summary:
     warned: int = 0
     rejections: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # why the import stopped before the end of its input
 
     def reject(self, line: int, source_id: str | None, reason: str) -> None:
         """Count a rejected row; the first MAX_REPORTED are listed."""
@@ -73,7 +84,7 @@ class Summary:
             "read": self.read, "inserted": self.inserted, "updated": self.updated,
             "unchanged": self.unchanged, "merged": self.merged, "retracted": self.retracted,
             "rejected": self.rejected, "warned": self.warned,
-            "rejections": self.rejections, "warnings": self.warnings,
+            "rejections": self.rejections, "warnings": self.warnings, "error": self.error,
         }  # fmt: skip
 
 
@@ -86,17 +97,30 @@ class Text(Protocol):
 
 
 def items(fmt: Format, stream: Text, now: datetime) -> Iterator[Item]:
-    """The rows of a file in `fmt`, parsed: CSV, or JSON as the source's API returns it."""
-    return parse_rows(fmt, records(fmt, stream), now)
+    """The rows of a file in `fmt`, parsed: CSV, or JSON as the source's API returns it.
+
+    Read leniently: a file that cannot be imported is one rejected item, an empty one none.
+    """
+    try:
+        raw = records(fmt, stream)
+    except NoRecords:
+        return iter(())
+    except FileError as exc:
+        return iter([Rejected(exc.line, None, exc.reason)])
+    return parse_rows(fmt, raw, now)
 
 
 def records(fmt: Format, stream: Text) -> Iterator[tuple[int, dict[str, str]] | Rejected]:
-    """The raw rows of a file with their line numbers: CSV, or the source API's JSON pages."""
+    """The raw rows of a file with their line numbers: CSV, or the source API's JSON pages.
+
+    The head of the file is read at once: FileError says why it cannot be imported at all.
+    """
     head = stream.read(1)
     while head and head.isspace():
         head = stream.read(1)
     if head in ("{", "["):
-        return _json_rows(fmt, head + stream.read())
+        pages = _json_pages(head + stream.read())
+        return ucdp.rows_from_pages(pages) if fmt == "ucdp" else acled.rows_from_pages(pages)
     return csv_rows(_prepend(head, stream))
 
 
@@ -109,34 +133,61 @@ def _prepend(head: str, stream: Text) -> Iterator[str]:
         yield head
 
 
-def _json_rows(fmt: Format, body: str) -> Iterator[tuple[int, dict[str, str]] | Rejected]:
+def _json_pages(body: str) -> list[dict[str, Any]]:
     try:
         document = json.loads(body)
     except json.JSONDecodeError as exc:
-        yield Rejected(exc.lineno, None, f"unreadable JSON: {exc.msg} (column {exc.colno})")
-        return
+        raise FileError(exc.lineno, f"unreadable JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        # json recurses once per level: a document nested past the interpreter's limit is no
+        # API page (those are four levels deep), and must not become a 500.
+        raise FileError(1, "JSON nested too deeply: API pages are four levels deep") from None
     pages = document if isinstance(document, list) else [document]
     if not all(isinstance(p, dict) for p in pages):
-        yield Rejected(1, None, "expected an API page (an object) or a list of pages")
-        return
-    yield from ucdp.rows_from_pages(pages) if fmt == "ucdp" else acled.rows_from_pages(pages)
+        raise FileError(1, "expected an API page (an object) or a list of pages")
+    return pages
 
 
 def parse_rows(
     fmt: Format, rows: Iterable[tuple[int, dict[str, str]] | Rejected], now: datetime
 ) -> Iterator[Item]:
-    """Raw rows (and rows already rejected) parsed as `fmt`."""
+    """Raw rows (and rows already rejected) parsed as `fmt`; a row whose parsing fails in any
+    way is rejected with its line and the reason."""
+    logged = False
     for entry in rows:
         if isinstance(entry, Rejected):
             yield entry
             continue
         line, row = entry
-        if fmt == "acled":
-            yield acled.parse(row, line, now)
-        elif fmt == "ucdp":
-            yield ucdp.parse(row, line, now)
-        else:
-            yield acled.deletion(row, line)
+        try:
+            item = _parse(fmt, row, line, now)
+        except Exception as exc:
+            if not logged:
+                # The parsers name the field of every failure they expect: this is a bug or a
+                # case they miss. The first one's trace is kept, not one per row.
+                log.info("row %d not parsed as %s", line, fmt, exc_info=True)
+                logged = True
+            # Deletions name their report as ACLED rows do.
+            source_id = row.get(ID_COLUMN.get(fmt, "event_id_cnty"), "").strip()[:128] or None
+            item = Rejected(line, source_id, f"not readable: {describe(exc)}")
+        yield item
+
+
+def _parse(fmt: Format, row: dict[str, str], line: int, now: datetime) -> Item:
+    if fmt == "acled":
+        return acled.parse(row, line, now)
+    if fmt == "ucdp":
+        return ucdp.parse(row, line, now)
+    return acled.deletion(row, line)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line of a rejection or a run's error: its kind and first line."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"the file is not UTF-8 text (byte {exc.object[exc.start : exc.start + 1]!r})"
+    cause = getattr(exc, "orig", None) or exc  # a database error: the driver's message
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0][:300]}" if text else type(cause).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +229,10 @@ def fingerprint(fmt: str, row: dict[str, str]) -> str:
 
 def _ready(item: Item, now: datetime, source_hash: str | None = None) -> Stored:
     if isinstance(item, Parsed):
-        values = incidents.values(item.incident, now)
+        try:
+            values = incidents.values(item.incident, now)
+        except Exception as exc:
+            return Rejected(item.line, item.incident.source_id, f"not readable: {describe(exc)}")
         if source_hash is not None:
             values["source_hash"] = source_hash
         return Ready(item.line, values, item.warnings)
@@ -237,8 +291,13 @@ def run(
     skew: timedelta = timedelta(minutes=5),
     chunk_size: int = 1000,
     progress: Callable[[int], None] | None = None,
+    summary: Summary | None = None,
 ) -> Summary:
-    """Store every item of `stream`, a chunk per transaction; return the summary."""
+    """Store every item of `stream`, a chunk per transaction; return the summary.
+
+    An import that stops on an error is recorded with it, then the error is raised: a caller
+    that reports on such an import passes its own `summary`, filled as the import goes.
+    """
     now = clock()
     return _run(
         factory,
@@ -249,6 +308,7 @@ def run(
         skew=skew,
         chunk_size=chunk_size,
         progress=progress,
+        summary=Summary() if summary is None else summary,
     )
 
 
@@ -263,22 +323,27 @@ def run_file(
     chunk_size: int = 1000,
     progress: Callable[[int], None] | None = None,
     parallel: bool = True,
+    summary: Summary | None = None,
 ) -> Summary:
     """Import a file: read here, parsed in a second process (when `parallel` and there is a
     second core) while this one stores the chunks parsed before. A row whose fingerprint
-    matches the stored report's is counted unchanged without being parsed."""
+    matches the stored report's is counted unchanged without being parsed.
+
+    A file that cannot be imported at all raises FileError before anything is written; an
+    error after that is recorded with the run and raised, as for `run`.
+    """
     now = clock()
     parse = functools.partial(_parse_chunk, fmt, now)
+    raw = records(fmt, stream)
     # Rows stored before exactly as they are now are counted, not parsed again.
-    screened = (
-        _screen(factory, fmt, chunk) for chunk in _batched(records(fmt, stream), chunk_size)
-    )
+    screened = (_screen(factory, fmt, chunk) for chunk in _batched(raw, chunk_size))
+    summary = Summary() if summary is None else summary
     if not parallel or (os.cpu_count() or 1) < 2:
         return _run(
             factory,
             (item for known, rows in screened for item in [*parse(rows), *[Known()] * known]),
             fmt=fmt, origin=origin, clock=clock, skew=skew, chunk_size=chunk_size,
-            progress=progress,
+            progress=progress, summary=summary,
         )  # fmt: skip
     # A spawned process: forking one that runs threads (a progress bar, a pool) is unsafe.
     with ProcessPoolExecutor(
@@ -294,6 +359,7 @@ def run_file(
             skew=skew,
             chunk_size=chunk_size,
             progress=progress,
+            summary=summary,
         )
 
 
@@ -340,8 +406,8 @@ def _run(
     skew: timedelta,
     chunk_size: int,
     progress: Callable[[int], None] | None,
+    summary: Summary,
 ) -> Summary:
-    summary = Summary()
     index = merge.Index()
     with factory.begin() as session:
         started = clock()
@@ -356,6 +422,10 @@ def _run(
             _store(factory, chunk, summary, index, clock(), skew, run_id)
             if progress is not None:
                 progress(len(chunk))
+    except BaseException as exc:
+        # Recorded as it ended: a run that stopped early must not read as a finished one.
+        summary.error = "interrupted" if isinstance(exc, KeyboardInterrupt) else describe(exc)
+        raise
     finally:
         with factory.begin() as session:
             session.execute(
@@ -400,22 +470,21 @@ def _store(
         _write(
             factory, list(reports.values()), list(deletions.values()), summary, index, now, run_id
         )
-    except SQLAlchemyError as exc:
-        # One row the database refuses (or a racing writer) must not cost the chunk: store
-        # them one at a time, and reject only what fails alone.
+    except Exception as exc:
+        # One row the database refuses, a racing writer, or a row the merge cannot place must
+        # not cost the chunk: store them one at a time, and reject only what fails alone.
         log.warning("import chunk failed (%s); storing its rows one by one", type(exc).__name__)
         index.clear()  # what the failed transaction put in it was rolled back
         for ready in reports.values():
             try:
                 _write(factory, [ready], [], summary, index, now, run_id)
-            except SQLAlchemyError as single:
+            except Exception as single:
                 index.clear()
-                reason = str(getattr(single, "orig", single)).splitlines()[0]
-                summary.reject(ready.line, ready.source_id, f"not stored: {reason}")
+                summary.reject(ready.line, ready.source_id, f"not stored: {describe(single)}")
         for gone in deletions.values():
             try:
                 _write(factory, [], [gone], summary, index, now, run_id)
-            except SQLAlchemyError:
+            except Exception:
                 index.clear()
                 summary.reject(gone.line, gone.source_id, "deletion not stored")
 

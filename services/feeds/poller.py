@@ -35,6 +35,7 @@ from services.core.db import insert_ignoring_conflicts
 from services.core.http import parse_retry_after
 from services.core.ticks import add_tick
 from services.feeds import acled, importer, ucdp
+from services.feeds.importer import Format
 from services.feeds.models import FeedState
 from services.feeds.rows import Item, RowError, normalise, unix_or_iso
 from services.feeds.settings import FeedConfig, FeedsSettings
@@ -466,16 +467,11 @@ class _Newest:
             yield page
 
 
-def _items(kind: str, pages: Iterable[dict[str, Any]], now: datetime) -> Iterator[Item]:
-    if kind == "ucdp":
-        for line, row in ucdp.rows_from_pages(pages):
-            yield ucdp.parse(row, line, now)
-    elif kind == "acled":
-        for line, row in acled.rows_from_pages(pages):
-            yield acled.parse(row, line, now)
-    else:
-        for line, row in acled.rows_from_pages(pages):
-            yield acled.deletion(row, line)
+def _items(kind: Format, pages: Iterable[dict[str, Any]], now: datetime) -> Iterator[Item]:
+    # Parsed as a file's rows are: a row that fails in any way is that row's rejection, so one
+    # poison row cannot fail every poll of its feed.
+    rows = ucdp.rows_from_pages(pages) if kind == "ucdp" else acled.rows_from_pages(pages)
+    return importer.parse_rows(kind, rows, now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ from typing import Literal, TextIO, TypedDict, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from services.feeds.rows import spreadsheet_cell
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
@@ -989,7 +991,8 @@ def write_acled_csv(
     if hxl:
         writer.writerow([ACLED_HXL[c] for c in header])
     for event in events:
-        writer.writerow(acled_values(event, date_style=date_style, columns=columns).values())
+        values = acled_values(event, date_style=date_style, columns=columns).values()
+        writer.writerow([spreadsheet_cell(v) for v in values])
 
 
 def acled_api_pages(events: Sequence[Event], page_size: int) -> list[AcledPage]:
@@ -1312,4 +1315,4 @@ def write_ucdp_csv(events: Iterable[UcdpEvent], stream: TextIO) -> None:
     for event in events:
         group = (event.country, event.date_start.year, event.type_of_violence)
         seq[group] = seq.get(group, 0) + 1
-        writer.writerow(ucdp_values(event, seq[group]).values())
+        writer.writerow([spreadsheet_cell(v) for v in ucdp_values(event, seq[group]).values()])

@@ -23,6 +23,7 @@ from services.feeds.rows import (
     country_code,
     integer,
     page_rows,
+    plausible,
     text,
 )
 from services.scoring.taxonomy import (
@@ -183,7 +184,11 @@ def _time(row: dict[str, str], name: str) -> datetime | None:
         parsed = datetime.fromisoformat(value.replace(" ", "T", 1))
     except ValueError:
         raise RowError(name, f"not a date like 2020-08-01: {value[:40]!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise RowError(name, f"out of range: {value[:40]!r}") from None
+    return plausible(name, utc)
 
 
 def _region(name: str) -> str | None:

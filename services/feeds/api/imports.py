@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from services.core.problems import Problem, not_found, payload_too_large, problem_responses
 from services.feeds import importer
+from services.feeds.rows import FileError
 from services.scoring.api.deps import Cursor, Id, Ingestor, Limit, ReadSession, Settings
 from services.scoring.models import ImportRun
 
@@ -33,7 +34,8 @@ class RowNote(BaseModel):
 
 class ImportSummary(BaseModel):
     """What an import did. `merged` counts, among the rows inserted or updated, those that
-    joined another report's event; rejected and warned rows are listed (the first 1,000)."""
+    joined another report's event; rejected and warned rows are listed (the first 1,000).
+    `error` says why an import stopped before the end of its file (what it stored is kept)."""
 
     id: int
     format: str
@@ -50,6 +52,9 @@ class ImportSummary(BaseModel):
     warned: int = 0
     rejections: list[RowNote] = []
     warnings: list[RowNote] = []
+    error: str | None = Field(
+        None, description="Why the import stopped before the end; null when it read it all."
+    )
 
 
 class ImportList(BaseModel):
@@ -73,7 +78,7 @@ def _summary(run: ImportRun) -> ImportSummary:
 
 @router.post(
     "/{format}",
-    responses=problem_responses(400, 413, 415),
+    responses=problem_responses(400, 413, 415, 422),
     summary="Import a file of incidents (ACLED, ACLED deletions, UCDP GED)",
     openapi_extra={
         "requestBody": {
@@ -93,7 +98,9 @@ async def post_import(
     settings: Settings,
 ) -> ImportSummary:
     """Store every good row, reject each bad one with its line and reason; re-posting the same
-    file changes nothing. Scores follow as the rescoring worker reads the new incidents."""
+    file changes nothing. A file that cannot be imported at all (unreadable JSON, another
+    delimiter, a quote in the header never closed, no record) is a 422 naming the problem, and
+    nothing is stored. Scores follow as the rescoring worker reads the new incidents."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in MEDIA_TYPES:
         raise Problem(
@@ -134,16 +141,31 @@ async def post_import(
             ],
         ) from None
     factory = request.app.state.sessions
-    summary = await run_in_threadpool(
-        importer.run_file,
-        factory,
-        format,
-        io.StringIO(content, newline=""),
-        parallel=False,  # bounded by max_import_bytes; the CLI parses big files in parallel
-        origin=f"api:{principal.ident}",
-        clock=request.app.state.clock,
-        skew=settings.clock_skew,
-    )
+    try:
+        summary = await run_in_threadpool(
+            importer.run_file,
+            factory,
+            format,
+            io.StringIO(content, newline=""),
+            parallel=False,  # bounded by max_import_bytes; the CLI parses big files in parallel
+            origin=f"api:{principal.ident}",
+            clock=request.app.state.clock,
+            skew=settings.clock_skew,
+        )
+    except FileError as exc:
+        raise Problem(
+            422,
+            "validation",
+            f"the file cannot be imported: {exc.reason}",
+            errors=[
+                {
+                    "in": "body",
+                    "pointer": "",
+                    "field": "body",
+                    "reason": f"line {exc.line}: {exc.reason}",
+                }
+            ],
+        ) from None
     with factory() as session:
         run = session.get(ImportRun, summary.run_id)
         assert run is not None
