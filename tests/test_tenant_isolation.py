@@ -23,7 +23,9 @@ PATH_PARAM = re.compile(r"\{([^}]+)\}")
 HTTP_METHODS = ("get", "put", "post", "patch", "delete")
 # Path parameters naming platform resources, which no tenant owns.
 # Imports and polled feeds are platform-wide too (ingest keys only).
-PLATFORM_PARAMS = frozenset({"incident_id", "key_id", "tenant_id", "format", "import_id", "name"})
+PLATFORM_PARAMS = frozenset(
+    {"incident_id", "key_id", "tenant_id", "format", "import_id", "name", "letter_id"}
+)
 # Path parameters that are capabilities, not tenant resources: whoever holds an email's
 # unsubscribe link may use it, without a key (tested in test_alerts_api.py).
 CAPABILITY_PARAMS = frozenset({"token"})
@@ -122,6 +124,7 @@ BODIES = {
     "CorridorIn": corridor_body("B's replacement"),
     "EndpointPatch": {"name": "B's", "enabled": False},
     "RotateSecretIn": {"grace": "PT1H"},
+    "DeadLetterResolveIn": {"note": "B"},
     "SubscriptionPatch": {"name": "B's", "enabled": False},
     "ThresholdRuleIn": {"kind": "threshold", "raise_at": 50},
     "SnoozeIn": {"until_band_rises": True},
@@ -235,6 +238,8 @@ def make_platform_resources(api: Api) -> dict[str, int]:
         "format": "acled",
         "import_id": 1,
         "name": "acled-sahel",
+        # Dead letters are the operators' (admin keys only): B is refused before any lookup.
+        "letter_id": 1,
     }
 
 
@@ -342,14 +347,21 @@ def admin_operations(api: Api) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("GET", "/v1/api-keys", None),
         ("DELETE", f"/v1/api-keys/{key_id}", None),
         ("POST", "/v1/model/versions", {"params": model["params"], "note": "intrusion"}),
+        ("GET", "/v1/dead-letters", None),
+        ("GET", "/v1/dead-letters/1", None),
+        ("POST", "/v1/dead-letters/1/resolve", {"note": "intrusion"}),
     ]
 
 
 def test_tenant_and_ingest_keys_get_403_on_admin_routes(api: Api) -> None:
     admin_ops = admin_operations(api)
     # Every operation the schema marks as admin-only is in the list above.
-    documented = {(m, p) for m, p, op, _ in operations(api) if "(admin)" in op["summary"]}
-    listed = {(m, re.sub(r"/\d+$", "/{key_id}", p)) for m, p, _ in admin_ops}
+    documented = {
+        (m, re.sub(r"\{\w+\}", "{id}", p))
+        for m, p, op, _ in operations(api)
+        if "(admin)" in op["summary"]
+    }
+    listed = {(m, re.sub(r"/\d+(?=/|$)", "/{id}", p)) for m, p, _ in admin_ops}
     assert documented <= listed, documented - listed
     for headers in (api.a, api.b, api.a_read, api.ingest):
         for method, path, body in admin_ops:
