@@ -293,7 +293,15 @@ def _import(
     fmt: importer.Format, path: Path, database_url: str | None, report: Path | None
 ) -> None:
     settings = _settings(database_url)
-    upgrade_to_head(settings.database_url)
+    # As every process: migrates only when told to (RISKALERT_AUTO_MIGRATE).
+    at = prepare_schema(settings.database_url, migrate=settings.auto_migrate)
+    if at is SchemaState.BEHIND:
+        typer.echo(
+            f"error: {schema_note(schema_revision_at(settings.database_url))}; nothing was "
+            "imported",
+            err=True,
+        )
+        raise typer.Exit(1)
     engine = make_engine(settings.database_url)
     factory = make_sessionmaker(engine)
     size = max(path.stat().st_size, 1)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import create_engine, delete, func, inspect, pool, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -577,6 +577,22 @@ def test_the_import_command_retracts_and_merges(db_url: str, sessions: Factory) 
     rows = stored(sessions)
     assert rows[("ucdp", "640001")].merged_into_id == rows[("acled", "MLI9001")].id
     assert rows[("acled", "MLI9003")].lifecycle == Lifecycle.RETRACTED
+
+
+def test_the_import_command_migrates_only_when_auto_migrate_is_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    monkeypatch.setenv("RISKALERT_AUTO_MIGRATE", "false")
+
+    result = CliRunner().invoke(cli.app, ["import", "acled", str(EXPORT), "--database-url", url])
+
+    assert result.exit_code == 1
+    assert "riskalert migrate" in result.output
+    assert "nothing was imported" in result.output
+    engine = create_engine(url, poolclass=pool.NullPool)
+    assert inspect(engine).get_table_names() == []
+    engine.dispose()
 
 
 def test_the_import_command_refuses_a_missing_file(db_url: str, tmp_path: Path) -> None:
