@@ -251,18 +251,15 @@ _LEASE = (
         updated_at=bindparam("now"),
     )
 )
-_LEASED = (
-    select(
-        _D.c.id,
-        _D.c.endpoint_id,
-        _D.c.attempts,
-        _D.c.message_id,
-        _D.c.event_type,
-        _D.c.payload,
-        _D.c.request_id,
-    )
-    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
-)
+_LEASED = select(
+    _D.c.id,
+    _D.c.endpoint_id,
+    _D.c.attempts,
+    _D.c.message_id,
+    _D.c.event_type,
+    _D.c.payload,
+    _D.c.request_id,
+).where(_D.c.id.in_(bindparam("ids", expanding=True)))
 _SECRETS = (
     select(_S.c.endpoint_id, _S.c.secret)
     .where(
@@ -331,32 +328,27 @@ def claim(
     # An empty list would render as NOT IN (NULL), which matches nothing; 0 is no endpoint.
     full = [e for e, free in room.items() if free <= 0] or [0]
     candidates = session.execute(_CANDIDATES, {"now": now, "n": limit * 4, "full": full}).all()
-    if not candidates:
-        return []
-    if session.get_bind().dialect.name == "postgresql":
-        # SQLite has one writer, so the counts above are exact; here another worker may have
-        # claimed since: count again, for the endpoints locked against it.
-        wanted = sorted({c.endpoint_id for c in candidates})
+    picked = pick(candidates, room, slots=slots, limit=limit)
+    if picked and session.get_bind().dialect.name == "postgresql":
+        # SQLite has one writer, so the counts above are exact. Here another worker may be
+        # claiming for the same endpoints: lock the ones picked for (a worker that holds one
+        # is left alone with it), count them again, and pick again among them.
+        ends = {c.id: c.endpoint_id for c in candidates}
+        wanted = sorted({ends[i] for i in picked})
         mine = set(
             session.execute(
                 _TRY_LOCK_ENDPOINTS, {"ids": wanted, "space": _ENDPOINT_LOCK_SPACE}
             ).scalars()
         )
-        room = {e: free for e, free in room.items() if e in mine}
+        if not mine:
+            return []
+        room = {e: free for e, free in room.items() if e not in mine}
         for row in session.execute(
             _IN_FLIGHT.where(_D.c.endpoint_id.in_(sorted(mine))), {"now": now}
         ):
             room[row.endpoint_id] = (row.max_in_flight or slots) - row.n
-        candidates = [c for c in candidates if c.endpoint_id in mine]
-    picked: list[int] = []
-    for delivery_id, endpoint_id, max_in_flight in candidates:
-        free = room.get(endpoint_id, max_in_flight or slots)
-        if free <= 0:
-            continue
-        room[endpoint_id] = free - 1
-        picked.append(delivery_id)
-        if len(picked) >= limit:
-            break
+        ours = [c for c in candidates if c.endpoint_id in mine]
+        picked = pick(ours, room, slots=slots, limit=limit)
     if not picked:
         return []
     # One lease token for the batch: it is as unguessable as one per row, and one UPDATE
@@ -402,6 +394,25 @@ def claim(
         )
         for row in chosen
     ]
+
+
+def pick(
+    candidates: Sequence[Any], room: Mapping[int, int], *, slots: int, limit: int
+) -> list[int]:
+    """The ids of up to `limit` candidates, in their order, leaving no endpoint more deliveries
+    in flight than it has room for (`room`; an endpoint not in it has all its places free:
+    its `max_in_flight`, else `slots`)."""
+    free = dict(room)
+    picked: list[int] = []
+    for delivery_id, endpoint_id, max_in_flight in candidates:
+        left = free.get(endpoint_id, max_in_flight or slots)
+        if left <= 0:
+            continue
+        free[endpoint_id] = left - 1
+        picked.append(delivery_id)
+        if len(picked) >= limit:
+            break
+    return picked
 
 
 def active_secrets(session: Session, endpoint_ids: set[int], now: datetime) -> dict[int, list[str]]:
