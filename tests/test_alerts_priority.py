@@ -196,3 +196,25 @@ def test_an_unusable_max_in_flight_is_refused_naming_the_field(
     with hooks.app.state.sessions() as session:
         assert session.execute(select(Delivery)).first() is None
         assert session.execute(select(Endpoint)).first() is None
+
+
+def test_a_window_full_of_a_busy_endpoints_backlog_does_not_hide_the_others(api: Api) -> None:
+    hanging, healthy = _endpoint(api), _endpoint(api)
+    _enqueue(api, hanging, "alert.firing", 60, NOW - timedelta(minutes=5))
+    [waiting] = _enqueue(api, healthy, "alert.firing", 1, NOW)
+    with api.app.state.sessions.begin() as session:
+        assert [c.endpoint_id for c in _claim(session, owner="w1")] == [hanging, hanging]
+
+    # Every candidate of a window of 4 x 5 is the hanging endpoint's, and it has no place left.
+    with api.app.state.sessions.begin() as session:
+        claimed = _claim(session, owner="w2", limit=5)
+
+    assert [c.id for c in claimed] == [waiting]
+
+
+def test_picking_keeps_order_and_each_endpoints_room() -> None:
+    candidates = [(1, 10, None), (2, 10, None), (3, 10, None), (4, 11, 1), (5, 11, 1), (6, 12, 4)]
+
+    assert outbox.pick(candidates, {10: 1}, slots=2, limit=10) == [1, 4, 6]
+    assert outbox.pick(candidates, {}, slots=2, limit=10) == [1, 2, 4, 6]
+    assert outbox.pick(candidates, {12: 0}, slots=2, limit=2) == [1, 2]

@@ -15,6 +15,7 @@ Create Date: 2026-12-07
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
@@ -62,8 +63,8 @@ def _recreate(autoincrement: bool) -> None:
             pass
     if not autoincrement:
         op.execute(
-            "DELETE FROM sqlite_sequence WHERE name IN ({})".format(
-                ", ".join(f"'{name}'" for name in TABLES)
+            sa.text("DELETE FROM sqlite_sequence WHERE name IN :names").bindparams(
+                sa.bindparam("names", list(TABLES), expanding=True)
             )
         )
 

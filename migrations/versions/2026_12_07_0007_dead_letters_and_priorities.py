@@ -1,4 +1,5 @@
-"""Dead letters; deliveries claimed by priority; a per-endpoint limit of deliveries in flight.
+"""Dead letters; deliveries claimed by priority; a per-endpoint limit of deliveries in flight,
+and an index to count them.
 
 Revision ID: 0007
 Revises: 0006
@@ -62,12 +63,15 @@ def upgrade() -> None:
         ["status", "priority", "next_attempt_at"],
     )
     op.drop_index("ix_delivery_status_next_attempt_at", table_name="delivery")
+    # Claiming counts what is in flight to each endpoint it picks for.
+    op.create_index("ix_delivery_endpoint_id_status", "delivery", ["endpoint_id", "status"])
+    op.drop_index("ix_delivery_endpoint_id", table_name="delivery")
 
 
 def downgrade() -> None:
-    op.create_index(
-        "ix_delivery_status_next_attempt_at", "delivery", ["status", "next_attempt_at"]
-    )
+    op.create_index("ix_delivery_endpoint_id", "delivery", ["endpoint_id"])
+    op.drop_index("ix_delivery_endpoint_id_status", table_name="delivery")
+    op.create_index("ix_delivery_status_next_attempt_at", "delivery", ["status", "next_attempt_at"])
     op.drop_index("ix_delivery_status_priority_next_attempt_at", table_name="delivery")
     with op.batch_alter_table("delivery", table_kwargs=KEEP) as batch:
         batch.drop_column("priority")

@@ -177,13 +177,13 @@ class Delivery(Base):
         ),
         Index("ix_delivery_tenant_id_status", "tenant_id", "status"),
         Index("ix_delivery_alert_id_endpoint_id", "alert_id", "endpoint_id"),
+        # What is in flight to an endpoint (claiming counts it), and its foreign key.
+        Index("ix_delivery_endpoint_id_status", "endpoint_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(Integer)
-    endpoint_id: Mapped[int] = mapped_column(
-        ForeignKey("endpoint.id", ondelete="CASCADE"), index=True
-    )
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoint.id", ondelete="CASCADE"))
     alert_id: Mapped[int | None] = mapped_column(ForeignKey("alert.id", ondelete="SET NULL"))
     # What it is: alert.firing, alert.resolved, ..., endpoint.test, digest.daily, ...
     event_type: Mapped[str] = mapped_column(String(32))
