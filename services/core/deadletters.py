@@ -49,7 +49,6 @@ class Quarantine:
         self._session = session
         self.pipeline = pipeline
         self._now = now
-        self.set_aside: list[DeadLetter] = []
 
     @contextmanager
     def item(
@@ -63,9 +62,7 @@ class Quarantine:
         except Exception as exc:
             if transient(exc):
                 raise
-            self.set_aside.append(
-                record(self._session, self.pipeline, key, exc, self._now, tenant_id=tenant_id)
-            )
+            record(self._session, self.pipeline, key, exc, self._now, tenant_id=tenant_id)
             if then is not None:
                 then()
 
