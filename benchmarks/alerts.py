@@ -9,6 +9,9 @@ Latency: kidnappings are posted at a steady rate near subscribed sites (each sub
 receiver gets about such an incident, latency = arrival - the moment the POST was answered.
 Fan-out: deliveries are written to the outbox in one transaction, then the workers start;
 the receiver counts every `webhook-id` (duplicates and losses are reported).
+Burst: one endpoint watches 200 sites with a `kidnapping_nearby` rule; every few seconds a new
+threshold rule on those sites fires for all 200 at once, while kidnappings near them are posted
+at a steady rate: latency of the kidnapping webhooks behind the bulk notices to that endpoint.
 Every process binds 127.0.0.1, every wait has a deadline, and everything started is stopped.
 """
 
@@ -20,6 +23,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -29,6 +33,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from benchmarks.run import (
     ADMIN_KEY,
@@ -89,6 +94,27 @@ def start_receiver(secret: str, logs: Path) -> Server:
     return server
 
 
+def sites_of(session: Session, tenant_id: int) -> list[int]:
+    """The tenant's site ids."""
+    return list(
+        session.execute(
+            select(Target.id).where(Target.tenant_id == tenant_id, Target.kind == "site")
+        ).scalars()
+    )
+
+
+def switch_on_now(session: Session) -> None:
+    """Move the alerts service's feed cursors to the feeds' ends: earlier history is not news."""
+    for feed in ("score_change", "incident_change"):
+        session.execute(
+            text(
+                f"UPDATE feed_cursor SET position = (SELECT COALESCE(MAX(id), 0) "
+                f"FROM {feed}) WHERE name = :name"
+            ),
+            {"name": feed},
+        )
+
+
 def subscribe(
     db: Database, tenant_id: int, n: int, receiver: Server, secret: str, seed: int,
     radius_km: float,
@@ -100,11 +126,7 @@ def subscribe(
     now = datetime.now(UTC)
     try:
         with factory.begin() as session:
-            site_ids = list(
-                session.execute(
-                    select(Target.id).where(Target.tenant_id == tenant_id, Target.kind == "site")
-                ).scalars()
-            )
+            site_ids = sites_of(session, tenant_id)
             chosen = rng.sample(site_ids, min(n, len(site_ids)))
             for i, site_id in enumerate(chosen):
                 endpoint = Endpoint(
@@ -137,15 +159,7 @@ def subscribe(
                             seeded=True, created_at=now, updated_at=now,
                         )
                     )  # fmt: skip
-            # The alerts service starts reading the feeds from here.
-            for feed in ("score_change", "incident_change"):
-                session.execute(
-                    text(
-                        f"UPDATE feed_cursor SET position = (SELECT COALESCE(MAX(id), 0) "
-                        f"FROM {feed}) WHERE name = :name"
-                    ),
-                    {"name": feed},
-                )
+            switch_on_now(session)
         return chosen
     finally:
         engine.dispose()
@@ -405,6 +419,165 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
     }
 
 
+BURST_TAG = "burst"
+
+
+def subscribe_burst(
+    db: Database, tenant_id: int, receiver: Server, secret: str, args: argparse.Namespace
+) -> tuple[int, list[int]]:
+    """One endpoint watching `--burst-sites` sites (tagged) for kidnappings; (endpoint, sites)."""
+    engine = make_engine(db.url)
+    factory = make_sessionmaker(engine)
+    now = datetime.now(UTC)
+    try:
+        with factory.begin() as session:
+            site_ids = sites_of(session, tenant_id)
+            chosen = Random(args.seed + 3).sample(site_ids, min(args.burst_sites, len(site_ids)))
+            for target in session.execute(select(Target).where(Target.id.in_(chosen))).scalars():
+                target.tags = [*target.tags, BURST_TAG]
+            endpoint = Endpoint(
+                tenant_id=tenant_id, kind="webhook", name="burst", address=f"{receiver.base}/burst",
+                enabled=True, created_at=now, updated_at=now,
+            )  # fmt: skip
+            if args.burst_endpoint_slots is not None:
+                endpoint.max_in_flight = args.burst_endpoint_slots
+            session.add(endpoint)
+            session.flush()
+            session.add(EndpointSecret(endpoint_id=endpoint.id, secret=secret, created_at=now))
+            _tag_subscription(
+                session, tenant_id, endpoint.id, "kidnappings",
+                {"kind": "event", "trigger": "kidnapping_nearby", "radius_km": args.burst_radius},
+                seeded=True, now=now,
+            )  # fmt: skip
+            switch_on_now(session)
+            return endpoint.id, chosen
+    finally:
+        engine.dispose()
+
+
+def _tag_subscription(
+    session: Session, tenant_id: int, endpoint_id: int, name: str, rule: dict[str, Any], *,
+    seeded: bool, now: datetime,
+) -> None:  # fmt: skip
+    """A subscription of the burst-tagged sites to `endpoint_id` with one rule."""
+    sub = Subscription(
+        tenant_id=tenant_id, name=name, scope="tag", tag=BURST_TAG, endpoint_ids=[endpoint_id],
+        digest_bands=[], enabled=True, created_at=now, updated_at=now,
+    )  # fmt: skip
+    session.add(sub)
+    session.flush()
+    session.add(
+        Rule(
+            subscription_id=sub.id, tenant_id=tenant_id, kind=rule["kind"],
+            params=_rule_params(rule["kind"], rule), enabled=True, seeded=seeded,
+            created_at=now, updated_at=now,
+        )
+    )  # fmt: skip
+
+
+def _fire_bursts(
+    db: Database, tenant_id: int, endpoint_id: int, every: float, count: int, stop: Any
+) -> list[float]:
+    """Every `every` s, a new threshold rule over the burst sites that fires for each of them
+    when it is seeded (score >= 0); returns when each was written."""
+    engine = make_engine(db.url)
+    factory = make_sessionmaker(engine)
+    written: list[float] = []
+    try:
+        for n in range(count):
+            with factory.begin() as session:
+                _tag_subscription(
+                    session, tenant_id, endpoint_id, f"burst {n}",
+                    {"kind": "threshold", "metric": "score", "raise_at": 0.0},
+                    seeded=False, now=datetime.now(UTC),
+                )  # fmt: skip
+            written.append(time.time())
+            if stop.wait(every):
+                break
+    finally:
+        engine.dispose()
+    return written
+
+
+def outbox_empty(db: Database) -> bool:
+    """Whether no delivery is pending or being sent."""
+    engine = make_engine(db.url)
+    try:
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                select(func.count()).where(Delivery.status.in_(("pending", "sending")))
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return int(waiting) == 0
+
+
+def burst(
+    db: Database, logs: Path, keys: Any, receiver: Server, secret: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Kidnapping webhooks to an endpoint that bulk threshold notices keep busy."""
+    endpoint_id, sites = subscribe_burst(db, keys.tenant_id, receiver, secret, args)
+    points = site_points(db, sites)
+    roles = [] if db.backend == "sqlite" else ["scoring", "alerts"]
+    api = start_stack(db, logs, roles)
+    stop = threading.Event()
+    try:
+        httpx.post(receiver.base + "/reset", timeout=10)
+        bursts = max(1, int(args.duration // args.burst_every))
+        firing: list[float] = []
+        writer = threading.Thread(
+            target=lambda: firing.extend(
+                _fire_bursts(db, keys.tenant_id, endpoint_id, args.burst_every, bursts, stop)
+            )
+        )
+        writer.start()
+        accepted = asyncio.run(
+            _post_incidents(api, keys.ingest, points, args.burst_rate, args.duration, args.seed)
+        )
+        stop.set()
+        writer.join(60)
+        # Done when every incident has had a webhook and the outbox is empty (a firing may be
+        # superseded by an escalation before it is sent, so counting firings would not end).
+        deadline = time.perf_counter() + args.drain_deadline
+        while time.perf_counter() < deadline:
+            counts = receiver_counts(receiver)
+            if counts["triggered_incidents"] >= len(accepted) and outbox_empty(db):
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)  # anything still in flight arrives now
+        stats = receiver_stats(receiver)
+    finally:
+        stop.set()
+        stop_server(api)
+    mine = [r for r in stats["records"] if r["path"] == "/burst"]
+    urgent = [
+        (r["at"] - accepted[r["incident_id"]]) * 1000
+        for r in mine
+        if r["type"] == "alert.triggered" and r["incident_id"] in accepted
+    ]
+    bulk = [r for r in mine if r["type"] != "alert.triggered"]
+    return {
+        "sites": len(sites),
+        "bursts": len(firing),
+        "threshold_notices_received": len(bulk),
+        "threshold_notices_by_type": dict(
+            Counter(r["type"] for r in mine if r["type"] != "alert.triggered")
+        ),
+        "incidents": len(accepted),
+        "kidnapping_webhooks": len(urgent),
+        "incidents_without_webhook": len(
+            set(accepted) - {r["incident_id"] for r in mine if r["type"] == "alert.triggered"}
+        ),
+        "kidnapping_p50_ms": round(statistics.median(urgent), 1) if urgent else None,
+        "kidnapping_p90_ms": round(pct(urgent, 90), 1) if urgent else None,
+        "kidnapping_p99_ms": round(pct(urgent, 99), 1) if urgent else None,
+        "kidnapping_max_ms": round(max(urgent), 1) if urgent else None,
+        "endpoint_slots": args.burst_endpoint_slots or "default",
+        "rejected_signatures": stats["rejected"],
+        "workers": ", ".join(roles) if roles else "inline (1 process)",
+    }
+
+
 def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str, Any]:
     """Every phase on one engine."""
     out: dict[str, Any] = {"backend": backend}
@@ -425,6 +598,10 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
                 log(f"{backend}: latency at {args.rate}/s for {args.duration} s")
                 out["latency"] = latency(db, logs, keys, points, receiver, args)
                 log(f"{backend}: {out['latency']}")
+            if "burst" in args.phases:
+                log(f"{backend}: burst of {args.burst_sites} every {args.burst_every} s")
+                out["burst"] = burst(db, logs, keys, receiver, secret, args)
+                log(f"{backend}: {out['burst']}")
             if "fanout" in args.phases:
                 log(f"{backend}: fan-out of {args.fanout}")
                 out["fanout"] = fanout(db, logs, receiver, args)
@@ -453,13 +630,25 @@ def main() -> None:
     )
     parser.add_argument("--fanout", type=int, default=10_000)
     parser.add_argument("--fanout-workers", type=int, default=4)
+    parser.add_argument("--burst-sites", type=int, default=200, help="sites on the one endpoint")
+    parser.add_argument(
+        "--burst-every", type=float, default=10.0, help="seconds between threshold bursts"
+    )
+    parser.add_argument("--burst-rate", type=float, default=2.0, help="kidnappings per second")
+    parser.add_argument(
+        "--burst-radius", type=float, default=10.0, help="km of the burst endpoint's event rule"
+    )
+    parser.add_argument(
+        "--burst-endpoint-slots", type=int, default=None,
+        help="max_in_flight of the burst endpoint (default: the setting's)",
+    )  # fmt: skip
     parser.add_argument("--drain-deadline", type=float, default=180.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--phases",
         type=lambda text: text.split(","),
         default=["latency", "fanout"],
-        help="comma-separated: latency, fanout",
+        help="comma-separated: latency, fanout, burst",
     )
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
