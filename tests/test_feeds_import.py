@@ -21,12 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from services import cli
-from services.feeds import acled, importer, synth
+from services.feeds import importer, synth
 from services.feeds.rows import Item
 from services.scoring import incidents
 from services.scoring.models import ImportRun, Incident, IncidentChange
 from services.scoring.taxonomy import Category, Lifecycle
 from tests.conftest import Api, assert_problem
+from tests.test_feeds_parsers import fail_acled_row
 from tests.test_feeds_poller import (
     ACLED,
     RECORDED,
@@ -867,15 +868,8 @@ def test_a_row_dated_9999_12_31_is_rejected_and_every_good_row_is_stored(api: Ap
 def test_a_row_that_fails_in_an_unforeseen_way_is_rejected_and_the_import_goes_on(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    title = acled._title
-
-    def failing(row: dict[str, str], category: Category) -> str:
-        if row["event_id_cnty"] == "MLI9002":
-            raise OverflowError("date value out of range")
-        return title(row, category)
-
     # The API parses in-process, so the patched parser is the one used.
-    monkeypatch.setattr(acled, "_title", failing)
+    fail_acled_row(monkeypatch, "MLI9002", OverflowError("date value out of range"))
     response = post(api, "acled", EXPORT.read_bytes(), "text/csv")
 
     assert response.status_code == 200, response.text
@@ -1102,14 +1096,7 @@ def test_a_feed_row_that_cannot_be_read_is_rejected_and_the_poll_still_succeeds(
         *json.loads((RECORDED / "acled_page2.json").read_text())["data"],
     ]
     rows[1]["event_date"] = "9999-12-31"
-    title = acled._title
-
-    def failing(row: dict[str, str], category: Category) -> str:
-        if row["event_id_cnty"] == "NER5101":
-            raise KeyError("admin9")
-        return title(row, category)
-
-    monkeypatch.setattr(acled, "_title", failing)
+    fail_acled_row(monkeypatch, "NER5101", KeyError("admin9"))
     source = Replay()
     try:
         source.script(ACLED, document({"status": 200, "success": True, "data": rows}))

@@ -1092,17 +1092,22 @@ def test_ucdp_dates_outside_the_plausible_years_are_rejected_on_their_field() ->
     assert edge == Rejected(3, "640001", "date_end: out of range: '9999-12-31T23:59:59-12:00'")
 
 
-def test_a_row_whose_parsing_fails_in_any_way_is_rejected_with_its_line_and_the_reason(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def fail_acled_row(monkeypatch: pytest.MonkeyPatch, event_id: str, error: Exception) -> None:
+    """Make the ACLED parser raise `error` on the row `event_id`, as an unforeseen bug would."""
     title = acled._title
 
     def failing(row: dict[str, str], category: Category) -> str:
-        if row["event_id_cnty"] == "MLI1002":
-            raise ZeroDivisionError("division by zero")
+        if row["event_id_cnty"] == event_id:
+            raise error
         return title(row, category)
 
     monkeypatch.setattr(acled, "_title", failing)
+
+
+def test_a_row_whose_parsing_fails_in_any_way_is_rejected_with_its_line_and_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fail_acled_row(monkeypatch, "MLI1002", ZeroDivisionError("division by zero"))
     rows = [acled_row(), acled_row(event_id_cnty="MLI1002"), acled_row(event_id_cnty="MLI1003")]
     found = items_of("acled", csv_text([list(rows[0]), *(list(r.values()) for r in rows)]))
     assert [p.incident.source_id for p in found if isinstance(p, Parsed)] == ["MLI1001", "MLI1003"]
