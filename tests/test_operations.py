@@ -3,11 +3,13 @@ Prometheus metrics and periodic ticks that run once per slot."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -309,6 +311,47 @@ def test_metrics_count_requests_by_route_template_and_read_queues_from_the_datab
     assert "riskalert_rescore_batch_seconds_bucket" in after
     # Not in the API's schema: it is for Prometheus, not integrators.
     assert "/metrics" not in api.client.get("/openapi.json").json()["paths"]
+
+
+def test_every_service_reports_its_database_gauges_through_the_platform(api: Api) -> None:
+    text = api.client.get("/metrics").text
+
+    assert set(samples(text, "riskalert_queue_depth")) == {
+        '{queue="rescore"}',
+        '{queue="delivery"}',
+    }
+    assert set(samples(text, "riskalert_queue_oldest_seconds")) == {
+        '{queue="rescore"}',
+        '{queue="delivery"}',
+    }
+    consumers = {
+        '{consumer="rescore"}',
+        '{consumer="incident_change"}',
+        '{consumer="score_change"}',
+    }
+    assert set(samples(text, "riskalert_change_feed_backlog")) == consumers
+    assert set(samples(text, "riskalert_change_feed_lag_seconds")) == consumers
+    for family in ("riskalert_feed_lag_seconds", "riskalert_dead_letters_open"):
+        assert f"# TYPE {family} gauge" in text
+
+
+def test_the_platform_imports_no_service() -> None:
+    # services/core is the platform: services register with it (routers, gauges), never the
+    # other way round.
+    core = Path(__file__).resolve().parents[1] / "services" / "core"
+    services = ("services.scoring", "services.alerts", "services.feeds", "services.dashboard")
+    found = []
+    for path in sorted(core.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            found += [f"{path.name}: {n}" for n in names if n.startswith(services)]
+    assert found == []
 
 
 def test_metrics_can_require_a_token(api_factory: Callable[..., Api]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from random import Random
@@ -18,7 +18,7 @@ from services.alerts import notify, retry
 from services.alerts.models import Delivery, DeliveryAttempt, DigestItem, Endpoint, EndpointSecret
 from services.alerts.settings import AlertsSettings
 from services.alerts.webhooks import AttemptResult
-from services.core import wake
+from services.core import metrics, wake
 from services.core.deadletters import Quarantine
 from services.core.logs import current_request_id
 
@@ -779,3 +779,15 @@ def recover(session: Session, tenant_id: int, since: datetime, now: datetime) ->
             replay(session, row, now)
             ids.append(row.id)
     return ids
+
+
+@metrics.read_from_database(metrics.QUEUE_DEPTH, metrics.QUEUE_OLDEST)
+def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
+    """Deliveries pending or being sent, and how overdue the oldest is."""
+    count, first_due = session.execute(
+        select(func.count(), func.min(Delivery.next_attempt_at)).where(
+            Delivery.status.in_((PENDING, SENDING))
+        )
+    ).one()
+    yield metrics.QUEUE_DEPTH, ("delivery",), count
+    yield metrics.QUEUE_OLDEST, ("delivery",), metrics.seconds_since(now, first_due)

@@ -11,7 +11,7 @@ import functools
 import logging
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
@@ -32,7 +32,7 @@ from services.alerts.models import (
 )
 from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
-from services.core import cursors
+from services.core import cursors, metrics
 from services.core.deadletters import Quarantine, guard
 from services.core.logs import working_for
 from services.core.models import FeedCursor
@@ -198,6 +198,14 @@ def backlog(session: Session) -> set[str]:
     if unseeded is not None:
         waiting.add(SEED)
     return waiting
+
+
+@metrics.read_from_database(metrics.FEED_BACKLOG, metrics.FEED_BEHIND)
+def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
+    """How far the alert pipeline is behind each change feed it reads."""
+    positions = dict(session.execute(select(FeedCursor.name, FeedCursor.position)).all())
+    for feed, table in ((INCIDENT_FEED, IncidentChange), (SCORE_FEED, ScoreChange)):
+        yield from metrics.feed_readings(session, now, feed, table, positions.get(feed, 0))
 
 
 # --------------------------------------------------------------------------------------------

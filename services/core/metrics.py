@@ -4,15 +4,19 @@ Counters and histograms live in the process that does the work: the API's reques
 counts, a worker's rescoring and deliveries. `riskalert serve --workers N` sets
 `PROMETHEUS_MULTIPROC_DIR`, so `/metrics` of any uvicorn worker sums all N; a `riskalert worker`
 serves its own on `--metrics-port`. Queue depths, oldest pending ages and feed lag are read
-from the database when `/metrics` is scraped, so they are the same whichever process answers.
+from the database when `/metrics` is scraped, so they are the same whichever process answers:
+each service registers what it reads (`read_from_database`), and the platform names none of
+their tables.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -91,8 +95,99 @@ TICKS = Counter(
 )
 
 
+@dataclass(frozen=True)
+class DatabaseGauge:
+    """A gauge family read from the database at each scrape; services add its samples."""
+
+    name: str
+    documentation: str
+    labels: tuple[str, ...]
+
+
+# (gauge, label values, value): one sample a service read from the database.
+Reading = tuple[DatabaseGauge, tuple[str, ...], float]
+Reader = Callable[[Session, datetime], Iterable[Reading]]
+
+# Shared by several services (each names its own queue or feed consumer in the label).
+QUEUE_DEPTH = DatabaseGauge(
+    "riskalert_queue_depth", "Work waiting in a queue, by queue.", ("queue",)
+)
+QUEUE_OLDEST = DatabaseGauge(
+    "riskalert_queue_oldest_seconds",
+    "Age of a queue's oldest waiting item (the longest queued, or the longest overdue).",
+    ("queue",),
+)
+FEED_BACKLOG = DatabaseGauge(
+    "riskalert_change_feed_backlog",
+    "Change-feed entries a consumer has not read yet.",
+    ("consumer",),
+)
+FEED_BEHIND = DatabaseGauge(
+    "riskalert_change_feed_lag_seconds",
+    "Age of the oldest change-feed entry a consumer has not read yet.",
+    ("consumer",),
+)
+DEAD_LETTERS_OPEN = DatabaseGauge(
+    "riskalert_dead_letters_open",
+    "Items set aside by a pipeline and not yet resolved by an operator, by pipeline.",
+    ("pipeline",),
+)
+
+_GAUGES: dict[str, DatabaseGauge] = {}
+_READERS: list[Reader] = []
+
+
+def read_from_database(*gauges: DatabaseGauge) -> Callable[[Reader], Reader]:
+    """Register a reader of database gauges (a decorator): each service adds what it knows,
+    so the platform names no service's tables."""
+
+    def register(reader: Reader) -> Reader:
+        for gauge in gauges:
+            _GAUGES.setdefault(gauge.name, gauge)
+        if reader not in _READERS:
+            _READERS.append(reader)
+        return reader
+
+    return register
+
+
+def seconds_since(now: datetime, then: datetime | None) -> float:
+    """How long ago `then` was (0 for never): an age gauge's value."""
+    return max(0.0, (now - then).total_seconds()) if then is not None else 0.0
+
+
+def feed_readings(
+    session: Session, now: datetime, consumer: str, table: type[Any], position: int
+) -> Iterator[Reading]:
+    """The backlog and lag of one change-feed consumer at `position` of `table` (an id and a
+    created_at column)."""
+    count, first = session.execute(
+        select(func.count(), func.min(table.created_at)).where(table.id > position)
+    ).one()
+    yield FEED_BACKLOG, (consumer,), count
+    yield FEED_BEHIND, (consumer,), seconds_since(now, first)
+
+
+def cursor_position(session: Session, name: str) -> int:
+    """Where a feed consumer's cursor stands (0 before it first moved)."""
+    position = session.execute(
+        select(FeedCursor.position).where(FeedCursor.name == name)
+    ).scalar_one_or_none()
+    return position or 0
+
+
+@read_from_database(DEAD_LETTERS_OPEN)
+def _dead_letters(session: Session, _now: datetime) -> Iterator[Reading]:
+    for pipeline, count in session.execute(
+        select(DeadLetter.pipeline, func.count())
+        .where(DeadLetter.resolved_at.is_(None))
+        .group_by(DeadLetter.pipeline)
+    ):
+        yield DEAD_LETTERS_OPEN, (pipeline,), count
+
+
 class DatabaseCollector(Collector):
-    """Gauges read from the database at each scrape: queues, backlogs and feed lag."""
+    """Gauges read from the database at each scrape, from every registered reader."""
 
     def __init__(self, factory: sessionmaker[Session], clock: Callable[[], datetime]) -> None:
         self._factory = factory
@@ -102,9 +197,16 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily(
             "riskalert_database_up", "1 when the database answered this scrape's queries."
         )
+        families = {
+            name: GaugeMetricFamily(name, g.documentation, labels=list(g.labels))
+            for name, g in _GAUGES.items()
+        }
         try:
             with self._factory() as session:
-                metrics = list(_database_gauges(session, self._clock()))
+                now = self._clock()
+                for reader in _READERS:
+                    for gauge, labels, value in reader(session, now):
+                        families[gauge.name].add_metric(list(labels), value)
         except SQLAlchemyError as exc:
             log.warning("metrics: database unavailable: %s", exc)
             up.add_metric([], 0)
@@ -112,103 +214,7 @@ class DatabaseCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from metrics
-
-
-def _age(now: datetime, then: datetime | None) -> float:
-    return max(0.0, (now - then).total_seconds()) if then is not None else 0.0
-
-
-def _database_gauges(session: Session, now: datetime) -> Iterator[Metric]:
-    # Imported here: core must not depend on the services at import time.
-    from services.alerts.models import Delivery
-    from services.feeds.models import FeedState
-    from services.scoring.models import IncidentChange, RescoreMark, ScoreChange
-
-    depth = GaugeMetricFamily(
-        "riskalert_queue_depth",
-        "Work waiting: targets to rescore, deliveries pending or being sent.",
-        labels=["queue"],
-    )
-    oldest = GaugeMetricFamily(
-        "riskalert_queue_oldest_seconds",
-        "Age of the oldest waiting item: the longest-queued target, the longest-overdue delivery.",
-        labels=["queue"],
-    )
-    marks, first_mark = session.execute(select(func.count(), func.min(RescoreMark.marked_at))).one()
-    depth.add_metric(["rescore"], marks)
-    oldest.add_metric(["rescore"], _age(now, first_mark))
-    pending, first_due = session.execute(
-        select(func.count(), func.min(Delivery.next_attempt_at)).where(
-            Delivery.status.in_(("pending", "sending"))
-        )
-    ).one()
-    depth.add_metric(["delivery"], pending)
-    oldest.add_metric(["delivery"], _age(now, first_due))
-    yield depth
-    yield oldest
-
-    backlog = GaugeMetricFamily(
-        "riskalert_change_feed_backlog",
-        "Change-feed entries a consumer has not read yet.",
-        labels=["consumer"],
-    )
-    behind = GaugeMetricFamily(
-        "riskalert_change_feed_lag_seconds",
-        "Age of the oldest change-feed entry a consumer has not read yet.",
-        labels=["consumer"],
-    )
-    positions = dict(session.execute(select(FeedCursor.name, FeedCursor.position)).all())
-    feeds = (
-        ("rescore", IncidentChange),
-        ("incident_change", IncidentChange),
-        ("score_change", ScoreChange),
-    )
-    for consumer, table in feeds:
-        position = positions.get(consumer, 0)
-        count, first = session.execute(
-            select(func.count(), func.min(table.created_at)).where(table.id > position)
-        ).one()
-        backlog.add_metric([consumer], count)
-        behind.add_metric([consumer], _age(now, first))
-    yield backlog
-    yield behind
-
-    lag = GaugeMetricFamily(
-        "riskalert_feed_lag_seconds",
-        "Time since an external incident feed was last polled successfully.",
-        labels=["feed"],
-    )
-    failures = GaugeMetricFamily(
-        "riskalert_feed_consecutive_failures",
-        "Failed polls of an external feed since its last success.",
-        labels=["feed"],
-    )
-    for name, success, failed, updated in session.execute(
-        select(
-            FeedState.name,
-            FeedState.last_success_at,
-            FeedState.consecutive_failures,
-            FeedState.updated_at,
-        )
-    ):
-        lag.add_metric([name], _age(now, success or updated))
-        failures.add_metric([name], failed)
-    yield lag
-    yield failures
-
-    dead = GaugeMetricFamily(
-        "riskalert_dead_letters_open",
-        "Items set aside by a pipeline and not yet resolved by an operator, by pipeline.",
-        labels=["pipeline"],
-    )
-    for pipeline, count in session.execute(
-        select(DeadLetter.pipeline, func.count())
-        .where(DeadLetter.resolved_at.is_(None))
-        .group_by(DeadLetter.pipeline)
-    ):
-        dead.add_metric([pipeline], count)
-    yield dead
+        yield from families.values()
 
 
 def exposition(database: Collector | None) -> bytes:

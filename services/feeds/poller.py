@@ -31,6 +31,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core import metrics
 from services.core.db import insert_ignoring_conflicts
 from services.core.http import parse_retry_after
 from services.core.ticks import add_tick
@@ -734,3 +735,30 @@ def add_jobs(
         poll_due,
         [factory, settings, clock, client],
     )
+
+
+FEED_LAG = metrics.DatabaseGauge(
+    "riskalert_feed_lag_seconds",
+    "Time since an external incident feed was last polled successfully.",
+    ("feed",),
+)
+FEED_FAILURES = metrics.DatabaseGauge(
+    "riskalert_feed_consecutive_failures",
+    "Failed polls of an external feed since its last success.",
+    ("feed",),
+)
+
+
+@metrics.read_from_database(FEED_LAG, FEED_FAILURES)
+def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
+    """How long since each polled feed last succeeded, and its failures since."""
+    for name, success, failed, updated in session.execute(
+        select(
+            FeedState.name,
+            FeedState.last_success_at,
+            FeedState.consecutive_failures,
+            FeedState.updated_at,
+        )
+    ):
+        yield FEED_LAG, (name,), metrics.seconds_since(now, success or updated)
+        yield FEED_FAILURES, (name,), failed

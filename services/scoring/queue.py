@@ -9,7 +9,7 @@ unless it was queued again meanwhile.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from services.core import cursors
+from services.core import cursors, metrics
 from services.core.db import UTCDateTime
 from services.core.deadletters import Quarantine, guard
 from services.core.logs import working_for
@@ -375,3 +375,15 @@ def release(session: Session, claims: Sequence[Claim]) -> None:
                 )
             )
         )
+
+
+@metrics.read_from_database(
+    metrics.QUEUE_DEPTH, metrics.QUEUE_OLDEST, metrics.FEED_BACKLOG, metrics.FEED_BEHIND
+)
+def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
+    """Targets waiting to be rescored, and the incident feed the rescorer has not read."""
+    marks, first = session.execute(select(func.count(), func.min(RescoreMark.marked_at))).one()
+    yield metrics.QUEUE_DEPTH, ("rescore",), marks
+    yield metrics.QUEUE_OLDEST, ("rescore",), metrics.seconds_since(now, first)
+    position = metrics.cursor_position(session, FEED_CURSOR)
+    yield from metrics.feed_readings(session, now, FEED_CURSOR, IncidentChange, position)
