@@ -481,15 +481,22 @@ def test_bad_rows_in_the_middle_of_a_file_never_abort_it(sessions: Factory) -> N
     assert (mine.category, mine.target_sectors) == (Category.IED, ["logistics"])
 
 
-def test_a_crash_keeps_the_committed_chunks_and_a_rerun_finishes_the_rest(
-    sessions: Factory,
-) -> None:
+def _export_failing_after(count: int, error: Exception) -> Callable[[], Iterator[Item]]:
+    """The export's first `count` items, then `error`: an import stopped part-way."""
     with EXPORT.open(encoding="utf-8", newline="") as stream:
         items = list(importer.items("acled", stream, NOW))
 
     def crashing() -> Iterator[Item]:
-        yield from items[:4]
-        raise OSError("disk gone")
+        yield from items[:count]
+        raise error
+
+    return crashing
+
+
+def test_a_crash_keeps_the_committed_chunks_and_a_rerun_finishes_the_rest(
+    sessions: Factory,
+) -> None:
+    crashing = _export_failing_after(4, OSError("disk gone"))
 
     with pytest.raises(OSError, match="disk gone"):
         importer.run(
@@ -907,12 +914,7 @@ def test_a_row_that_cannot_be_stored_alone_is_rejected_and_the_chunk_is_kept(
 def test_an_import_that_stops_is_recorded_as_stopped_with_why_and_keeps_what_it_stored(
     api: Api,
 ) -> None:
-    with EXPORT.open(encoding="utf-8", newline="") as stream:
-        items = list(importer.items("acled", stream, NOW))
-
-    def crashing() -> Iterator[Item]:
-        yield from items[:4]
-        raise OSError("disk gone")
+    crashing = _export_failing_after(4, OSError("disk gone"))
 
     factory: Factory = api.app.state.sessions
     with pytest.raises(OSError, match="disk gone"):
