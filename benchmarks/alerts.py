@@ -334,6 +334,12 @@ def latency(
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace) -> dict[str, Any]:
     """Write n deliveries across every endpoint at once, then let the workers send them."""
     engine = make_engine(db.url)
@@ -360,6 +366,7 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
         httpx.post(receiver.base + "/reset", timeout=10)
         workers = 0 if db.backend == "sqlite" else args.fanout_workers
         started = time.time()
+        receiver_cpu_before = cpu_seconds(receiver.proc.pid)
         stack = start_stack(db, logs, ["alerts"] * workers)
         try:
             deadline = time.perf_counter() + args.drain_deadline
@@ -367,6 +374,7 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
                 if receiver_counts(receiver)["by_type"].get("endpoint.test", 0) >= args.fanout:
                     break
                 time.sleep(0.25)
+            receiver_cpu = cpu_seconds(receiver.proc.pid) - receiver_cpu_before
             # Anything still in flight or duplicated arrives now.
             time.sleep(1.0)
             stats = receiver_stats(receiver)
@@ -412,6 +420,9 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
         if arrivals
         else None,
         "workers": workers or "inline (1 process)",
+        # The receiver's CPU from the first to the last arrival, as a share of one core: well
+        # under 1, it was not what limited the rate (it is one single-threaded process).
+        "receiver_cpu_share": round(receiver_cpu / span, 2) if span else None,
         "attempts_per_worker": sorted(by_worker.values(), reverse=True),
         "attempts_not_delivered": outcomes,
         "status": {str(k): int(v) for k, v in by_status.items()},
