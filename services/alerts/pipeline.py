@@ -203,9 +203,9 @@ def backlog(session: Session) -> set[str]:
 @metrics.read_from_database(metrics.FEED_BACKLOG, metrics.FEED_BEHIND)
 def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
     """How far the alert pipeline is behind each change feed it reads."""
-    positions = dict(session.execute(select(FeedCursor.name, FeedCursor.position)).all())
     for feed, table in ((INCIDENT_FEED, IncidentChange), (SCORE_FEED, ScoreChange)):
-        yield from metrics.feed_readings(session, now, feed, table, positions.get(feed, 0))
+        position = cursors.position(session, feed)
+        yield from metrics.feed_readings(session, now, feed, table, position)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,3 +28,11 @@ def lock(session: Session, name: str, now: datetime) -> FeedCursor | None:
         session.add(cursor)
         session.flush()
     return cursor
+
+
+def position(session: Session, name: str) -> int:
+    """Where a consumer's cursor stands (0 before it first moved); read without a lock."""
+    found = session.execute(
+        select(FeedCursor.position).where(FeedCursor.name == name)
+    ).scalar_one_or_none()
+    return found or 0

@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.models import DeadLetter, FeedCursor
+from services.core.models import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +166,6 @@ def feed_readings(
     ).one()
     yield FEED_BACKLOG, (consumer,), count
     yield FEED_BEHIND, (consumer,), seconds_since(now, first)
-
-
-def cursor_position(session: Session, name: str) -> int:
-    """Where a feed consumer's cursor stands (0 before it first moved)."""
-    position = session.execute(
-        select(FeedCursor.position).where(FeedCursor.name == name)
-    ).scalar_one_or_none()
-    return position or 0
 
 
 @read_from_database(DEAD_LETTERS_OPEN)

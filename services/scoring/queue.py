@@ -385,5 +385,5 @@ def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
     marks, first = session.execute(select(func.count(), func.min(RescoreMark.marked_at))).one()
     yield metrics.QUEUE_DEPTH, ("rescore",), marks
     yield metrics.QUEUE_OLDEST, ("rescore",), metrics.seconds_since(now, first)
-    position = metrics.cursor_position(session, FEED_CURSOR)
+    position = cursors.position(session, FEED_CURSOR)
     yield from metrics.feed_readings(session, now, FEED_CURSOR, IncidentChange, position)
