@@ -27,7 +27,7 @@ from services.scoring import incidents
 from services.scoring.models import ImportRun, Incident, IncidentChange
 from services.scoring.taxonomy import Category, Lifecycle
 from tests.conftest import Api, assert_problem
-from tests.test_feeds_parsers import fail_acled_row
+from tests.test_feeds_parsers import acled_row, csv_text, fail_acled_row, ucdp_row
 from tests.test_feeds_poller import (
     ACLED,
     RECORDED,
@@ -375,6 +375,72 @@ def test_ucdp_rows_of_acled_events_merge_into_them(sessions: Factory) -> None:
     assert (again.inserted, again.merged, again.unchanged) == (0, 0, 2)
 
 
+def acled_csv(*rows: dict[str, str]) -> str:
+    """An ACLED export of `rows` (acled_row's columns)."""
+    return csv_text([list(rows[0]), *(list(row.values()) for row in rows)])
+
+
+def test_an_attack_on_a_truck_driver_is_stored_for_every_target_and_a_threat_for_its_own(
+    sessions: Factory,
+) -> None:
+    attack = acled_row(
+        event_id_cnty="BFA3001", event_type="Violence against civilians", sub_event_type="Attack",
+        notes="On 1 June 2025, JNIM shot dead a truck driver on the road near Essakane.",
+        fatalities="1",
+    )  # fmt: skip
+    threat = acled_row(
+        event_id_cnty="MLI3002", event_type="Strategic developments", sub_event_type="Other",
+        notes="On 5 June 2025, JNIM threatened foreign mining companies operating in western "
+        "Mali and ordered them to stop work.",
+    )  # fmt: skip
+    summary = run_text(sessions, "acled", acled_csv(attack, threat))
+    assert (summary.inserted, summary.rejected) == (2, 0)
+    rows = stored(sessions)
+    killed = rows[("acled", "BFA3001")]
+    assert killed.category == Category.ARMED_ASSAULT
+    assert (killed.target_sectors, killed.target_foreign_owned_only) == ([], False)
+    assert killed.victim_sector == "logistics"
+    threatened = rows[("acled", "MLI3002")]
+    assert threatened.category == Category.EXPLICIT_THREAT
+    assert (threatened.target_sectors, threatened.target_foreign_owned_only) == (["mining"], True)
+
+
+def test_separate_events_one_source_reports_alike_are_stored_apart(sessions: Factory) -> None:
+    # ACLED codes a wave of attacks as rows alike in all but their ids: the same notes, place
+    # and month.
+    notes = "In May 2025, JNIM attacked villages near Boni. One of 28 separate events."
+    wave = [
+        acled_row(
+            event_id_cnty=f"MLI40{n:02d}", event_date="2025-05-15", time_precision="3",
+            geo_precision="2", event_type="Violence against civilians", sub_event_type="Attack",
+            notes=notes, fatalities="0",
+        )
+        for n in range(1, 29)
+    ]  # fmt: skip
+    summary = run_text(sessions, "acled", acled_csv(*wave))
+    assert (summary.inserted, summary.merged) == (28, 0)
+    rows = stored(sessions)
+    assert len(rows) == 28
+    assert all(r.merged_into_id is None for r in rows.values())
+    # Reading the file again, or a revision of one row (its id again), keeps them apart.
+    again = run_text(sessions, "acled", acled_csv(*wave))
+    assert (again.unchanged, again.merged) == (28, 0)
+    revised = {**wave[3], "fatalities": "2", "timestamp": str(int(wave[3]["timestamp"]) + 60)}
+    edit = run_text(sessions, "acled", acled_csv(revised))
+    assert (edit.updated, edit.merged) == (1, 0)
+    assert len(stored(sessions)) == 28
+    # Another source's report of one of them still joins that one.
+    ucdp = ucdp_row(
+        id="650001", type_of_violence="3", source_headline="Mali: JNIM kills villagers near Boni",
+        date_start="2025-05-16 00:00:00.000", date_end="2025-05-16 00:00:00.000",
+        latitude=wave[0]["latitude"], longitude=wave[0]["longitude"],
+    )  # fmt: skip
+    joined = run_text(sessions, "ucdp", csv_text([list(ucdp), list(ucdp.values())]))
+    assert (joined.inserted, joined.merged) == (1, 1)
+    event = stored(sessions)[("ucdp", "650001")].merged_into_id
+    assert event in {r.id for key, r in stored(sessions).items() if key[0] == "acled"}
+
+
 def merged_fixtures(api: Api) -> tuple[int, int]:
     """Import the ACLED export and the UCDP file; the ids of Boulkessi's two reports."""
     factory: Factory = api.app.state.sessions
@@ -477,8 +543,9 @@ def test_bad_rows_in_the_middle_of_a_file_never_abort_it(sessions: Factory) -> N
     rows = stored(sessions)
     assert {sid for _, sid in rows} == {"MLI9101", "MLI9102", "MLI9106", "MLI9107"}
     assert rows[("acled", "MLI9102")].description.endswith("\nTwo passengers were wounded.")
-    mine = rows[("acled", "MLI9107")]
-    assert (mine.category, mine.target_sectors) == (Category.IED, ["logistics"])
+    truck = rows[("acled", "MLI9107")]
+    assert (truck.category, truck.target_sectors) == (Category.IED, [])
+    assert truck.victim_sector == "logistics"
 
 
 def _export_failing_after(count: int, error: Exception) -> Callable[[], Iterator[Item]]:

@@ -34,13 +34,12 @@ def report(
     days: float = 0.0,
     time: TimePrecision = TimePrecision.DAY,
     place: LocationPrecision = LocationPrecision.EXACT,
-    actor: str | None = "jnim",
 ) -> merge.Report:
     return merge.Report(
         id=ident, source=source, source_id=f"{source}-{ident}", category=category,
         occurred_at=DAY + timedelta(days=days), occurred_precision=time,
         lat=14.0 + km_north / KM_PER_DEGREE_LAT, lon=-1.0, location_precision=place,
-        scoped=False, first_actor=actor, lifecycle=Lifecycle.CONFIRMED, merged_into_id=None,
+        scoped=False, lifecycle=Lifecycle.CONFIRMED, merged_into_id=None,
     )  # fmt: skip
 
 
@@ -124,18 +123,21 @@ def test_categories_must_be_able_to_describe_one_event(
     assert (merge.distance(report(1, "acled", a), report(2, "ucdp", b)) is not None) is same
 
 
-def test_one_source_merges_only_true_duplicates() -> None:
-    first = report(1)
-    # Two rows of one source near each other are two events ...
-    assert merge.distance(first, report(2, km_north=3)) is None
-    assert merge.distance(first, report(2, actor="issp")) is None
-    assert merge.distance(first, report(2, category=Category.ARMED_CLASH)) is None
-    assert merge.distance(first, report(2, days=1)) is None
+def test_distinct_ids_from_one_source_are_distinct_events_however_alike() -> None:
+    # ACLED's "one of 28 separate events": rows alike in all but their ids.
+    first = replace(report(1), fatalities=3)
     assert merge.distance(first, replace(report(2), fatalities=3)) is None
-    assert merge.distance(first, replace(report(2), text=hash("another account"))) is None
-    # ... unless they are one report published twice: same day, place, category, first actor,
-    # figures and text.
-    assert merge.distance(first, report(2, km_north=0.5)) == pytest.approx(0.5, abs=0.01)
+    assert merge.distance(first, report(2, km_north=3)) is None
+    assert merge.distance(first, report(2, time=TimePrecision.MONTH)) is None
+    # Another source's report of the same place and day is the same event.
+    assert merge.distance(first, replace(report(2, "ucdp"), fatalities=3)) == 0
+
+
+def test_the_index_never_joins_one_sources_reports_into_one_event() -> None:
+    index = merge.Index()
+    index.put(report(1))
+    assert index.best_event(report(2)) is None
+    assert index.best_event(report(3, "ucdp")) == report(1)
 
 
 def test_retracted_scoped_and_unlocated_reports_never_merge() -> None:
@@ -148,7 +150,7 @@ def test_retracted_scoped_and_unlocated_reports_never_merge() -> None:
 def test_the_index_finds_the_nearest_event_and_keeps_one_report_per_source() -> None:
     index = merge.Index()
     near = report(1, km_north=2)
-    far = report(2, actor="issp", km_north=8)
+    far = report(2, km_north=8)
     index.put(near)
     index.put(far)
     ucdp = report(3, "ucdp")
@@ -156,7 +158,7 @@ def test_the_index_finds_the_nearest_event_and_keeps_one_report_per_source() -> 
     index.put(replace(ucdp, merged_into_id=near.id))
     # A second UCDP report of the same place and day cannot join the event UCDP already has:
     # it joins the other one.
-    assert index.best_event(report(4, "ucdp", actor="x", days=0.2)) == far
+    assert index.best_event(report(4, "ucdp", days=0.2)) == far
 
 
 def test_the_index_reaches_month_precise_reports_weeks_away() -> None:
@@ -294,12 +296,13 @@ def test_subscribers_get_one_alert_per_event_and_updates_for_its_other_reports(a
 
 
 def stream_values(seed: int, count: int, shift: timedelta, now: datetime) -> list[dict[str, Any]]:
-    """A random stream of reports in one small region: near misses, merges and duplicates."""
+    """A random stream of reports in one small region: near misses, merges, and reports that
+    repeat another of their source under a new id."""
     rng = Random(seed)
     bodies: list[dict[str, Any]] = []
     for i in range(count):
         if bodies and rng.random() < 0.15:
-            # The same source sends the same report again under another id: a duplicate.
+            # The same source sends the same report under another id: another event.
             body = {**rng.choice(bodies), "source_id": f"dup-{i}"}
             lon, lat = body["location"]["coordinates"]
             body["location"] = {"type": "Point", "coordinates": [lon + 0.003, lat]}
@@ -338,6 +341,15 @@ def merged_events(session: Session, ids: list[int]) -> dict[str, str | None]:
     }
 
 
+def event_sources(session: Session, ids: list[int]) -> list[list[str]]:
+    """The sources of each event's reports."""
+    rows = session.execute(select(Incident).where(Incident.id.in_(ids))).scalars().all()
+    events: dict[int, list[str]] = {}
+    for row in rows:
+        events.setdefault(row.merged_into_id or row.id, []).append(row.source)
+    return list(events.values())
+
+
 def test_one_ingest_merges_as_if_it_had_read_every_day_around(
     sessions: sessionmaker[Session],
 ) -> None:
@@ -345,6 +357,7 @@ def test_one_ingest_merges_as_if_it_had_read_every_day_around(
     # once with indexes that read whole days (as an import does), once with the ingest's.
     now = DAY + timedelta(days=5000)
     results = []
+    sources: list[list[str]] = []
     for shift, whole_days in ((timedelta(0), True), (timedelta(days=2000), False)):
         rows = stream_values(seed=5, count=240, shift=shift, now=now)
         chunks = Random(9)
@@ -359,12 +372,13 @@ def test_one_ingest_merges_as_if_it_had_read_every_day_around(
             start += size
         with sessions() as session:
             results.append(merged_events(session, ids))
+            sources += event_sources(session, ids)
     read_all, read_candidates = results
     assert read_candidates == read_all
     merged = sum(v is not None for v in read_all.values())
-    duplicates = sum(k.startswith("dup-") and v is not None for k, v in read_all.items())
     assert merged > 40, "the stream should exercise merging"
-    assert duplicates > 5, "and same-source duplicates"
+    assert sum(k.startswith("dup-") for k in read_all) > 20, "and same-source repeats"
+    assert all(len(set(event)) == len(event) for event in sources)
 
 
 def test_one_ingest_reads_its_candidates_not_every_report_nearby(
@@ -379,8 +393,8 @@ def test_one_ingest_reads_its_candidates_not_every_report_nearby(
         {**base, "source": "acled", "source_id": "late", "occurred_at": DAY + timedelta(days=9)},
         {**base, "source": "acled", "source_id": "away",
          "location": {"type": "Point", "coordinates": [1.0, 14.0]}},
-        # ... then the same source, same day and place: other reports, told apart by their
-        # titles. The first joins the acled event.
+        # ... then another source, same day and place: 300 reports, each its own event. The
+        # first joins the acled event.
         *({**base, "source": "news", "source_id": f"n{i}", "title": f"kidnapping {i}"}
           for i in range(300)),
     ]  # fmt: skip
@@ -395,8 +409,8 @@ def test_one_ingest_reads_its_candidates_not_every_report_nearby(
         (done,) = incidents.upsert_many(session, [probe], now)
         index = merge.Index(local=True)
         index.load(session, [merge.Report.of(done.incident)], [done.incident])
-        # Itself, the news report it repeats (same title), the acled event and the news report
-        # that joined it: not the other 299 news reports around.
-        assert len(index) == 4
-        n7 = session.execute(select(Incident).where(Incident.source_id == "n7")).scalar_one()
-        assert done.incident.merged_into_id == n7.id
+        # Itself, the acled event and the news report that joined it: not the 299 other news
+        # reports around, not even n7, whose text it repeats under another id.
+        assert len(index) == 3
+        # The event has a news report already: the probe is an event of its own.
+        assert done.incident.merged_into_id is None

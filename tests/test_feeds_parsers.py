@@ -17,6 +17,7 @@ from typing import Any, Literal
 import pytest
 
 from services.feeds import acled, importer, synth, ucdp
+from services.feeds import hints as free_text
 from services.feeds.rows import (
     Deletion,
     FileError,
@@ -175,7 +176,7 @@ SUB_EVENT_CATEGORIES: dict[str, tuple[str, Category]] = {
     "Looting/property destruction": ("Strategic developments", Category.LOOTING),
     "Headquarters or base established": ("Strategic developments", Category.BASE_ESTABLISHED),
     "Disrupted weapons use": ("Strategic developments", Category.OTHER_VIOLENCE),
-    "Non-violent transfer of territory": ("Strategic developments", Category.TERRITORY_SEIZURE),
+    "Non-violent transfer of territory": ("Strategic developments", Category.POLITICAL_STATEMENT),
     "Violent demonstration": ("Riots", Category.OTHER_VIOLENCE),
     "Mob violence": ("Riots", Category.OTHER_VIOLENCE),
     "Excessive force against protesters": ("Protests", Category.ARMED_ASSAULT),
@@ -195,7 +196,7 @@ OLD_EVENT_CATEGORIES: dict[str, Category] = {
     "Riots/Protests": Category.POLITICAL_STATEMENT,
     "Strategic development": Category.POLITICAL_STATEMENT,
     "Headquarters or base established": Category.BASE_ESTABLISHED,
-    "Non-violent transfer of territory": Category.TERRITORY_SEIZURE,
+    "Non-violent transfer of territory": Category.POLITICAL_STATEMENT,
 }
 NEUTRAL_NOTES = "On 1 June 2025, an event took place near Boni."
 
@@ -284,7 +285,72 @@ def test_a_gold_mine_is_the_mining_sector() -> None:
         notes="On 1 June 2025, gunmen attacked artisanal miners at a gold mine site near Boni.",
     )
     assert report.incident.target_type is TargetType.MINING
-    assert report.incident.target_profile.sectors == [Sector.MINING]
+    assert report.incident.victim_profile.sector is Sector.MINING
+
+
+def test_a_non_violent_transfer_of_territory_is_a_strategic_development_not_violence() -> None:
+    notes = "On 1 June 2025, the army withdrew from its camp in Boni and JNIM took it over."
+    new = read_acled(
+        event_type="Strategic developments",
+        sub_event_type="Non-violent transfer of territory",
+        notes=notes,
+    )
+    old = read_acled(event_type="Non-violent transfer of territory", sub_event_type="", notes=notes)
+    assert new.incident.category is Category.POLITICAL_STATEMENT
+    assert old.incident.category is Category.POLITICAL_STATEMENT
+
+
+# An attack's notes naming its victims' sector, or a foreign firm, and the sector named.
+VICTIM_NOTES: list[tuple[str, Sector]] = [
+    ("On 1 June 2025, JNIM shot dead a truck driver on the road near Boni.", Sector.LOGISTICS),
+    ("On 1 June 2025, gunmen stopped a bus near Boni and killed two passengers.", Sector.LOGISTICS),
+    ("On 1 June 2025, JNIM ambushed a convoy near Boni, killing 4.", Sector.LOGISTICS),
+    ("On 1 June 2025, gunmen killed 3 people at a gold panning site near Boni.", Sector.MINING),
+    ("On 1 June 2025, gunmen attacked the office of an NGO in Boni.", Sector.HUMANITARIAN),
+    ("On 1 June 2025, gunmen attacked a camp of a foreign mining company near Boni.",
+     Sector.MINING),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("notes", "sector"), VICTIM_NOTES)
+def test_an_attack_naming_its_victims_sector_hides_from_no_target(
+    notes: str, sector: Sector
+) -> None:
+    report = read_acled(
+        event_type="Violence against civilians", sub_event_type="Attack", notes=notes
+    )
+    incident = report.incident
+    assert incident.category is Category.ARMED_ASSAULT
+    # The sector raises matching targets; it limits nobody.
+    assert incident.victim_profile.sector is sector
+    assert incident.target_profile.sectors == []
+    assert incident.target_profile.foreign_owned_only is False
+
+
+@pytest.mark.parametrize(
+    "headline",
+    ["Burkina Faso: gunmen kill 5 truck drivers near Djibo",
+     "Mali: jihadists kill 6 workers of a foreign mining company near Kayes"],
+)  # fmt: skip
+def test_a_ucdp_event_naming_its_victims_sector_hides_from_no_target(headline: str) -> None:
+    incident = read_ucdp(type_of_violence="3", source_headline=headline).incident
+    assert incident.victim_profile.sector is not None
+    assert incident.target_profile.sectors == []
+    assert incident.target_profile.foreign_owned_only is False
+
+
+@pytest.mark.parametrize("category", list(Category))
+def test_only_an_explicit_threat_limits_whom_it_applies_to(category: Category) -> None:
+    found = free_text.read("JNIM threatened the convoys of foreign mining companies.")
+    profiles = found.profiles(category)
+    assert profiles["victim_profile"]["sector"] is Sector.MINING
+    if category is Category.EXPLICIT_THREAT:
+        assert profiles["target_profile"] == {
+            "foreign_owned_only": True,
+            "sectors": [Sector.LOGISTICS, Sector.MINING],
+        }
+    else:
+        assert profiles["target_profile"] == {"foreign_owned_only": False, "sectors": []}
 
 
 @pytest.mark.parametrize("value", ["2020-08-01", "01 August 2020", "1 August 2020"])
@@ -437,7 +503,7 @@ def test_kidnapping_hidden_in_an_attack_becomes_a_kidnapping_of_expatriates() ->
     assert incident.victim_profile.expatriate is True
     assert incident.victim_profile.nationality == "Chinese"
     assert incident.victim_profile.sector is Sector.MINING
-    assert incident.target_profile.sectors == [Sector.MINING]
+    assert incident.target_profile.sectors == []
 
 
 def test_hostages_taken_in_an_ambush_are_a_kidnapping_of_unnamed_expatriates() -> None:

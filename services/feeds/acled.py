@@ -57,7 +57,8 @@ SUB_EVENT_TYPES = {
     "looting/property destruction": Category.LOOTING,
     "headquarters or base established": Category.BASE_ESTABLISHED,
     "disrupted weapons use": Category.OTHER_VIOLENCE,
-    "non-violent transfer of territory": Category.TERRITORY_SEIZURE,
+    # A strategic development: control changed hands without a fight.
+    "non-violent transfer of territory": Category.POLITICAL_STATEMENT,
     "violent demonstration": Category.OTHER_VIOLENCE,
     "mob violence": Category.OTHER_VIOLENCE,
     "excessive force against protesters": Category.ARMED_ASSAULT,
@@ -78,7 +79,7 @@ OLD_EVENT_TYPES = {
     "riots/protests": Category.POLITICAL_STATEMENT,
     "strategic development": Category.POLITICAL_STATEMENT,
     "headquarters or base established": Category.BASE_ESTABLISHED,
-    "non-violent transfer of territory": Category.TERRITORY_SEIZURE,
+    "non-violent transfer of territory": Category.POLITICAL_STATEMENT,
 }
 # Sub-event (or, before 2019, event) types whose notes may reveal a kidnapping or a threat.
 ABDUCTING = frozenset({"attack", "looting/property destruction", "violence against civilians"})
@@ -201,7 +202,7 @@ def _parse(row: dict[str, str], line: int, now: datetime) -> Parsed:
         "location_name": text(row, "location")[:200] or None,
         "actors": _actors(row),
         "target_type": found.target_type or _target_type(row),
-        **found.profiles(),
+        **found.profiles(category),
         "fatalities": {"best": fatalities, "claimed": found.claimed_fatalities},
         "source_reliability": RELIABILITY,
         "lifecycle": Lifecycle.CONFIRMED,

@@ -2,8 +2,8 @@
 
 Kidnappings hidden in an attack, threats against firms, and who was targeted: a mine, a
 convoy, an airport, aid workers, foreign nationals. Each finding becomes a tag, and some a
-category or a target profile (docs/feeds.md lists them). Patterns are English, as both data
-sets are coded in English.
+category, a victim profile or (for a threat only) a target profile (docs/feeds.md lists them).
+Patterns are English, as both data sets are coded in English.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from services.scoring.taxonomy import Sector, TargetType
+from services.scoring.taxonomy import Category, Sector, TargetType
+
+# The categories whose text says whom they apply to. A threat made to foreign mining firms is
+# meant for them alone; an attack on a truck driver says who was hit, not who is safe.
+SCOPED_BY_TEXT = frozenset({Category.EXPLICIT_THREAT})
 
 KIDNAPPING = re.compile(
     r"\b(abduct\w*|kidnap\w*|hostages?|taken captive|held captive|forced disappearance)\b", re.I
@@ -77,12 +81,16 @@ class Hints:
     nationality: str | None = None
     claimed_fatalities: int | None = None
 
-    def profiles(self) -> dict[str, dict[str, object]]:
-        """The incident's target and victim profiles, as report fields."""
+    def profiles(self, category: Category) -> dict[str, dict[str, object]]:
+        """The target and victim profiles of an incident of `category`, as report fields."""
+        # A target profile limits the targets an incident counts for: only a threat's text
+        # may set one. Elsewhere a sector named is the victims': it raises that sector's
+        # targets and hides the incident from none.
+        scoped = category in SCOPED_BY_TEXT
         return {
             "target_profile": {
-                "foreign_owned_only": self.foreign_firm,
-                "sectors": sorted(set(self.sectors)),
+                "foreign_owned_only": scoped and self.foreign_firm,
+                "sectors": sorted(set(self.sectors)) if scoped else [],
             },
             "victim_profile": {
                 "expatriate": self.expatriate,

@@ -212,7 +212,7 @@ class Known:
 Stored = Ready | Rejected | Deletion | Known
 Raw = tuple[int, dict[str, str]] | Rejected
 # Bump when parsing changes what a row becomes, so a re-import reads every row again.
-PARSER_VERSION = "1"
+PARSER_VERSION = "2"
 # The column holding each format's report id (deletions are not fingerprinted).
 ID_COLUMN = {"acled": "event_id_cnty", "ucdp": "id"}
 SOURCE = {"acled": acled.SOURCE, "ucdp": ucdp.SOURCE}

@@ -164,7 +164,7 @@ def _parse(row: dict[str, str], line: int, now: datetime) -> Parsed:
         "actors": [a[:200] for a in (text(row, "side_a"), text(row, "side_b")) if a],
         "target_type": found.target_type
         or (TargetType.CIVILIANS if violence == 3 or civilians else None),
-        **found.profiles(),
+        **found.profiles(category),
         "fatalities": {"low": low, "best": best, "high": high, "claimed": found.claimed_fatalities},
         "source_reliability": RELIABILITY,
         "lifecycle": Lifecycle.CONFIRMED,

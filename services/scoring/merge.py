@@ -2,16 +2,17 @@
 
 Two reports are of the same event when all of these hold (docs/feeds.md has the table):
 
+- **Sources**: different ones. A source's own ids tell its events apart: two reports from one
+  source with different ids are two events, however alike (ACLED codes a night of 28 attacks as
+  28 rows that differ only in their ids); the source revises an event under the same id. An
+  event keeps at most one report per source.
 - **Time**: their occurrence times lie within the sum of their time slacks (1 day for a day,
   7 for a week, 31 for a month).
 - **Place**: both are located, and they lie within 10 km plus each one's location slack
   (0 km exact, 15 km near, 50 km region-wide).
-- **Category**: the same, or, from different sources, the same family (attacks and clashes;
-  explosive devices; fire from afar), or a coarse lethal-violence code (UCDP's types of
-  violence) against any lethal category.
-- **Sources**: an event keeps at most one report per source. Two reports from one source with
-  different ids merge only as duplicates of one report: same category, day, precisions, first
-  actor, fatalities, title and text, within 1 km.
+- **Category**: the same, or the same family (attacks and clashes; explosive devices; fire
+  from afar), or a coarse lethal-violence code (UCDP's types of violence) against any lethal
+  category.
 
 Retracted reports and reports with an area scope (threats made across a region) never merge.
 The first stored report of an event is its primary, which alone counts in scores and alerts;
@@ -35,7 +36,6 @@ from services.scoring.models import Incident
 from services.scoring.taxonomy import Category, Lifecycle, LocationPrecision, TimePrecision
 
 BASE_KM = 10.0
-DUPLICATE_KM = 1.0
 PLACE_SLACK_KM = {
     LocationPrecision.EXACT: 0.0,
     LocationPrecision.NEAR: 15.0,
@@ -80,11 +80,9 @@ class Report:
     lon: float | None
     location_precision: LocationPrecision
     scoped: bool
-    first_actor: str | None
     lifecycle: Lifecycle
     merged_into_id: int | None
     fatalities: int | None = None  # the best (or only) figure, to tell close candidates apart
-    text: int = 0  # a hash of the report's title and description: a duplicate repeats them
     day: int = 0  # occurred_at's ordinal day, for the index and a cheap first test
     slack: int = 0  # days either side, from occurred_precision
 
@@ -111,28 +109,24 @@ class Report:
             lon=row.lon,
             location_precision=LocationPrecision(row.location_precision),
             scoped=bool(row.scope_countries),
-            first_actor=row.actors[0].casefold() if row.actors else None,
             lifecycle=Lifecycle(row.lifecycle),
             merged_into_id=row.merged_into_id,
             fatalities=row.fatalities_best,
-            text=hash((row.title, row.description)),
         )
 
 
 COLUMNS = (
     Incident.id, Incident.source, Incident.source_id, Incident.category, Incident.occurred_at,
     Incident.occurred_precision, Incident.lat, Incident.lon, Incident.location_precision,
-    Incident.scope_countries, Incident.actors, Incident.lifecycle, Incident.merged_into_id,
-    Incident.fatalities_best, Incident.title, Incident.description,
+    Incident.scope_countries, Incident.lifecycle, Incident.merged_into_id,
+    Incident.fatalities_best,
 )  # fmt: skip
 
 
-def compatible(a: Category, b: Category, same_source: bool) -> bool:
-    """Whether two categories can describe one event."""
+def compatible(a: Category, b: Category) -> bool:
+    """Whether two sources' categories can describe one event."""
     if a is b:
         return True
-    if same_source:
-        return False
     family = FAMILY.get(a)
     if family is not None and family == FAMILY.get(b):
         return True
@@ -147,40 +141,24 @@ def distance(a: Report, b: Report) -> float | None:
     the limits.
     Cheap tests go first: an import compares each report with every report near it.
     """
-    if a.id == b.id or a.lat is None or a.lon is None or b.lat is None or b.lon is None:
+    if a.source == b.source:
+        return None  # one source's reports with different ids are different events
+    if a.lat is None or a.lon is None or b.lat is None or b.lon is None:
         return None
     if a.scoped or b.scoped or Lifecycle.RETRACTED in (a.lifecycle, b.lifecycle):
         return None
-    same_source = a.source == b.source
-    if not compatible(a.category, b.category, same_source):
+    if not compatible(a.category, b.category):
         return None
     gap = abs(a.occurred_at - b.occurred_at)
-    if same_source:
-        duplicate = (
-            a.occurred_at.date() == b.occurred_at.date()
-            and a.occurred_precision is b.occurred_precision
-            and a.location_precision is b.location_precision
-            and a.first_actor == b.first_actor
-            and a.fatalities == b.fatalities
-            and a.text == b.text
-        )
-        if not duplicate:
-            return None
-        km_limit = DUPLICATE_KM
-    else:
-        time_limit = TIME_SLACK[a.occurred_precision] + TIME_SLACK[b.occurred_precision]
-        if gap > time_limit:
-            return None
-        km_limit = (
-            BASE_KM + PLACE_SLACK_KM[a.location_precision] + PLACE_SLACK_KM[b.location_precision]
-        )
+    time_limit = TIME_SLACK[a.occurred_precision] + TIME_SLACK[b.occurred_precision]
+    if gap > time_limit:
+        return None
+    km_limit = BASE_KM + PLACE_SLACK_KM[a.location_precision] + PLACE_SLACK_KM[b.location_precision]
     if abs(a.lat - b.lat) * geo.KM_PER_DEGREE > km_limit:
         return None
     km = _haversine_km(a.lat, a.lon, b.lat, b.lon)
     if km > km_limit:
         return None
-    if same_source:
-        return km / km_limit
     return km / km_limit + gap / time_limit + _toll_gap(a.fatalities, b.fatalities)
 
 
@@ -241,14 +219,15 @@ class Index:
         return self._fine[cell], report.day
 
     def load(self, session: Session, reports: Sequence[Report], rows: Sequence[Any]) -> None:
-        """Read the stored reports that could match any of `reports` (read from `rows`).
+        """Read the stored reports that could match any of `reports` (stored as `rows`).
 
         An import's index reads whole days in the cells around, each day once. One ingest's
         index reads only the reports each of its own could pair with, whatever else lies
         near: its cost follows the matches, not the reports around them.
         """
+        # `rows` is not read: matching needs no more of a stored report than `Report` holds.
         if self._local:
-            self._load_candidates(session, reports, rows)
+            self._load_candidates(session, reports)
             return
         span = 2 * MAX_TIME_SLACK.days
         wanted: set[int] = set()
@@ -272,14 +251,10 @@ class Index:
             self._read(session, or_(*conditions), Incident.lat.is_not(None))
         self._days |= wanted
 
-    def _load_candidates(
-        self, session: Session, reports: Sequence[Report], rows: Sequence[Any]
-    ) -> None:
-        located = [(r, row) for r, row in zip(reports, rows, strict=True) if r.lat is not None]
+    def _load_candidates(self, session: Session, reports: Sequence[Report]) -> None:
+        located = [r for r in reports if r.lat is not None]
         for start in range(0, len(located), _PER_QUERY):
-            self._read(
-                session, or_(*(_pairable(r, row) for r, row in located[start : start + _PER_QUERY]))
-            )
+            self._read(session, or_(*(_pairable(r) for r in located[start : start + _PER_QUERY])))
         # Whole events: what `best_event` and a revision's splits read of the other reports.
         events = sorted(
             {r.event_id for r in self._reports.values()}
@@ -361,10 +336,8 @@ class Index:
                 continue
             if event_id not in self._reports:
                 continue  # its primary lies outside what was read
-            members = [m for m in self.members(event_id) if m.id != report.id]
-            same = [m for m in members if m.source == report.source]
-            if same and not any(distance(report, m) is not None for m in same):
-                continue  # the event has a report from this source already, not a duplicate
+            if any(m.source == report.source and m.id != report.id for m in self.members(event_id)):
+                continue  # the event has a report from this source already: another event
             best = (score, event_id)
         return None if best is None else self._reports[best[1]]
 
@@ -373,20 +346,9 @@ _TICK = timedelta(microseconds=1)
 _PER_QUERY = 100  # reports whose candidates one query reads
 
 
-def _pairable(report: Report, row: Any) -> ColumnElement[bool]:
-    # Stored reports `distance` could pair with `report` (a located one, stored as `row`):
-    # a superset, by the columns the database has indexes for, tested again in Python.
-    day = _midnight(report.day)
-    duplicate = and_(
-        Incident.source == report.source,
-        Incident.category == report.category.value,
-        Incident.occurred_precision == report.occurred_precision.value,
-        Incident.location_precision == report.location_precision.value,
-        Incident.occurred_at.between(day, day + timedelta(days=1) - _TICK),
-        _box(report, DUPLICATE_KM),
-        Incident.title.is_not_distinct_from(row.title),
-        Incident.description.is_not_distinct_from(row.description),
-    )
+def _pairable(report: Report) -> ColumnElement[bool]:
+    # Stored reports `distance` could pair with `report` (a located one): a superset, by the
+    # columns the database has indexes for, tested again in Python.
     slack = TIME_SLACK[report.occurred_precision]
     in_time = [
         and_(
@@ -398,18 +360,13 @@ def _pairable(report: Report, row: Any) -> ColumnElement[bool]:
         for precision, other in TIME_SLACK.items()
     ]
     reach = BASE_KM + PLACE_SLACK_KM[report.location_precision] + max(PLACE_SLACK_KM.values())
-    other_source = and_(
-        Incident.source != report.source,
-        Incident.category.in_(
-            sorted(c.value for c in Category if compatible(report.category, c, False))
-        ),
-        or_(*in_time),
-        _box(report, reach),
-    )
     return and_(
         Incident.lat.is_not(None),
         Incident.lifecycle != Lifecycle.RETRACTED.value,
-        or_(duplicate, other_source),
+        Incident.source != report.source,
+        Incident.category.in_(sorted(c.value for c in Category if compatible(report.category, c))),
+        or_(*in_time),
+        _box(report, reach),
     )
 
 
