@@ -58,5 +58,5 @@ def create_app(
         background=background,
         title="riskalert API",
     )
-    dashboard.mount(app)
+    dashboard.mount(app, settings)
     return app

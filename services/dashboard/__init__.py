@@ -3,20 +3,24 @@
 It holds no data and no secret: the page asks for an API key and calls the versioned API with
 it, so the key's tenant and roles bound what it shows, as for any integrator. Everything it
 loads comes from this service (vendored files, `static/vendor/LICENSES.md`), so it works
-offline; the security headers below keep it that way.
+offline; the security headers below keep it that way. Its one setting, where the map opens
+(the demo's story time under `serve --demo`), it reads from `config.json`.
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, Field
 from starlette.staticfiles import StaticFiles
 
 from services.core.activity import App, Receive, Scope, Send
+from services.dashboard.settings import DashboardSettings
 
 STATIC = Path(__file__).with_name("static")
 PREFIX = "/dashboard"
@@ -51,8 +55,25 @@ class _Secured:
         await self.app(scope, receive, with_headers)
 
 
-def mount(app: FastAPI) -> None:
-    """Serve the dashboard at /dashboard/, and send / there."""
+class PageConfig(BaseModel):
+    """What the page reads when it starts."""
+
+    demo_as_of: datetime | None = Field(
+        description="The map opens as of this time, as the demo's, instead of now (null: now)."
+    )
+
+
+def mount(app: FastAPI, settings: DashboardSettings) -> None:
+    """Serve the dashboard at /dashboard/ with its configuration, and send / there."""
+    config = PageConfig(demo_as_of=settings.demo_as_of)
+
+    # Before the mount, which would otherwise answer for every path under the prefix.
+    @app.get(f"{PREFIX}/config.json", include_in_schema=False)
+    async def _config(response: Response) -> PageConfig:
+        for name, value in HEADERS:
+            response.headers[name.decode()] = value.decode()
+        return config
+
     app.mount(PREFIX, _Secured(StaticFiles(directory=STATIC, html=True)), name="dashboard")
 
     @app.get("/", include_in_schema=False)

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sync_playwright
 
-from services.scoring.demo import DEMO_INGEST_KEY, DEMO_TENANT_KEY
+from services.scoring.demo import DEMO_INGEST_KEY, DEMO_TENANT_KEY, STORY_AS_OF
 from tests.conftest import BACKENDS
 from tests.scenarios.harness import (
     ADMIN_KEY,
@@ -80,10 +80,10 @@ def browser() -> Iterator[Browser]:
     # One pytest-xdist worker per engine (--dist loadgroup): each server is started once.
     params=[pytest.param(b, marks=pytest.mark.xdist_group(f"dashboard-{b}")) for b in BACKENDS],
 )
-def server(
+def processes(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    """One `riskalert serve` per engine for this module, on a database loaded by `riskalert
+) -> Iterator[Riskalert]:
+    """The riskalert processes of this module, per engine, on a database loaded by `riskalert
     demo`. Tests add to it (sites, incidents, endpoints, keys), read-only ones first; each
     reads what it checks from the API."""
     folder = tmp_path_factory.mktemp("dashboard")
@@ -100,9 +100,27 @@ def server(
         stack.callback(mailbox.stop)
         run_command("demo", database.url, folder / "demo.log")
         (folder / "logs").mkdir()
-        processes = Riskalert(database, folder / "logs", mailbox.port)
-        stack.callback(processes.stop_all)
-        yield processes.serve()
+        started = Riskalert(database, folder / "logs", mailbox.port)
+        stack.callback(started.stop_all)
+        yield started
+
+
+@pytest.fixture(scope="module")
+def server(processes: Riskalert) -> Server:
+    """One `riskalert serve` per engine for this module."""
+    return processes.serve()
+
+
+@pytest.fixture
+def demo_server(processes: Riskalert) -> Iterator[Server]:
+    """`riskalert serve --demo` on the module's database: the demo started again on an existing
+    demo database. Stopped after the test."""
+    started = processes.serve("--demo", "--database-url", processes.database.url)
+    try:
+        yield started
+    finally:
+        started.proc.stop()
+        started.close()
 
 
 @pytest.fixture
@@ -187,6 +205,16 @@ def marker_bands(page: Page) -> dict[int, tuple[str, str]]:
     return drawn
 
 
+def corridor_bands(page: Page) -> dict[int, tuple[str, str]]:
+    """Each corridor line's (band, stroke colour) as drawn."""
+    drawn: dict[int, tuple[str, str]] = {}
+    for line in page.locator("path.corridor-line").all():
+        corridor_id = int(line.get_attribute("data-corridor-id") or 0)
+        band, stroke = line.get_attribute("data-band"), line.get_attribute("stroke")
+        drawn[corridor_id] = (band or "", stroke or "")
+    return drawn
+
+
 def checked(page: Page) -> None:
     """The page as it is now has no unnamed control and no serious WCAG 2 A/AA violation."""
     assert unlabelled_controls(page) == []
@@ -212,6 +240,11 @@ def accessibility_problems(page: Page) -> list[str]:
         for v in result["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+
+
+def isoformat(at: datetime) -> str:
+    """A UTC time as the API and the page write it: 2025-06-12T00:00:00Z."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def api_get(server: Server, path: str, headers: dict[str, str] = AUTH) -> Any:
@@ -278,6 +311,56 @@ def test_the_map_shows_the_demo_sites_in_their_band_colours_and_the_slider_goes_
     page.locator("path.site-marker").first.focus()
     page.keyboard.press("Enter")
     expect(page.locator(".leaflet-popup-content a")).to_have_text("Score, explanation and history")
+
+
+def test_under_serve_demo_the_map_opens_at_the_demos_story_time_saying_so_and_goes_back_to_now(
+    browser: Browser, demo_server: Server
+) -> None:
+    story = isoformat(STORY_AS_OF)
+    assert api_get(demo_server, "/dashboard/config.json") == {"demo_as_of": story}
+    assert f"{STORY_AS_OF:%Y-%m-%d}" in demo_server.proc.output(), "the printed dashboard line"
+    tab = Tab(browser, demo_server)
+    try:
+        page = tab.page
+        tab.sign_in(DEMO_TENANT_KEY)
+        page.wait_for_url(re.compile(r"#/map$"))
+        map_drawn(page, story)
+        slider = page.get_by_label("As of")
+        expect(slider).to_have_attribute("aria-valuetext", f"{STORY_AS_OF:%Y-%m-%d}")
+        expect(page.locator("#demo-note")).to_contain_text(
+            f"The demo, as of {STORY_AS_OF:%Y-%m-%d %H:%M} UTC"
+        )
+        # The story is on the map: every site and corridor in the colour of its score as of
+        # then, not all in the lowest band, and that time's incidents.
+        sites = api_get(demo_server, "/v1/sites?limit=500")["features"]
+        corridors = api_get(demo_server, "/v1/corridors?limit=500")["features"]
+        targets = [("site", s["id"]) for s in sites] + [("corridor", c["id"]) for c in corridors]
+        expected = api_post(
+            demo_server,
+            "/v1/backtests",
+            {"targets": [{"kind": k, "id": i} for k, i in targets], "times": [story]},
+        )
+        then = {target: expected["bands"][n][0] for n, target in enumerate(targets)}
+        drawn = {("site", i): band for i, band in marker_bands(page).items()}
+        drawn |= {("corridor", i): band for i, band in corridor_bands(page).items()}
+        assert drawn == {target: (band, BAND_COLOURS[band]) for target, band in then.items()}
+        assert set(then.values()) != {"low"}, "the demo's story raises some targets above low"
+        assert page.locator("path.incident-marker").count() > 0
+        checked(page)
+
+        # One click back to now, which the map keeps when the user comes back to it.
+        page.get_by_role("button", name="Back to now").click()
+        map_drawn(page, "now")
+        expect(page.locator("#demo-note")).to_be_hidden()
+        expect(slider).to_have_attribute("aria-valuetext", "now")
+        now = {s["id"]: s["properties"]["current_score"]["band"] for s in sites}
+        assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in now.items()}
+        page.get_by_role("link", name="Sites and corridors").click()
+        expect(page.locator("#targets-table")).to_be_visible()
+        page.get_by_role("link", name="Map", exact=True).click()
+        map_drawn(page, "now")
+    finally:
+        tab.close()
 
 
 def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_history(

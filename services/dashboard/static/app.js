@@ -280,6 +280,21 @@ function signIn(view) {
 }
 
 let outlines = null; // the country outlines, read once per page load
+let pageConfig = null; // the service's word on the page (config.json), read once per page load
+// Under `serve --demo` the map opens at the demo's story time, until the user picks another
+// time in this tab; from then on, as without the demo, at now.
+let demoLeft = false;
+
+/** When the map opens, in ms, as the demo's story time; null: now. */
+async function demoStart() {
+  if (!pageConfig) {
+    pageConfig = fetch("config.json")
+      .then((response) => (response.ok ? response.json() : {}))
+      .catch(() => ({}));
+  }
+  const at = Date.parse((await pageConfig).demo_as_of);
+  return Number.isFinite(at) && !demoLeft ? at : null;
+}
 
 async function countryOutlines() {
   if (!outlines) {
@@ -304,18 +319,34 @@ async function loadTargets() {
 
 async function mapView(view) {
   titled(view, "Map");
+  const here = onThisPage();
   const now = Date.now();
-  const dateAt = (offset) => (offset === 0 ? "now" : day(isoAt(now + offset * DAY_MS)));
+  const demoAt = await demoStart();
+  if (!here()) return;
+  let at = demoAt; // the time shown, in ms; null: now
+  const label = () => (at === null ? "now" : day(isoAt(at)));
+  // The slider counts days back from now; a demo's story time may not fall on one of them.
+  const offset = at === null ? 0 : Math.max(-SLIDER_DAYS, Math.min(0, Math.round((at - now) / DAY_MS)));
   const slider = h("input", {
-    id: "as-of", type: "range", min: -SLIDER_DAYS, max: 0, step: 1, value: 0,
-    "aria-describedby": "as-of-value", "aria-valuetext": "now",
+    id: "as-of", type: "range", min: -SLIDER_DAYS, max: 0, step: 1, value: offset,
+    "aria-describedby": demoAt === null ? "as-of-value" : "as-of-value demo-note",
+    "aria-valuetext": label(),
   });
-  const shown = h("output", { id: "as-of-value", for: "as-of" }, "now");
+  const shown = h("output", { id: "as-of-value", for: "as-of" }, label());
   const nowButton = h("button", { type: "button", class: "secondary" }, "Back to now");
+  const note = demoAt === null ? null : h("p", { id: "demo-note", class: "note" },
+    h("strong", {}, `The demo, as of ${when(isoAt(demoAt))}`),
+    ": its incidents are too old to count today, so the map opens at the time of its story. ",
+    "“Back to now” shows today's map.");
+  const leaveDemo = () => {
+    demoLeft = true;
+    if (note) note.hidden = true;
+  };
   const mapEl = h("div", { id: "map", role: "region", "aria-label": "Map of sites, corridors and incidents" });
   const list = h("div", { id: "target-list" });
   view.append(
     h("h1", {}, "Map"),
+    note,
     h("div", { class: "controls" },
       h("label", { for: "as-of" }, "As of"), slider, shown, nowButton),
     h("div", { class: "map-layout" }, mapEl,
@@ -341,7 +372,6 @@ async function mapView(view) {
   }, { collapsed: false }).addTo(map);
   let generation = 0; // each drawing's number: only the latest one draws
   let pending = null;
-  const here = onThisPage();
   leavePage = () => {
     clearTimeout(pending);
     generation += 1;
@@ -365,8 +395,7 @@ async function mapView(view) {
   async function draw() {
     const mine = ++generation;
     const latest = () => mine === generation && here();
-    const offset = Number(slider.value);
-    const asOf = offset === 0 ? null : isoAt(now + offset * DAY_MS);
+    const asOf = at === null ? null : isoAt(at);
     mapEl.dataset.asOf = asOf || "now";
     mapEl.dataset.ready = "false";
     const until = asOf ?? isoAt(now);
@@ -391,16 +420,21 @@ async function mapView(view) {
     mapEl.dataset.ready = "true";
   }
   slider.addEventListener("input", () => {
-    const label = dateAt(Number(slider.value));
-    shown.textContent = label;
-    slider.setAttribute("aria-valuetext", label);
+    const days = Number(slider.value);
+    at = days === 0 ? null : now + days * DAY_MS;
+    leaveDemo();
+    shown.textContent = label();
+    slider.setAttribute("aria-valuetext", label());
     clearTimeout(pending);
     pending = setTimeout(() => draw().catch(() => {}), 350);
   });
   nowButton.addEventListener("click", () => {
+    at = null;
+    leaveDemo();
     slider.value = 0;
     shown.textContent = "now";
     slider.setAttribute("aria-valuetext", "now");
+    clearTimeout(pending);
     draw().catch(() => {});
   });
   await draw();
