@@ -1,4 +1,4 @@
-"""The `riskalert` command line: serve, worker, migrate, demo, rescore, import, generate."""
+"""The `riskalert` command line: serve, worker, migrate, demo, rescore, import, generate, model."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from services.alerts import demo as alerts_demo
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
+from services.cli_model import model_app
 from services.core import logs, metrics
 from services.core.db import (
     SchemaState,
@@ -125,6 +126,9 @@ def serve(
 ) -> None:
     """Run the API (and, unless disabled, the rescoring worker in the same process)."""
     settings = _settings(database_url or (DEMO_DATABASE if with_demo else None))
+    if with_demo and settings.demo_as_of is None:
+        # The timeline is long past: the dashboard's map opens at its story time, not at now.
+        settings = settings.model_copy(update={"demo_as_of": demo.STORY_AS_OF})
     _logging(settings)
     if (
         with_demo
@@ -143,6 +147,10 @@ def serve(
             f"[cyan]{demo.DEMO_TENANT_KEY}[/cyan], ingest key [cyan]{demo.DEMO_INGEST_KEY}[/cyan]"
         )
         console.print(f"API docs: http://{host}:{port}/docs")
+        console.print(
+            f"Dashboard: http://{host}:{port}/dashboard/ (its map opens at the demo's story "
+            f"time, {settings.demo_as_of:%Y-%m-%d %H:%M} UTC)"
+        )
     run = functools.partial(
         uvicorn.run,
         host=host,
@@ -159,6 +167,8 @@ def serve(
             prepare_schema(settings.database_url, migrate=True)
         os.environ["RISKALERT_DATABASE_URL"] = settings.database_url
         os.environ["RISKALERT_AUTO_MIGRATE"] = "false"
+        if settings.demo_as_of is not None:
+            os.environ["RISKALERT_DEMO_AS_OF"] = settings.demo_as_of.isoformat()
         # The workers' counters go to files in one directory, summed by whichever answers
         # /metrics; a fresh directory per start, so a restart does not add up old counts.
         os.environ[metrics.MULTIPROC_ENV] = tempfile.mkdtemp(prefix="riskalert-metrics-")
@@ -257,6 +267,8 @@ def rescore(database_url: DatabaseOption = None) -> None:
     engine.dispose()
     console.print(f"rescored {count} targets")
 
+
+app.add_typer(model_app, name="model")
 
 import_app = typer.Typer(help="Import incident files: ACLED, UCDP GED, ACLED deletions.")
 app.add_typer(import_app, name="import")

@@ -1,11 +1,14 @@
-"""The demo data set tells the mid-2025 story of docs/domain.md when scored as of past dates."""
+"""The demo data set tells the mid-2025 story of docs/domain.md when scored as of past dates,
+and the dashboard is told to open at its story time."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -16,6 +19,7 @@ from services.core.db import make_engine, make_sessionmaker
 from services.core.models import ApiKey, Tenant
 from services.scoring import demo, jobs, scores
 from services.scoring.models import CurrentScore, Incident, RescoreMark, ScoreChange, Target
+from services.settings import Settings
 from tests.conftest import Api
 
 DEMO_KEY = {"Authorization": f"Bearer {demo.DEMO_TENANT_KEY}"}
@@ -24,6 +28,8 @@ SIKASSO = "Sikasso gold mine (foreign-owned)"
 NORTH_BURKINA = "Northern Burkina mine (locally owned)"
 DAKAR = "Dakar office"
 BKO_TOM = "Charter BKO - TOM"
+ROAD_DJIBO = "Road Ouagadougou - Djibo"
+STORY = demo.STORY_AS_OF.isoformat().replace("+00:00", "Z")  # as the API writes it
 
 
 def load_demo(api: Api) -> None:
@@ -110,12 +116,19 @@ def test_threat_to_foreign_firms_raises_foreign_owned_mali_site_not_local_burkin
     assert contributions(local, "threat-foreign-companies") == []
     assert local["components"]["threats"] == 0
     assert local["score"] > 0, "the locally owned mine still scores its nearby violence"
+    assert "threats" not in [a["kind"] for a in local["adjustments"]]
 
+    # The threat multiplies the foreign-owned mine's odds (docs/scoring.md): an adjustment of its
+    # own, apart from the fitted probability, naming the threat.
     foreign = score(demo_api, SIKASSO, as_of)
+    [adjustment] = [a for a in foreign["adjustments"] if a["kind"] == "threats"]
+    assert adjustment["odds_factor"] > 1
     [threat] = contributions(foreign, "threat-foreign-companies")
+    assert adjustment["incident_ids"] == [threat["incident_id"]]
     assert threat["component"] == "threats"
-    assert threat["points"] > 0
-    assert foreign["components"]["threats"] > 0
+    assert threat["factors"]["odds_factor"] > 1
+    # Sikasso has no violence nearby: the odds go up, from next to nothing.
+    assert foreign["probability"] > foreign["generic_probability"]
 
     # Later, the local mine's threat points come from the communique only, never the threat.
     later = score(demo_api, NORTH_BURKINA, "2025-06-12T00:00:00Z")
@@ -128,7 +141,13 @@ def test_contributions_carry_why_text_and_factors(demo_api: Api) -> None:
     for c in doc["contributions"]:
         assert c["title"] in c["why"]
         assert c["points"] > 0
-        for factor in ("age_days", "decay", "category_weight", "credibility", "profile_match"):
+        fitted = ("decay", "kernel", "fitted_weight", "profile_match")
+        adjusting = ("threat_strength", "odds_factor")
+        for factor in (
+            "age_days",
+            "credibility",
+            *(adjusting if c["category"] == "explicit_threat" else fitted),
+        ):
             assert factor in c["factors"], (c["source_id"], factor)
     [kidnapping] = contributions(doc, "kidnapping-sw-mali")
     assert "expatriate" in kidnapping["why"]
@@ -190,3 +209,50 @@ def test_demo_command_loads_and_scores_the_database(db_url: str) -> None:
     engine.dispose()
     assert subscription.scope == "all"
     assert endpoint.address.endswith("@example.com")
+
+
+def test_the_story_time_follows_every_report_and_keeps_the_whole_timeline_on_the_map() -> None:
+    reported = [datetime.fromisoformat(b["reported_at"]) for b in demo.timeline()]
+    occurred = [datetime.fromisoformat(b["occurred_at"]) for b in demo.timeline()]
+    assert max(reported) < demo.STORY_AS_OF
+    # The map shows the incidents of the 90 days before its time (docs/dashboard.md).
+    assert demo.STORY_AS_OF - min(occurred) < timedelta(days=90)
+    assert demo.STORY_AS_OF.utcoffset() == timedelta(0)
+
+
+def test_at_the_story_time_the_storys_targets_count_incidents_and_are_not_all_in_the_lowest_band(
+    demo_api: Api,
+) -> None:
+    docs = {
+        name: score(demo_api, name, STORY)
+        for name in (KENIEBA, SIKASSO, NORTH_BURKINA, DAKAR, BKO_TOM, ROAD_DJIBO)
+    }
+    for name in (KENIEBA, NORTH_BURKINA, BKO_TOM, ROAD_DJIBO):
+        assert docs[name]["incident_count"] > 0, name
+    assert docs[DAKAR]["incident_count"] == 0
+    assert {doc["band"] for doc in docs.values()} != {"low"}
+
+
+def test_without_the_demo_the_dashboard_is_told_to_open_at_now(api: Api) -> None:
+    config = api.client.get("/dashboard/config.json")
+    assert config.status_code == 200
+    assert config.json() == {"demo_as_of": None}
+    assert config.headers["cache-control"] == "no-cache"  # a restart without the demo shows now
+    assert "/dashboard/config.json" not in api.client.get("/openapi.json").json()["paths"]
+
+
+def test_told_the_demos_time_the_dashboard_is_told_to_open_there_in_utc(
+    api_factory: Callable[..., Api],
+) -> None:
+    api = api_factory(demo_as_of="2025-06-12T02:00:00+02:00")
+    assert api.client.get("/dashboard/config.json").json() == {"demo_as_of": STORY}
+
+
+def test_the_demos_time_is_read_from_the_environment_and_must_name_its_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RISKALERT_DEMO_AS_OF", "2025-06-12T00:00:00Z")
+    assert Settings().demo_as_of == demo.STORY_AS_OF
+    monkeypatch.setenv("RISKALERT_DEMO_AS_OF", "2025-06-12T00:00:00")
+    with pytest.raises(ValidationError, match="demo_as_of"):
+        Settings()

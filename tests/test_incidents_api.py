@@ -173,9 +173,13 @@ def test_area_scoped_threat_raises_only_matching_sites_in_scope(api: Api) -> Non
 
     api.drain()
 
-    assert site_score(api, mine)["score"] > 0
-    assert site_score(api, local)["score"] == 0
-    assert site_score(api, outside)["score"] == 0
+    # A threat adjusts the odds of the sites it is aimed at; the others keep the fitted value.
+    scored = {s: site_score(api, s) for s in (mine, local, outside)}
+    assert scored[mine]["probability"] > scored[mine]["generic_probability"]
+    assert [a["kind"] for a in scored[mine]["adjustments"]] == ["threats"]
+    for other in (local, outside):
+        assert scored[other]["probability"] == scored[other]["generic_probability"]
+        assert scored[other]["adjustments"] == []
 
 
 def test_retraction_removes_incident_from_nearby_site_score(api: Api) -> None:

@@ -16,7 +16,7 @@ from services.core.problems import PROBLEM_MEDIA_TYPE
 from services.scoring import geo, incidents, jobs, queue, scores
 from services.scoring.feed import worth_recording
 from services.scoring.models import CurrentScore, RescoreMark
-from services.scoring.schemas import IncidentIn, ScoreOut, TargetRef
+from services.scoring.schemas import ForecastOut, IncidentIn, ScoreOut, TargetRef
 from services.scoring.taxonomy import Band, TargetKind
 from tests.conftest import Api
 
@@ -308,8 +308,17 @@ def test_regional_tail_beyond_immediate_reach_is_fed_on_the_decay_tick_as_decay(
     api: Api,
 ) -> None:
     site = create_site(api, "site", BASE_LAT, BASE_LON)
+    # A version with a faint regional term: a little weight on the widest scale (200 km).
+    params = api.client.get("/v1/model", headers=api.admin).json()["params"]
+    params["coefficients"]["attack"][-1][-1] = 0.03
+    published = api.client.post(
+        "/v1/model/versions", headers=api.admin, json={"params": params, "note": "regional"}
+    )
+    assert published.status_code == 201, published.text
+    api.drain()
     cursor = feed(api)["next_cursor"]
-    # Severe attacks 260 km away: beyond the immediate rescoring reach, within the regional one.
+    # Severe attacks 260 km away: beyond the immediate rescoring reach (where the kernel falls
+    # below 2 % of its peak), within the full one.
     for i in range(3):
         post_incident(
             api,
@@ -400,7 +409,7 @@ def test_publishing_a_model_version_creates_version_2_queues_everything_and_is_a
     model = api.client.get("/v1/model", headers=api.a).json()
     assert model["version"] == 1
     params = copy.deepcopy(model["params"])
-    params["categories"]["armed_assault"]["weight"] = 2.0
+    params["escalation_gain"] = 0.5
 
     response = api.client.post(
         "/v1/model/versions", headers=api.admin, json={"params": params, "note": "heavier"}
@@ -410,7 +419,7 @@ def test_publishing_a_model_version_creates_version_2_queues_everything_and_is_a
     published = response.json()
     assert published["version"] == 2
     assert published["active"] is True
-    assert published["params"]["categories"]["armed_assault"]["weight"] == 2.0
+    assert published["params"]["escalation_gain"] == 0.5
     assert api.client.get("/v1/model", headers=api.a).json()["version"] == 2
     versions = api.client.get("/v1/model/versions", headers=api.a).json()
     assert [(v["version"], v["active"]) for v in versions] == [(2, True), (1, False)]
@@ -437,13 +446,13 @@ def test_publishing_a_model_version_creates_version_2_queues_everything_and_is_a
 @pytest.mark.parametrize(
     ("path", "value", "named"),
     [
-        (("categories", "armed_assault", "weight"), -1.0, "categories.armed_assault.weight"),
-        (("regional_weight",), -0.5, "regional_weight"),
+        (("threat_factor",), -1.0, "threat_factor"),
+        (("calibration",), [[0.0, 0.5], [1.0, 0.2]], "calibration"),
         (("lookback_days",), 0, "lookback_days"),
     ],
 )
 def test_invalid_model_params_give_422_naming_the_parameter(
-    api: Api, path: tuple[str, ...], value: float, named: str
+    api: Api, path: tuple[str, ...], value: Any, named: str
 ) -> None:
     create_site(api, "site", BASE_LAT, BASE_LON)
     params = copy.deepcopy(api.client.get("/v1/model", headers=api.admin).json()["params"])
@@ -470,17 +479,22 @@ def test_model_is_readable_by_tenant_and_ingest_keys(api: Api) -> None:
         response = api.client.get("/v1/model", headers=headers)
         assert response.status_code == 200, response.text
         assert response.json()["version"] == 1
-        assert "categories" in response.json()["params"]
+        assert "coefficients" in response.json()["params"]
+        assert response.json()["report"]["validation"]["model"]["brier"] > 0
 
 
 def _doc(score: float, band: Band, version: int = 1) -> ScoreOut:
     return ScoreOut(
         target=TargetRef(kind=TargetKind.SITE, id=1),
         score=score,
+        probability=score / 100.0,
+        generic_probability=score / 100.0,
         band=band,
         model_version=version,
         as_of=datetime(2025, 6, 1, tzinfo=UTC),
+        forecast=ForecastOut(distance_km=50.0, horizon_days=30.0),
         components={},
+        adjustments=[],
         escalation={},
         incident_count=0,
         contributions=[],

@@ -1,7 +1,13 @@
-"""The risk model: what counts, how much, and how it is explained."""
+"""The risk model: what counts, the formula's terms, the probability and how it is explained.
+
+Firm-specific adjustments on the odds (profiles, corridor modes, threats) are in
+tests/test_risk_adjustments.py. DEFAULT_PARAMS is refitted from time to time, so tests with it
+assert relations; tests that need numbers use SIMPLE, whose terms can be worked out by hand.
+"""
 
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,19 +15,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.scoring.geo import haversine_km, point_to_polyline_km
+from services.scoring.geo import FloatArray, haversine_km, point_to_polyline_km
 from services.scoring.risk import (
     DEFAULT_PARAMS,
     Incident,
     IncidentSet,
     ModelParams,
+    Score,
     Target,
     area_scope_matches,
     band_for,
     influence_radius_km,
+    intensities,
+    is_current,
     max_influence_km,
+    probabilities,
     score_points,
     score_target,
+    terms,
 )
 from services.scoring.taxonomy import (
     Band,
@@ -41,6 +52,20 @@ BKO = (-7.9499, 12.5335)  # (lon, lat)
 TOM = (-3.0075, 16.7305)
 MINE_SW_MALI = (-11.0, 12.6)  # (lon, lat), near the Guinea and Senegal borders
 SITE_SENEGAL = (-12.2, 12.9)
+KM_PER_DEG_LAT = 111.195
+
+# One spatial scale (20 km) and one half-life (30 days) with coefficient 1 for every group, and a
+# calibration of two straight pieces above a 2 % background: numbers a test can work out by hand.
+SIMPLE = replace(
+    DEFAULT_PARAMS,
+    spatial_scales_km=(20.0,),
+    half_lives_days=(30.0,),
+    coefficients={g: ((1.0,),) for g in DEFAULT_PARAMS.group_names},
+    calibration=((0.0, 0.02), (1.0, 0.5), (4.0, 0.9)),
+    escalation_gain=0.0,
+)
+# SIMPLE with escalation switched on.
+ESCALATING = replace(SIMPLE, escalation_gain=0.25)
 
 
 def incident(**overrides: Any) -> Incident:
@@ -70,6 +95,12 @@ def incident(**overrides: Any) -> Incident:
     return Incident(**values)
 
 
+def aged(days: float, **overrides: Any) -> Incident:
+    """incident() that occurred and was reported `days` before AS_OF."""
+    moment = AS_OF - timedelta(days=days)
+    return incident(occurred_at=moment, reported_at=moment, **overrides)
+
+
 def site(lonlat: tuple[float, float] = MINE_SW_MALI, **overrides: Any) -> Target:
     """A site with a 5 km radius in Mali, no profile unless overridden."""
     values: dict[str, Any] = {
@@ -82,25 +113,88 @@ def site(lonlat: tuple[float, float] = MINE_SW_MALI, **overrides: Any) -> Target
     return Target(**values)
 
 
+def bare_site(lonlat: tuple[float, float] = MINE_SW_MALI, radius_km: float = 0.0) -> Target:
+    """A site with no profile and no countries: what score_points scores."""
+    return Target(kind=TargetKind.SITE, coordinates=(lonlat,), radius_km=radius_km)
+
+
+def air_leg(mode: Mode | None = Mode.AIR) -> Target:
+    """The Bamako - Timbuktu leg, flown unless another mode is given."""
+    return Target(
+        kind=TargetKind.CORRIDOR,
+        coordinates=(BKO, TOM),
+        radius_km=5.0,
+        mode=mode,
+        countries=frozenset({"MLI"}),
+    )
+
+
+def road_to_sikasso(mode: Mode | None = Mode.ROAD) -> Target:
+    """The Bamako - Sikasso road, driven unless another mode is given."""
+    return Target(
+        kind=TargetKind.CORRIDOR,
+        coordinates=(BKO, (-6.6, 12.0), (-5.67, 11.32)),
+        radius_km=2.0,
+        mode=mode,
+        countries=frozenset({"MLI"}),
+    )
+
+
 def score(
     target: Target,
     incidents: list[Incident],
     as_of: datetime = AS_OF,
     params: ModelParams = DEFAULT_PARAMS,
-    **kw: Any,
-) -> Any:
+    explain_top: int = 20,
+) -> Score:
     """Score a target against a fresh IncidentSet (default parameters unless given)."""
-    return score_target(target, IncidentSet(incidents, params), as_of, params, **kw)
+    return score_target(
+        target, IncidentSet(incidents, params), as_of, params, explain_top=explain_top
+    )
+
+
+def background(params: ModelParams) -> float:
+    """The probability of a place without incidents: the calibration at intensity 0."""
+    return float(terms.calibrate(np.asarray(0.0), params))
+
+
+def at_points(
+    fn: Callable[..., FloatArray],
+    lonlats: list[tuple[float, float]],
+    incidents: IncidentSet,
+    params: ModelParams,
+    as_of: datetime = AS_OF,
+) -> FloatArray:
+    """A bulk path (intensities, probabilities, score_points) at (lon, lat) points as of a time."""
+    lats = np.array([lat for _, lat in lonlats])
+    lons = np.array([lon for lon, _ in lonlats])
+    result: FloatArray = fn(lats, lons, np.full(lats.shape, as_of.timestamp()), incidents, params)
+    return result
+
+
+def number(factors: Mapping[str, float | str | None], key: str) -> float:
+    """A numeric factor of a contribution."""
+    value = factors[key]
+    assert isinstance(value, float)
+    return value
 
 
 def synthetic_incidents(n: int, seed: int = 7) -> list[Incident]:
-    """Seeded incidents spread over the Sahel and the year before AS_OF, of every kind."""
+    """Seeded incidents of every kind spread over the Sahel and the 400 days before AS_OF.
+
+    Victim and target profiles go on point incidents only: an area-scoped incident with a target
+    profile is hidden from the bare path, see
+    test_suspected_bug_area_scoped_incident_with_target_profile_hidden_from_fitted_part
+    (tests/test_risk_adjustments.py).
+    """
     rng = np.random.default_rng(seed)
     categories = list(Category)
+    sectors = list(Sector)
     out = []
     for i in range(n):
         area = rng.random() < 0.02
         occurred = AS_OF - timedelta(days=float(rng.uniform(0, 400)))
+        profiled = not area and rng.random() < 0.2
         out.append(
             incident(
                 id=i,
@@ -112,8 +206,15 @@ def synthetic_incidents(n: int, seed: int = 7) -> list[Incident]:
                 lon=None if area else float(rng.uniform(-12, 16)),
                 location_precision=list(LocationPrecision)[int(rng.integers(3))],
                 scope_countries=frozenset({"MLI"}) if area and rng.random() < 0.5 else frozenset(),
-                target_foreign_owned_only=bool(rng.random() < 0.05),
+                target_foreign_owned_only=profiled and bool(rng.random() < 0.3),
+                target_sectors=(
+                    frozenset({sectors[int(rng.integers(len(sectors)))]})
+                    if profiled
+                    else frozenset()
+                ),
                 target_type=list(TargetType)[int(rng.integers(len(TargetType)))],
+                victim_expatriate=bool(rng.random() < 0.1),
+                victim_sector=sectors[int(rng.integers(len(sectors)))] if profiled else None,
                 fatalities_best=int(rng.integers(0, 50)) if rng.random() < 0.5 else None,
                 fatalities_claimed=int(rng.integers(0, 100)) if rng.random() < 0.5 else None,
                 source_reliability=float(rng.uniform(0, 1)),
@@ -123,385 +224,99 @@ def synthetic_incidents(n: int, seed: int = 7) -> list[Incident]:
     return out
 
 
-def test_empty_incident_set_scores_zero_and_low() -> None:
-    result = score(site(), [])
-    assert result.value == 0.0
-    assert result.band is Band.LOW
-    assert result.contributions == ()
-    assert result.incident_count == 0
-    assert all(v == 0.0 for v in result.components.values())
-    assert result.escalation["factor"] == 0.0
+def nearby_incidents(n: int, seed: int = 8, first_id: int = 5000) -> list[Incident]:
+    """Seeded incidents of every category within 2 degrees of the mine, some with profiles."""
+    rng = np.random.default_rng(seed)
+    return [
+        aged(
+            float(rng.uniform(0, 400)),
+            id=first_id + k,
+            category=list(Category)[int(rng.integers(len(Category)))],
+            lat=MINE_SW_MALI[1] + float(rng.uniform(-2, 2)),
+            lon=MINE_SW_MALI[0] + float(rng.uniform(-2, 2)),
+            fatalities_best=int(rng.integers(0, 20)),
+            victim_sector=Sector.MINING if k % 3 == 0 else None,
+            victim_expatriate=k % 5 == 0,
+            target_sectors=frozenset({Sector.ENERGY}) if k % 4 == 0 else frozenset(),
+            target_type=list(TargetType)[int(rng.integers(len(TargetType)))],
+        )
+        for k in range(n)
+    ]
+
+
+# What counts
+
+
+def test_empty_incident_set_scores_the_background_probability_and_nothing_else() -> None:
+    for params in (DEFAULT_PARAMS, SIMPLE):
+        result = score(site(), [], params=params)
+        assert result.probability == result.generic_probability == background(params)
+        assert result.value == pytest.approx(100 * background(params), abs=0.05)
+        assert result.contributions == ()
+        assert result.adjustments == ()
+        assert result.incident_count == 0
+        assert result.escalation["factor"] == 0.0
+        assert result.components[Component.BACKGROUND] == pytest.approx(100 * background(params))
+        assert all(v == 0.0 for k, v in result.components.items() if k is not Component.BACKGROUND)
+    assert score(site(), [], params=SIMPLE).value == 2.0
 
 
 def test_incident_is_ignored_as_of_before_it_was_reported() -> None:
     late = incident(reported_at=AS_OF + timedelta(days=2))
-    assert score(site(), [late]).value == 0.0
-    assert score(site(), [late], AS_OF + timedelta(days=3)).value > 0.0
+    assert score(site(), [late]).probability == background(DEFAULT_PARAMS)
+    assert score(site(), [late], AS_OF + timedelta(days=3)).probability > background(DEFAULT_PARAMS)
 
 
 def test_incident_occurring_after_as_of_is_ignored() -> None:
-    assert score(site(), [incident(occurred_at=AS_OF + timedelta(hours=1))]).value == 0.0
+    future = incident(occurred_at=AS_OF + timedelta(hours=1))
+    assert score(site(), [future]).probability == background(DEFAULT_PARAMS)
 
 
 def test_retracted_incident_is_ignored_and_dropped_from_the_set() -> None:
     retracted = incident(lifecycle=Lifecycle.RETRACTED)
-    assert score(site(), [retracted]).value == 0.0
+    assert score(site(), [retracted]).probability == background(DEFAULT_PARAMS)
     assert len(IncidentSet([retracted, incident(id=2)], DEFAULT_PARAMS)) == 1
 
 
+def test_merged_incident_is_ignored_and_dropped_from_the_set() -> None:
+    merged = incident(merged=True)
+    assert score(site(), [merged]).probability == background(DEFAULT_PARAMS)
+    assert len(IncidentSet([merged, incident(id=2)], DEFAULT_PARAMS)) == 1
+
+
 def test_incident_older_than_the_lookback_is_ignored() -> None:
-    old = incident(occurred_at=AS_OF - timedelta(days=366), reported_at=AS_OF - timedelta(days=366))
-    assert score(site(), [old]).value == 0.0
+    old = aged(DEFAULT_PARAMS.lookback_days + 1)
+    assert score(site(), [old]).probability == background(DEFAULT_PARAMS)
 
 
-def test_decay_halves_at_the_category_half_life_without_persistence() -> None:
-    params = replace(DEFAULT_PARAMS, persistence_share=0.0)
-    half_life = params.categories[Category.ARMED_ASSAULT].half_life_days
-    at = [
-        score(
-            site(), [incident(occurred_at=AS_OF - timedelta(days=days))], params=params
-        ).contributions[0]
-        for days in (0, half_life, 2 * half_life)
-    ]
-    assert [c.factors["decay"] for c in at] == pytest.approx([1.0, 0.5, 0.25])
-
-
-def test_a_share_of_the_weight_persists_for_a_year() -> None:
-    p = DEFAULT_PARAMS
-    half_life = p.categories[Category.ARMED_ASSAULT].half_life_days
-    contribution = score(
-        site(), [incident(occurred_at=AS_OF - timedelta(days=4 * half_life))]
-    ).contributions[0]
-    fast = (1 - p.persistence_share) * 0.5**4
-    slow = p.persistence_share * 0.5 ** (4 * half_life / p.persistence_half_life_days)
-    assert contribution.factors["decay"] == pytest.approx(fast + slow)
-    # Four half-lives on, the slow memory holds most of what is left.
-    assert slow > fast
-
-
-def test_independent_fatality_figure_is_preferred_over_the_claimed_one() -> None:
-    both = score(site(), [incident(fatalities_claimed=100, fatalities_best=30)]).contributions[0]
-    assert both.factors["fatalities_used"] == 30.0
-    assert both.factors["fatalities_basis"] == "independent"
-    assert both.factors["severity"] == pytest.approx(1 + 0.5 * math.log10(31))
-    assert "30 killed (independent figure)" in both.why
-
-
-def test_claimed_fatalities_alone_are_discounted() -> None:
-    claimed = score(site(), [incident(fatalities_claimed=100)]).contributions[0]
-    assert claimed.factors["fatalities_used"] == 50.0
-    assert claimed.factors["fatalities_basis"] == "claimed, discounted"
-    none = score(site(), [incident()]).contributions[0]
-    assert none.factors["fatalities_basis"] == "none"
-    assert none.factors["severity"] == 1.0
-
-
-def test_more_fatalities_and_more_reliable_sources_score_higher() -> None:
-    base = score(site(), [incident(fatalities_best=1)]).value
-    assert score(site(), [incident(fatalities_best=100)]).value > base
-    assert score(site(), [incident(fatalities_best=1, source_reliability=0.1)]).value < base
-    assert score(site(), [incident(fatalities_best=1, lifecycle=Lifecycle.DEVELOPING)]).value < base
-
-
-def test_nearer_incident_scores_higher_and_one_beyond_every_reach_counts_nothing() -> None:
-    near = score(site(), [incident(lat=MINE_SW_MALI[1] + 0.1)]).value
-    far = score(site(), [incident(lat=MINE_SW_MALI[1] + 1.0)]).value
-    very_far = score(site(), [incident(lat=MINE_SW_MALI[1] + 5.0)]).value
-    assert near > far > very_far == 0.0
-
-
-def test_one_assault_with_30_dead_at_the_site_a_day_ago_rates_high_before_escalation() -> None:
-    event = incident(lat=MINE_SW_MALI[1], fatalities_best=30)
-    calm = replace(DEFAULT_PARAMS, escalation_gain=0.0)
-    value = score_target(site(), IncidentSet([event], calm), AS_OF, calm).value
-    assert band_for(value, calm) is Band.HIGH
-    # A first attack in a quiet place is itself an escalation, which lifts it further.
-    escalated = score(site(), [event])
-    assert escalated.escalation["factor"] == pytest.approx(DEFAULT_PARAMS.escalation_gain * 2.0)
-    assert escalated.value > value
-
-
-FOREIGN_FIRM_THREAT = incident(
-    id=10,
-    category=Category.EXPLICIT_THREAT,
-    lat=None,
-    lon=None,
-    location_precision=LocationPrecision.REGION,
-    scope_countries=frozenset({"MLI", "BFA", "NER"}),
-    target_foreign_owned_only=True,
-    target_type=TargetType.FOREIGN_FIRM,
-)
-
-
-def test_threat_to_foreign_firms_raises_a_foreign_owned_mine_in_mali() -> None:
-    mine = site(sector=Sector.MINING, foreign_owned=True)
-    result = score(mine, [FOREIGN_FIRM_THREAT])
-    assert result.value > 0.0
-    assert result.components[Component.THREATS] > 0.0
-    assert result.contributions[0].factors["distance_km"] is None
-    assert "area-wide" in result.contributions[0].why
-
-
-def test_threat_to_foreign_firms_leaves_a_locally_owned_site_and_a_site_in_senegal_alone() -> None:
-    local = site(sector=Sector.MINING, foreign_owned=False)
-    senegal = site(SITE_SENEGAL, sector=Sector.MINING, foreign_owned=True, countries={"SEN"})
-    assert score(local, [FOREIGN_FIRM_THREAT]).value == 0.0
-    assert score(senegal, [FOREIGN_FIRM_THREAT]).value == 0.0
-    assert not area_scope_matches(FOREIGN_FIRM_THREAT, senegal)
-
-
-def test_threat_naming_the_sites_sector_weighs_more_and_one_naming_another_sector_not_at_all() -> (
-    None
-):
-    mine = site(sector=Sector.MINING, foreign_owned=True)
-    general = score(mine, [FOREIGN_FIRM_THREAT]).value
-    named = score(mine, [replace(FOREIGN_FIRM_THREAT, target_sectors=frozenset({Sector.MINING}))])
-    other = score(mine, [replace(FOREIGN_FIRM_THREAT, target_sectors=frozenset({Sector.ENERGY}))])
-    assert named.value > general
-    assert other.value == 0.0
-
-
-def test_point_located_threat_to_foreign_firms_leaves_a_locally_owned_site_alone() -> None:
-    threat = replace(FOREIGN_FIRM_THREAT, lat=MINE_SW_MALI[1], lon=MINE_SW_MALI[0])
-    assert score(site(foreign_owned=False), [threat]).value == 0.0
-    assert score(site(foreign_owned=True), [threat]).value > 0.0
+def test_area_scoped_incident_counts_at_the_area_distance_for_targets_in_its_area_only() -> None:
+    area_attack = incident(
+        id=7,
+        lat=None,
+        lon=None,
+        location_precision=LocationPrecision.REGION,
+        scope_countries=frozenset({"MLI"}),
+    )
+    in_mali = score(site(), [area_attack], params=SIMPLE)
+    in_senegal = score(
+        site(SITE_SENEGAL, countries=frozenset({"SEN"})), [area_attack], params=SIMPLE
+    )
+    assert in_mali.generic_probability > background(SIMPLE)
+    assert in_senegal.probability == background(SIMPLE)
+    factors = in_mali.contributions[0].factors
+    assert factors["distance_km"] is None
+    assert factors["distance_basis"] == "area"
+    assert factors["effective_distance_km"] == SIMPLE.area_distance_km
+    assert "area-wide (MLI)" in in_mali.contributions[0].why
 
 
 def test_admin1_scope_must_match_when_given() -> None:
-    threat = replace(FOREIGN_FIRM_THREAT, scope_admin1=frozenset({"ML-3"}))
-    assert area_scope_matches(threat, site(foreign_owned=True, admin1=frozenset({"ML-3"})))
-    assert not area_scope_matches(threat, site(foreign_owned=True, admin1=frozenset({"ML-4"})))
-
-
-def test_kidnapping_of_an_expatriate_weighs_more_for_a_site_with_expatriate_staff() -> None:
-    kidnap = incident(
-        category=Category.KIDNAPPING,
-        lat=MINE_SW_MALI[1] + 0.5,
-        victim_expatriate=True,
-        victim_sector=Sector.MINING,
-        target_type=TargetType.MINING,
-    )
-    without = score(site(sector=Sector.MINING), [kidnap])
-    with_expats = score(site(sector=Sector.MINING, expat_staff=True), [kidnap])
-    assert with_expats.value > without.value
-    assert with_expats.components[Component.KIDNAPPING] > without.components[Component.KIDNAPPING]
-    assert "has expatriate staff" in with_expats.contributions[0].why
-    assert with_expats.contributions[0].factors["profile_match"] == pytest.approx(2.0 * 1.5 * 1.3)
-
-
-def test_kidnapping_of_an_expatriate_reaches_farther_for_a_site_with_expatriate_staff() -> None:
-    # 300 km away: beyond the kidnapping reach of 250 km, within 1.5 x 250.
-    kidnap = incident(
-        category=Category.KIDNAPPING, lat=MINE_SW_MALI[1] + 2.8, victim_expatriate=True
-    )
-    without = score(site(), [kidnap]).contributions[0].factors["kernel"]
-    with_expats = score(site(expat_staff=True), [kidnap]).contributions[0].factors["kernel"]
-    assert isinstance(without, float)
-    assert isinstance(with_expats, float)
-    # Without expatriates only the regional background reaches this far.
-    assert without == pytest.approx(
-        0.05 * math.exp(-(float(haversine_km(12.6, -11.0, 15.4, -11.0)) - 7) / 150)
-    )
-    assert with_expats > 1.5 * without
-
-
-def air_leg() -> Target:
-    return Target(
-        kind=TargetKind.CORRIDOR,
-        coordinates=(BKO, TOM),
-        radius_km=5.0,
-        mode=Mode.AIR,
-        countries=frozenset({"MLI"}),
-    )
-
-
-def test_indirect_fire_at_timbuktu_airport_raises_the_air_leg_far_more_than_off_route() -> None:
-    at_airport = incident(category=Category.INDIRECT_FIRE, lat=16.73, lon=-3.01)
-    mid_lat, mid_lon = (BKO[1] + TOM[1]) / 2, (BKO[0] + TOM[0]) / 2
-    # 200 km off the route's midpoint, perpendicular to the route (which runs NE).
-    bearing = math.atan2(TOM[1] - BKO[1], (TOM[0] - BKO[0]) * math.cos(math.radians(mid_lat)))
-    dlat = 200 / 111.195 * math.cos(bearing)
-    dlon = -200 / 111.195 * math.sin(bearing) / math.cos(math.radians(mid_lat))
-    off_route = incident(category=Category.INDIRECT_FIRE, lat=mid_lat + dlat, lon=mid_lon + dlon)
-    distance, _ = point_to_polyline_km(
-        np.array([mid_lat + dlat]), np.array([mid_lon + dlon]), [BKO, TOM]
-    )
-    assert distance[0] == pytest.approx(200, abs=5)
-
-    airport = score(air_leg(), [at_airport])
-    away = score(air_leg(), [off_route])
-    assert airport.value > 10 * away.value
-    assert airport.contributions[0].factors["distance_basis"] == "airfield"
-    assert airport.contributions[0].factors["mode_factor"] == pytest.approx(2.5)
-    assert "airfield" in airport.contributions[0].why
-
-
-def test_anti_aircraft_fire_under_the_flight_path_counts_fully_for_an_air_leg() -> None:
-    mid_lat, mid_lon = (BKO[1] + TOM[1]) / 2, (BKO[0] + TOM[0]) / 2
-    aaa = incident(category=Category.ANTI_AIRCRAFT_FIRE, lat=mid_lat, lon=mid_lon)
-    assault = incident(category=Category.ARMED_ASSAULT, lat=mid_lat, lon=mid_lon)
-    road = replace(air_leg(), mode=Mode.ROAD)
-    assert score(air_leg(), [aaa]).value > 3 * score(air_leg(), [assault]).value
-    assert score(road, [assault]).value > score(air_leg(), [assault]).value
-
-
-def road_to_sikasso() -> Target:
-    return Target(
-        kind=TargetKind.CORRIDOR,
-        coordinates=(BKO, (-6.6, 12.0), (-5.67, 11.32)),
-        radius_km=2.0,
-        mode=Mode.ROAD,
-        countries=frozenset({"MLI"}),
-    )
-
-
-def test_road_corridor_gets_hotspots_near_the_incidents() -> None:
-    road = road_to_sikasso()
-    ied = incident(id=1, category=Category.IED, lat=11.75, lon=-6.25, fatalities_best=4)
-    ambush = incident(id=2, category=Category.ARMED_ASSAULT, lat=12.45, lon=-7.6)
-    result = score(road, [ied, ambush])
-    assert result.value > 0.0
-    assert 1 <= len(result.hotspots) <= 5
-    assert [h.score for h in result.hotspots] == sorted(
-        (h.score for h in result.hotspots), reverse=True
-    )
-    nearest = []
-    for event in (ied, ambush):
-        assert event.lat is not None
-        assert event.lon is not None
-        near = min(
-            result.hotspots,
-            key=lambda h: float(
-                point_to_polyline_km(np.array([event.lat]), np.array([event.lon]), h.coordinates)[
-                    0
-                ][0]
-            ),
-        )
-        d, _ = point_to_polyline_km(np.array([event.lat]), np.array([event.lon]), near.coordinates)
-        assert d[0] < 15.0
-        nearest.append(near.index)
-    assert result.hotspots[0].index in nearest
-    assert {c.incident_id: c.factors["mode_factor"] for c in result.contributions} == {
-        1: 1.5,
-        2: 1.2,
-    }
-
-
-def test_components_and_contributions_sum_to_the_score() -> None:
-    incidents = synthetic_incidents(400, seed=3)
-    mine = site(sector=Sector.MINING, foreign_owned=True, expat_staff=True)
-    for target in (mine, road_to_sikasso(), air_leg()):
-        result = score(target, incidents, explain_top=10_000)
-        assert result.value > 0.0
-        assert sum(result.components.values()) == pytest.approx(result.value, abs=0.06)
-        escalation = result.components[Component.ESCALATION]
-        assert sum(c.points for c in result.contributions) + escalation == pytest.approx(
-            result.value, abs=0.06
-        )
-        points = [c.points for c in result.contributions]
-        assert points == sorted(points, reverse=True)
-        assert result.incident_count == sum(p >= DEFAULT_PARAMS.negligible_points for p in points)
-
-
-def test_explanation_is_cut_to_explain_top() -> None:
-    result = score(site(), synthetic_incidents(300), explain_top=3)
-    assert len(result.contributions) == 3
-    assert result.incident_count > 3
-
-
-def test_recent_burst_against_a_quiet_baseline_escalates_and_a_steady_tempo_does_not() -> None:
-    steady = [
-        incident(
-            id=k,
-            occurred_at=AS_OF - timedelta(days=3 + 7 * k),
-            reported_at=AS_OF - timedelta(days=3 + 7 * k),
-        )
-        for k in range(15)
-    ]
-    burst = [incident(id=100 + k, occurred_at=AS_OF - timedelta(days=k + 1)) for k in range(5)]
-    steady_result = score(site(), steady)
-    burst_result = score(site(), steady + burst)
-    assert steady_result.escalation["factor"] < 0.05
-    assert burst_result.escalation["local_ratio"] > 2.0
-    assert burst_result.escalation["factor"] > 0.1
-    assert burst_result.components[Component.ESCALATION] > 0.0
-
-
-def test_score_points_agrees_with_score_target_on_bare_sites() -> None:
-    incidents = synthetic_incidents(1500, seed=11)
-    incident_set = IncidentSet(incidents, DEFAULT_PARAMS)
-    rng = np.random.default_rng(5)
-    lats = np.repeat(rng.uniform(11, 20, 8), 6)
-    lons = np.repeat(rng.uniform(-10, 10, 8), 6)
-    times = [AS_OF - timedelta(days=float(d)) for d in rng.uniform(0, 200, lats.shape[0])]
-    stamps = np.array([t.timestamp() for t in times])
-    fast = score_points(lats, lons, stamps, incident_set, DEFAULT_PARAMS, radius_km=7.5)
-    slow = [
-        score_target(
-            Target(kind=TargetKind.SITE, coordinates=((float(lon), float(lat)),), radius_km=7.5),
-            incident_set,
-            t,
-            DEFAULT_PARAMS,
-            explain_top=0,
-        ).value
-        for lat, lon, t in zip(lats, lons, times, strict=True)
-    ]
-    assert np.count_nonzero(fast) > len(slow) // 2
-    np.testing.assert_allclose(fast, slow, atol=1e-6)
-
-
-def test_score_points_counts_unscoped_area_incidents_like_score_target() -> None:
-    statement = incident(category=Category.POLITICAL_STATEMENT, lat=None, lon=None)
-    incident_set = IncidentSet([statement], DEFAULT_PARAMS)
-    fast = score_points(
-        np.array([14.0]),
-        np.array([-2.0]),
-        np.array([AS_OF.timestamp()]),
-        incident_set,
-        DEFAULT_PARAMS,
-    )
-    bare = Target(kind=TargetKind.SITE, coordinates=((-2.0, 14.0),), radius_km=0.0)
-    assert fast[0] > 0.0
-    assert fast[0] == score_target(bare, incident_set, AS_OF, DEFAULT_PARAMS).value
-
-
-def test_model_params_round_trip_through_json() -> None:
-    data = json.loads(json.dumps(DEFAULT_PARAMS.to_dict()))
-    assert data["categories"]["ied"]["component"] == "violence"
-    assert ModelParams.from_dict(data) == DEFAULT_PARAMS
-    assert ModelParams.from_dict(data).to_dict() == DEFAULT_PARAMS.to_dict()
-
-
-def test_model_params_from_dict_rejects_a_negative_weight_naming_the_key() -> None:
-    data = DEFAULT_PARAMS.to_dict()
-    data["categories"]["ied"]["weight"] = -1.0
-    with pytest.raises(ValueError, match=r"categories\.ied\.weight"):
-        ModelParams.from_dict(data)
-
-
-@pytest.mark.parametrize(
-    ("change", "key"),
-    [
-        (lambda d: d.update(surprise=1), "surprise"),
-        (lambda d: d.pop("saturation"), "saturation"),
-        (lambda d: d.update(saturation=0), "saturation"),
-        (lambda d: d.update(lookback_days="a year"), "lookback_days"),
-        (lambda d: d["location_factor"].update(vague=1.0), r"location_factor\.vague"),
-        (lambda d: d["categories"].pop("vbied"), r"categories\.vbied"),
-        (lambda d: d.update(band_thresholds=[20, 40, 30, 80]), "band_thresholds"),
-    ],
-)
-def test_model_params_from_dict_rejects_bad_input_naming_the_key(change: Any, key: str) -> None:
-    data = DEFAULT_PARAMS.to_dict()
-    change(data)
-    with pytest.raises(ValueError, match=key):
-        ModelParams.from_dict(data)
-
-
-def test_incident_set_built_under_other_params_is_refused() -> None:
-    other = replace(DEFAULT_PARAMS, saturation=2.0)
-    with pytest.raises(ValueError, match="different ModelParams"):
-        score_target(site(), IncidentSet([incident()], other), AS_OF, DEFAULT_PARAMS)
+    scoped = incident(lat=None, lon=None, scope_admin1=frozenset({"ML-3"}))
+    assert area_scope_matches(scoped, site(admin1=frozenset({"ML-3"})))
+    assert not area_scope_matches(scoped, site(admin1=frozenset({"ML-4"})))
+    inside = score(site(admin1=frozenset({"ML-3"})), [scoped], params=SIMPLE)
+    outside = score(site(admin1=frozenset({"ML-4"})), [scoped], params=SIMPLE)
+    assert inside.probability > outside.probability == background(SIMPLE)
 
 
 def test_naive_as_of_is_refused() -> None:
@@ -509,28 +324,451 @@ def test_naive_as_of_is_refused() -> None:
         score(site(), [incident()], AS_OF.replace(tzinfo=None))
 
 
-def test_bands_follow_the_thresholds() -> None:
-    values = [0.0, 19.9, 20.0, 39.9, 40.0, 60.0, 79.9, 80.0, 100.0]
+def test_naive_incident_times_are_refused_when_the_set_is_built() -> None:
+    with pytest.raises(ValueError, match=r"incident 1 occurred_at must be timezone-aware"):
+        IncidentSet([incident(occurred_at=AS_OF.replace(tzinfo=None))], DEFAULT_PARAMS)
+    with pytest.raises(ValueError, match=r"incident 1 reported_at must be timezone-aware"):
+        IncidentSet([incident(reported_at=AS_OF.replace(tzinfo=None))], DEFAULT_PARAMS)
+
+
+# The formula's terms
+
+
+def test_one_incident_gives_the_calibration_of_its_weight_worked_out_by_hand() -> None:
+    event = incident(fatalities_best=30, source_reliability=0.8)
+    assert event.lat is not None
+    assert event.lon is not None
+    p = SIMPLE
+    d = float(haversine_km(MINE_SW_MALI[1], MINE_SW_MALI[0], event.lat, event.lon))
+    static = (
+        (1.0 + p.severity_log_coefficient * math.log10(31.0))
+        * (p.credibility_floor + (1.0 - p.credibility_floor) * 0.8)
+        * p.location_factor[LocationPrecision.EXACT]
+        * p.time_precision_factor[TimePrecision.DAY]
+    )
+    d_eff = math.hypot(d, p.location_sigma_km[LocationPrecision.EXACT])
+    c = static * math.exp(-d_eff / 20.0) * 0.5 ** (1.0 / 30.0)
+    expected = float(np.interp(c, [0.0, 1.0, 4.0], [0.02, 0.5, 0.9]))
+
+    result = score(site(), [event], params=p)
+    assert result.generic_probability == pytest.approx(expected, rel=1e-12)
+    assert result.probability == result.generic_probability
+    assert result.value == pytest.approx(100 * expected, abs=0.05)
+    assert result.contributions[0].factors["effective_distance_km"] == pytest.approx(d_eff, 1e-3)
+
+
+def test_decay_halves_at_the_half_life() -> None:
+    decays = [
+        score(site(), [aged(days)], params=SIMPLE).contributions[0].factors["decay"]
+        for days in (0.0, 30.0, 60.0)
+    ]
+    assert decays == pytest.approx([1.0, 0.5, 0.25])
+
+
+def test_kernel_falls_with_the_distance_blurred_by_the_location_sigma() -> None:
+    for precision in (LocationPrecision.EXACT, LocationPrecision.NEAR, LocationPrecision.REGION):
+        result = score(site(), [incident(location_precision=precision)], params=SIMPLE)
+        factors = result.contributions[0].factors
+        distance = factors["distance_km"]
+        assert isinstance(distance, float)
+        d_eff = math.hypot(distance, SIMPLE.location_sigma_km[precision])
+        assert factors["effective_distance_km"] == pytest.approx(d_eff, abs=1e-3)
+        assert factors["kernel"] == pytest.approx(math.exp(-d_eff / 20.0), rel=1e-4)
+        assert factors["precision"] == SIMPLE.location_factor[precision]
+
+
+def test_independent_fatality_figure_is_preferred_over_the_claimed_one() -> None:
+    both = score(site(), [incident(fatalities_claimed=100, fatalities_best=30)]).contributions[0]
+    assert both.factors["fatalities_used"] == 30.0
+    assert both.factors["fatalities_basis"] == "independent"
+    assert both.factors["severity"] == pytest.approx(
+        1 + DEFAULT_PARAMS.severity_log_coefficient * math.log10(31)
+    )
+    assert "30 killed (independent figure)" in both.why
+
+
+def test_claimed_fatalities_alone_are_discounted() -> None:
+    claimed = score(site(), [incident(fatalities_claimed=100)]).contributions[0]
+    assert claimed.factors["fatalities_used"] == 100 * DEFAULT_PARAMS.claimed_fatalities_discount
+    assert claimed.factors["fatalities_basis"] == "claimed, discounted"
+    assert "100 killed claimed, counted as" in claimed.why
+    none = score(site(), [incident()]).contributions[0]
+    assert none.factors["fatalities_basis"] == "none"
+    assert none.factors["fatalities_used"] is None
+    assert none.factors["severity"] == 1.0
+
+
+def test_more_fatalities_and_more_reliable_sources_score_higher() -> None:
+    def probability(**overrides: Any) -> float:
+        return score(site(), [incident(**overrides)], params=SIMPLE).probability
+
+    base = probability(fatalities_best=1)
+    assert probability(fatalities_best=100) > base
+    assert probability(fatalities_best=1, source_reliability=0.1) < base
+    assert probability(fatalities_best=1, lifecycle=Lifecycle.DEVELOPING) < base
+    assert probability(fatalities_best=1, occurred_precision=TimePrecision.MONTH) < base
+
+
+def test_nearer_incident_scores_higher_and_one_beyond_the_reach_counts_nothing() -> None:
+    for params in (DEFAULT_PARAMS, SIMPLE):
+
+        def generic(degrees_north: float, p: ModelParams = params) -> float:
+            event = incident(lat=MINE_SW_MALI[1] + degrees_north)
+            return score(site(), [event], params=p).generic_probability
+
+        assert generic(0.1) > generic(1.0) >= generic(5.0) == background(params)
+        assert generic(0.1) > background(params)
+
+
+def test_distance_is_measured_from_the_sites_point_not_the_edge_of_its_radius() -> None:
+    events = [incident(id=k, lat=MINE_SW_MALI[1] + 0.05 * k) for k in range(1, 8)]
+    results = [score(site(radius_km=r), events) for r in (0.0, 5.0, 50.0)]
+    assert len({r.value for r in results}) == 1
+    assert len({r.probability for r in results}) == 1
+    assert results[0].probability > background(DEFAULT_PARAMS)
+
+
+def test_decay_fades_smoothly_to_nothing_at_the_lookback_without_a_cliff() -> None:
+    # The old model fell from 80 to 0 in one step at the lookback.
+    slow = replace(SIMPLE, half_lives_days=(365.0,))
+    event = incident(lat=MINE_SW_MALI[1], fatalities_best=30)
+    for params in (DEFAULT_PARAMS, slow):
+        results = [
+            score(site(), [event], event.occurred_at + timedelta(days=d), params)
+            for d in range(300, int(params.lookback_days) + 1)
+        ]
+        values = np.array([r.value for r in results])
+        start = values[0] - 100 * background(params)
+        assert start > 0.0
+        steps = np.diff(values)
+        assert np.all(steps <= 0.0)
+        # At least ten days to fall the whole way: no step is more than a tenth of it.
+        assert np.max(-steps) <= 0.1 * start
+        assert results[-1].probability == background(params)
+        assert results[-1].contributions == ()
+
+
+def test_escalation_multiplies_the_intensity_by_one_plus_the_factor() -> None:
+    burst = [aged(k + 1, id=k) for k in range(5)]
+    calm_set, escalating_set = IncidentSet(burst, SIMPLE), IncidentSet(burst, ESCALATING)
+    result = score_target(site(), escalating_set, AS_OF, ESCALATING)
+    factor = result.escalation["factor"]
+    assert factor > 0.0
+    raw = at_points(intensities, [MINE_SW_MALI], calm_set, SIMPLE)[0]
+    total = at_points(intensities, [MINE_SW_MALI], escalating_set, ESCALATING)[0]
+    assert total == pytest.approx(raw * (1.0 + factor), rel=1e-9)
+    assert result.generic_probability == pytest.approx(
+        float(terms.calibrate(np.asarray(total), ESCALATING)), rel=1e-9
+    )
+
+
+def test_recent_burst_against_a_quiet_baseline_escalates_and_a_steady_tempo_does_not() -> None:
+    steady = [aged(3 + 7 * k, id=k) for k in range(15)]
+    burst = [aged(k + 1, id=100 + k) for k in range(5)]
+    steady_result = score(site(), steady, params=ESCALATING)
+    burst_result = score(site(), steady + burst, params=ESCALATING)
+    assert steady_result.escalation["factor"] < 0.05
+    assert burst_result.escalation["local_ratio"] > 2.0
+    assert burst_result.escalation["factor"] > 0.1
+    assert burst_result.components[Component.ESCALATION] > 0.0
+    assert score(site(), steady + burst, params=SIMPLE).components[Component.ESCALATION] == 0.0
+
+
+# The probability, the value and the bands
+
+
+def test_calibration_never_falls_and_starts_at_the_background() -> None:
+    for params in (DEFAULT_PARAMS, SIMPLE):
+        top = params.calibration[-1][0]
+        grid = np.linspace(0.0, 2.0 * top, 2001)
+        p = terms.calibrate(grid, params)
+        assert np.all(np.diff(p) >= 0.0)
+        assert p[0] == background(params)
+        assert np.all((p >= 0.0) & (p < 1.0))
+
+
+def test_probabilities_are_the_calibrated_intensities_and_never_fall_as_they_rise() -> None:
+    incident_set = IncidentSet(synthetic_incidents(800, seed=4), DEFAULT_PARAMS)
+    rng = np.random.default_rng(2)
+    points = [(float(lon), float(lat)) for lon, lat in rng.uniform((-11, 11), (8, 20), (200, 2))]
+    lam = at_points(intensities, points, incident_set, DEFAULT_PARAMS)
+    p = at_points(probabilities, points, incident_set, DEFAULT_PARAMS)
+    np.testing.assert_array_equal(p, terms.calibrate(lam, DEFAULT_PARAMS))
+    order = np.argsort(lam, kind="stable")
+    assert np.all(np.diff(p[order]) >= 0.0)
+    assert len(set(lam.tolist())) > 100
+
+
+def test_more_incidents_nearby_never_lower_the_generic_probability() -> None:
+    events = nearby_incidents(60)
+    mine = site(sector=Sector.MINING, foreign_owned=True)
+    generic = [score(mine, events[:k]).generic_probability for k in range(len(events) + 1)]
+    # A tolerance for summation order only: an incident that adds 0 may move the last bit.
+    assert np.all(np.diff(generic) >= -1e-12)
+    assert generic[-1] > generic[0]
+
+
+def test_value_is_the_probability_in_percent_rounded_to_one_decimal() -> None:
+    incidents = synthetic_incidents(400, seed=3)
+    targets = [site(), site(sector=Sector.MINING, foreign_owned=True), road_to_sikasso()]
+    for params in (DEFAULT_PARAMS, SIMPLE):
+        for target in targets:
+            result = score(target, incidents, params=params)
+            assert 0.0 <= result.probability < 1.0
+            assert result.value == pytest.approx(100 * result.probability, abs=0.05 + 1e-9)
+            assert result.value * 10 == pytest.approx(round(result.value * 10), abs=1e-9)
+            assert result.band is band_for(result.value, params)
+
+
+def test_bands_are_probability_ranges_with_critical_from_fifty_percent() -> None:
+    values = [0.0, 4.9, 5.0, 14.9, 15.0, 29.9, 30.0, 49.9, 50.0, 100.0]
     assert [band_for(v, DEFAULT_PARAMS) for v in values] == [
         Band.LOW, Band.LOW, Band.MODERATE, Band.MODERATE, Band.ELEVATED,
-        Band.HIGH, Band.HIGH, Band.CRITICAL, Band.CRITICAL,
+        Band.ELEVATED, Band.HIGH, Band.HIGH, Band.CRITICAL, Band.CRITICAL,
     ]  # fmt: skip
+    more_likely_than_not = score(
+        site(), [incident(lat=MINE_SW_MALI[1], fatalities_best=30)], params=SIMPLE
+    )
+    assert more_likely_than_not.probability >= 0.5
+    assert more_likely_than_not.band is Band.CRITICAL
+
+
+def test_components_sum_to_the_value() -> None:
+    burst = [aged(k + 1, id=10_000 + k, category=Category.KIDNAPPING) for k in range(5)]
+    incidents = synthetic_incidents(400, seed=3) + nearby_incidents(40) + burst
+    mine = site(sector=Sector.MINING, foreign_owned=True, expat_staff=True)
+    for params in (DEFAULT_PARAMS, ESCALATING):
+        for target in (mine, bare_site(), road_to_sikasso(), air_leg()):
+            result = score(target, incidents, params=params, explain_top=10_000)
+            assert result.value > 0.0
+            # value within 0.05 of 100 p, five components each within 0.005 of theirs.
+            assert sum(result.components.values()) == pytest.approx(result.value, abs=0.08)
+            fixed = (
+                result.components[Component.ESCALATION] + result.components[Component.BACKGROUND]
+            )
+            assert sum(c.points for c in result.contributions) + fixed == pytest.approx(
+                result.value, abs=0.08
+            )
+    assert score(mine, incidents, params=ESCALATING).components[Component.ESCALATION] > 0.0
+
+
+# Fast bulk paths
+
+
+def test_score_points_agrees_with_score_target_on_bare_sites() -> None:
+    incident_set = IncidentSet(synthetic_incidents(1500, seed=11), DEFAULT_PARAMS)
+    rng = np.random.default_rng(5)
+    lats = np.repeat(rng.uniform(11, 20, 8), 6)
+    lons = np.repeat(rng.uniform(-10, 10, 8), 6)
+    times = [AS_OF - timedelta(days=float(d)) for d in rng.uniform(0, 200, lats.shape[0])]
+    stamps = np.array([t.timestamp() for t in times])
+    fast = score_points(lats, lons, stamps, incident_set, DEFAULT_PARAMS, radius_km=7.5)
+    fast_p = probabilities(lats, lons, stamps, incident_set, DEFAULT_PARAMS)
+    slow = [
+        score_target(
+            bare_site((float(lon), float(lat)), radius_km=7.5),
+            incident_set,
+            t,
+            DEFAULT_PARAMS,
+            explain_top=0,
+        )
+        for lat, lon, t in zip(lats, lons, times, strict=True)
+    ]
+    assert np.count_nonzero(fast) > len(slow) // 2
+    np.testing.assert_allclose(fast, [s.value for s in slow], atol=1e-6)
+    np.testing.assert_allclose(fast_p, [s.probability for s in slow], rtol=1e-9, atol=1e-12)
+
+
+def test_score_points_counts_unscoped_area_incidents_like_score_target() -> None:
+    statement = incident(category=Category.POLITICAL_STATEMENT, lat=None, lon=None)
+    incident_set = IncidentSet([statement], SIMPLE)
+    fast = at_points(probabilities, [(-2.0, 14.0)], incident_set, SIMPLE)
+    slow = score_target(bare_site((-2.0, 14.0)), incident_set, AS_OF, SIMPLE)
+    assert fast[0] > background(SIMPLE)
+    assert fast[0] == pytest.approx(slow.probability, rel=1e-12)
 
 
 def test_influence_radius_covers_sigma_and_reach_and_is_none_for_area_scoped() -> None:
-    assert influence_radius_km(FOREIGN_FIRM_THREAT, DEFAULT_PARAMS) is None
+    area = incident(lat=None, lon=None, scope_countries=frozenset({"MLI"}))
+    assert influence_radius_km(area, DEFAULT_PARAMS) is None
     exact = influence_radius_km(incident(), DEFAULT_PARAMS)
     region = influence_radius_km(
         incident(location_precision=LocationPrecision.REGION), DEFAULT_PARAMS
     )
-    assert exact == pytest.approx(2.0 + 400.0)
-    assert region == pytest.approx(75.0 + 400.0)
+    sigma = DEFAULT_PARAMS.location_sigma_km
+    assert exact == pytest.approx(sigma[LocationPrecision.EXACT] + DEFAULT_PARAMS.reach_km)
+    assert region == pytest.approx(sigma[LocationPrecision.REGION] + DEFAULT_PARAMS.reach_km)
+    assert region is not None
     assert max_influence_km(DEFAULT_PARAMS) >= region
 
 
-def test_incident_just_inside_the_influence_radius_still_counts() -> None:
-    reach = influence_radius_km(incident(), DEFAULT_PARAMS)
-    assert reach is not None
-    lat = MINE_SW_MALI[1] + (reach + 5.0 - 1.0) / 111.195  # site radius is 5 km
-    assert float(haversine_km(MINE_SW_MALI[1], MINE_SW_MALI[0], lat, MINE_SW_MALI[0])) < reach + 5.0
-    assert score(site(), [incident(lat=lat, fatalities_best=1000)], explain_top=1).contributions
+def test_incident_counts_up_to_the_reach_and_not_beyond_it() -> None:
+    reach = SIMPLE.reach_km
+
+    def intensity(km_north: float) -> float:
+        event = incident(lat=MINE_SW_MALI[1] + km_north / KM_PER_DEG_LAT)
+        return float(
+            at_points(intensities, [MINE_SW_MALI], IncidentSet([event], SIMPLE), SIMPLE)[0]
+        )
+
+    assert intensity(reach - 5.0) > 0.0
+    assert intensity(reach) == 0.0
+    assert intensity(reach + 50.0) == 0.0
+
+
+# Parameters
+
+
+def test_model_params_round_trip_through_json() -> None:
+    for params in (DEFAULT_PARAMS, SIMPLE):
+        data = json.loads(json.dumps(params.to_dict()))
+        assert is_current(data)
+        assert ModelParams.from_dict(data) == params
+        assert ModelParams.from_dict(data).to_dict() == params.to_dict()
+    assert not is_current({"schema": 1, "saturation": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        (lambda d: d.update(surprise=1), "surprise: unknown key"),
+        (lambda d: d.pop("reach_km"), "reach_km: missing key"),
+        (lambda d: d.update(reach_km=0), "reach_km: must be positive"),
+        (lambda d: d.update(lookback_days="a year"), "lookback_days"),
+        (lambda d: d.update(schema=1), "schema"),
+        (lambda d: d["location_factor"].update(vague=1.0), r"location_factor\.vague"),
+        (lambda d: d["location_factor"].pop("near"), r"location_factor\.near: missing"),
+        (lambda d: d.update(forecast_categories=["riot"]), r"forecast_categories\[0\]"),
+        (lambda d: d["coefficients"]["attack"][0].__setitem__(0, -1.0), r"attack\[0\]\[0\]"),
+        (lambda d: d["coefficients"]["attack"].pop(), r"coefficients\.attack: expected"),
+        (lambda d: d["groups"].update(ied="no_such_group"), r"groups\.ied"),
+        (lambda d: d["groups"].update(explicit_threat="attack"), r"groups\.explicit_threat"),
+        (lambda d: d.update(calibration=[[0, 0.5], [1, 0.2]]), "calibration"),
+        (lambda d: d.update(calibration=[[0, 0.5], [1, 1.0]]), r"calibration\[1\]\[1\]"),
+        (lambda d: d.update(band_thresholds=[20, 40, 30, 80]), "band_thresholds"),
+        (lambda d: d.update(taper_share=1.5), "taper_share"),
+    ],
+)
+def test_model_params_from_dict_rejects_bad_input_naming_the_key(
+    change: Callable[[dict[str, Any]], object], key: str
+) -> None:
+    data = json.loads(json.dumps(DEFAULT_PARAMS.to_dict()))
+    change(data)
+    with pytest.raises(ValueError, match=key):
+        ModelParams.from_dict(data)
+
+
+def test_incident_set_built_under_other_params_is_refused() -> None:
+    other = replace(DEFAULT_PARAMS, escalation_gain=DEFAULT_PARAMS.escalation_gain + 0.25)
+    incident_set = IncidentSet([incident()], other)
+    with pytest.raises(ValueError, match="different ModelParams"):
+        score_target(site(), incident_set, AS_OF, DEFAULT_PARAMS)
+    with pytest.raises(ValueError, match="different ModelParams"):
+        at_points(score_points, [MINE_SW_MALI], incident_set, DEFAULT_PARAMS)
+
+
+# The explanation
+
+
+def test_explanation_says_what_where_when_and_how_many_died() -> None:
+    event = incident(title="Kenieba checkpoint", fatalities_best=4)
+    why = score(site(), [event]).contributions[0].why
+    assert (
+        why
+        == "Kenieba checkpoint: armed assault, 10 km away, 1 day ago, 4 killed (independent figure)"
+    )
+
+
+def test_explanation_notes_an_incident_inside_the_radius_and_doubts_about_the_report() -> None:
+    event = incident(
+        category=Category.IED,
+        lat=MINE_SW_MALI[1],
+        lifecycle=Lifecycle.DEVELOPING,
+        location_precision=LocationPrecision.NEAR,
+        occurred_precision=TimePrecision.WEEK,
+    )
+    why = score(site(), [event], params=SIMPLE).contributions[0].why
+    assert why.startswith("IED, inside the site's radius (0 km from its centre), 1 day ago; ")
+    assert "report still developing" in why
+    assert "location approximate (+/-25 km)" in why
+    assert "date known to the week" in why
+
+
+def test_contribution_factors_multiply_to_the_incidents_weight() -> None:
+    event = incident(fatalities_best=9, source_reliability=0.4, lifecycle=Lifecycle.DEVELOPING)
+    result = score(site(), [aged(40, id=2), event], params=SIMPLE)
+    assert {c.incident_id for c in result.contributions} == {1, 2}
+    for contribution in result.contributions:
+        f = contribution.factors
+        assert set(f) == {
+            "distance_km", "distance_basis", "effective_distance_km", "group", "fitted_weight",
+            "kernel", "age_days", "decay", "severity", "fatalities_used", "fatalities_basis",
+            "precision", "time_precision", "credibility", "profile_match", "mode_factor",
+        }  # fmt: skip
+        assert f["group"] == "attack"
+        assert f["distance_basis"] == "site"
+        assert f["profile_match"] == f["mode_factor"] == 1.0
+        # With a single coefficient of 1, the fitted weight is kernel x decay.
+        kernel, decay = number(f, "kernel"), number(f, "decay")
+        assert f["fitted_weight"] == pytest.approx(kernel * decay)
+        assert decay == pytest.approx(0.5 ** (number(f, "age_days") / 30.0), rel=1e-4)
+    assert result.contributions[0].incident_id == 1
+    assert result.contributions[0].factors["credibility"] == pytest.approx(
+        (SIMPLE.credibility_floor + (1 - SIMPLE.credibility_floor) * 0.4) * SIMPLE.developing_factor
+    )
+
+
+def test_contributions_are_largest_first_and_cut_to_explain_top() -> None:
+    incidents = synthetic_incidents(300) + nearby_incidents(40)
+    full = score(site(), incidents, explain_top=10_000)
+    points = [c.points for c in full.contributions]
+    assert points == sorted(points, reverse=True)
+    assert full.incident_count == sum(p >= DEFAULT_PARAMS.negligible_points for p in points)
+    assert full.incident_count > 3
+    cut = score(site(), incidents, explain_top=3)
+    assert [c.incident_id for c in cut.contributions] == [
+        c.incident_id for c in full.contributions[:3]
+    ]
+    assert cut.incident_count == full.incident_count
+    assert sum(c.share for c in cut.contributions) < 1.0
+
+
+# Corridors
+
+
+def test_corridor_distance_is_to_the_line_and_hotspots_sit_near_the_incidents() -> None:
+    road = road_to_sikasso(mode=None)
+    ied = incident(id=1, category=Category.IED, lat=11.75, lon=-6.25, fatalities_best=4)
+    ambush = incident(id=2, category=Category.ARMED_ASSAULT, lat=12.45, lon=-7.6)
+    result = score(road, [ied, ambush])
+    assert result.value > 0.0
+    assert 1 <= len(result.hotspots) <= DEFAULT_PARAMS.hotspot_count
+    assert [h.score for h in result.hotspots] == sorted(
+        (h.score for h in result.hotspots), reverse=True
+    )
+    for hotspot in result.hotspots:
+        assert hotspot.band is band_for(hotspot.score, DEFAULT_PARAMS)
+    nearest = []
+    for event in (ied, ambush):
+        assert event.lat is not None
+        assert event.lon is not None
+        to_route, _ = point_to_polyline_km(
+            np.array([event.lat]), np.array([event.lon]), road.coordinates
+        )
+        contribution = next(c for c in result.contributions if c.incident_id == event.id)
+        assert contribution.factors["distance_km"] == pytest.approx(float(to_route[0]), abs=1e-3)
+        assert contribution.factors["distance_basis"] == "route"
+        assert "km from the route" in contribution.why
+
+        def to_hotspot(h: Any, e: Incident = event) -> float:
+            d, _ = point_to_polyline_km(np.array([e.lat]), np.array([e.lon]), h.coordinates)
+            return float(d[0])
+
+        near = min(result.hotspots, key=to_hotspot)
+        assert to_hotspot(near) < 15.0
+        nearest.append(near.index)
+    assert result.hotspots[0].index in nearest
+
+
+def test_site_gets_no_hotspots() -> None:
+    assert score(site(), [incident()]).hotspots == ()

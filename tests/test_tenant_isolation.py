@@ -24,7 +24,7 @@ HTTP_METHODS = ("get", "put", "post", "patch", "delete")
 # Path parameters naming platform resources, which no tenant owns.
 # Imports and polled feeds are platform-wide too (ingest keys only).
 PLATFORM_PARAMS = frozenset(
-    {"incident_id", "key_id", "tenant_id", "format", "import_id", "name", "letter_id"}
+    {"incident_id", "key_id", "tenant_id", "format", "import_id", "name", "letter_id", "fit_id"}
 )
 # Path parameters that are capabilities, not tenant resources: whoever holds an email's
 # unsubscribe link may use it, without a key (tested in test_alerts_api.py).
@@ -238,8 +238,10 @@ def make_platform_resources(api: Api) -> dict[str, int]:
         "format": "acled",
         "import_id": 1,
         "name": "acled-sahel",
-        # Dead letters are the operators' (admin keys only): B is refused before any lookup.
+        # Dead letters and model fits are the operators' (admin keys only): B is refused
+        # before any lookup.
         "letter_id": 1,
+        "fit_id": 1,
     }
 
 
@@ -350,6 +352,9 @@ def admin_operations(api: Api) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("GET", "/v1/dead-letters", None),
         ("GET", "/v1/dead-letters/1", None),
         ("POST", "/v1/dead-letters/1/resolve", {"note": "intrusion"}),
+        ("POST", "/v1/model/fits", {"dry_run": True}),
+        ("GET", "/v1/model/fits", None),
+        ("GET", "/v1/model/fits/1", None),
     ]
 
 

@@ -28,7 +28,13 @@ import httpx
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.alerts import email, outbox, pipeline, webhooks
+from services.alerts import (
+    email,
+    outbox,
+    pipeline,
+    rescale,  # noqa: F401  (registers what a published model version does to thresholds)
+    webhooks,
+)
 from services.alerts.settings import AlertsSettings
 from services.core import activity, deadletters, metrics, wake
 from services.core.db import is_sqlite, make_sessionmaker

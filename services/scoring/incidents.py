@@ -89,6 +89,11 @@ def to_model(row: Row) -> risk.Incident:
     )
 
 
+def from_report(data: schemas.IncidentIn, incident_id: int, now: datetime) -> risk.Incident:
+    """The model's view of a report that is not stored (a generated history, a fit's input)."""
+    return to_model(SimpleNamespace(id=incident_id, merged_into_id=None, **_columns(data, now)))
+
+
 def snapshot(model: risk.Incident) -> dict[str, Any]:
     """The model's view of an incident as JSON (the incident feed keeps replaced revisions)."""
     out: dict[str, Any] = {}

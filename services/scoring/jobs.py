@@ -21,7 +21,7 @@ from services.core.deadletters import Quarantine
 from services.core.logs import FailureStreak
 from services.core.models import IdempotencyRecord
 from services.core.ticks import add_tick
-from services.scoring import feed, queue, scores
+from services.scoring import feed, modelfit, queue, scores
 from services.scoring.models import Target
 from services.scoring.settings import ScoringSettings
 
@@ -295,4 +295,28 @@ def make_scheduler(
         purge_idempotency,
         [factory, settings],
     )
+    add_tick(
+        scheduler,
+        factory,
+        "model_fits",
+        settings.fit_poll_interval,
+        run_model_fits,
+        [factory, settings],
+    )
+    add_tick(
+        scheduler, factory, "refit_schedule", timedelta(hours=1), queue_refit, [factory, settings]
+    )
     return scheduler
+
+
+def run_model_fits(factory: sessionmaker[Session], settings: ScoringSettings) -> None:
+    """Run the model fits that wait, one after another."""
+    for _ in range(10):
+        if modelfit.run_pending(factory, settings, utc_now()) is None:
+            return
+
+
+def queue_refit(factory: sessionmaker[Session], settings: ScoringSettings) -> None:
+    """Queue a fit when enough new history has arrived (RISKALERT_REFIT_AFTER_INCIDENTS)."""
+    with factory.begin() as session:
+        modelfit.queue_scheduled(session, settings, utc_now())

@@ -196,6 +196,33 @@ class ModelVersion(Base):
     active: Mapped[bool] = mapped_column(Boolean)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The fit report of a fitted version (docs/scoring.md); None for hand-published ones.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class ModelFit(Base):
+    """A fit of the model on the incident history, run as a job by a worker."""
+
+    __tablename__ = "model_fit"
+    __table_args__ = (Index("ix_model_fit_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # pending -> running -> done | failed; a running fit whose lease ran out is taken again.
+    status: Mapped[str] = mapped_column(String(16))
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    # The version it published; None for a dry run, a failure, or a fit that did not beat the
+    # active version.
+    model_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class IncidentChange(Base):

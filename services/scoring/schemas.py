@@ -535,16 +535,48 @@ class TargetRef(BaseModel):
     name: str | None = None
 
 
+class AdjustmentOut(BaseModel):
+    """A firm-specific factor on the odds of the fitted probability."""
+
+    kind: str = Field(
+        description="expatriate_kidnapping, victim_sector, foreign_firm_targeted, "
+        "mining_targeted, corridor_mode or threats"
+    )
+    odds_factor: float
+    incident_ids: list[int]
+    why: str
+
+
+class ForecastOut(BaseModel):
+    """The question the probability answers (a parameter of the model version)."""
+
+    distance_km: float
+    horizon_days: float
+
+
 class ScoreOut(BaseModel):
     """A score, its band and components, and the incidents behind it."""
 
     target: TargetRef
-    score: float = Field(description="0 to 100")
+    score: float = Field(
+        description=(
+            "The calibrated probability, in percent (0-100), of a violent incident within "
+            "forecast.distance_km of the target in the next forecast.horizon_days."
+        )
+    )
+    probability: float = Field(description="The same probability as a fraction (0-1).")
+    generic_probability: float = Field(
+        description="The fitted probability before the firm-specific adjustments."
+    )
     band: Band
     model_version: int
     as_of: datetime
+    forecast: ForecastOut
     components: dict[Component, float] = Field(
         description="Points per component; they sum to score."
+    )
+    adjustments: list[AdjustmentOut] = Field(
+        description="Factors on the odds from the target's profile, corridor mode and threats."
     )
     escalation: dict[str, float]
     incident_count: int
@@ -721,6 +753,45 @@ class ModelVersionOut(BaseModel):
     created_by: str
     created_at: datetime
     params: dict[str, Any]
+    report: dict[str, Any] | None = Field(
+        None, description="The fit report of a fitted version (docs/scoring.md)."
+    )
+    carried_over: dict[str, list[dict[str, Any]]] | None = Field(
+        None,
+        description=(
+            "On publication: the stored thresholds moved to keep their meaning (by band), "
+            "per service, with each subscription and rule before and after."
+        ),
+    )
+
+
+class ModelFitIn(Strict):
+    """A fit of the model on the history the service holds (docs/scoring.md)."""
+
+    dry_run: bool = Field(False, description="Report only; never publish.")
+    force: bool = Field(False, description="Publish even if it does not beat the version in force.")
+    origins: int = Field(40, ge=4, le=400, description="Forecast origins in time.")
+    folds: int = Field(4, ge=1, le=12, description="Rolling-origin validation splits.")
+    max_places: int = Field(
+        2000, ge=50, le=20_000, description="Grid cells plus target points sampled."
+    )
+
+
+class ModelFitOut(BaseModel):
+    """A model fit job and, once done, its report and outcome."""
+
+    id: int
+    status: Literal["pending", "running", "done", "failed"]
+    dry_run: bool
+    options: dict[str, Any]
+    requested_by: str
+    requested_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str | None
+    error: str | None
+    model_version: int | None
+    report: dict[str, Any] | None
 
 
 class AuditEntryOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.core import metrics
+from services.core import audit, metrics, modelchange
+from services.core.auth import Principal, Role
 from services.core.problems import Problem
 from services.scoring import feed, geo, incidents, queue, risk, schemas, targets
 from services.scoring.models import (
@@ -47,7 +49,8 @@ _parsed: dict[tuple[int, datetime], risk.ModelParams] = {}
 
 
 def active_model(session: Session) -> ActiveModel | None:
-    """The model version in force, or None on a database where none was created yet."""
+    """The model version in force, or None on a database where none was created yet, or where
+    the version in force is of the legacy (hand-set, 0-100) model that ensure_model replaces."""
     active = session.execute(
         select(ModelVersion.id, ModelVersion.created_at)
         .where(ModelVersion.active.is_(True))
@@ -58,42 +61,106 @@ def active_model(session: Session) -> ActiveModel | None:
         return None
     key = (active.id, active.created_at)
     if key not in _parsed:
-        row = session.get_one(ModelVersion, active.id)
+        # The parameters only: a later release's schema may have more columns, never fewer.
+        params = session.execute(
+            select(ModelVersion.params).where(ModelVersion.id == active.id)
+        ).scalar_one()
+        if not risk.is_current(params):
+            return None
         if len(_parsed) > 64:
             _parsed.clear()
-        _parsed[key] = risk.ModelParams.from_dict(row.params)
+        _parsed[key] = risk.ModelParams.from_dict(params)
     return ActiveModel(active.id, _parsed[key])
 
 
+# The band thresholds of the legacy model (a 0-100 score, not a probability): its stored
+# thresholds are carried over band by band when the fitted model replaces it.
+LEGACY_THRESHOLDS = (20.0, 40.0, 60.0, 80.0)
+SYSTEM = Principal(key_id=None, tenant_id=None, roles=frozenset({Role.ADMIN}))
+
+
 def ensure_model(session: Session, now: datetime) -> ActiveModel:
-    """The model version in force, creating version 1 from the defaults if there is none.
+    """The model version in force, creating version 1 from the defaults if there is none, or
+    replacing a legacy version in force by the defaults (audited, thresholds carried over).
 
     Takes a write session (the creation is guarded by a savepoint).
     """
     found = active_model(session)
     if found is not None:
         return found
+    legacy = session.execute(
+        select(ModelVersion).where(ModelVersion.active.is_(True))
+    ).scalar_one_or_none()
     try:
         # Processes starting on an empty database race to create version 1; the unique
         # index on the active version lets one win, and the others read its row.
         with session.begin_nested():
-            row = ModelVersion(
-                params=risk.DEFAULT_PARAMS.to_dict(),
-                note="default parameters",
-                active=True,
-                created_by="system",
-                created_at=now,
-            )
-            session.add(row)
+            if legacy is None:
+                row = ModelVersion(
+                    params=risk.DEFAULT_PARAMS.to_dict(),
+                    note="default parameters",
+                    active=True,
+                    created_by="system",
+                    created_at=now,
+                    report=default_report(),
+                )
+                session.add(row)
+            else:
+                published = publish_model(
+                    session,
+                    risk.DEFAULT_PARAMS.to_dict(),
+                    "the fitted, calibrated model replaces the legacy hand-set score; score "
+                    "thresholds carried over band by band",
+                    "system",
+                    now,
+                    report=default_report(),
+                )
+                row = published.row
+                audit.record(
+                    session,
+                    SYSTEM,
+                    action="model.publish",
+                    resource=f"model/{row.id}",
+                    before={"version": legacy.id},
+                    after={"version": row.id, "carried_over": published.carried_over},
+                    now=now,
+                )
     except IntegrityError:
         return ensure_model(session, now)
     return ActiveModel(row.id, risk.DEFAULT_PARAMS)
 
 
+def default_report() -> dict[str, Any] | None:
+    """The fit report of the shipped defaults (from default_model.json), if there is one."""
+    path = risk.params.DEFAULTS_FILE
+    if not path.exists():
+        return None
+    report: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))["report"]
+    return report
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """A published version and the stored thresholds its publication moved."""
+
+    row: ModelVersion
+    carried_over: dict[str, list[dict[str, Any]]]
+
+
 def publish_model(
-    session: Session, params: dict[str, Any], note: str, created_by: str, now: datetime
-) -> ModelVersion:
-    """Make new parameters the active model version and queue every target for rescoring."""
+    session: Session,
+    params: dict[str, Any],
+    note: str,
+    created_by: str,
+    now: datetime,
+    *,
+    report: dict[str, Any] | None = None,
+) -> Published:
+    """Make new parameters the active model version and queue every target for rescoring.
+
+    Services that store values on the score scale are told (services/core/modelchange.py): when
+    the bands differ from the version in force (or that one is legacy), stored score thresholds
+    are carried over band by band; `carried_over` lists what moved or would alert differently."""
     try:
         parsed = risk.ModelParams.from_dict(params)
     except ValueError as exc:
@@ -103,14 +170,36 @@ def publish_model(
             f"invalid model parameters: {exc}",
             errors=[{"in": "body", "pointer": "/params", "field": "params", "reason": str(exc)}],
         ) from exc
+    before = session.execute(
+        select(ModelVersion).where(ModelVersion.active.is_(True))
+    ).scalar_one_or_none()
     session.execute(update(ModelVersion).values(active=False))
     row = ModelVersion(
-        params=parsed.to_dict(), note=note, active=True, created_by=created_by, created_at=now
+        params=parsed.to_dict(),
+        note=note,
+        active=True,
+        created_by=created_by,
+        created_at=now,
+        report=report,
     )
     session.add(row)
     session.flush()
+    carried: dict[str, list[dict[str, Any]]] = {}
+    if before is not None:
+        old = tuple(before.params.get("band_thresholds") or LEGACY_THRESHOLDS)
+        change = modelchange.ModelChange(
+            old_version=before.id,
+            new_version=row.id,
+            old_params=before.params,
+            new_params=row.params,
+            old_thresholds=old,
+            new_thresholds=parsed.band_thresholds,
+            rescaled=old != parsed.band_thresholds or not risk.is_current(before.params),
+            reason=note,
+        )
+        carried = modelchange.carry_over(session, change, now)
     queue.add_all(session, "model", now)
-    return row
+    return Published(row, carried)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +346,21 @@ def document(
     return schemas.ScoreOut(
         target=ref,
         score=score.value,
+        probability=round(score.probability, 6),
+        generic_probability=round(score.generic_probability, 6),
         band=score.band,
         model_version=version,
         as_of=score.as_of,
+        forecast=schemas.ForecastOut(
+            distance_km=score.forecast_distance_km, horizon_days=score.forecast_horizon_days
+        ),
         components={k: round(v, 2) for k, v in score.components.items()},
+        adjustments=[
+            schemas.AdjustmentOut(
+                kind=a.kind, odds_factor=a.factor, incident_ids=list(a.incident_ids), why=a.why
+            )
+            for a in score.adjustments
+        ],
         escalation={k: round(v, 4) for k, v in score.escalation.items()},
         incident_count=score.incident_count,
         contributions=contributions,

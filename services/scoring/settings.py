@@ -71,6 +71,21 @@ class ScoringSettings(PlatformSettings):
         ge=0,
         description="Smallest score move written to the change feed; band changes always are.",
     )
+    fit_poll_interval: Duration = Field(
+        timedelta(seconds=30), description="How often workers look for model fits to run."
+    )
+    fit_lease: Duration = Field(
+        timedelta(minutes=30),
+        description="How long a worker holds a model fit before another may take it over.",
+    )
+    refit_after_incidents: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Queue a model fit once this many incidents were received since the version in "
+            "force was published (0: never on a schedule)."
+        ),
+    )
     key_cache_ttl: Duration = Field(
         timedelta(seconds=10), description="How long a resolved API key is cached per process."
     )

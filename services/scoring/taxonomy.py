@@ -30,6 +30,8 @@ class Component(StrEnum):
     THREATS = "threats"
     KIDNAPPING = "kidnapping"
     ESCALATION = "escalation"
+    # The probability of a place with no incidents at all (the calibration's floor).
+    BACKGROUND = "background"
 
 
 class TimePrecision(StrEnum):

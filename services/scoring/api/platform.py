@@ -12,7 +12,7 @@ from services.core import audit, deadletters
 from services.core.auth import AnyPrincipal, Role, generate_key, roles_from
 from services.core.models import ApiKey, DeadLetter, Tenant
 from services.core.problems import Problem, not_found, problem_responses
-from services.scoring import schemas, scores
+from services.scoring import modelfit, schemas, scores
 from services.scoring.api.deps import (
     Admin,
     Cursor,
@@ -23,7 +23,7 @@ from services.scoring.api.deps import (
     ReadSession,
     WriteSession,
 )
-from services.scoring.models import ModelVersion
+from services.scoring.models import ModelFit, ModelVersion
 
 router = APIRouter(prefix="/v1", tags=["platform"])
 
@@ -172,6 +172,24 @@ def _version_out(row: ModelVersion) -> schemas.ModelVersionOut:
         created_by=row.created_by,
         created_at=row.created_at,
         params=row.params,
+        report=row.report,
+    )
+
+
+def _fit_out(row: ModelFit) -> schemas.ModelFitOut:
+    return schemas.ModelFitOut(
+        id=row.id,
+        status=row.status,
+        dry_run=row.dry_run,
+        options=row.options,
+        requested_by=row.requested_by,
+        requested_at=row.requested_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        outcome=row.outcome,
+        error=row.error,
+        model_version=row.model_version_id,
+        report=row.report,
     )
 
 
@@ -201,17 +219,59 @@ def publish_model(
 ) -> schemas.ModelVersionOut:
     """Activate new parameters as a new version; every target is rescored; audited."""
     before = scores.ensure_model(session, now)
-    row = scores.publish_model(session, data.params, data.note, principal.ident, now)
+    published = scores.publish_model(session, data.params, data.note, principal.ident, now)
+    row = published.row
     audit.record(
         session,
         principal,
         action="model.publish",
         resource=f"model/{row.id}",
         before={"version": before.version, "params": before.params.to_dict()},
-        after={"version": row.id, "params": row.params, "note": row.note},
+        after={
+            "version": row.id,
+            "params": row.params,
+            "note": row.note,
+            "carried_over": published.carried_over,
+        },
         now=now,
     )
-    return _version_out(row)
+    return _version_out(row).model_copy(update={"carried_over": published.carried_over})
+
+
+@router.post(
+    "/model/fits",
+    status_code=202,
+    responses=problem_responses(400),
+    summary="Fit the model on the incident history, as a job (admin)",
+)
+def request_fit(
+    data: schemas.ModelFitIn, principal: Admin, session: WriteSession, now: Now
+) -> schemas.ModelFitOut:
+    """A worker fits the model on every incident held and the registered targets, reports on
+    rolling-origin validation splits, and publishes the result only if it beats the version in
+    force (unless dry_run). Poll GET /v1/model/fits/{id} for the report; audited."""
+    row = modelfit.request_fit(session, modelfit.Request(**data.model_dump()), principal, now)
+    return _fit_out(row)
+
+
+@router.get("/model/fits", summary="Model fits, newest first (admin)")
+def list_fits(_: Admin, session: ReadSession, limit: Limit) -> list[schemas.ModelFitOut]:
+    """Fit jobs with their status, outcome and report."""
+    rows = session.execute(select(ModelFit).order_by(ModelFit.id.desc()).limit(limit)).scalars()
+    return [_fit_out(r) for r in rows]
+
+
+@router.get(
+    "/model/fits/{fit_id}",
+    responses=problem_responses(404),
+    summary="One model fit with its report (admin)",
+)
+def get_fit(fit_id: Id, _: Admin, session: ReadSession) -> schemas.ModelFitOut:
+    """A fit job: pending, running, done (with its report and outcome) or failed (why)."""
+    row = session.get(ModelFit, fit_id)
+    if row is None:
+        raise not_found("model fit")
+    return _fit_out(row)
 
 
 @router.get("/audit-log", summary="Audit entries: the tenant's, or all for an admin")
