@@ -256,7 +256,9 @@ def test_empty_incident_set_scores_the_background_probability_and_nothing_else()
         assert result.adjustments == ()
         assert result.incident_count == 0
         assert result.escalation["factor"] == 0.0
-        assert result.components[Component.BACKGROUND] == pytest.approx(100 * background(params))
+        assert result.components[Component.BACKGROUND] == pytest.approx(
+            100 * background(params), abs=0.005
+        )
         assert all(v == 0.0 for k, v in result.components.items() if k is not Component.BACKGROUND)
     assert score(site(), [], params=SIMPLE).value == 2.0
 

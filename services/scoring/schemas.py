@@ -640,12 +640,18 @@ class BacktestTarget(Strict):
 
 
 class BacktestIn(Strict):
-    """Score every point (or target) at every time; points use `radius_km` and no profile."""
+    """Score every point (or target) at every time; points have no profile."""
 
     points: Annotated[list[BacktestPoint], Field(max_length=100_000)] = []
     targets: Annotated[list[BacktestTarget], Field(max_length=1000)] = []
     times: Annotated[list[Timestamp], Field(min_length=1, max_length=10_000)]
-    radius_km: Annotated[Kilometres, Field(ge=0, le=500)] = 25.0
+    radius_km: Annotated[Kilometres, Field(ge=0, le=500)] = Field(
+        25.0,
+        description=(
+            "Accepted for compatibility; it does not change a score, which is the probability "
+            "of violence within the model's forecast distance of the point itself."
+        ),
+    )
 
     @model_validator(mode="after")
     def _something(self) -> BacktestIn:

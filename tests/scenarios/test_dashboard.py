@@ -55,7 +55,8 @@ BAND_COLOURS = {
 AUTH = {"Authorization": f"Bearer {DEMO_TENANT_KEY}"}
 UI_TIMEOUT_MS = 60_000
 AXE = Path(__file__).parents[1] / "fixtures" / "axe" / "axe.min.js"
-JUNE_2025 = datetime(2025, 6, 20, tzinfo=UTC)  # in the demo timeline
+# The fit report's validation scores as the Model page shows them: field and decimals.
+VALIDATION_SCORES = [("roc_auc", 3), ("average_precision", 3), ("brier", 4), ("brier_skill", 3)]
 
 
 # Module scope: Playwright's sync API runs an event loop in the thread while it is open, which
@@ -215,6 +216,36 @@ def corridor_bands(page: Page) -> dict[int, tuple[str, str]]:
     return drawn
 
 
+def target_bands(page: Page) -> dict[tuple[str, int], tuple[str, str]]:
+    """Each site's and corridor's (band, colour) as drawn, by ("site" or "corridor", id)."""
+    drawn = {("site", i): band for i, band in marker_bands(page).items()}
+    return drawn | {("corridor", i): band for i, band in corridor_bands(page).items()}
+
+
+def backtest_bands(
+    server: Server, targets: list[tuple[str, int]], at: str
+) -> dict[tuple[str, int], str]:
+    """Each target's band as of `at`, as the API's backtest gives it."""
+    body = {"targets": [{"kind": k, "id": i} for k, i in targets], "times": [at]}
+    bands = api_post(server, "/v1/backtests", body)["bands"]
+    return {target: bands[n][0] for n, target in enumerate(targets)}
+
+
+def all_targets(server: Server) -> list[tuple[str, int]]:
+    sites = api_get(server, "/v1/sites?limit=500")["features"]
+    corridors = api_get(server, "/v1/corridors?limit=500")["features"]
+    return [("site", s["id"]) for s in sites] + [("corridor", c["id"]) for c in corridors]
+
+
+def coloured(bands: dict[tuple[str, int], str]) -> dict[tuple[str, int], tuple[str, str]]:
+    return {target: (band, BAND_COLOURS[band]) for target, band in bands.items()}
+
+
+def numbers(texts: list[str]) -> list[float]:
+    """Figures as a table shows them ("4,368", "27.5 %", an odds factor), as numbers."""
+    return [float(re.sub(r"[^0-9.\-]", "", t)) for t in texts]
+
+
 def checked(page: Page) -> None:
     """The page as it is now has no unnamed control and no serious WCAG 2 A/AA violation."""
     assert unlabelled_controls(page) == []
@@ -279,26 +310,26 @@ def test_the_map_shows_the_demo_sites_in_their_band_colours_and_the_slider_goes_
 ) -> None:
     map_drawn(page)
     sites = api_get(server, "/v1/sites?limit=500")["features"]
+    corridors = api_get(server, "/v1/corridors?limit=500")["features"]
     assert len(sites) >= 3
-    now = {s["id"]: s["properties"]["current_score"]["band"] for s in sites}
-    assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in now.items()}
+    now = {("site", s["id"]): s["properties"]["current_score"]["band"] for s in sites}
+    now |= {("corridor", c["id"]): c["properties"]["current_score"]["band"] for c in corridors}
+    assert target_bands(page) == coloured(now)
+    # Without the demo there is no note, and nothing of it (not even a stray "null").
+    expect(page.locator("#demo-note")).to_have_count(0)
+    assert "null" not in page.locator("main").inner_text()
     checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-map-now.png")
 
-    # Back to the demo timeline: the slider counts days from today, and arrow keys move it.
+    # Back to the demo's story day: the slider counts days from today, and arrow keys move it.
     slider = page.get_by_label("As of")
-    slider.fill(str(-(datetime.now(UTC) - JUNE_2025).days - 1))
+    slider.fill(str(-(datetime.now(UTC) - STORY_AS_OF).days - 1))
     slider.press("ArrowRight")
-    as_of = map_drawn(page, re.compile(r"^2025-06-20T"))
-    expect(slider).to_have_attribute("aria-valuetext", "2025-06-20")
-    expected = api_post(
-        server,
-        "/v1/backtests",
-        {"targets": [{"kind": "site", "id": i} for i in now], "times": [as_of]},
-    )
-    then = {i: expected["bands"][n][0] for n, i in enumerate(now)}
-    assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in then.items()}
-    assert then != now, "mid-2025 looks different from today"
+    as_of = map_drawn(page, re.compile(rf"^{STORY_AS_OF:%Y-%m-%d}T"))
+    expect(slider).to_have_attribute("aria-valuetext", f"{STORY_AS_OF:%Y-%m-%d}")
+    then = backtest_bands(server, list(now), as_of)
+    assert target_bands(page) == coloured(then)
+    assert set(then.values()) != {"low"}, "the demo's story raises some targets above low"
     assert page.locator("path.incident-marker").count() > 0
     expect(page.locator("#shown-on-map")).to_contain_text("Countries under area-scoped threats")
     checked(page)
@@ -332,18 +363,8 @@ def test_under_serve_demo_the_map_opens_at_the_demos_story_time_saying_so_and_go
         )
         # The story is on the map: every site and corridor in the colour of its score as of
         # then, not all in the lowest band, and that time's incidents.
-        sites = api_get(demo_server, "/v1/sites?limit=500")["features"]
-        corridors = api_get(demo_server, "/v1/corridors?limit=500")["features"]
-        targets = [("site", s["id"]) for s in sites] + [("corridor", c["id"]) for c in corridors]
-        expected = api_post(
-            demo_server,
-            "/v1/backtests",
-            {"targets": [{"kind": k, "id": i} for k, i in targets], "times": [story]},
-        )
-        then = {target: expected["bands"][n][0] for n, target in enumerate(targets)}
-        drawn = {("site", i): band for i, band in marker_bands(page).items()}
-        drawn |= {("corridor", i): band for i, band in corridor_bands(page).items()}
-        assert drawn == {target: (band, BAND_COLOURS[band]) for target, band in then.items()}
+        then = backtest_bands(demo_server, all_targets(demo_server), story)
+        assert target_bands(page) == coloured(then)
         assert set(then.values()) != {"low"}, "the demo's story raises some targets above low"
         assert page.locator("path.incident-marker").count() > 0
         checked(page)
@@ -353,6 +374,7 @@ def test_under_serve_demo_the_map_opens_at_the_demos_story_time_saying_so_and_go
         map_drawn(page, "now")
         expect(page.locator("#demo-note")).to_be_hidden()
         expect(slider).to_have_attribute("aria-valuetext", "now")
+        sites = api_get(demo_server, "/v1/sites?limit=500")["features"]
         now = {s["id"]: s["properties"]["current_score"]["band"] for s in sites}
         assert marker_bands(page) == {i: (band, BAND_COLOURS[band]) for i, band in now.items()}
         page.get_by_role("link", name="Sites and corridors").click()
@@ -368,23 +390,136 @@ def test_a_target_page_explains_its_score_as_of_a_past_time_and_charts_its_histo
 ) -> None:
     map_drawn(page)
     as_of = "2025-06-20T12:00:00Z"
-    sites = api_get(server, "/v1/sites?limit=500")["features"]
-    scored = [(api_get(server, f"/v1/sites/{s['id']}/score?as_of={as_of}"), s) for s in sites]
-    score, site = max(scored, key=lambda pair: pair[0]["score"])
-    assert score["contributions"], "the demo's worst site in June 2025 has incidents behind it"
+    scored = [
+        (api_get(server, f"/v1/{kind}s/{i}/score?as_of={as_of}"), f"{kind}s", i)
+        for kind, i in all_targets(server)
+    ]
+    score, plural, target_id = max(scored, key=lambda found: found[0]["score"])
+    name = score["target"]["name"]
+    assert score["contributions"], "the demo's worst target in June 2025 has incidents behind it"
+    assert score["adjustments"], "and a profile (or mode) that adjusts its odds"
     page.get_by_role("link", name="Sites and corridors").click()
-    expect(page.locator("#targets-table")).to_contain_text(site["properties"]["name"])
+    expect(page.locator("#targets-table")).to_contain_text(name)
     checked(page)
-    page.goto(f"{server.url}/dashboard/#/sites/{site['id']}?as_of={as_of}")
-    expect(page.get_by_role("heading", level=1)).to_contain_text(site["properties"]["name"])
+    page.goto(f"{server.url}/dashboard/#/{plural}/{target_id}?as_of={as_of}")
+    expect(page.get_by_role("heading", level=1)).to_contain_text(name)
     expect(page.locator("#score-value")).to_have_text(f"{score['score']:.1f}")
+    forecast = score["forecast"]
+    expect(page.locator("#score-question")).to_have_text(
+        f"{score['score']:.1f} % chance of violence within {forecast['distance_km']:g} km"
+        f" in the next {forecast['horizon_days']:g} days"
+    )
     expect(page.locator("ol.contributions > li")).to_have_count(len(score["contributions"]))
     expect(page.get_by_text(score["contributions"][0]["why"]).first).to_be_visible()
+    # The adjustments on the odds are listed apart from the incidents' points.
+    rows = page.locator("#adjustments-table tbody tr")
+    expect(rows).to_have_count(len(score["adjustments"]))
+    for row, adjustment in zip(rows.all(), score["adjustments"], strict=True):
+        _, factor, why, _ = row.locator("td").all_text_contents()
+        assert numbers([factor]) == pytest.approx([adjustment["odds_factor"]], abs=0.0051)
+        assert why == adjustment["why"]
     expect(page.locator("#history-chart canvas")).to_have_count(1)
     checked(page)
     page.screenshot(path=shots(tmp_path) / "dashboard-target.png", full_page=True)
     page.get_by_text("Score history as a table").click()
     assert page.locator("details table tbody tr").count() == 105  # weekly, two years
+
+
+def test_the_model_page_shows_the_fit_report_of_the_version_in_force(
+    page: Page, server: Server, tmp_path: Path
+) -> None:
+    map_drawn(page)
+    model = api_get(server, "/v1/model")
+    report = model["report"]
+    assert report is not None, "the demo runs the shipped defaults, which carry their fit report"
+    page.get_by_role("link", name="Model").click()
+    expect(page.locator("#model-version")).to_contain_text(f"Version {model['version']}")
+    question = report["question"]
+    expect(page.locator("#model-question")).to_contain_text(
+        f"the probability of a violent incident within {question['distance_km']:g} km"
+        f" in the next {question['horizon_days']:g} days"
+    )
+
+    validation = report["validation"]
+    forecasts = [key for key in ("model", "baseline", "active") if key in validation]
+    expect(page.locator("#validation-table tbody tr")).to_have_count(len(forecasts))
+    for key in forecasts:
+        shown = page.locator(f'#validation-table tr[data-row="{key}"] td').all_text_contents()
+        for text, (field, digits) in zip(shown, VALIDATION_SCORES, strict=True):
+            assert float(text) == pytest.approx(validation[key][field], abs=0.51 * 10**-digits)
+
+    # The reliability diagram (a named picture, one point per decile) and its figures.
+    expect(page.get_by_role("img", name=re.compile("^Reliability diagram"))).to_be_visible()
+    expect(page.locator("#reliability-chart circle[data-decile]")).to_have_count(10)
+    rows = page.locator("#reliability-table tbody tr")
+    expect(rows).to_have_count(10)
+    baseline = {r["decile"]: r for r in report["baseline_reliability"]}
+    for row, decile in zip(rows.all(), report["reliability"], strict=True):
+        other = baseline[decile["decile"]]
+        assert row.locator("th").text_content() == str(decile["decile"])
+        mean, observed, count, other_mean, other_observed = numbers(
+            row.locator("td").all_text_contents()
+        )
+        assert count == decile["count"]
+        assert [mean, observed, other_mean, other_observed] == pytest.approx(
+            [100 * v for v in (decile["mean_predicted"], decile["observed"])]
+            + [100 * v for v in (other["mean_predicted"], other["observed"])],
+            abs=0.051,
+        )
+
+    low, moderate, elevated, high = model["params"]["band_thresholds"]
+    ranges = [
+        f"under {low:g} %",
+        f"{low:g} % to {moderate:g} %",
+        f"{moderate:g} % to {elevated:g} %",
+        f"{elevated:g} % to {high:g} %",
+        f"{high:g} % or more",
+    ]
+    rows = page.locator("#bands-table tbody tr")
+    expect(rows).to_have_count(len(report["bands"]))
+    for row, band, probability in zip(rows.all(), report["bands"], ranges, strict=True):
+        name, shown_range, share, observed, count = row.locator("td").all_text_contents()
+        assert (name, shown_range) == (band["band"], probability)
+        assert numbers([share, observed]) == pytest.approx(
+            [100 * band["share"], 100 * band["observed"]], abs=0.051
+        )
+        assert numbers([count]) == [band["count"]]
+
+    groups = report["fitted"]["groups"]
+    for group, fitted in groups.items():
+        row = page.locator(f'#groups-table tr[data-group="{group}"] td')
+        expect(row).to_have_count(12)  # weight, five distances, five ages, regional share
+        shown = numbers(row.all_text_contents())
+        assert shown[0] == pytest.approx(fitted["weight"], abs=0.0051)
+        assert shown[1:6] == pytest.approx(
+            [100 * fitted["kernel"][f"{km}km"] for km in (0, 10, 25, 50, 100)], abs=0.051
+        )
+        assert shown[6:11] == pytest.approx(
+            [100 * fitted["memory"][f"{d}d"] for d in (0, 7, 30, 90, 180)], abs=0.051
+        )
+    checked(page)
+    page.screenshot(path=shots(tmp_path) / "dashboard-model.png", full_page=True)
+
+    # The same page for other versions, served by the browser in place of the API's answer.
+    # Fitted against a version in force, a report scores that version too.
+    against = {**report, "validation": {**validation, "active": validation["baseline"]}}
+    served = {"model": {**model, "report": against}}
+    page.route(re.compile(r"/v1/model$"), lambda route: route.fulfill(json=served["model"]))
+    page.reload()
+    expect(page.locator("#validation-table tbody tr")).to_have_count(3)
+    expect(page.locator('#validation-table tr[data-row="active"]')).to_contain_text(
+        "Version in force when it was fitted"
+    )
+    # A version published by hand has no report: the page says how to make one.
+    served["model"] = {**model, "report": None}
+    page.reload()
+    expect(page.locator("#no-report")).to_contain_text(
+        f"Version {model['version']} has no fit report"
+    )
+    expect(page.locator("#no-report")).to_contain_text("riskalert model fit")
+    expect(page.locator("#model-question")).to_contain_text(f"{question['distance_km']:g} km")
+    assert page.locator("#validation-table, #reliability-chart").count() == 0
+    checked(page)
 
 
 def test_the_skip_link_moves_focus_to_the_page_without_leaving_it(page: Page) -> None:

@@ -187,6 +187,7 @@ const routes = [
   [/^#\/thresholds$/, thresholdsView],
   [/^#\/thresholds\/(\d+)\/(\d+)$/, ruleView],
   [/^#\/deliveries$/, deliveriesView],
+  [/^#\/model$/, modelView],
 ];
 let leavePage = null;
 
@@ -346,7 +347,7 @@ async function mapView(view) {
   const list = h("div", { id: "target-list" });
   view.append(
     h("h1", {}, "Map"),
-    note,
+    ...(note ? [note] : []), // append() would write a null as the text "null"
     h("div", { class: "controls" },
       h("label", { for: "as-of" }, "As of"), slider, shown, nowButton),
     h("div", { class: "map-layout" }, mapEl,
@@ -668,15 +669,18 @@ async function targetView(view, plural, id, asOf) {
       asOf ? [" · ", h("a", { href: `#/${plural}/${id}` }, "Now")] : ""),
     h("h1", {}, `${name} (${kind})`),
     h("div", { class: "score-head" },
-      h("span", { class: "score-big", id: "score-value" }, score.score.toFixed(1)),
+      h("span", { class: "score-big" }, h("span", { id: "score-value" }, score.score.toFixed(1)), " %"),
       bandBadge(score.band),
       h("span", { class: "muted" }, `as of ${when(score.as_of)}, model version ${score.model_version}, ` +
         `${score.incident_count} incident(s) counted`)),
+    h("p", { id: "score-question" }, h("strong", {}, chanceInWords(score))),
     h("p", {}, explainInWords(name, score)),
     h("h2", {}, "Components"),
     componentsTable(score),
     h("h2", {}, "Incidents behind the score"),
     contributionsList(score),
+    h("h2", {}, `Adjustments for this ${kind}`),
+    adjustmentsList(score),
     h("h2", {}, "Score history"),
     historyChart(series, history, fired),
     h("details", {},
@@ -701,21 +705,34 @@ async function firings(targetId) {
     .map((e) => ({ at: e.at, state: e.to_state })));
 }
 
+/** A number as short as it can be written: 50.0 becomes "50". */
+const plain = (x) => String(Number(x));
+
+/** The score as the question it answers: "12.3 % chance of violence within 50 km in the next
+ * 30 days". */
+function chanceInWords(score) {
+  const text = `${score.score.toFixed(1)} % chance of violence`;
+  const f = score.forecast;
+  return f ? `${text} within ${plain(f.distance_km)} km in the next ${plain(f.horizon_days)} days` : text;
+}
+
 function explainInWords(name, score) {
   const parts = Object.entries(score.components)
     .filter(([, points]) => points > 0.05)
     .sort((a, b) => b[1] - a[1])
-    .map(([component, points]) => `${component} ${points.toFixed(1)} points`);
+    .map(([component, points]) => `${component} ${points.toFixed(1)}`);
   const top = score.contributions[0];
-  let text = `${name} scores ${score.score.toFixed(1)} out of 100, in the ${score.band} band.`;
-  text += parts.length ? ` It is made of ${parts.join(", ")}.` : " No incident counts towards it now.";
+  let text = `${name} is in the ${score.band} band.`;
+  text += parts.length
+    ? ` Its ${score.score.toFixed(1)} % is made of ${parts.join(", ")} percentage points.`
+    : " No incident counts towards it now.";
   if (top) text += ` The largest share (${Math.round(top.share * 100)} %) comes from: ${top.why}`;
   return text;
 }
 
 function componentsTable(score) {
   return h("table", {},
-    h("thead", {}, h("tr", {}, h("th", {}, "Component"), h("th", { class: "num" }, "Points"))),
+    h("thead", {}, h("tr", {}, h("th", {}, "Component"), h("th", { class: "num" }, "Percentage points"))),
     h("tbody", {}, Object.entries(score.components).map(([component, points]) =>
       h("tr", {}, h("td", {}, component), h("td", { class: "num" }, points.toFixed(1))))));
 }
@@ -732,9 +749,39 @@ function contributionsList(score) {
       : "");
 }
 
+// The API's adjustment kinds in words (docs/scoring.md, "Firm-specific exposure").
+const ADJUSTMENT_KINDS = {
+  expatriate_kidnapping: "Kidnappings of expatriates",
+  victim_sector: "Victims in the target's sector",
+  foreign_firm_targeted: "Attacks aimed at foreign firms",
+  mining_targeted: "Attacks aimed at mining",
+  corridor_mode: "The corridor's mode (road or air)",
+  threats: "Explicit threats aimed at the target",
+};
+
+/** The firm-specific factors on the odds, apart from the fitted incidents' points. */
+function adjustmentsList(score) {
+  const adjustments = score.adjustments || [];
+  const generic = `${(score.generic_probability * 100).toFixed(1)} %`;
+  if (!adjustments.length) {
+    return h("p", { class: "muted", id: "adjustments-none" },
+      `None: nothing in its profile changes the fitted probability (${generic}).`);
+  }
+  return h("table", { id: "adjustments-table" },
+    h("caption", {}, `Factors on the odds of the fitted probability (${generic} before them), from the ` +
+      "target's profile, its mode and threats aimed at it; they are not fitted (docs/scoring.md)."),
+    h("thead", {}, h("tr", {}, h("th", {}, "Adjustment"), h("th", { class: "num" }, "Odds factor"),
+      h("th", {}, "Why"), h("th", { class: "num" }, "Incidents"))),
+    h("tbody", {}, adjustments.map((a) => h("tr", {},
+      h("td", {}, ADJUSTMENT_KINDS[a.kind] || humanize(a.kind)),
+      h("td", { class: "num" }, `× ${a.odds_factor.toFixed(2)}`),
+      h("td", {}, a.why),
+      h("td", { class: "num" }, String(a.incident_ids.length))))));
+}
+
 function historyChart(series, history, fired) {
   const canvas = h("div", { id: "history-canvas", role: "img",
-    "aria-label": "Weekly score over the last two years, with the alerts that fired marked; the table below has the figures" });
+    "aria-label": "Weekly score (chance of violence, %) over the last two years, with the alerts that fired marked; the table below has the figures" });
   const xs = series.times.map((t) => Date.parse(t) / 1000);
   const marks = (fired || []).map((a) => Date.parse(a.at) / 1000).filter((t) => t >= xs[0]);
   const recorded = new Map(history.map((p) => [Math.round(Date.parse(p.as_of) / 1000), p.score]));
@@ -763,10 +810,10 @@ function historyChart(series, history, fired) {
     scales: { y: { range: [0, 100] } },
     series: [
       {},
-      { label: "score (weekly, as of)", stroke: "#0b5cad", width: 2, spanGaps: true },
+      { label: "score, % (weekly, as of)", stroke: "#0b5cad", width: 2, spanGaps: true },
       { label: "recorded change", stroke: "#e65100", width: 0, points: { show: true, size: 7, fill: "#e65100" } },
     ],
-    axes: [{}, { label: "score" }],
+    axes: [{}, { label: "chance of violence (%)" }],
     hooks: { draw: [markAlerts] },
   }, data, canvas);
   const note = fired === null
@@ -779,7 +826,7 @@ function historyTable(series, fired) {
   const alerts = (fired || []).map((a) => `${day(a.at)} (${a.state})`).join("; ") || "none";
   return h("table", {},
     h("caption", {}, `Alerts fired: ${alerts}`),
-    h("thead", {}, h("tr", {}, h("th", {}, "Week"), h("th", { class: "num" }, "Score"), h("th", {}, "Band"))),
+    h("thead", {}, h("tr", {}, h("th", {}, "Week"), h("th", { class: "num" }, "Score (%)"), h("th", {}, "Band"))),
     h("tbody", {}, series.times.map((t, i) => h("tr", {},
       h("td", {}, day(t)), h("td", { class: "num" }, series.scores[0][i].toFixed(1)),
       h("td", {}, bandBadge(series.bands[0][i]))))));
@@ -1060,6 +1107,243 @@ function attemptTable(attempts) {
       h("td", {}, String(a.number)), h("td", {}, when(a.started_at)), h("td", {}, a.outcome),
       h("td", {}, a.status_code ?? ""), h("td", { class: "num" }, `${Math.round(a.duration_ms)} ms`),
       h("td", {}, a.error || "")))));
+}
+
+const SVG_NS = "http://www.w3.org/2000/svg";
+const KERNEL_KM = [0, 10, 25, 50, 100]; // where the Model page reads each group's kernel
+const MEMORY_DAYS = [0, 7, 30, 90, 180]; // and its memory
+const DEFAULT_BAND_THRESHOLDS = [5, 15, 30, 50];
+
+/** An SVG element, as h() builds HTML ones (attributes only: no listeners, no style). */
+function svg(tag, attrs = {}, ...children) {
+  const el = document.createElementNS(SVG_NS, tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value !== undefined && value !== null) el.setAttribute(name, String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const percent = (fraction, digits = 1) => `${(fraction * 100).toFixed(digits)} %`;
+const count = (n) => Number(n).toLocaleString("en-GB");
+const cell = (value, format) => h("td", { class: "num" }, value === undefined || value === null ? "–" : format(value));
+
+const categoryInWords = (category) => humanize(category).replace(/\b(v?bied|ied)\b/, (m) => m.toUpperCase());
+
+/** The question a model version answers, in words. */
+function questionInWords(question) {
+  return `the probability of a violent incident within ${plain(question.distance_km)} km ` +
+    `in the next ${plain(question.horizon_days)} days`;
+}
+
+async function modelView(view) {
+  titled(view, "Model");
+  const model = await busy("Loading the model in force", api("/v1/model"));
+  const params = model.params || {};
+  const report = model.report;
+  const question = (report && report.question) || {
+    distance_km: params.forecast_distance_km,
+    horizon_days: params.forecast_horizon_days,
+    categories: params.forecast_categories || [],
+  };
+  view.append(
+    h("h1", {}, "Model"),
+    h("p", { id: "model-version" },
+      h("strong", {}, `Version ${model.version}`),
+      `, in force since ${when(model.created_at)}, published by ${model.created_by}: ${model.note}.`),
+    h("h2", {}, "What the score answers"),
+    h("p", { id: "model-question" },
+      `A score is ${questionInWords(question)}, in percent, calibrated on the incident history: `,
+      "of the places and times it puts at 30 %, about 30 % saw such an incident."),
+    h("p", { class: "muted" }, `Violent: ${(question.categories || []).map(categoryInWords).join(", ")}.`),
+  );
+  if (!report) {
+    view.append(
+      h("h2", {}, "No fit report"),
+      h("p", { id: "no-report" },
+        `Version ${model.version} has no fit report: its parameters were published by hand. To make one, `,
+        "fit the model on the incident history with ", h("code", {}, "riskalert model fit"),
+        " (add ", h("code", {}, "--dry-run"), " to read the report without publishing it) or ",
+        h("code", {}, "POST /v1/model/fits"), "; the fit publishes its version, with the report, only ",
+        "when it forecasts better than the version in force."),
+    );
+    return;
+  }
+  view.append(
+    h("h2", {}, "What it was fitted on"),
+    h("p", { id: "model-data" }, dataInWords(report)),
+    h("h2", {}, "Validation: the model against the decay baseline"),
+    validationTable(report),
+    h("h2", {}, "Reliability: is a forecast of N % right N % of the time?"),
+    h("div", { class: "side-by-side" }, reliabilityFigure(report), reliabilityTable(report)),
+    h("h2", {}, "Bands"),
+    bandsTable(report, params.band_thresholds || DEFAULT_BAND_THRESHOLDS),
+    h("h2", {}, "What was fitted, per group of incidents"),
+    groupsTable(report),
+  );
+}
+
+function dataInWords(report) {
+  const d = report.data || {};
+  const folds = report.folds || [];
+  let text = `${count(d.incidents)} incidents at ${count(d.places)} places, ${count(d.origins)} times ` +
+    `(origins) from ${day(d.first_origin)} to ${day(d.last_origin)}: ${count(d.rows)} place-times.`;
+  if (folds.length) {
+    text += ` Validated on ${folds.length} later blocks (${day(folds[0].validation_start)} to ` +
+      `${day(folds[folds.length - 1].validation_end)}), each forecast by a model trained only on ` +
+      "what had been reported before the block.";
+  }
+  if (report.fitted_at) text += ` Fitted ${when(report.fitted_at)}.`;
+  return text;
+}
+
+// [field, heading, digits, better]: the validation scores as the table shows them.
+const VALIDATION_SCORES = [
+  ["roc_auc", "ROC AUC", 3, "higher is better"],
+  ["average_precision", "Average precision", 3, "higher is better"],
+  ["brier", "Brier score", 4, "lower is better"],
+  ["brier_skill", "Brier skill", 3, "higher is better"],
+];
+
+function validationTable(report) {
+  const v = report.validation || {};
+  const rows = [["model", "This version"], ["baseline", "Decay baseline"],
+    ["active", "Version in force when it was fitted"]].filter(([key]) => v[key]);
+  return h("table", { id: "validation-table" },
+    h("caption", {}, "On the pooled validation blocks. Brier skill is against climatology (the training ",
+      `base rate, ${percent(v.climatology_rate ?? 0)}); violence followed in ${percent(v.observed_rate ?? 0)} `,
+      "of the place-times. The decay baseline weighs past violent events by distance and a 30-day half-life."),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Forecast"),
+      VALIDATION_SCORES.map(([, heading, , better]) => h("th", { scope: "col", class: "num" },
+        heading, h("br"), h("small", {}, better))))),
+    h("tbody", {}, rows.map(([key, label]) => h("tr", { dataset: { row: key } },
+      h("th", { scope: "row" }, label),
+      VALIDATION_SCORES.map(([field, , digits]) => cell(v[key][field], (x) => x.toFixed(digits)))))));
+}
+
+function reliabilityFigure(report) {
+  const size = 340;
+  const pad = { left: 56, right: 16, top: 14, bottom: 46 };
+  const x = (p) => pad.left + p * size;
+  const y = (p) => pad.top + (1 - p) * size;
+  const ticks = [0, 0.2, 0.4, 0.6, 0.8, 1];
+  const grid = ticks.map((t) => [
+    svg("line", { x1: x(t), y1: y(0), x2: x(t), y2: y(1), class: "grid" }),
+    svg("line", { x1: x(0), y1: y(t), x2: x(1), y2: y(t), class: "grid" }),
+    svg("text", { x: x(t), y: y(0) + 18, "text-anchor": "middle" }, `${t * 100}`),
+    svg("text", { x: x(0) - 8, y: y(t) + 4, "text-anchor": "end" }, `${t * 100}`),
+  ]);
+  const points = (rows) => rows.map((r) => [x(r.mean_predicted), y(r.observed), r.decile]);
+  const line = (rows, cls) => svg("polyline", {
+    class: cls, points: points(rows).map(([px, py]) => `${px},${py}`).join(" "),
+  });
+  const model = report.reliability || [];
+  const baseline = report.baseline_reliability || [];
+  const legendY = (i) => pad.top + 12 + i * 20;
+  const legend = [
+    svg("line", { x1: x(0.04), y1: legendY(0), x2: x(0.12), y2: legendY(0), class: "diagonal" }),
+    svg("text", { x: x(0.14), y: legendY(0) + 4 }, "exactly right"),
+    svg("circle", { cx: x(0.08), cy: legendY(1), r: 5, class: "model" }),
+    svg("text", { x: x(0.14), y: legendY(1) + 4 }, "this version"),
+    svg("rect", { x: x(0.08) - 4.5, y: legendY(2) - 4.5, width: 9, height: 9, class: "baseline" }),
+    svg("text", { x: x(0.14), y: legendY(2) + 4 }, "decay baseline"),
+  ];
+  const chart = svg("svg", {
+    viewBox: `0 0 ${pad.left + size + pad.right} ${pad.top + size + pad.bottom}`,
+    width: pad.left + size + pad.right, height: pad.top + size + pad.bottom,
+    role: "img", "aria-labelledby": "reliability-caption", class: "reliability",
+  },
+  grid,
+  svg("line", { x1: x(0), y1: y(0), x2: x(1), y2: y(1), class: "diagonal" }),
+  line(baseline, "baseline"),
+  points(baseline).map(([cx, cy, decile]) => svg("rect", {
+    x: cx - 4.5, y: cy - 4.5, width: 9, height: 9, class: "baseline", "data-decile": decile,
+  })),
+  line(model, "model"),
+  points(model).map(([cx, cy, decile]) => svg("circle", { cx, cy, r: 5, class: "model", "data-decile": decile })),
+  svg("text", { x: x(0.5), y: y(0) + 38, "text-anchor": "middle" }, "mean forecast (%)"),
+  svg("text", { x: 14, y: y(0.5), "text-anchor": "middle", transform: `rotate(-90 14 ${y(0.5)})` },
+    "observed frequency (%)"),
+  legend);
+  return h("figure", { class: "chart", id: "reliability-chart" }, chart,
+    h("figcaption", { id: "reliability-caption" },
+      "Reliability diagram: the validation place-times in tenths by forecast, each at its mean forecast ",
+      "(across) and the share that saw violence (up); on the dashed diagonal a forecast is exactly right. ",
+      "Circles: this version; squares: the decay baseline. The table below gives the figures."));
+}
+
+function reliabilityTable(report) {
+  const model = report.reliability || [];
+  const baseline = new Map((report.baseline_reliability || []).map((r) => [r.decile, r]));
+  return h("table", { id: "reliability-table" },
+    h("caption", {}, "Reliability by decile of the forecast (1: the lowest tenth of forecasts, 10: the highest)."),
+    h("colgroup", { span: 1 }), h("colgroup", { span: 3 }), h("colgroup", { span: 2 }),
+    h("thead", {},
+      h("tr", {}, h("th", { scope: "col", rowspan: 2 }, "Decile"),
+        h("th", { scope: "colgroup", colspan: 3 }, "This version"),
+        h("th", { scope: "colgroup", colspan: 2 }, "Decay baseline")),
+      h("tr", {}, ["Mean forecast", "Observed", "Place-times", "Mean forecast", "Observed"]
+        .map((t) => h("th", { scope: "col", class: "num" }, t)))),
+    h("tbody", {}, model.map((r) => {
+      const b = baseline.get(r.decile) || {};
+      return h("tr", {},
+        h("th", { scope: "row" }, String(r.decile)),
+        cell(r.mean_predicted, percent), cell(r.observed, percent), cell(r.count, count),
+        cell(b.mean_predicted, percent), cell(b.observed, percent));
+    })));
+}
+
+/** A band's range of the probability, from the version's thresholds in percent. */
+function bandRange(band, thresholds) {
+  const i = BANDS.indexOf(band);
+  if (i === 0) return `under ${plain(thresholds[0])} %`;
+  if (i === BANDS.length - 1) return `${plain(thresholds[i - 1])} % or more`;
+  return `${plain(thresholds[i - 1])} % to ${plain(thresholds[i])} %`;
+}
+
+function bandsTable(report, thresholds) {
+  return h("table", { id: "bands-table" },
+    h("caption", {}, "Each band's share of the validation place-times, and how often violence followed in them."),
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Band"), h("th", { scope: "col" }, "Probability"),
+      h("th", { scope: "col", class: "num" }, "Share of place-times"),
+      h("th", { scope: "col", class: "num" }, "Observed frequency"),
+      h("th", { scope: "col", class: "num" }, "Place-times"))),
+    h("tbody", {}, (report.bands || []).map((b) => h("tr", { dataset: { band: b.band } },
+      h("td", {}, bandBadge(b.band)), h("td", {}, bandRange(b.band, thresholds)),
+      cell(b.share, percent), cell(b.observed, percent), cell(b.count, count)))));
+}
+
+function groupsTable(report) {
+  const fitted = report.fitted || {};
+  const groups = Object.entries(fitted.groups || {}).sort((a, b) => b[1].weight - a[1].weight);
+  const gain = fitted.escalation_gain ?? 0;
+  return h("div", {},
+    h("table", { id: "groups-table" },
+      h("caption", {}, "Kernel: a group's weight at a distance; memory: at an age; both as a share of ",
+        "their value at 0. Regional share: the part of the weight on the 100 and 200 km scales."),
+      h("colgroup", { span: 2 }), h("colgroup", { span: KERNEL_KM.length }),
+      h("colgroup", { span: MEMORY_DAYS.length }), h("colgroup", { span: 1 }),
+      h("thead", {},
+        h("tr", {}, h("th", { scope: "col", rowspan: 2 }, "Group"),
+          h("th", { scope: "col", rowspan: 2, class: "num" }, "Weight"),
+          h("th", { scope: "colgroup", colspan: KERNEL_KM.length }, "Kernel at"),
+          h("th", { scope: "colgroup", colspan: MEMORY_DAYS.length }, "Memory at"),
+          h("th", { scope: "col", rowspan: 2, class: "num" }, "Regional share")),
+        h("tr", {},
+          KERNEL_KM.map((km) => h("th", { scope: "col", class: "num" }, `${km} km`)),
+          MEMORY_DAYS.map((d) => h("th", { scope: "col", class: "num" }, `${d} days`)))),
+      h("tbody", {}, groups.map(([name, g]) => h("tr", { dataset: { group: name } },
+        h("th", { scope: "row" }, humanize(name)),
+        cell(g.weight, (w) => w.toFixed(2)),
+        KERNEL_KM.map((km) => cell((g.kernel || {})[`${km}km`], (k) => percent(k))),
+        MEMORY_DAYS.map((d) => cell((g.memory || {})[`${d}d`], (m) => percent(m))),
+        cell(g.regional_share, percent))))),
+    h("p", { id: "escalation-gain" }, `Escalation gain: ${plain(gain)}`, gain === 0
+      ? ": the fit found that a recent rise in tempo adds nothing the groups do not already carry."
+      : ": how much a recent rise in tempo, against the place's own past, raises the intensity."));
 }
 
 document.getElementById("sign-out").addEventListener("click", () => {

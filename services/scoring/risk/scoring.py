@@ -42,6 +42,9 @@ from services.scoring.taxonomy import Category, Component, Mode, Sector, TargetK
 # score_points groups its pairs into cells this many degrees wide, so one candidate search and
 # one distance matrix serve every point in the cell.
 _CELL_DEGREES = 1.0
+# An adjustment whose factor is closer to 1 than this (its incidents are too far or too old to
+# weigh) is not listed.
+NOTABLE_FACTOR = 0.005
 # Upper bound on the (pairs x incidents x half-lives) arrays score_points builds at once.
 _MAX_MATRIX_CELLS = 1_000_000
 
@@ -360,13 +363,14 @@ def _adjustments(
             # The factor this match alone gives: the c-weighted mean of its own factor.
             solo = float(np.sum(c * np.where(mask, factor, 1.0)) / raw)
             ids = tuple(incidents.incidents[int(i)].id for i in idx[mask & (c > 0.0)])
-            if ids:
+            if ids and abs(solo - 1.0) >= NOTABLE_FACTOR:
                 out.append(Adjustment(kind, round(solo, 4), ids, why))
         moded = profile.mode_factor != 1.0
         if moded.any() and np.sum(c[moded]) > 0.0:
             solo = float(np.sum(c * profile.mode_factor) / raw)
             ids = tuple(incidents.incidents[int(i)].id for i in idx[moded & (c > 0.0)])
-            out.append(Adjustment("corridor_mode", round(solo, 4), ids, "the corridor's mode"))
+            if abs(solo - 1.0) >= NOTABLE_FACTOR:
+                out.append(Adjustment("corridor_mode", round(solo, 4), ids, "the corridor's mode"))
     if threat_k.shape[0] and m_threats != 1.0:
         ids = tuple(incidents.incidents[int(idx[k])].id for k in threat_k if strength[k] > 0.0)
         out.append(Adjustment("threats", round(m_threats, 4), ids, "threats aimed at the target"))
@@ -439,7 +443,10 @@ def score_points(
     *,
     radius_km: float = 0.0,
 ) -> FloatArray:
-    """Values (probability in percent) of many bare (point, as_of epoch s) pairs, unexplained."""
+    """Values (probability in percent) of many bare (point, as_of epoch s) pairs, unexplained.
+
+    `radius_km` does not change them: the forecast is measured from the point itself."""
+    del radius_km
     return terms.percent(probabilities(lats, lons, as_of, incidents, params))
 
 
