@@ -6,13 +6,10 @@ import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from services.scoring.geo import FloatArray
-from services.scoring.risk import terms
 from services.scoring.risk.incidentset import IncidentSet, IndexArray
 from services.scoring.risk.params import component_of
-from services.scoring.risk.types import Contribution, Target
+from services.scoring.risk.types import Contribution, Incident, Target
 from services.scoring.taxonomy import (
     Category,
     Lifecycle,
@@ -70,8 +67,7 @@ def contribution(
     d_eff: FloatArray,
     age: FloatArray,
     kernel_basis: FloatArray,
-    decay_basis: FloatArray,
-    coefficients: FloatArray,
+    c: FloatArray,
     profile: Profile,
     points: float,
     score: float,
@@ -113,12 +109,10 @@ def contribution(
 
     # The fitted space-time weight, and how much of it distance and age leave: kernel is the
     # weight at this distance over the weight at 0 km (both at age 0), decay the rest.
-    B = coefficients[k]
-    weight = float(np.einsum("s,h,sh->", kernel_basis[k], decay_basis[k], B))
-    at_zero = terms.spatial_basis(np.zeros(1), params)[0]
-    fresh = np.ones(B.shape[1])
-    peak = float(np.einsum("s,h,sh->", at_zero, fresh, B))
-    here = float(np.einsum("s,h,sh->", kernel_basis[k], fresh, B))
+    B = incidents.coef[i].reshape(kernel_basis.shape[1], -1)
+    weight = float(c[k] / incidents.static[i]) if incidents.static[i] > 0.0 else 0.0
+    peak = float(B.sum())  # every basis kernel is 1 at 0 km, every decay 1 at age 0
+    here = float(kernel_basis[k] @ B.sum(axis=1))
     factors: dict[str, float | str | None] = {
         "distance_km": None if not k_point else round(dist, 3),
         "distance_basis": "area" if not k_point else noun,
@@ -137,15 +131,7 @@ def contribution(
         "profile_match": float(profile.factor[k]),
         "mode_factor": mode_factor,
     }
-    return Contribution(
-        incident_id=inc.id,
-        category=inc.category,
-        component=component_of(inc.category),
-        points=points,
-        share=points / score if score > 0.0 else 0.0,
-        factors=MappingProxyType(factors),
-        why=why,
-    )
+    return _made(inc, points, score, factors, why)
 
 
 def threat_contribution(
@@ -191,6 +177,13 @@ def threat_contribution(
         "odds_factor": factor,
         "adjustment": "threats",
     }
+    return _made(inc, points, score, factors, why)
+
+
+def _made(
+    inc: Incident, points: float, score: float, factors: dict[str, float | str | None], why: str
+) -> Contribution:
+    """A contribution: the incident's points, its share of the score, its factors and why."""
     return Contribution(
         incident_id=inc.id,
         category=inc.category,

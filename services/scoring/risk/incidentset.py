@@ -118,8 +118,18 @@ class IncidentSet:
         self.max_influence_km = max_influence_km(params)
         self.lat: FloatArray = np.array([i.lat for i in point], dtype=np.float64)
         self.lon: FloatArray = np.array([i.lon for i in point], dtype=np.float64)
-        self.coefficients, names = terms.coefficient_tensor(params)
+        tensor, names = terms.coefficient_tensor(params)
         group_index = {g: k for k, g in enumerate(names)}
+        # Only the scales and half-lives some group weighs are computed when scoring (a fit
+        # leaves most at 0).
+        active_s = np.flatnonzero(tensor.sum(axis=(0, 2)) > 0.0)
+        active_h = np.flatnonzero(tensor.sum(axis=(0, 1)) > 0.0)
+        active_s = active_s if active_s.size else np.arange(1)
+        active_h = active_h if active_h.size else np.arange(1)
+        self.scales: FloatArray = np.asarray(params.spatial_scales_km)[active_s]
+        self.half_lives: FloatArray = np.asarray(params.half_lives_days)[active_h]
+        # (G, S', H'): the fitted coefficients of the scales and half-lives in use.
+        self.coefficients: FloatArray = tensor[:, active_s][:, :, active_h]
 
         rows = self.incidents
         figures = [fatalities(i, params) for i in rows]
@@ -157,6 +167,11 @@ class IncidentSet:
             ]
         )
         self.fitted = self.group != NONE
+        # Each incident's coefficients, flattened (N, S'*H'); zeros for threats.
+        by_group = self.coefficients.reshape(len(names), -1)
+        self.coef: FloatArray = np.where(
+            self.fitted[:, None], by_group[np.maximum(self.group, 0)], 0.0
+        ).reshape(len(rows), by_group.shape[1])
         self.is_threat = bools([i.category is Category.EXPLICIT_THREAT for i in rows])
         self.forecast = bools([i.category in params.forecast_categories for i in rows])
         self.is_kidnapping = bools([i.category is Category.KIDNAPPING for i in rows])
@@ -208,11 +223,13 @@ class IncidentSet:
         lon = self.lon[lo:hi]
         return lo + np.flatnonzero((lon >= min_lon) & (lon <= max_lon))
 
-    def coefficients_of(self, idx: IndexArray) -> FloatArray:
-        """Each candidate's (S, H) coefficient matrix; zeros for threats; (n, S, H)."""
-        groups = self.group[idx]
-        out = self.coefficients[np.maximum(groups, 0)]
-        return np.asarray(np.where((groups != NONE)[:, None, None], out, 0.0))
+    def kernel_basis(self, d_eff_km: FloatArray) -> FloatArray:
+        """The spatial basis at the scales in use; shape (..., S')."""
+        return terms.spatial_basis(d_eff_km, self.params, self.scales)
+
+    def decay_basis(self, age_days: FloatArray) -> FloatArray:
+        """The temporal basis at the half-lives in use; shape (..., H')."""
+        return terms.temporal_basis(age_days, self.params, self.half_lives)
 
 
 def check_params(incidents: IncidentSet, params: ModelParams) -> None:

@@ -204,19 +204,19 @@ def score_target(
     valid = (incidents.reported_s[idx] <= t) & (age >= 0.0) & (age <= params.lookback_days)
     idx, age = idx[valid], age[valid]
     n_pt = int(np.count_nonzero(idx < incidents.n_point))
+    point_distance = _distances(incidents, idx[:n_pt], target, coords)
+    point_d_eff = terms.effective_distance(point_distance, incidents.sigma_km[idx[:n_pt]])
+    # Beyond the reach every term is 0 (the box around the target is wider than the circle).
+    near = np.concatenate((point_d_eff < params.reach_km, np.ones(idx.shape[0] - n_pt, bool)))
+    idx, age = idx[near], age[near]
+    n_pt = int(np.count_nonzero(near[:n_pt]))
     n = idx.shape[0]
-
-    distance = np.full(n, np.nan)
-    distance[:n_pt] = _distances(incidents, idx[:n_pt], target, coords)
-    d_eff = np.concatenate(
-        (
-            terms.effective_distance(distance[:n_pt], incidents.sigma_km[idx[:n_pt]]),
-            np.full(n - n_pt, params.area_distance_km),
-        )
-    )
-    kernel_basis = terms.spatial_basis(d_eff, params)
-    decay_basis = terms.temporal_basis(age, params)
-    coefficients = incidents.coefficients_of(idx)
+    kept = near[: point_distance.shape[0]]
+    distance = np.concatenate((point_distance[kept], np.full(n - n_pt, np.nan)))
+    d_eff = np.concatenate((point_d_eff[kept], np.full(n - n_pt, params.area_distance_km)))
+    kernel_basis = incidents.kernel_basis(d_eff)
+    decay_basis = incidents.decay_basis(age)
+    coefficients = incidents.coef[idx]
     fitted = incidents.fitted[idx]
     c = incidents.static[idx] * terms.space_time_weight(kernel_basis, decay_basis, coefficients)
 
@@ -304,8 +304,8 @@ def score_target(
         )
         if incidents.is_threat[idx[k]]
         else contribution(
-            incidents, idx, k, target, distance, d_eff, age, kernel_basis, decay_basis,
-            coefficients, profile, float(incident_points[k]), value,
+            incidents, idx, k, target, distance, d_eff, age, kernel_basis, c, profile,
+            float(incident_points[k]), value,
         )
         for k in top
     )  # fmt: skip
@@ -484,7 +484,7 @@ def intensities(
     cell = np.floor(lat_arr / _CELL_DEGREES) * 1000.0 + np.floor(lon_arr / _CELL_DEGREES)
     order = np.argsort(cell, kind="stable")
     bounds = np.flatnonzero(np.diff(cell[order])) + 1
-    n_h = len(params.half_lives_days)
+    n_h = incidents.half_lives.shape[0]
     for rows in np.split(order, bounds):
         glat, glon, gt = lat_arr[rows], lon_arr[rows], t_arr[rows]
         box = bbox_spanning(
@@ -523,11 +523,9 @@ def intensities(
         static = incidents.static[idx]
         # The weight factors into space (per point) and time (per time): the intensity of every
         # (point, time) of the group is one matrix product, then the pairs asked for are read.
+        coef = incidents.coef[idx].reshape(n_i, -1, n_h)
         spatial = (
-            np.einsum(
-                "pis,ish->pih", terms.spatial_basis(d_eff, params), incidents.coefficients_of(idx)
-            )
-            * static[None, :, None]
+            np.einsum("pis,ish->pih", incidents.kernel_basis(d_eff), coef) * static[None, :, None]
         ).reshape(pts.shape[0], n_i * n_h)
         local_w = static * terms.escalation_kernel(d_eff, params)
         regional_w = np.concatenate(
@@ -546,7 +544,7 @@ def intensities(
             t = times[start : start + chunk, None]
             age = (t - occurred) / terms.DAY_S
             valid = (reported <= t) & (age >= 0.0) & (age <= params.lookback_days)
-            decay = terms.temporal_basis(np.where(valid, age, -1.0), params)
+            decay = incidents.decay_basis(np.where(valid, age, -1.0))
             raw = spatial @ decay.reshape(t.shape[0], n_i * n_h).T
             recent, baseline = terms.windows(age, valid, params)
             _, _, e = terms.escalation(

@@ -32,19 +32,25 @@ def effective_distance(distance_km: FloatArray, sigma_km: FloatArray) -> FloatAr
     return np.asarray(np.hypot(distance_km, sigma_km))
 
 
-def spatial_basis(d_eff_km: FloatArray, params: ModelParams) -> FloatArray:
-    """exp(-d/s) for each spatial scale s, tapered to 0 at reach_km; shape (..., S)."""
+def spatial_basis(
+    d_eff_km: FloatArray, params: ModelParams, scales: FloatArray | None = None
+) -> FloatArray:
+    """exp(-d/s) for each spatial scale s (all of params', or those given), tapered to 0 at
+    reach_km; shape (..., S)."""
     d = np.asarray(d_eff_km, dtype=np.float64)[..., None]
-    scales = np.asarray(params.spatial_scales_km)
+    scales = np.asarray(params.spatial_scales_km) if scales is None else scales
     return np.asarray(
         np.exp(-d / scales) * taper(d, params.reach_km, params.taper_share), dtype=np.float64
     )
 
 
-def temporal_basis(age_days: FloatArray, params: ModelParams) -> FloatArray:
-    """0.5^(age/h) for each half-life h, tapered to 0 at the lookback, 0 when not yet; (..., H)."""
+def temporal_basis(
+    age_days: FloatArray, params: ModelParams, half_lives: FloatArray | None = None
+) -> FloatArray:
+    """0.5^(age/h) for each half-life h (all of params', or those given), tapered to 0 at the
+    lookback, 0 when not yet; shape (..., H)."""
     age = np.asarray(age_days, dtype=np.float64)[..., None]
-    half_lives = np.asarray(params.half_lives_days)
+    half_lives = np.asarray(params.half_lives_days) if half_lives is None else half_lives
     inside = (age >= 0.0) & (age <= params.lookback_days)
     weight = 0.5 ** (np.maximum(age, 0.0) / half_lives)
     return np.asarray(
@@ -64,13 +70,13 @@ def coefficient_tensor(params: ModelParams) -> tuple[FloatArray, tuple[str, ...]
 def space_time_weight(
     kernel_basis: FloatArray, decay_basis: FloatArray, coefficients: FloatArray
 ) -> FloatArray:
-    """Sum over (s, h) of B[s, h] k_s D_h per incident; kernel (n, S), decay (n, H), B (n, S, H)."""
-    return np.asarray(np.einsum("ns,nh,nsh->n", kernel_basis, decay_basis, coefficients))
-
-
-def group_kernel(coefficients: FloatArray, kernel_basis: FloatArray) -> FloatArray:
-    """The spatial weight without decay (ages 0): sum over (s, h) of B[s, h] k_s; (n,)."""
-    return np.asarray(np.einsum("ns,nsh->n", kernel_basis, coefficients))
+    """Sum over (s, h) of B[s, h] k_s D_h per incident: kernel (n, S), decay (n, H), and each
+    incident's B flattened (n, S*H)."""
+    n, n_s = kernel_basis.shape
+    outer = (kernel_basis[:, :, None] * decay_basis[:, None, :]).reshape(
+        n, n_s * decay_basis.shape[1]
+    )
+    return np.asarray(np.sum(outer * coefficients, axis=1))
 
 
 def escalation_kernel(d_eff_km: FloatArray, params: ModelParams) -> FloatArray:
