@@ -312,7 +312,7 @@ def make_scheduler(
 def run_model_fits(factory: sessionmaker[Session], settings: ScoringSettings) -> None:
     """Run the model fits that wait, one after another."""
     for _ in range(10):
-        if modelfit.run_pending(factory, settings, utc_now()) is None:
+        if modelfit.run_pending(factory, settings, utc_now) is None:
             return
 
 

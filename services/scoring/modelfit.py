@@ -15,6 +15,7 @@ since the version in force was published.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -211,9 +212,10 @@ def _principal(row: ModelFit) -> Principal:
 
 
 def run_pending(
-    factory: sessionmaker[Session], settings: ScoringSettings, now: datetime
+    factory: sessionmaker[Session], settings: ScoringSettings, clock: Callable[[], datetime]
 ) -> int | None:
     """Run one pending fit; its id, or None when there was none."""
+    now = clock()
     with factory.begin() as session:
         row = claim(session, now, settings.fit_lease)
         if row is None:
@@ -225,13 +227,14 @@ def run_pending(
             data = inputs(session)
         result = compute(data, request, now)
         with factory.begin() as session:
-            outcome = publish(session, result, data, request, principal, now)
+            done = clock()
+            outcome = publish(session, result, data, request, principal, done)
             session.execute(
                 update(ModelFit)
                 .where(ModelFit.id == fit_id)
                 .values(
                     status=DONE,
-                    finished_at=now,
+                    finished_at=done,
                     report=outcome.report,
                     model_version_id=outcome.version,
                     outcome=outcome.outcome,
@@ -246,7 +249,9 @@ def run_pending(
             session.execute(
                 update(ModelFit)
                 .where(ModelFit.id == fit_id)
-                .values(status=FAILED, finished_at=now, error=f"{type(exc).__name__}: {exc}"[:1000])
+                .values(
+                    status=FAILED, finished_at=clock(), error=f"{type(exc).__name__}: {exc}"[:1000]
+                )
             )
     return fit_id
 
