@@ -39,7 +39,8 @@ def load(session: Session, tenant_id: int, now: datetime) -> None:
     )
     endpoint, _ = endpoints.create(session, tenant_id, desk, now)
     rules = [
-        ThresholdRuleIn(raise_at=60, clear_at=45, pending=timedelta(hours=6)),
+        # A 30 % chance of violence nearby within 30 days (the high band's floor), held 6 hours.
+        ThresholdRuleIn(raise_at=30, clear_at=20, pending=timedelta(hours=6)),
         EventRuleIn(trigger=Trigger.KIDNAPPING_NEARBY, radius_km=50),
     ]
     subscriptions.create(

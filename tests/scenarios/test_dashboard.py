@@ -603,8 +603,8 @@ def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
     stored = api_get(server, f"/v1/subscriptions/{subscription['id']}")["rules"]
     assert next(r for r in stored if r["id"] == rule["id"]) == rule
 
-    page.get_by_label("Raise at").fill("25")
-    page.get_by_label("Clear below").fill("15")
+    page.get_by_label("Raise at").fill("60")
+    page.get_by_label("Clear below").fill("50")
     page.get_by_label("From").fill("2025-05-01")
     page.get_by_label("To").fill("2025-07-31")
     page.get_by_role("button", name="Preview on history").click()
@@ -614,13 +614,14 @@ def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
         "/v1/alert-previews",
         {
             "rule_id": rule["id"],
-            "changes": {"raise_at": 25, "clear_at": 15},
+            "changes": {"raise_at": 60, "clear_at": 50},
             "since": "2025-05-01T00:00:00Z",
             "until": "2025-07-31T23:59:59Z",
             "step": "P1D",
         },
     )
-    assert expected["total"] > expected["baseline"]["total"], "a lower threshold raises more"
+    # The demo rule raises at 30 %; at 60 % only the charter leg's 93 % still does.
+    assert expected["total"] < expected["baseline"]["total"], "a higher threshold raises less"
     expect(page.locator("#edited-total")).to_have_text(str(expected["total"]))
     expect(page.locator("#current-total")).to_have_text(str(expected["baseline"]["total"]))
     assert page.locator("#preview-alerts > li").count() == len(expected["alerts"])
@@ -629,10 +630,10 @@ def test_a_threshold_edit_shows_its_preview_next_to_the_current_rule_and_saves(
 
     page.get_by_role("button", name="Save the rule").click()
     expect(page.locator("#saved")).to_contain_text("Saved")
-    expect(page.locator("#rule-now")).to_contain_text("raise at score 25")
+    expect(page.locator("#rule-now")).to_contain_text("raise at score 60")
     stored = api_get(server, f"/v1/subscriptions/{subscription['id']}")
     (saved,) = [r for r in stored["rules"] if r["id"] == rule["id"]]
-    assert (saved["raise_at"], saved["clear_at"]) == (25, 15)
+    assert (saved["raise_at"], saved["clear_at"]) == (60, 50)
     assert saved["pending"] == rule["pending"]  # untouched fields stay as they were
 
 
