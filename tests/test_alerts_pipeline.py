@@ -112,6 +112,22 @@ def test_score_crossing_a_threshold_writes_one_alert_and_one_delivery(api: Api) 
     assert "Score" in data["why"]
 
 
+def test_a_band_rule_fires_naming_the_band_not_its_rank(api: Api) -> None:
+    site = create_site(api, "Mine", *east_of_base(0))
+    api.drain_alerts()
+    add_watch(api, site, {"metric": "band", "raise_at": "moderate"})
+    api.drain_alerts()
+
+    attack(api, "a1", 3)
+    api.drain_alerts()
+
+    [delivery] = deliveries(api)
+    assert delivery.event_type == "alert.firing"
+    reason = delivery.payload["data"]["alert"]["reason"]
+    assert reason == "band at or above moderate"
+    assert "band at or above moderate" in delivery.payload["data"]["why"]
+
+
 def test_replaying_the_feed_after_a_restart_sends_nothing_new(api: Api) -> None:
     site = create_site(api, "Mine", *east_of_base(0))
     add_watch(api, site, {"raise_at": 5, "clear_at": 2})

@@ -119,6 +119,8 @@ def test_band_metric_compares_bands_not_scores() -> None:
 
     assert kinds(notices) == ["firing", "resolved"]
     assert notices[0].band is Band.HIGH
+    # The reasons name the band, never its rank.
+    assert [n.reason for n in notices] == ["band at or above high", "band below high"]
 
 
 def test_empty_series_sends_nothing() -> None:

@@ -27,6 +27,21 @@ class ThresholdRule:
     cooldown: timedelta = timedelta(minutes=30)
     flap_changes: int = 2
     flap_window: timedelta = timedelta(minutes=30)
+    # What is compared, as reasons name it: "score" and its levels, or "band" and band names
+    # (a band rule compares ranks, which no reader should see).
+    measure: str = "score"
+    raise_name: str | None = None
+    clear_name: str | None = None
+
+    @property
+    def raising(self) -> str:
+        """Why an alert raises, in words: "score at or above 30.0", "band at or above high"."""
+        return f"{self.measure} at or above {self.raise_name or self.raise_at}"
+
+    @property
+    def clearing(self) -> str:
+        """Why an alert clears, in words: "score below 20.0", "band below elevated"."""
+        return f"{self.measure} below {self.clear_name or self.clear_at}"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.raise_at):
@@ -169,7 +184,7 @@ def decide(before: Alert, after: Alert, rule: ThresholdRule, now: datetime) -> D
 
     if after.state not in _ACTIVE:
         if told in (AlertState.FIRING, AlertState.FLAPPING):
-            return Decision(True, "resolved", f"score below {rule.clear_at}")
+            return Decision(True, "resolved", rule.clearing)
         return _none("not firing and no firing was notified")
 
     rose = _band_rose(after.last_band, after.last_notified_band)
@@ -197,7 +212,7 @@ def decide(before: Alert, after: Alert, rule: ThresholdRule, now: datetime) -> D
         return _none(f"cooldown until {after.last_notified_at + rule.cooldown}")
     if before.state is AlertState.FIRING:
         return Decision(True, "firing", "still firing after the cooldown")
-    return Decision(True, "firing", f"score at or above {rule.raise_at}")
+    return Decision(True, "firing", rule.raising)
 
 
 def notified(alert: Alert, decision: Decision, band: Band, now: datetime) -> Alert:

@@ -109,9 +109,15 @@ class ThresholdRuleIn(Strict):
 
     def threshold(self) -> rules.ThresholdRule:
         """The pure rule evaluated by `rules.evaluate` (bands become ranks 0-4)."""
+        names: dict[str, str] = {}
         if isinstance(self.raise_at, Band):
             assert isinstance(self.clear_at, Band)
             raise_at, clear_at = float(BAND_RANK[self.raise_at]), float(BAND_RANK[self.clear_at])
+            names = {
+                "measure": "band",
+                "raise_name": self.raise_at.value,
+                "clear_name": self.clear_at.value,
+            }
         else:
             assert isinstance(self.clear_at, float | int)
             raise_at, clear_at = float(self.raise_at), float(self.clear_at)
@@ -124,6 +130,7 @@ class ThresholdRuleIn(Strict):
             cooldown=self.cooldown,
             flap_changes=self.flap_changes,
             flap_window=self.flap_window,
+            **names,
         )
 
     def measure(self, score: float, band: Band) -> float:
