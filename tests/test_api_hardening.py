@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from services.core.problems import MAX_FIELD_ERRORS
 from services.scoring.schemas import SiteIn
 from tests.conftest import Api
+from tests.conftest import assert_problem as problem_document
 
 PROBLEM = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/ProblemDocument"
@@ -302,3 +303,33 @@ def test_the_problem_schema_documents_the_count_of_errors_left_out(api: Api) -> 
     schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
     omitted = schemas["ProblemDocument"]["properties"]["errors_omitted"]
     assert (omitted["type"], omitted["minimum"]) == ("integer", 0)
+
+
+def _bare_key(headers: dict[str, str]) -> str:
+    return headers["Authorization"].removeprefix("Bearer ")
+
+
+def test_two_credentials_naming_different_keys_are_refused_not_one_picked(api: Api) -> None:
+    a, b = _bare_key(api.a), _bare_key(api.b)
+    for bearer, header in ((a, b), ("rak_not_a_key", b), (a, "rak_not_a_key")):
+        response = api.client.get(
+            "/v1/sites", headers={"Authorization": f"Bearer {bearer}", "X-API-Key": header}
+        )
+        doc = problem_document(response, 400)
+        assert doc["type"].endswith("/conflicting-credentials")
+        assert "X-API-Key" in doc["detail"]
+
+
+def test_the_same_key_in_both_headers_is_accepted(api: Api) -> None:
+    a = _bare_key(api.a)
+    response = api.client.get("/v1/sites", headers={"Authorization": f"Bearer {a}", "X-API-Key": a})
+    assert response.status_code == 200, response.text
+
+
+def test_a_malformed_authorization_beside_a_valid_key_is_refused_not_ignored(api: Api) -> None:
+    response = api.client.get(
+        "/v1/sites", headers={"Authorization": "Basic dXNlcjpwYXNz", "X-API-Key": _bare_key(api.a)}
+    )
+    doc = problem_document(response, 401)
+    assert "Bearer" in doc["detail"]
+    assert response.headers["www-authenticate"] == "Bearer"

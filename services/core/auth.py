@@ -127,9 +127,29 @@ async def authenticate(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header: Annotated[str | None, Depends(_header)],
 ) -> Principal:
-    """Resolve the caller's key, or answer 401."""
-    raw = header or (bearer.credentials if bearer else None)
+    """Resolve the caller's key, or answer 401 (400 when two credentials disagree)."""
     state = request.app.state
+    if request.headers.get("authorization") is not None and bearer is None:
+        # Not ignored beside a valid X-API-Key: a malformed credential is an error.
+        state.anonymous_limits.hit(_address(request))
+        raise Problem(
+            401,
+            "unauthenticated",
+            "the Authorization header must be 'Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if (
+        bearer is not None
+        and header is not None
+        and not hmac.compare_digest(bearer.credentials, header)
+    ):
+        state.anonymous_limits.hit(_address(request))
+        raise Problem(
+            400,
+            "conflicting-credentials",
+            "Authorization and X-API-Key name different keys: send one of them",
+        )
+    raw = header or (bearer.credentials if bearer else None)
     if not raw:
         state.anonymous_limits.hit(_address(request))
         raise Problem(

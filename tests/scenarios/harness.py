@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -53,7 +54,9 @@ from services.scoring.models import CurrentScore, IncidentChange, RescoreMark, S
 from tests.conftest import POSTGRES_ADMIN_URL, _libpq
 
 ROOT = Path(__file__).resolve().parents[2]
-RISKALERT = ROOT / ".venv" / "bin" / "riskalert"
+# The `riskalert` of the environment running the tests (a venv, tox, an IDE's interpreter), not
+# of one checkout's .venv.
+RISKALERT = Path(sys.executable).parent / "riskalert"
 ADMIN_KEY = "rak_scenario_admin_key"
 # Generous: two cores run two scenarios at once, each starting interpreters of ~3 s CPU.
 START_TIMEOUT = 45.0
