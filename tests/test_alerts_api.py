@@ -256,6 +256,21 @@ def test_rotation_keeps_the_old_secret_signing_until_the_grace_ends(hooks: Api) 
     )
 
 
+def test_rotations_in_a_row_keep_at_most_three_secrets_signing(hooks: Api) -> None:
+    made = webhook(hooks)
+    url = f"/v1/endpoints/{made['id']}/rotate-secret"
+    issued = [made["secret"]]
+    for _ in range(28):
+        issued.append(
+            created(hooks.client.post(url, json={"grace": "PT2H"}, headers=hooks.a), 200)["secret"]
+        )
+
+    with hooks.app.state.sessions() as session:
+        signing = outbox.active_secrets(session, {made["id"]}, datetime.now(UTC))[made["id"]]
+    # The newest secret and the two before it, newest first; the rest were dropped.
+    assert signing == issued[:-4:-1]
+
+
 def test_rotation_without_a_body_uses_the_configured_grace_and_refuses_more_than_a_week(
     hooks: Api,
 ) -> None:

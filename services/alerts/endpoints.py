@@ -107,16 +107,27 @@ def update(session: Session, endpoint: Endpoint, data: EndpointPatch, now: datet
     session.flush()
 
 
+# Secrets that sign a webhook at once: the new one and the newest ones still in their grace.
+MAX_SECRETS = 3
+
+
 def rotate_secret(session: Session, endpoint: Endpoint, grace: timedelta, now: datetime) -> str:
-    """Start signing with a new secret; the current ones keep signing for `grace` at most."""
+    """Start signing with a new secret; the current ones keep signing for `grace` at most, and
+    only the newest MAX_SECRETS - 1 of them: rotations in a row never pile up signatures."""
     until = now + grace
+    live = []
     for row in session.execute(
         select(EndpointSecret).where(EndpointSecret.endpoint_id == endpoint.id)
     ).scalars():
         if row.expires_at is not None and row.expires_at <= now:
             session.delete(row)  # expired: no reason to keep a usable key around
-        elif row.expires_at is None or row.expires_at > until:
+            continue
+        if row.expires_at is None or row.expires_at > until:
             row.expires_at = until
+        live.append(row)
+    live.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    for row in live[MAX_SECRETS - 1 :]:
+        session.delete(row)
     secret = signing.generate_secret()
     session.add(EndpointSecret(endpoint_id=endpoint.id, secret=secret, created_at=now))
     endpoint.updated_at = now
