@@ -11,16 +11,14 @@ from fastapi import FastAPI
 from services import dashboard
 from services.alerts import jobs as alert_jobs
 from services.alerts.api import router as alerts_router
+from services.core.clock import utc_now
 from services.feeds import poller as feed_poller
 from services.feeds.api import router as feeds_router
 from services.scoring import app as scoring_app
-from services.scoring import jobs as scoring_jobs
 from services.settings import Settings
 
 
-def create_app(
-    settings: Settings, *, clock: Callable[[], datetime] = scoring_jobs.utc_now
-) -> FastAPI:
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> FastAPI:
     """Build the API for `settings`; with `inline_worker`, the alert workers and the feed
     polling run in it too."""
 

@@ -29,7 +29,7 @@ from services.alerts import demo as alerts_demo
 from services.alerts import jobs as alert_jobs
 from services.app import create_app
 from services.cli_model import model_app
-from services.core import logs, metrics
+from services.core import clock, logs, metrics
 from services.core.db import (
     SchemaState,
     make_engine,
@@ -88,7 +88,7 @@ def load_demo(settings: Settings) -> int:
     factory = make_sessionmaker(engine)
     try:
         with factory.begin() as session:
-            now = jobs.utc_now()
+            now = clock.utc_now()
             tenant_id = demo.load(session, now, scores.ensure_model(session, now))
             alerts_demo.load(session, tenant_id, now)
         jobs.drain(factory, settings)
@@ -222,7 +222,7 @@ def worker(
         rescorer = jobs.RescoreWorker(factory, settings)
         scheduler = jobs.make_scheduler(factory, settings)
         # Configured feeds are polled here (one process at a time per feed: a lease).
-        poller.add_jobs(scheduler, factory, settings, jobs.utc_now)
+        poller.add_jobs(scheduler, factory, settings, clock.utc_now)
         rescorer.start()
         rescorer.wake()
         scheduler.start()
@@ -346,7 +346,7 @@ def _import(
                 fmt,
                 handle,
                 origin=str(path),
-                clock=jobs.utc_now,
+                clock=clock.utc_now,
                 skew=settings.clock_skew,
                 progress=advance,
                 summary=summary,

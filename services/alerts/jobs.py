@@ -37,6 +37,7 @@ from services.alerts import (
 )
 from services.alerts.settings import AlertsSettings
 from services.core import activity, deadletters, metrics, wake
+from services.core.clock import Clock, utc_now
 from services.core.db import is_sqlite, make_sessionmaker
 from services.core.deadletters import Quarantine
 from services.core.logs import FailureStreak, working_for
@@ -44,13 +45,6 @@ from services.core.ticks import add_tick
 from services.scoring.feed import FEED_CHANNEL
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)
 
 
 def worker_name() -> str:

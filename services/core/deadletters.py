@@ -22,13 +22,13 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core.clock import Clock
 from services.core.metrics import DEAD_LETTERS
 from services.core.models import DeadLetter
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Clock = Callable[[], datetime]
 
 MAX_ERROR = 1000
 MAX_TRACE = 8000

@@ -32,6 +32,7 @@ from sqlalchemy import Table, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core import metrics
+from services.core.clock import Clock, utc_now
 from services.core.db import insert_ignoring_conflicts
 from services.core.http import parse_retry_after
 from services.core.ticks import add_tick
@@ -43,7 +44,6 @@ from services.feeds.settings import FeedConfig, FeedsSettings
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Sleep = Callable[[float], None]
 Status = Literal["succeeded", "failed", "busy", "not_due", "lost"]
 State = Literal["ok", "failing", "circuit_open", "never_polled"]
@@ -56,11 +56,6 @@ FUTURE_TOLERANCE = timedelta(days=1)
 MAX_PAGE_BYTES = 256 * 1024 * 1024
 MAX_ERROR = 500
 USER_AGENT = "riskalert-feeds/1"
-
-
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)
 
 
 def retry_delay(

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from services.core import activity, metrics
 from services.core.auth import KeyCache, hash_key
+from services.core.clock import utc_now
 from services.core.db import (
     SchemaState,
     is_sqlite,
@@ -54,7 +55,7 @@ def _nothing(_app: FastAPI) -> AbstractAsyncContextManager[None]:
 def create_app(
     settings: ScoringSettings,
     *,
-    clock: Callable[[], datetime] = jobs.utc_now,
+    clock: Callable[[], datetime] = utc_now,
     routers: Sequence[APIRouter] = (),
     background: Background = _nothing,
     title: str = "riskalert scoring API",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core import activity, deadletters, metrics, wake
+from services.core.clock import Clock, utc_now
 from services.core.db import is_sqlite, make_sessionmaker
 from services.core.deadletters import Quarantine
 from services.core.logs import FailureStreak
@@ -27,17 +28,10 @@ from services.scoring.settings import ScoringSettings
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
-
 
 # Feed pages read in one pass when there is a backlog (at most this many entries are queued
 # in one transaction: FEED_PAGES * feed_batch_size).
 FEED_PAGES = 100
-
-
-def utc_now() -> datetime:
-    """The wall clock, in UTC."""
-    return datetime.now(UTC)
 
 
 def rescore_pending(
