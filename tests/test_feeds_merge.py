@@ -285,7 +285,8 @@ def test_subscribers_get_one_alert_per_event_and_updates_for_its_other_reports(a
     assert alerts(api) == 1
     sent = [(d.event_type, d.payload["data"]["why"].lower()) for d in deliveries(api)]
     assert [kind for kind, _ in sent] == ["alert.triggered", "alert.updated", "alert.updated"]
-    assert "a ucdp report of the same event came in" in sent[1][1]
+    assert "another report of the same event came in (ucdp)" in sent[1][1]
+    assert "a ucdp report" not in sent[1][1]
     assert "the acled report was retracted" in sent[2][1]
     sequences = [d.payload["data"]["alert"]["sequence"] for d in deliveries(api)]
     assert sequences == [1, 2, 3]

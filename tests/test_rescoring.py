@@ -214,6 +214,7 @@ def test_change_feed_after_drain_has_entries_for_changed_targets_only(api: Api) 
     changes = feed(api, after=cursor)["changes"]
     assert [c["target"]["id"] for c in changes] == [near]
     [change] = changes
+    assert change["target"]["name"] == "near"
     assert change["cause"] == "incident"
     assert change["previous_score"] == 0
     assert change["score"] > 0

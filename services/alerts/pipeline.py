@@ -689,7 +689,8 @@ def _events(session: Session, event_ids: set[int]) -> dict[int, int]:
 # What subscribers are told when the incident behind an event alert changes.
 _UPDATE_REASONS = {
     "updated": "the {source} report was revised (revision {revision})",
-    "merged": "a {source} report of the same event came in",
+    # No article before the source: "a acled report" does not read, "A a report" even less.
+    "merged": "another report of the same event came in ({source})",
     "retracted": "the {source} report was retracted",
     "promoted": "the event now rests on the {source} report",
     "split": "a {source} report no longer matches this event",

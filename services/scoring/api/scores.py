@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from sqlalchemy import select
 
 from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import feed, schemas, scores, targets
@@ -15,6 +16,7 @@ from services.scoring.api.deps import (
     Settings,
     TenantReader,
 )
+from services.scoring.models import Target
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
@@ -71,11 +73,21 @@ def score_changes(
     rows = feed.page(
         session, tenant_id=principal.tenant_id, target_id=None, after=after, limit=limit
     )
+    # Each entry names its target (None once the target was deleted).
+    ids = {r.target_id for r in rows}
+    names: dict[int, str] = {}
+    if ids:
+        for target_id, name in session.execute(
+            select(Target.id, Target.name).where(Target.id.in_(ids))
+        ):
+            names[target_id] = name
     return schemas.ScoreChangePage(
         changes=[
             schemas.ScoreChangeOut(
                 id=r.id,
-                target=schemas.TargetRef(kind=r.target_kind, id=r.target_id),
+                target=schemas.TargetRef(
+                    kind=r.target_kind, id=r.target_id, name=names.get(r.target_id)
+                ),
                 model_version=r.model_version,
                 as_of=r.as_of,
                 previous_score=r.previous_value,
