@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from services.alerts import rescale
 from services.cli import app as cli_app
 from services.feeds import synth
 from services.scoring import history, jobs, risk, scores
@@ -21,7 +22,7 @@ from services.scoring.models import ModelVersion
 from services.scoring.risk import fit, terms
 from services.scoring.taxonomy import Category
 from tests.conftest import Api, assert_problem, error_fields
-from tests.test_rescoring import create_site
+from tests.test_rescoring import create_site, incident_body
 
 DAY = timedelta(days=1)
 SMALL = fit.FitOptions(origins=14, folds=2, max_places=250, escalation_gains=(0.0, 0.25))
@@ -429,6 +430,38 @@ def test_same_bands_leave_score_thresholds_alone(api: Api) -> None:
     assert response.status_code == 201
     assert response.json()["carried_over"] == {}
     assert rule_levels(api, sub) == (35.0, 25.0)
+
+
+def test_a_publication_lists_rules_whose_alert_volume_changes_within_a_replay_budget(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = threshold_subscription(api, raise_at=0.5, clear_at=0.1)
+    posted = api.client.post(
+        "/v1/incidents", headers=api.ingest, json=incident_body("at-the-mine", 12.4, -1.5)
+    )
+    assert posted.status_code == 201, posted.text
+    api.drain()
+    quiet = risk.DEFAULT_PARAMS.to_dict()
+    quiet["calibration"] = [[0.0, 0.0], [1000.0, 0.001]]  # never above 0.1 %
+
+    response = api.client.post(
+        "/v1/model/versions", headers=api.admin, json={"params": quiet, "note": "quiet"}
+    )
+
+    [listed] = response.json()["carried_over"]["alerts.threshold_rules"]
+    assert listed["subscription_id"] == sub
+    counts = listed["notifications_30d"]
+    assert counts["before"] >= 1
+    assert counts["after"] == 0
+
+    monkeypatch.setattr(rescale, "BUDGET_PAIRS", 1)
+    again = api.client.post(
+        "/v1/model/versions",
+        headers=api.admin,
+        json={"params": risk.DEFAULT_PARAMS.to_dict(), "note": "back"},
+    )
+    [unreplayed] = again.json()["carried_over"]["alerts.threshold_rules"]
+    assert unreplayed["notifications_30d"]["before"].startswith("not replayed")
 
 
 def test_a_legacy_model_in_force_is_replaced_and_its_thresholds_follow_by_band(api: Api) -> None:

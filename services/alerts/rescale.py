@@ -26,22 +26,38 @@ log = logging.getLogger(__name__)
 
 PERIOD = timedelta(days=30)
 STEP = timedelta(days=1)
-# (target, time) pairs replayed per rule and version; a rule beyond it is listed unreplayed.
+# (target, time) pairs replayed per rule and version, and in all for one publication (about a
+# minute of scoring): the replay runs in the publishing unit of work, so it is bounded. Rules
+# beyond it are listed as not replayed.
 MAX_PAIRS = 20_000
+BUDGET_PAIRS = 60_000
+
+
+class _Budget:
+    """What is left of a publication's replay budget."""
+
+    def __init__(self) -> None:
+        self.left = BUDGET_PAIRS
 
 
 def _volume(
-    session: Session, model: scores.ActiveModel | None, rule: Rule, now: datetime
-) -> int | None:
-    """Notifications the stored rule would have sent over the last PERIOD under `model`."""
-    if model is None:
-        return None
+    session: Session,
+    model: scores.ActiveModel,
+    rule: Rule,
+    now: datetime,
+    budget: _Budget,
+) -> int | str:
+    """Notifications the stored rule would have sent over the last PERIOD under `model`, or
+    why it was not replayed."""
+    limit = min(MAX_PAIRS, budget.left)
     data = preview.PreviewIn(rule_id=rule.id, since=now - PERIOD, until=now, step=STEP)
     try:
-        return preview.run(session, model, rule.tenant_id, data, now=now, max_pairs=MAX_PAIRS).total
+        out = preview.run(session, model, rule.tenant_id, data, now=now, max_pairs=limit)
     except Problem as exc:
         log.info("rule %s not replayed for the model change: %s", rule.id, exc.detail)
-        return None
+        return "not replayed: more (target, time) pairs than this publication's replay budget"
+    budget.left -= out.targets * out.evaluations
+    return out.total
 
 
 def _model(version: int, params: dict[str, Any]) -> scores.ActiveModel | None:
@@ -58,6 +74,7 @@ def carry_thresholds(
     list every rule that moved or whose 30-day alert volume would change."""
     old_model = _model(change.old_version, change.old_params)
     new_model = _model(change.new_version, change.new_params)
+    budget = _Budget()
     listed: list[dict[str, Any]] = []
     rows = session.execute(
         select(Rule, Subscription.enabled)
@@ -67,9 +84,14 @@ def carry_thresholds(
     ).all()
     for rule, subscribed in rows:
         # Every threshold moves (a rule switched off keeps its meaning for when it is switched
-        # back on); only those in use are replayed.
-        live = rule.enabled and subscribed
-        before_count = _volume(session, old_model, rule, now) if live else None
+        # back on); only those in use are replayed, and only when the old version can be (not
+        # the legacy model an upgrade replaces).
+        replay = bool(rule.enabled and subscribed) and old_model is not None
+        before_count = (
+            _volume(session, old_model, rule, now, budget)
+            if replay and old_model is not None
+            else None
+        )
         entry: dict[str, Any] = {
             "tenant_id": rule.tenant_id,
             "subscription_id": rule.subscription_id,
@@ -87,7 +109,11 @@ def carry_thresholds(
             rule.updated_at = now
             session.flush()
             entry.update(before=before, after=after)
-        after_count = _volume(session, new_model, rule, now) if live else None
+        after_count = (
+            _volume(session, new_model, rule, now, budget)
+            if replay and new_model is not None and isinstance(before_count, int)
+            else None
+        )
         if before_count != after_count:
             entry["notifications_30d"] = {"before": before_count, "after": after_count}
         if "after" in entry or "notifications_30d" in entry:
