@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from services.alerts import outbox
+from services.alerts import outbox, schemas
 from services.alerts.models import (
     Alert,
     Delivery,
@@ -892,6 +893,40 @@ def test_rule_fields_of_the_wrong_json_type_are_422_naming_them(
 
     assert field in error_fields(doc), doc
     assert api.client.get("/v1/subscriptions", headers=api.a).json()["subscriptions"] == []
+
+
+def test_repeat_every_below_fifteen_minutes_is_refused_naming_it(api: Api) -> None:
+    mine = email(api)["id"]
+    for too_often in ("PT1S", "PT14M59S"):
+        rule = {**ALWAYS, "repeat_every": too_often}
+        body = {"name": "w", "scope": "all", "endpoint_ids": [mine], "rules": [rule]}
+        doc = assert_problem(api.client.post("/v1/subscriptions", json=body, headers=api.a), 422)
+        assert "rules.0.threshold.repeat_every" in error_fields(doc), doc
+        assert "15 minutes" in json.dumps(doc)
+    body = {
+        "name": "w",
+        "scope": "all",
+        "endpoint_ids": [mine],
+        "rules": [{**ALWAYS, "repeat_every": "PT15M"}],
+    }
+    assert api.client.post("/v1/subscriptions", json=body, headers=api.a).status_code == 201
+
+
+def test_a_stored_rule_repeating_faster_than_the_floor_stays_readable_and_repeats_at_it(
+    api: Api,
+) -> None:
+    mine = email(api)["id"]
+    body = {"name": "w", "scope": "all", "endpoint_ids": [mine], "rules": [ALWAYS]}
+    sub = api.client.post("/v1/subscriptions", json=body, headers=api.a).json()
+    with api.app.state.sessions.begin() as session:
+        row = session.execute(select(Rule)).scalar_one()
+        row.params = {**row.params, "repeat_every": "PT1S"}  # stored before the floor existed
+
+    read = api.client.get(f"/v1/subscriptions/{sub['id']}", headers=api.a)
+    assert read.status_code == 200, read.text
+    stored = schemas.parse_rule("threshold", {**ALWAYS, "repeat_every": "PT1S"})
+    assert isinstance(stored, schemas.ThresholdRuleIn)
+    assert stored.threshold().repeat_every == schemas.MIN_REPEAT
 
 
 def test_rule_durations_are_iso_8601_text_or_seconds(api: Api) -> None:

@@ -333,3 +333,11 @@ def test_a_malformed_authorization_beside_a_valid_key_is_refused_not_ignored(api
     doc = problem_document(response, 401)
     assert "Bearer" in doc["detail"]
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_imports_list_documents_its_before_cursor_as_before(api: Api) -> None:
+    spec = api.client.get("/openapi.json").json()
+    params = spec["paths"]["/v1/imports"]["get"]["parameters"]
+    [before] = [p for p in params if p["name"] == "before"]
+    assert "older than" in before["description"]
+    assert "after" not in before["description"]

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from services.alerts import notify, rules, triggers
 from services.alerts.models import Rule, Subscription
 from services.alerts.pipeline import applies
-from services.alerts.schemas import EventRuleIn, RuleIn, Strict, ThresholdRuleIn, Trigger
+from services.alerts.schemas import STORED, EventRuleIn, RuleIn, Strict, ThresholdRuleIn, Trigger
 from services.core.problems import Problem, field_errors, not_found
 from services.scoring import geo, incidents, risk, scores
 from services.scoring import targets as scoring_targets
@@ -422,7 +422,7 @@ def choose_rule(session: Session, tenant_id: int, data: PreviewIn) -> Chosen:
     if found is None:
         raise not_found("rule")
     row, subscription = found
-    stored = _RULE.validate_python({"kind": row.kind, **row.params})
+    stored = _RULE.validate_python({"kind": row.kind, **row.params}, context={STORED: True})
     if data.changes is None:
         return Chosen(stored, row.id, None, subscription)
     kind = data.changes.get("kind", row.kind)

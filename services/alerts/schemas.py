@@ -8,7 +8,16 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.alerts import rules
@@ -55,6 +64,16 @@ class Metric(StrEnum):
     BAND = "band"
 
 
+# The least time between two repeats of a firing alert; and the validation context under which a
+# stored rule is read (stored rules predating the floor stay readable).
+MIN_REPEAT = timedelta(minutes=15)
+STORED = "stored"
+
+
+def _minutes(span: timedelta) -> int:
+    return int(span.total_seconds() // 60)
+
+
 class ThresholdRuleIn(Strict):
     """Raise when the score (or band) reaches `raise_at`, clear when it falls below `clear_at`."""
 
@@ -75,11 +94,27 @@ class ThresholdRuleIn(Strict):
     cooldown: Duration = Field(
         timedelta(minutes=30), description="Least time between two firings (a band rise bypasses)."
     )
-    repeat_every: Duration | None = Field(None, description="Re-notify while firing, this often.")
+    repeat_every: Duration | None = Field(
+        None,
+        description=(
+            "Re-notify while firing, this often: at least every 15 minutes (PT15M), so "
+            "repeats stay humane."
+        ),
+    )
     flap_changes: int = Field(
         2, ge=1, le=100, strict=True, description="Changes tolerated per flap_window."
     )
     flap_window: Duration = Field(timedelta(minutes=30))
+
+    @field_validator("repeat_every")
+    @classmethod
+    def _repeat_floor(cls, value: timedelta | None, info: ValidationInfo) -> timedelta | None:
+        # New input only: a rule stored before the floor is read as it is, and evaluated at
+        # the floor (threshold()).
+        stored = bool(info.context and info.context.get(STORED))
+        if value is not None and timedelta(0) < value < MIN_REPEAT and not stored:
+            raise ValueError(f"repeat_every must be at least {_minutes(MIN_REPEAT)} minutes")
+        return value
 
     @model_validator(mode="after")
     def _levels_match_metric(self) -> ThresholdRuleIn:
@@ -126,7 +161,7 @@ class ThresholdRuleIn(Strict):
             clear_at=clear_at,
             pending=self.pending,
             keep_firing=self.keep_firing,
-            repeat_every=self.repeat_every,
+            repeat_every=None if self.repeat_every is None else max(self.repeat_every, MIN_REPEAT),
             cooldown=self.cooldown,
             flap_changes=self.flap_changes,
             flap_window=self.flap_window,
@@ -185,8 +220,8 @@ RuleIn = Annotated[ThresholdRuleIn | EventRuleIn, Field(discriminator="kind")]
 def parse_rule(kind: str, params: dict[str, object]) -> ThresholdRuleIn | EventRuleIn:
     """The validated rule body stored with a rule row."""
     if kind == "threshold":
-        return ThresholdRuleIn.model_validate(params)
-    return EventRuleIn.model_validate(params)
+        return ThresholdRuleIn.model_validate(params, context={STORED: True})
+    return EventRuleIn.model_validate(params, context={STORED: True})
 
 
 # --------------------------------------------------------------------------------------------

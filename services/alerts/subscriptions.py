@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.alerts.models import Endpoint, Rule, Subscription
 from services.alerts.schemas import (
+    STORED,
     EventRuleIn,
     EventRuleOut,
     FieldErrors,
@@ -201,7 +202,9 @@ def get_rule(session: Session, sub: Subscription, rule_id: int) -> Rule | None:
 def rule_out(rule: Rule) -> ThresholdRuleOut | EventRuleOut:
     """A rule as served: its body and its id."""
     if rule.kind == "threshold":
-        return ThresholdRuleOut.model_validate({**rule.params, "id": rule.id})
+        return ThresholdRuleOut.model_validate(
+            {**rule.params, "id": rule.id}, context={STORED: True}
+        )
     return EventRuleOut.model_validate({**rule.params, "id": rule.id})
 
 

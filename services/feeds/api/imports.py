@@ -6,7 +6,7 @@ import io
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -14,8 +14,9 @@ from sqlalchemy import select
 from services.core.problems import Problem, not_found, payload_too_large, problem_responses
 from services.feeds import importer
 from services.feeds.rows import FileError
-from services.scoring.api.deps import Cursor, Id, Ingestor, Limit, ReadSession, Settings
+from services.scoring.api.deps import Id, Ingestor, Limit, ReadSession, Settings
 from services.scoring.models import ImportRun
+from services.scoring.schemas import MAX_ID
 
 router = APIRouter(prefix="/v1/imports", tags=["imports"])
 
@@ -174,7 +175,17 @@ async def post_import(
 
 @router.get("", summary="Past imports, newest first")
 def list_imports(
-    principal: Ingestor, session: ReadSession, limit: Limit, before: Cursor = 0
+    principal: Ingestor,
+    session: ReadSession,
+    limit: Limit,
+    before: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_ID,
+            description="Return runs older than this id (newest first); 0: from the newest.",
+        ),
+    ] = 0,
 ) -> ImportList:
     """Import runs of files and feed polls, with their summaries."""
     query = select(ImportRun).order_by(ImportRun.id.desc()).limit(limit)
