@@ -102,7 +102,7 @@ def test_name_with_one_public_and_one_private_address_is_refused() -> None:
 
 def test_unresolvable_name_is_refused() -> None:
     verdict = check("https://nowhere.example.com/", [])
-    assert verdict == Verdict(False, "could not resolve host nowhere.example.com")
+    assert verdict == Verdict(False, "could not resolve host nowhere.example.com", unresolved=True)
 
 
 def test_public_address_is_allowed_over_https() -> None:

@@ -376,13 +376,32 @@ def test_every_attempt_resolves_again_and_connects_only_to_the_vetted_address(
     assert len(receiver.requests) == 1
 
 
-def test_unresolvable_host_is_refused() -> None:
+def test_an_unresolvable_host_is_a_dns_failure_not_an_ssrf_refusal() -> None:
     resolver, _ = fake_resolver([])
 
     result = deliver("https://nowhere.example.test/hook", resolver=resolver, allowlist=())
 
-    assert result.error_class == "ssrf"
+    assert result.error_class == "dns"
     assert result.error == "could not resolve host nowhere.example.test"
+
+
+def test_a_lookup_failing_inside_the_http_client_is_a_dns_failure_too() -> None:
+    # An allowlisted name is resolved by httpx itself: its lookup failing is still "dns".
+    def fail(request: httpx.Request) -> httpx.Response:
+        try:
+            raise socket.gaierror(-2, "Name or service not known")
+        except socket.gaierror as exc:
+            raise httpx.ConnectError(str(exc), request=request) from exc
+
+    resolver, _ = fake_resolver([])
+    result = deliver(
+        "https://intranet.example.test/hook",
+        resolver=resolver,
+        allowlist=("intranet.example.test",),
+        transport=httpx.MockTransport(fail),
+    )
+
+    assert (result.outcome, result.error_class) == ("retry", "dns")
 
 
 def test_http_is_refused_unless_allowed(receiver: Receiver) -> None:

@@ -22,6 +22,8 @@ class Verdict:
 
     allowed: bool
     reason: str
+    # The host did not resolve: a DNS failure (retried as such), not an address refused.
+    unresolved: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def check_url(
             return Verdict(False, f"{kind} address {host}")
 
     if not resolved:
-        return Verdict(False, f"could not resolve host {host}")
+        return Verdict(False, f"could not resolve host {host}", unresolved=True)
     for addr in resolved:
         kind = classify_address(addr)
         parsed = _parse_ip(addr)

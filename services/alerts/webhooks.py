@@ -6,6 +6,7 @@ asyncio client does on this kind of machine (docs/benchmarks.md).
 """
 
 import ipaddress
+import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -163,8 +164,10 @@ def send_webhook(
         url, allow_http=allow_http, allowlist=allowlist, resolver=resolver
     )
     if not verdict.allowed:
+        # A name that does not resolve is a DNS failure of its own, not an address refused.
+        error_class = "dns" if verdict.unresolved else "ssrf"
         return AttemptResult(
-            "retry", None, "ssrf", clip(verdict.reason), None, _elapsed_ms(started)
+            "retry", None, error_class, clip(verdict.reason), None, _elapsed_ms(started)
         )
     request_headers = signing.headers(secrets, message_id, int(now.timestamp()), body)
     # Compressed replies would be stored as gibberish, and inflating them is unbounded.
@@ -252,7 +255,9 @@ def _post(
             failure = ("timeout", "no complete answer within the attempt's deadline", True)
             break
         except httpx.ConnectError as exc:
-            failure = ("connect", _describe(exc, address), False)
+            # An allowlisted name is resolved by httpx: its lookup failing is still "dns".
+            kind = "dns" if _caused_by(exc, socket.gaierror) else "connect"
+            failure = (kind, _describe(exc, address), False)
             if index + 1 < len(candidates):
                 continue
             break
@@ -276,6 +281,18 @@ def _post(
         )
     error_class, error, throttled = failure or ("unknown", "no response", False)
     return AttemptResult("retry", None, error_class, clip(error), None, elapsed, None, throttled)
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `kind` is anywhere in the exception's cause or context chain."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _describe(exc: Exception, address: str | None, fallback: str = "failed") -> str:
