@@ -30,7 +30,7 @@ from services.alerts.models import (
     Rule,
     Subscription,
 )
-from services.alerts.schemas import BAND_RANK, EventRuleIn, ThresholdRuleIn, parse_rule
+from services.alerts.schemas import EventRuleIn, ThresholdRuleIn, parse_rule
 from services.alerts.settings import AlertsSettings
 from services.core import cursors, metrics
 from services.core.deadletters import Quarantine, guard
@@ -40,7 +40,7 @@ from services.scoring import geo
 from services.scoring import incidents as scoring_incidents
 from services.scoring import targets as scoring_targets
 from services.scoring.models import CurrentScore, Incident, IncidentChange, ScoreChange, Target
-from services.scoring.taxonomy import Band
+from services.scoring.taxonomy import BAND_RANK, Band
 
 log = logging.getLogger(__name__)
 SCORE_FEED, INCIDENT_FEED, SEED = "score_change", "incident_change", "seed"

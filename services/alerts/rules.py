@@ -6,11 +6,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
 
-from services.scoring.taxonomy import Band
+from services.scoring.taxonomy import BAND_RANK, Band
 
 Kind = Literal["firing", "resolved", "repeat", "escalated", "flapping", "none"]
-
-_BAND_RANK = {band: rank for rank, band in enumerate(Band)}
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,7 @@ def _band_rose(band: Band | None, announced: Band | None) -> bool:
     """Whether `band` is above the band last announced as firing (never, if none was)."""
     if band is None or announced is None:
         return False
-    return _BAND_RANK[band] > _BAND_RANK[announced]
+    return BAND_RANK[band] > BAND_RANK[announced]
 
 
 def _none(reason: str) -> Decision:

@@ -24,9 +24,7 @@ from services.alerts import rules
 from services.core.duration import BodyDuration
 from services.core.problems import Problem
 from services.scoring import schemas as scoring_schemas
-from services.scoring.taxonomy import Band, Category
-
-BAND_RANK = {band: rank for rank, band in enumerate(Band)}
+from services.scoring.taxonomy import BAND_RANK, Band, Category
 
 Duration = Annotated[
     BodyDuration,

@@ -109,3 +109,7 @@ class Band(StrEnum):
     ELEVATED = "elevated"
     HIGH = "high"
     CRITICAL = "critical"
+
+
+# Bands in order, lowest first: "is this band above that one" everywhere reads this one table.
+BAND_RANK: dict[Band, int] = {band: rank for rank, band in enumerate(Band)}
