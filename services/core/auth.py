@@ -131,33 +131,18 @@ async def authenticate(
     state = request.app.state
     if request.headers.get("authorization") is not None and bearer is None:
         # Not ignored beside a valid X-API-Key: a malformed credential is an error.
-        state.anonymous_limits.hit(_address(request))
-        raise Problem(
-            401,
-            "unauthenticated",
-            "the Authorization header must be 'Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refused(request, 401, "the Authorization header must be 'Bearer <key>'")
     if (
         bearer is not None
         and header is not None
         and not hmac.compare_digest(bearer.credentials, header)
     ):
-        state.anonymous_limits.hit(_address(request))
-        raise Problem(
-            400,
-            "conflicting-credentials",
-            "Authorization and X-API-Key name different keys: send one of them",
+        raise _refused(
+            request, 400, "Authorization and X-API-Key name different keys: send one of them"
         )
     raw = header or (bearer.credentials if bearer else None)
     if not raw:
-        state.anonymous_limits.hit(_address(request))
-        raise Problem(
-            401,
-            "unauthenticated",
-            "an API key is required (Authorization: Bearer or X-API-Key)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refused(request, 401, "an API key is required (Authorization: Bearer or X-API-Key)")
     key_hash = hash_key(raw)
     admin_hash: str | None = state.admin_key_hash
     if admin_hash is not None and hmac.compare_digest(key_hash, admin_hash):
@@ -170,15 +155,18 @@ async def authenticate(
         principal = await run_in_threadpool(_lookup, state.read_sessions, key_hash)
         cache.put(key_hash, principal)
     if principal is None:
-        state.anonymous_limits.hit(_address(request))
-        raise Problem(
-            401,
-            "unauthenticated",
-            "unknown or revoked API key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refused(request, 401, "unknown or revoked API key")
     state.key_limits.hit(principal.ident)
     return principal
+
+
+def _refused(request: Request, status: int, detail: str) -> Problem:
+    """A refused credential: counted against the unauthenticated limit of the caller's address,
+    then 401 unauthenticated (with the Bearer challenge) or 400 conflicting-credentials."""
+    request.app.state.anonymous_limits.hit(_address(request))
+    if status == 401:
+        return Problem(401, "unauthenticated", detail, headers={"WWW-Authenticate": "Bearer"})
+    return Problem(status, "conflicting-credentials", detail)
 
 
 def _address(request: Request) -> str:
