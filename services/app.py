@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from services import dashboard
 from services.alerts import jobs as alert_jobs
 from services.alerts.api import router as alerts_router
+from services.core import app as platform
 from services.core.clock import utc_now
 from services.feeds import poller as feed_poller
 from services.feeds.api import router as feeds_router
@@ -18,12 +19,9 @@ from services.scoring import app as scoring_app
 from services.settings import Settings
 
 
-def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> FastAPI:
-    """Build the API for `settings`; with `inline_worker`, the alert workers and the feed
-    polling run in it too."""
-
+def _alerts_and_feeds(settings: Settings, clock: Callable[[], datetime]) -> platform.Part:
     @asynccontextmanager
-    async def background(app: FastAPI) -> AsyncIterator[None]:
+    async def running(app: FastAPI) -> AsyncIterator[None]:
         with ExitStack() as stack:
             # One client for every feed request of this process: scheduled polls and polls
             # asked for over the API.
@@ -49,12 +47,16 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -
             finally:
                 worker.stop()
 
-    app = scoring_app.create_app(
+    return platform.Part(routers=[alerts_router, feeds_router], running=running)
+
+
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = utc_now) -> FastAPI:
+    """Build the API for `settings`; with `inline_worker`, the rescoring, alert and feed
+    workers run in it too."""
+    app = platform.create_app(
         settings,
+        [scoring_app.part(settings, clock), _alerts_and_feeds(settings, clock)],
         clock=clock,
-        routers=[alerts_router, feeds_router],
-        background=background,
-        title="riskalert API",
     )
     dashboard.mount(app, settings)
     return app

@@ -15,8 +15,8 @@ from sqlalchemy import update
 
 from services.alerts.api import router as alerts_router
 from services.alerts.models import Delivery
+from services.core.ids import MAX_ID
 from services.core.problems import PROBLEM_BASE, PROBLEM_MEDIA_TYPE
-from services.scoring.api.deps import MAX_ID
 from tests.conftest import Api, assert_problem, error_fields
 
 PATH_PARAM = re.compile(r"\{([^}]+)\}")

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from services.scoring.app import create_app
+from services.app import create_app
 from tests.conftest import ADMIN_KEY, Api, make_settings
 
 DJIBO = [-1.63, 14.10]

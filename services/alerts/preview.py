@@ -22,11 +22,12 @@ from services.alerts import notify, rules, triggers
 from services.alerts.models import Rule, Subscription
 from services.alerts.pipeline import applies
 from services.alerts.schemas import STORED, EventRuleIn, RuleIn, Strict, ThresholdRuleIn, Trigger
+from services.core.ids import RowId
 from services.core.problems import Problem, field_errors, not_found
 from services.scoring import geo, incidents, risk, scores
 from services.scoring import targets as scoring_targets
 from services.scoring.models import Incident, Target
-from services.scoring.schemas import RowId, Timestamp
+from services.scoring.schemas import Timestamp
 from services.scoring.taxonomy import Band, Category, Lifecycle
 
 MAX_TARGET_IDS = 1000

@@ -22,6 +22,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.alerts import rules
 from services.core.duration import BodyDuration
+from services.core.ids import RowId
 from services.core.problems import Problem
 from services.scoring import schemas as scoring_schemas
 from services.scoring.taxonomy import BAND_RANK, Band, Category
@@ -234,7 +235,6 @@ MAX_RULES_PER_SUBSCRIPTION = 20
 MAX_ALERT_EVENTS = 100
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-RowId = scoring_schemas.RowId
 Timestamp = scoring_schemas.Timestamp
 
 

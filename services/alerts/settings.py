@@ -5,18 +5,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.alerts import retry, ssrf
 from services.core.duration import Duration
+from services.core.settings import PlatformSettings
 
 
-class AlertsSettings(BaseSettings):
+class AlertsSettings(PlatformSettings):
     """Everything the alerts service can be told; every timer can be compressed for tests."""
 
     model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
 
-    database_url: str = Field("sqlite:///./riskalert.db", description="As for scoring.")
     public_url: str = Field(
         "http://127.0.0.1:8000",
         description="Base URL of the API, for the alert links and unsubscribe links sent out.",

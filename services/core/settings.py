@@ -1,18 +1,55 @@
-"""Settings of the platform around the services: logs, request limits and metrics."""
+"""Settings of the platform around the services: the database, keys, logs, request limits and
+metrics."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal
 
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.core.duration import Duration
+
 
 class PlatformSettings(BaseSettings):
     """How the processes log, what a client may send and how often, and who reads metrics."""
 
     model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./riskalert.db",
+        description="SQLAlchemy URL; SQLite by default, postgresql+psycopg://... in production.",
+    )
+    admin_api_key: SecretStr | None = Field(
+        None, description="Bootstrap platform-admin key (creates tenants and keys)."
+    )
+    auto_migrate: bool = Field(
+        True,
+        description=(
+            "Apply pending migrations at start-up (`serve --workers N`: once, in the parent); "
+            "off, no process migrates. A schema ahead of this release is never migrated."
+        ),
+    )
+    inline_worker: bool = Field(
+        True, description="Run the rescoring worker and scheduler inside the API process."
+    )
+    max_page_size: int = Field(500, ge=1, le=5000, description="Largest page of a list.")
+
+    clock_skew: Duration = Field(
+        timedelta(minutes=5), description="How far in the future a reported time may lie."
+    )
+    key_cache_ttl: Duration = Field(
+        timedelta(seconds=10), description="How long a resolved API key is cached per process."
+    )
+    idempotency_ttl: Duration = Field(
+        timedelta(hours=24), description="How long Idempotency-Key responses are kept."
+    )
+    sqlite_busy_timeout: Duration = Field(
+        timedelta(seconds=30), description="How long SQLite waits for the write lock."
+    )
+    db_pool_size: int = Field(10, ge=1, description="Connections per process.")
 
     log_format: Literal["auto", "json", "console"] = Field(
         "auto",

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import AwareDatetime, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from services.core.settings import PlatformSettings
 
 
-class DashboardSettings(BaseSettings):
+class DashboardSettings(PlatformSettings):
     """What the dashboard page is told when it starts (`GET /dashboard/config.json`)."""
 
     model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")

@@ -8,9 +8,10 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.core.duration import Duration
+from services.core.settings import PlatformSettings
 from services.feeds.importer import Format
 
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -120,10 +121,14 @@ class FeedConfig(BaseModel):
         return self
 
 
-class FeedsSettings(BaseSettings):
+class FeedsSettings(PlatformSettings):
     """The feeds polled on a schedule, and how polling backs off when a source fails."""
 
     model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
+
+    max_import_bytes: int = Field(
+        50_000_000, ge=1, description="Largest file accepted by POST /v1/imports/{format}."
+    )
 
     feeds: list[FeedConfig] = Field(
         default_factory=list,

@@ -9,10 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import delete, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core import activity, deadletters, metrics, wake
@@ -176,6 +174,9 @@ def purge_idempotency(
         session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff))
 
 
+_CHANNELS = (queue.CHANNEL, feed.INCIDENT_CHANNEL)
+
+
 class RescoreWorker:
     """A thread that rescores queued targets at once when woken, and polls as a fallback.
 
@@ -196,19 +197,22 @@ class RescoreWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
-        self.listening = threading.Event()  # set once LISTEN is in place (PostgreSQL)
         self._cache = scores.IncidentCache()
         self._reader = make_sessionmaker(factory.kw["bind"], read_only=True)
-        self._listener: threading.Thread | None = None
+        # On PostgreSQL, queueing and new incidents in other processes wake this one too.
+        self._listener: wake.Listener | None = None
         if not is_sqlite(settings.database_url):
-            self._listener = threading.Thread(
-                target=self._listen, name="rescore-listener", daemon=True
+            self._listener = wake.Listener(
+                settings.database_url,
+                _CHANNELS,
+                retry_s=settings.worker_poll_interval.total_seconds(),
             )
 
     def start(self) -> None:
         """Start the thread (and the NOTIFY listener on PostgreSQL)."""
-        # Commits in this process that append incidents wake the worker directly.
-        wake.subscribe(feed.INCIDENT_CHANNEL, self._wake)
+        # Commits in this process that queue targets or append incidents wake it directly.
+        for channel in _CHANNELS:
+            wake.subscribe(channel, self._wake)
         self._thread.start()
         if self._listener is not None:
             self._listener.start()
@@ -222,31 +226,15 @@ class RescoreWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
-        wake.unsubscribe(feed.INCIDENT_CHANNEL, self._wake)
+        for channel in _CHANNELS:
+            wake.unsubscribe(channel, self._wake)
         if self._listener is not None:
-            self._listener.join(timeout)
+            self._listener.stop(timeout)
 
-    def _listen(self) -> None:
-        poll = self._settings.worker_poll_interval.total_seconds()
-        url = make_url(self._settings.database_url).set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        streak = FailureStreak(log, "the rescore listener (polling covers the gap)")
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {queue.CHANNEL}")
-                    conn.execute(f"LISTEN {feed.INCIDENT_CHANNEL}")
-                    self.listening.set()
-                    streak.succeeded()
-                    while not self._stop.is_set():
-                        # Short waits, so a stop request is noticed within a second.
-                        for _ in conn.notifies(timeout=min(poll, 1.0), stop_after=1):
-                            self._wake.set()
-            except psycopg.Error:
-                self.listening.clear()
-                # Polling still runs meanwhile; retry the listener after a pause.
-                streak.failed()
-                self._stop.wait(poll)
+    @property
+    def listening(self) -> threading.Event | None:
+        """Set once LISTEN is in place (PostgreSQL only)."""
+        return self._listener.listening if self._listener else None
 
     def _catch_up(self) -> None:
         """Rescore until nothing is left (or a stop). With a pause, after a batch during which

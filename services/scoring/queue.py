@@ -25,7 +25,6 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    text,
     true,
     tuple_,
     update,
@@ -34,7 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from services.core import cursors, metrics
+from services.core import cursors, metrics, wake
 from services.core.db import UTCDateTime
 from services.core.deadletters import Quarantine, guard
 from services.core.logs import working_for
@@ -44,8 +43,6 @@ from services.scoring.taxonomy import Sector, TargetKind
 
 log = logging.getLogger(__name__)
 
-# Set on a session whose unit of work queued rescoring, so the worker is woken after commit.
-QUEUED = "rescore_queued"
 # PostgreSQL NOTIFY channel: workers in other processes are woken when the queueing commits.
 CHANNEL = "riskalert_rescore"
 
@@ -85,7 +82,7 @@ def _queue(session: Session, rows: Any) -> None:
         session.execute(stmt, rows)
     else:
         session.execute(stmt)
-    _note(session)
+    wake.announce(session, CHANNEL)
 
 
 MARK_COLUMNS = ["target_id", "cause", "priority", "marked_at", "generation"]
@@ -101,15 +98,6 @@ def add(session: Session, target_ids: Iterable[int], cause: str, now: datetime) 
     if rows:
         _queue(session, rows)
     return len(rows)
-
-
-def _note(session: Session) -> None:
-    if session.info.get(QUEUED):
-        return
-    session.info[QUEUED] = True
-    if session.get_bind().dialect.name == "postgresql":
-        # Transactional: delivered to listeners only if and when this unit of work commits.
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def add_all(session: Session, cause: str, now: datetime) -> None:

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from services.core.auth import PLATFORM_ROLES, TENANT_ROLES, Role
+from services.core.ids import RowId
 from services.core.problems import MAX_FIELD_ERRORS, omitted_errors
 from services.scoring.taxonomy import (
     Band,
@@ -40,8 +41,6 @@ from services.scoring.taxonomy import (
 )
 
 MAX_CORRIDOR_POINTS = 1000
-# Ids are 32-bit integer columns: a larger one would overflow the database, not just miss.
-MAX_ID = 2_147_483_647
 
 # Numbers and flags of request bodies are strict: FastAPI validates the decoded JSON in
 # Python mode, where lax pydantic would read "12.5" or true as a number and 0 as a flag. Strict
@@ -83,7 +82,6 @@ ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 SourceValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
 Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
-RowId = Annotated[int, Field(ge=1, le=MAX_ID)]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
 _NUL = "text must not contain NUL characters"
 # Validation context key: the input holds no NUL characters, so nested models need not look.

@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.core import audit, metrics, modelchange
 from services.core.auth import Principal, Role
@@ -77,6 +77,20 @@ def active_model(session: Session) -> ActiveModel | None:
 # thresholds are carried over band by band when the fitted model replaces it.
 LEGACY_THRESHOLDS = (20.0, 40.0, 60.0, 80.0)
 SYSTEM = Principal(key_id=None, tenant_id=None, roles=frozenset({Role.ADMIN}))
+
+
+def model_in_force(
+    reads: sessionmaker[Session], writes: sessionmaker[Session], now: datetime
+) -> ActiveModel:
+    """The model version in force, created (in a write transaction of its own) if none is."""
+    # A read session of its own, closed before the caller goes on: a write route holding a
+    # read connection while it waits for a write one could starve the pool under load.
+    with reads() as session:
+        found = active_model(session)
+    if found is not None:
+        return found
+    with writes.begin() as write:
+        return ensure_model(write, now)
 
 
 def ensure_model(session: Session, now: datetime) -> ActiveModel:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.core.duration import Duration
@@ -16,31 +16,7 @@ class ScoringSettings(PlatformSettings):
 
     model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
 
-    database_url: str = Field(
-        "sqlite:///./riskalert.db",
-        description="SQLAlchemy URL; SQLite by default, postgresql+psycopg://... in production.",
-    )
-    admin_api_key: SecretStr | None = Field(
-        None, description="Bootstrap platform-admin key (creates tenants and keys)."
-    )
-    auto_migrate: bool = Field(
-        True,
-        description=(
-            "Apply pending migrations at start-up (`serve --workers N`: once, in the parent); "
-            "off, no process migrates. A schema ahead of this release is never migrated."
-        ),
-    )
-    inline_worker: bool = Field(
-        True, description="Run the rescoring worker and scheduler inside the API process."
-    )
-    clock_skew: Duration = Field(
-        timedelta(minutes=5), description="How far in the future a reported time may lie."
-    )
     max_batch_items: int = Field(1000, ge=1, le=10_000, description="Incidents per batch POST.")
-    max_page_size: int = Field(500, ge=1, le=5000, description="Largest page of a list.")
-    max_import_bytes: int = Field(
-        50_000_000, ge=1, description="Largest file accepted by POST /v1/imports/{format}."
-    )
     max_backtest_pairs: int = Field(100_000, ge=1, description="(point, time) pairs per backtest.")
     rescore_interval: Duration = Field(
         timedelta(minutes=10), description="How often every score is re-evaluated for decay."
@@ -86,13 +62,3 @@ class ScoringSettings(PlatformSettings):
             "force was published (0: never on a schedule)."
         ),
     )
-    key_cache_ttl: Duration = Field(
-        timedelta(seconds=10), description="How long a resolved API key is cached per process."
-    )
-    idempotency_ttl: Duration = Field(
-        timedelta(hours=24), description="How long Idempotency-Key responses are kept."
-    )
-    sqlite_busy_timeout: Duration = Field(
-        timedelta(seconds=30), description="How long SQLite waits for the write lock."
-    )
-    db_pool_size: int = Field(10, ge=1, description="Connections per process.")

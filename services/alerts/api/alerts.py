@@ -25,9 +25,9 @@ from services.alerts.schemas import (
     invalid_body,
 )
 from services.core import audit
+from services.core.api import Cursor, Limit, Now, ReadSession, WriteSession, next_cursor
+from services.core.ids import RowId
 from services.core.problems import Problem, problem_responses
-from services.scoring.api.deps import Cursor, Limit, Now, ReadSession, WriteSession
-from services.scoring.schemas import RowId
 from services.scoring.taxonomy import Band
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
@@ -117,7 +117,7 @@ def list_alerts(
     )
     return AlertPage(
         alerts=[_alert_out(r) for r in rows],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 

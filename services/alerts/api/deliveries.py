@@ -31,9 +31,9 @@ from services.alerts.schemas import (
     invalid_body,
 )
 from services.core import audit
+from services.core.api import Cursor, Limit, Now, ReadSession, WriteSession, next_cursor
+from services.core.ids import RowId
 from services.core.problems import Problem, problem_responses
-from services.scoring.api.deps import Cursor, Limit, Now, ReadSession, WriteSession
-from services.scoring.schemas import RowId
 
 router = APIRouter(prefix="/v1/deliveries", tags=["deliveries"])
 
@@ -117,7 +117,7 @@ def list_deliveries(
     )
     return DeliveryPage(
         deliveries=[delivery_out(r) for r in rows],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Path, Request
 from sqlalchemy import select
@@ -13,20 +13,27 @@ from services.alerts import endpoints, subscriptions
 from services.alerts.models import Alert, Delivery, Endpoint, Rule, Subscription
 from services.alerts.schemas import EndpointIn, EndpointKind, EndpointPatch, invalid_body
 from services.alerts.settings import AlertsSettings
+from services.core.api import Id, Now, ReadSession, WriteSession, settings_of
 from services.core.auth import Principal, Role, require_tenant
 from services.core.problems import not_found
-from services.scoring.api.deps import Id, ReadSession, WriteSession
+from services.scoring import scores
+from services.scoring.settings import ScoringSettings
 
 Reader = Annotated[Principal, Depends(require_tenant(Role.ALERTS_READ, Role.ALERTS_WRITE))]
 Writer = Annotated[Principal, Depends(require_tenant(Role.ALERTS_WRITE))]
 
 
-async def _settings(request: Request) -> AlertsSettings:
-    settings: AlertsSettings = request.app.state.settings
-    return settings
+AlertsConfig = Annotated[AlertsSettings, Depends(settings_of(AlertsSettings))]
+# Previews replay scores: they are bounded as the scoring service's backtests are.
+ScoringConfig = Annotated[ScoringSettings, Depends(settings_of(ScoringSettings))]
 
 
-AlertsConfig = Annotated[AlertsSettings, Depends(_settings)]
+def _model(request: Request, now: Now) -> scores.ActiveModel:
+    return scores.model_in_force(request.app.state.read_sessions, request.app.state.sessions, now)
+
+
+# The model version in force, as the scoring service publishes it (previews score with it).
+Model = Annotated[scores.ActiveModel, Depends(_model)]
 
 
 def tenant_of(principal: Principal) -> int:
@@ -126,48 +133,41 @@ def _write_rule(rule_id: Id, subscription: WritableSubscription, session: WriteS
 WritableRule = Annotated[Rule, Depends(_write_rule)]
 
 
-def _alert(session: Session, principal: Principal, alert_id: int, lock: bool) -> Alert:
-    query = select(Alert).where(Alert.id == alert_id, Alert.tenant_id == tenant_of(principal))
+Owned = TypeVar("Owned", Alert, Delivery)
+
+
+def _owned(
+    session: Session, kind: type[Owned], what: str, principal: Principal, row_id: int, lock: bool
+) -> Owned:
+    query = select(kind).where(kind.id == row_id, kind.tenant_id == tenant_of(principal))
     if lock:
-        # The pipeline locks alerts it evaluates: an acknowledgement waits for it, not races it.
+        # The pipeline locks the alerts it evaluates, and workers claim deliveries with SKIP
+        # LOCKED: an acknowledgement or a replay waits for them instead of racing them.
         query = query.with_for_update()
     found = session.execute(query).scalar_one_or_none()
     if found is None:
-        raise not_found("alert")
+        raise not_found(what)
     return found
 
 
 def _read_alert(alert_id: Id, principal: Reader, session: ReadSession) -> Alert:
-    return _alert(session, principal, alert_id, lock=False)
+    return _owned(session, Alert, "alert", principal, alert_id, lock=False)
 
 
 def _write_alert(alert_id: Id, principal: Writer, session: WriteSession) -> Alert:
-    return _alert(session, principal, alert_id, lock=True)
+    return _owned(session, Alert, "alert", principal, alert_id, lock=True)
 
 
 ReadableAlert = Annotated[Alert, Depends(_read_alert)]
 WritableAlert = Annotated[Alert, Depends(_write_alert)]
 
 
-def _delivery(session: Session, principal: Principal, delivery_id: int, lock: bool) -> Delivery:
-    query = select(Delivery).where(
-        Delivery.id == delivery_id, Delivery.tenant_id == tenant_of(principal)
-    )
-    if lock:
-        # Workers claim with SKIP LOCKED: a delivery being replayed is not claimed meanwhile.
-        query = query.with_for_update()
-    found = session.execute(query).scalar_one_or_none()
-    if found is None:
-        raise not_found("delivery")
-    return found
-
-
 def _read_delivery(delivery_id: Id, principal: Reader, session: ReadSession) -> Delivery:
-    return _delivery(session, principal, delivery_id, lock=False)
+    return _owned(session, Delivery, "delivery", principal, delivery_id, lock=False)
 
 
 def _write_delivery(delivery_id: Id, principal: Writer, session: WriteSession) -> Delivery:
-    return _delivery(session, principal, delivery_id, lock=True)
+    return _owned(session, Delivery, "delivery", principal, delivery_id, lock=True)
 
 
 ReadableDelivery = Annotated[Delivery, Depends(_read_delivery)]

@@ -31,16 +31,9 @@ from services.alerts.schemas import (
     RotateSecretIn,
 )
 from services.core import audit
+from services.core.api import Cursor, Limit, Now, ReadSession, Retryable, WriteSession, next_cursor
 from services.core.auth import Principal
 from services.core.problems import Problem, problem_responses
-from services.scoring.api.deps import (
-    Cursor,
-    Limit,
-    Now,
-    ReadSession,
-    Retryable,
-    WriteSession,
-)
 
 router = APIRouter(prefix="/v1/endpoints", tags=["alert endpoints"])
 
@@ -105,7 +98,7 @@ def list_endpoints(
     states = endpoints.secret_states(session, [r.id for r in rows], now)
     return EndpointPage(
         endpoints=[endpoints.to_out(r, states.get(r.id)) for r in rows],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 

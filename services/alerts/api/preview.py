@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from services.alerts import preview
+from services.alerts.api.deps import Model, ScoringConfig
+from services.core.api import Now, ReadSession
 from services.core.auth import Principal, Role, require_tenant
 from services.core.problems import problem_responses
-from services.scoring.api.deps import Model, Now, ReadSession, Settings
 
 router = APIRouter(prefix="/v1/alert-previews", tags=["alerts"])
 
@@ -26,7 +27,7 @@ def create_preview(
     principal: AlertsReader,
     session: ReadSession,
     model: Model,
-    settings: Settings,
+    settings: ScoringConfig,
     now: Now,
 ) -> preview.PreviewOut:
     """The notifications the rule would have sent, when, for which targets and why, with counts.

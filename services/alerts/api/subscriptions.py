@@ -32,9 +32,9 @@ from services.alerts.schemas import (
     invalid_body,
 )
 from services.core import audit
+from services.core.api import Cursor, Limit, Now, ReadSession, Retryable, WriteSession, next_cursor
 from services.core.auth import Principal
 from services.core.problems import Problem, problem_responses
-from services.scoring.api.deps import Cursor, Limit, Now, ReadSession, Retryable, WriteSession
 
 router = APIRouter(prefix="/v1/subscriptions", tags=["subscriptions"])
 
@@ -110,7 +110,7 @@ def list_subscriptions(
     rules = subscriptions.rules_of(session, [r.id for r in rows])
     return SubscriptionPage(
         subscriptions=[subscriptions.to_out(r, rules[r.id]) for r in rows],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 

@@ -10,9 +10,9 @@ from fastapi.responses import HTMLResponse
 from services.alerts import endpoints
 from services.alerts.api.deps import UnsubscribePageEndpoint, UnsubscribingEndpoint
 from services.core import audit
+from services.core.api import Now, WriteSession
 from services.core.auth import Principal
 from services.core.problems import problem_responses
-from services.scoring.api.deps import Now, WriteSession
 
 router = APIRouter(prefix="/v1/unsubscribe", tags=["unsubscribe"])
 

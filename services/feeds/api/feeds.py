@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core.api import Ingestor, Now, ReadSession
 from services.core.problems import Problem, not_found, problem_responses
 from services.feeds import poller
 from services.feeds.settings import FeedConfig, FeedsSettings
-from services.scoring.api.deps import Ingestor, Now, ReadSession
 
 # As for the other /v1 routes: every one may refuse the key or its roles, validate, and answer
 # 503 when the database is down.

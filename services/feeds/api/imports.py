@@ -6,17 +6,18 @@ import io
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from services.core.api import Id, Ingestor, Limit, ReadSession, next_cursor, settings_of
+from services.core.ids import MAX_ID
 from services.core.problems import Problem, not_found, payload_too_large, problem_responses
 from services.feeds import importer
 from services.feeds.rows import FileError
-from services.scoring.api.deps import Id, Ingestor, Limit, ReadSession, Settings
+from services.feeds.settings import FeedsSettings
 from services.scoring.models import ImportRun
-from services.scoring.schemas import MAX_ID
 
 router = APIRouter(prefix="/v1/imports", tags=["imports"])
 
@@ -96,7 +97,7 @@ async def post_import(
         importer.Format, Path(description="acled, acled-deleted (retractions) or ucdp")
     ],
     principal: Ingestor,
-    settings: Settings,
+    settings: Annotated[FeedsSettings, Depends(settings_of(FeedsSettings))],
 ) -> ImportSummary:
     """Store every good row, reject each bad one with its line and reason; re-posting the same
     file changes nothing. A file that cannot be imported at all (unreadable JSON, another
@@ -194,7 +195,7 @@ def list_imports(
     runs = session.execute(query).scalars().all()
     return ImportList(
         items=[_summary(r) for r in runs],
-        next_cursor=runs[-1].id if len(runs) == limit else None,
+        next_cursor=next_cursor(runs, limit),
     )
 
 

@@ -9,10 +9,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from services.core.problems import Problem, field_errors, not_found, problem_responses
-from services.scoring import incidents, schemas
-from services.scoring.api.deps import (
-    AnyReader,
+from services.core.api import (
     Cursor,
     Id,
     Ingestor,
@@ -20,9 +17,12 @@ from services.scoring.api.deps import (
     Now,
     ReadSession,
     Retryable,
-    Settings,
     WriteSession,
+    next_cursor,
 )
+from services.core.problems import Problem, field_errors, not_found, problem_responses
+from services.scoring import incidents, schemas
+from services.scoring.api.deps import AnyReader, Settings
 from services.scoring.taxonomy import Category
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
@@ -228,7 +228,7 @@ def list_incidents(
     reports = incidents.sources(session, rows)
     return schemas.IncidentCollection(
         features=[incidents.to_feature(r, reports) for r in rows],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 

@@ -9,20 +9,12 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
 from services.core import audit, deadletters
+from services.core.api import Admin, Cursor, Id, Limit, Now, ReadSession, WriteSession, next_cursor
 from services.core.auth import AnyPrincipal, Role, generate_key, roles_from
 from services.core.models import ApiKey, DeadLetter, Tenant
 from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import modelfit, schemas, scores
-from services.scoring.api.deps import (
-    Admin,
-    Cursor,
-    Id,
-    Limit,
-    Model,
-    Now,
-    ReadSession,
-    WriteSession,
-)
+from services.scoring.api.deps import Model
 from services.scoring.models import ModelFit, ModelVersion
 
 router = APIRouter(prefix="/v1", tags=["platform"])
@@ -296,7 +288,7 @@ def audit_log(
             )
             for e in rows
         ],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 
@@ -346,7 +338,7 @@ def list_dead_letters(
     rows = session.execute(query.order_by(DeadLetter.id).limit(limit)).scalars().all()
     return schemas.DeadLetterPage(
         dead_letters=[_letter_out(r) for r in rows],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from services.core.api import Cursor, Limit, Now, ReadSession
 from services.core.problems import Problem, not_found, problem_responses
 from services.scoring import feed, schemas, scores, targets
-from services.scoring.api.deps import (
-    Cursor,
-    Limit,
-    Model,
-    Now,
-    ReadSession,
-    Settings,
-    TenantReader,
-)
+from services.scoring.api.deps import Model, Settings, TenantReader
 from services.scoring.models import Target
 
 router = APIRouter(prefix="/v1", tags=["scores"])

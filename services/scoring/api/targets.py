@@ -10,23 +10,18 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from services.core import audit
+from services.core.api import Cursor, Limit, Now, ReadSession, Retryable, WriteSession, next_cursor
 from services.core.problems import Problem, field_errors, problem_responses
 from services.scoring import feed, queue, schemas, scores, targets
 from services.scoring.api.deps import (
-    Cursor,
-    Limit,
     Located,
     Model,
-    Now,
     ReadableCorridor,
     ReadableSite,
-    ReadSession,
-    Retryable,
     TenantReader,
     TenantWriter,
     WritableCorridor,
     WritableSite,
-    WriteSession,
     active_model,
 )
 from services.scoring.models import CurrentScore, Target
@@ -115,7 +110,7 @@ def _history(
             )
             for r in rows
         ],
-        next_cursor=rows[-1].id if len(rows) == limit else None,
+        next_cursor=next_cursor(rows, limit),
     )
 
 
@@ -222,7 +217,7 @@ def list_sites(
     )
     return schemas.SiteCollection(
         features=[targets.to_site_feature(t, s) for t, s in rows],
-        next_cursor=rows[-1][0].id if len(rows) == limit else None,
+        next_cursor=next_cursor([row[0] for row in rows], limit),
     )
 
 
@@ -330,7 +325,7 @@ def list_corridors(
     )
     return schemas.CorridorCollection(
         features=[targets.to_corridor_feature(t, s) for t, s in rows],
-        next_cursor=rows[-1][0].id if len(rows) == limit else None,
+        next_cursor=next_cursor([row[0] for row in rows], limit),
     )
 
 
