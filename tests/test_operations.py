@@ -335,22 +335,46 @@ def test_every_service_reports_its_database_gauges_through_the_platform(api: Api
         assert f"# TYPE {family} gauge" in text
 
 
+def _imported(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
+
+
+SERVICES = Path(__file__).resolve().parents[1] / "services"
+
+
 def test_the_platform_imports_no_service() -> None:
     # services/core is the platform: services register with it (routers, gauges), never the
     # other way round.
-    core = Path(__file__).resolve().parents[1] / "services" / "core"
     services = ("services.scoring", "services.alerts", "services.feeds", "services.dashboard")
+    found = [
+        f"{path.name}: {name}"
+        for path in sorted((SERVICES / "core").glob("*.py"))
+        for name in _imported(path)
+        if name.startswith(services)
+    ]
+    assert found == []
+
+
+def test_no_service_imports_another_services_api_modules() -> None:
+    # Services share through core or a published contract (change feeds, schemas), never
+    # through each other's routes and route dependencies.
     found = []
-    for path in sorted(core.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            found += [f"{path.name}: {n}" for n in names if n.startswith(services)]
+    for service in ("scoring", "alerts", "feeds", "dashboard"):
+        others = tuple(
+            f"services.{other}.api" for other in ("scoring", "alerts", "feeds") if other != service
+        )
+        for path in sorted((SERVICES / service).rglob("*.py")):
+            found += [
+                f"{path.relative_to(SERVICES)}: {name}"
+                for name in _imported(path)
+                if name.startswith(others)
+            ]
     assert found == []
 
 
