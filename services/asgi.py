@@ -2,7 +2,8 @@
 
 Each worker follows RISKALERT_AUTO_MIGRATE. `riskalert serve --workers N` migrates once in its
 parent and turns it off for the workers; started otherwise, turn it off and migrate first, or
-every worker would migrate at once.
+every worker would migrate at once. Pass `--no-proxy-headers` as well: the app believes
+X-Forwarded-For only from RISKALERT_TRUSTED_PROXIES, and uvicorn's default trusts loopback.
 """
 
 from fastapi import FastAPI

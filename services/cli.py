@@ -157,6 +157,9 @@ def serve(
         port=port,
         # Logging is ours (services.core.logs): JSON lines with request ids.
         log_config=None,
+        # Forwarded headers are believed only from RISKALERT_TRUSTED_PROXIES, by the app
+        # itself: uvicorn's own default would trust any client on loopback.
+        proxy_headers=False,
         # On SIGTERM, requests in flight get this long to finish before uvicorn closes them.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace.total_seconds()),
     )

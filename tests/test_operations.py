@@ -224,6 +224,14 @@ def test_a_malformed_limit_is_refused_at_start_up() -> None:
         PlatformSettings(rate_limit="lots")
 
 
+def test_a_trusted_proxy_that_is_not_an_address_or_network_is_refused_at_start_up() -> None:
+    from services.core.settings import PlatformSettings
+
+    assert PlatformSettings(trusted_proxies=["10.0.0.0/8", "::1"]).trusted_proxies
+    with pytest.raises(ValueError, match="not an address or a CIDR network"):
+        PlatformSettings(trusted_proxies=["proxy.internal"])
+
+
 def test_bodies_over_the_limit_get_413_whether_declared_or_streamed(
     api_factory: Callable[..., Api],
 ) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.core import activity, metrics
 from services.core.auth import KeyCache, hash_key
@@ -125,6 +126,10 @@ def create_app(
     app.add_middleware(activity.Touch)
     # Outermost: every request, answered by a route or not, gets an id, a log line, metrics.
     app.add_middleware(Observe, max_body_bytes=settings.max_body_bytes, exempt=BODY_LIMIT_EXEMPT)
+    if settings.trusted_proxies:
+        # Outside Observe, so logs and limits see the client a trusted proxy names. Only these
+        # peers are believed: anyone else's X-Forwarded-For is ignored.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     for part in parts:
         for router in part.routers:
             app.include_router(router)

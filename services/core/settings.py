@@ -3,6 +3,7 @@ metrics."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from typing import Literal
 
@@ -67,6 +68,11 @@ class PlatformSettings(BaseSettings):
         description="Requests without a valid key per client address per process: bounds "
         "key guessing. Empty: no limit.",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; empty: none, the peer's address is the client's.",
+    )
     max_body_bytes: int = Field(
         2_000_000,
         ge=1024,
@@ -77,6 +83,16 @@ class PlatformSettings(BaseSettings):
         description="If set, GET /metrics needs `Authorization: Bearer <token>`; otherwise it "
         "is open (expose it only inside the cluster).",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"not an address or a CIDR network: {entry!r}") from None
+        return value
 
     @field_validator("rate_limit", "rate_limit_unauthenticated")
     @classmethod

@@ -209,3 +209,37 @@ def test_metrics_of_several_uvicorn_workers_are_summed(riskalert: Riskalert) -> 
         ]
         assert count >= 40
     assert server.proc.terminate() == 0
+
+
+def _wrong_key_statuses(url: str, forwarded_for: list[str]) -> list[int]:
+    """Statuses of requests with a wrong key, each claiming another client address."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        return [
+            client.get(
+                "/v1/sites",
+                headers={"Authorization": "Bearer rak_wrong", "X-Forwarded-For": address},
+            ).status_code
+            for address in forwarded_for
+        ]
+
+
+ROTATING = [f"203.0.113.{i}" for i in range(1, 7)]
+
+
+def test_a_forwarded_for_header_from_an_untrusted_peer_does_not_reset_the_guessing_limit(
+    riskalert: Riskalert,
+) -> None:
+    server = riskalert.serve(inline_worker=False, RISKALERT_RATE_LIMIT_UNAUTHENTICATED="3/minute")
+    assert _wrong_key_statuses(server.url, ROTATING) == [401, 401, 401, 429, 429, 429]
+
+
+def test_a_trusted_proxy_names_the_client_each_address_has_its_own_guessing_limit(
+    riskalert: Riskalert,
+) -> None:
+    server = riskalert.serve(
+        inline_worker=False,
+        RISKALERT_RATE_LIMIT_UNAUTHENTICATED="3/minute",
+        RISKALERT_TRUSTED_PROXIES='["127.0.0.0/8"]',
+    )
+    assert _wrong_key_statuses(server.url, ROTATING) == [401] * 6
+    assert _wrong_key_statuses(server.url, ["198.51.100.1"] * 4) == [401, 401, 401, 429]
