@@ -20,6 +20,7 @@ from services.alerts.models import (
     Rule,
 )
 from services.alerts.schemas import DeliveryStatus
+from services.core.models import IdempotencyRecord
 from tests.conftest import Api, assert_problem, error_fields
 
 HOOK = "http://127.0.0.1:9/hook"
@@ -317,12 +318,19 @@ def test_deleting_a_subscription_removes_its_alerts_and_keeps_its_deliveries(api
     assert [(d["event_type"], d["alert_id"]) for d in kept] == [("alert.firing", None)]
 
 
-def test_creating_an_endpoint_with_the_same_idempotency_key_returns_the_first_response(
+def test_creating_an_endpoint_with_the_same_idempotency_key_returns_it_once_without_the_secret(
     hooks: Api,
 ) -> None:
     first = webhook(hooks, **{"Idempotency-Key": "create-hook-1"})
     again = webhook(hooks, **{"Idempotency-Key": "create-hook-1"})
-    assert again == first
+    assert first["secret"].startswith("whsec_")
+    # The secret is shown once: the replay is the same endpoint without it, and the stored
+    # response holds no secret either.
+    assert again == {**first, "secret": None}
+    with hooks.app.state.sessions() as session:
+        stored = session.execute(select(IdempotencyRecord.body)).scalars().all()
+    assert stored
+    assert not any("whsec_" in body for body in stored)
     assert len(hooks.client.get("/v1/endpoints", headers=hooks.a).json()["endpoints"]) == 1
     other = hooks.client.post(
         "/v1/endpoints",

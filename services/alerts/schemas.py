@@ -441,7 +441,8 @@ class EndpointWithSecret(EndpointOut):
     """An endpoint with its new signing secret, shown in this response only."""
 
     secret: str | None = Field(
-        description="Webhooks: the `whsec_...` signing secret, never shown again."
+        description="Webhooks: the `whsec_...` signing secret, never shown again (null in "
+        "the replay of a creation retried with its Idempotency-Key)."
     )
 
 

@@ -109,12 +109,17 @@ class Retries:
     now: datetime
 
     def once(
-        self, body: BaseModel, response_type: type[M], produce: Callable[[], tuple[int, M]]
+        self,
+        body: BaseModel,
+        response_type: type[M],
+        produce: Callable[[], tuple[int, M]],
+        kept: Callable[[M], M] | None = None,
     ) -> tuple[int, M]:
-        """Run `produce` unless this key already has a response, which is replayed instead."""
+        """Run `produce` unless this key already has a response, which is replayed instead
+        (as `kept` left it, when given)."""
         return idempotency.once(
             self.session, self.principal, self.key, self.path, body, self.now, response_type,
-            produce,
+            produce, kept,
         )  # fmt: skip
 
 

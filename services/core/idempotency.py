@@ -129,8 +129,10 @@ def once(
     now: datetime,
     response_type: type[M],
     produce: Callable[[], tuple[int, M]],
+    kept: Callable[[M], M] | None = None,
 ) -> tuple[int, M]:
-    """Run `produce` once per (caller, key); a retry with the same body gets the first response."""
+    """Run `produce` once per (caller, key); a retry with the same body gets the first response,
+    or what `kept` leaves of it (a secret shown once is not stored, so not replayed)."""
     if key is None:
         return produce()
     fingerprint = request_fingerprint(path, body)
@@ -143,7 +145,7 @@ def once(
         principal,
         key,
         fingerprint,
-        StoredResponse(status, result.model_dump(mode="json")),
+        StoredResponse(status, (kept(result) if kept else result).model_dump(mode="json")),
         now,
     )
     return status, result

@@ -76,7 +76,12 @@ def create_endpoint(
     now: Now,
     retries: Retryable,
 ) -> EndpointWithSecret:
-    """A webhook's URL must pass the SSRF guard; its signing secret is in this response only."""
+    """A webhook's URL must pass the SSRF guard; its signing secret is in this response only.
+
+    A retry with the same `Idempotency-Key` gets the same endpoint with `secret: null`: the
+    secret is never stored with the replayable answer. If the first answer was lost, rotate
+    the secret (`POST /v1/endpoints/{id}/rotate-secret`).
+    """
 
     def produce() -> tuple[int, EndpointWithSecret]:
         endpoint, secret = endpoints.create(session, tenant_of(principal), data, now)
@@ -85,7 +90,11 @@ def create_endpoint(
         )
         return 201, endpoints.with_secret(_out(session, endpoint, now), secret)
 
-    _, created = retries.once(data, EndpointWithSecret, produce)
+    # A secret is shown once: a retry with the same Idempotency-Key gets the endpoint without
+    # it (rotate it if the first answer was lost), and the stored answer never holds it.
+    _, created = retries.once(
+        data, EndpointWithSecret, produce, kept=lambda out: out.model_copy(update={"secret": None})
+    )
     return created
 
 
