@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +182,63 @@ def test_database_down_gives_503_problems_not_500(down_url: str) -> None:
         assert str(down_url.rsplit("/", 1)[0]) not in response.text
     assert all(r.headers.get("retry-after") == "5" for r in responses[1:])
     assert alive.status_code == 200
+
+
+def _fill_storage(api: Api) -> None:
+    """From now on, writes that need room fail as they do on a full disk: SQLite's file may
+    not grow (SQLITE_FULL), PostgreSQL answers disk_full (53100) to new targets."""
+    engine: Engine = api.app.state.engine
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            pages = connection.execute(text("PRAGMA page_count")).scalar_one()
+
+        @event.listens_for(engine, "connect")
+        def _no_growth(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+        engine.dispose()  # pooled connections reconnect with the cap
+        return
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "RAISE EXCEPTION 'could not extend file' USING ERRCODE = 'disk_full'; END $$"
+            )
+        )
+        connection.execute(
+            text("CREATE TRIGGER disk_full BEFORE INSERT ON target EXECUTE FUNCTION disk_full()")
+        )
+
+
+def test_a_full_database_disk_is_named_507_storage_full_and_readyz_says_so(api: Api) -> None:
+    assert api.client.get("/readyz").status_code == 200
+    _fill_storage(api)
+    # Bounded: SQLite first fills the free pages it has, then refuses to grow.
+    statuses = []
+    for n in range(200):
+        properties = {**SITE["properties"], "name": f"site {n} " + "x" * 150}
+        body = {**SITE, "properties": properties}
+        response = api.client.post("/v1/sites", json=body, headers=api.a)
+        statuses.append(response.status_code)
+        if response.status_code != 201:
+            break
+    doc = assert_terse_problem(response, 507)
+    assert doc["type"].endswith("/storage-full")
+    assert set(statuses[:-1]) <= {201}
+    listed = api.client.get("/v1/sites", params={"limit": 500}, headers=api.a).json()
+    assert len(listed["features"]) == len(statuses) - 1  # the refused write left nothing
+    ready = api.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["type"].endswith("/storage-full")
+
+
+def test_readyz_fails_when_the_sqlite_file_system_has_less_room_than_the_wal_needs(
+    api_factory: Callable[..., Api],
+) -> None:
+    api = api_factory(sqlite_min_free_bytes=2**62)
+    ready = api.client.get("/readyz")
+    if api.app.state.engine.dialect.name != "sqlite":
+        assert ready.status_code == 200  # PostgreSQL's disk is not this process's to see
+        return
+    assert ready.status_code == 503
+    assert "MiB free beside the SQLite database" in ready.json()["detail"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from services.core.db import (
     schema_note,
     schema_revision,
     schema_state,
+    sqlite_free_bytes,
 )
 from services.core.observe import Observe
 from services.core.problems import (
@@ -67,6 +69,26 @@ class Part:
     routers: Sequence[APIRouter] = ()
     install: Callable[[FastAPI], None] = _installs_nothing
     running: Running | None = None
+
+
+# After a write failed for lack of space, /readyz reports it this long (the failure is the
+# only sign on PostgreSQL, whose disk this process cannot see).
+STORAGE_FULL_REPORTED_S = 60.0
+
+
+def _storage_full(request: Request, settings: PlatformSettings) -> str | None:
+    """Why the database has no room for writes, or None when it seems to have."""
+    free = sqlite_free_bytes(settings.database_url)
+    if free is not None and free < settings.sqlite_min_free_bytes:
+        return (
+            f"{free // 2**20} MiB free beside the SQLite database, under the "
+            f"{settings.sqlite_min_free_bytes // 2**20} MiB its write-ahead log needs"
+        )
+    failed_at: float | None = getattr(request.app.state, "storage_full_at", None)
+    ago = None if failed_at is None else time.monotonic() - failed_at
+    if ago is not None and ago < STORAGE_FULL_REPORTED_S:
+        return f"a write failed {ago:.0f} s ago: the database's storage is full"
+    return None
 
 
 def create_app(
@@ -175,6 +197,18 @@ def create_app(
                     "title": "Service unavailable",
                     "status": 503,
                     "detail": "the database does not answer",
+                },
+                status_code=503,
+                media_type=PROBLEM_MEDIA_TYPE,
+            )
+        full = _storage_full(request, settings)
+        if full is not None:
+            return JSONResponse(
+                {
+                    "type": "https://riskalert.dev/problems/storage-full",
+                    "title": "Service unavailable",
+                    "status": 503,
+                    "detail": full,
                 },
                 status_code=503,
                 media_type=PROBLEM_MEDIA_TYPE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -28,7 +29,7 @@ from sqlalchemy import (
     insert,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -90,6 +91,24 @@ class UTCDateTime(TypeDecorator[datetime]):
 def is_sqlite(url: str) -> bool:
     """Tell whether a database URL names SQLite."""
     return url.startswith("sqlite")
+
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether a database error says its storage is full: SQLite's SQLITE_FULL ("database or
+    disk is full"), PostgreSQL's disk_full (53100)."""
+    orig = getattr(exc, "orig", exc)
+    if isinstance(orig, psycopg.errors.DiskFull):
+        return True
+    return getattr(orig, "sqlite_errorname", None) == "SQLITE_FULL"
+
+
+def sqlite_free_bytes(url: str) -> int | None:
+    """Free space on the file system of a SQLite database file (None for other engines or an
+    in-memory database)."""
+    database = make_url(url).database
+    if not is_sqlite(url) or not database or database == ":memory:":
+        return None
+    return shutil.disk_usage(Path(database).resolve().parent).free
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 10) -> Engine:

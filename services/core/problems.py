@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -15,6 +16,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from services.core.db import storage_full
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://riskalert.dev/problems/"
@@ -298,6 +301,19 @@ def install_problem_handlers(app: FastAPI) -> None:
         return _respond(problem, request)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OperationalError) and storage_full(exc):
+            # Retrying will not help until an operator frees space: say so, and let /readyz
+            # say it too for a while.
+            request.app.state.storage_full_at = time.monotonic()
+            log.error("database storage full on %s %s: %s", request.method, request.url.path, exc)
+            problem = Problem(
+                507,
+                "storage-full",
+                "the database's storage is full: nothing was stored; space must be freed "
+                "before writes can succeed",
+                headers={"Retry-After": "60"},
+            )
+            return _respond(problem, request)
         if isinstance(exc, (OperationalError, PoolTimeout)):
             # The database is away, or every connection of this process stayed busy for the
             # pool's timeout (an overload, or a stall behind a lock): the client may retry.

@@ -38,6 +38,12 @@ class PlatformSettings(BaseSettings):
     )
     max_page_size: int = Field(500, ge=1, le=5000, description="Largest page of a list.")
 
+    sqlite_min_free_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="SQLite: /readyz fails (storage-full) when the database's file system has "
+        "less free space than this; the write-ahead log needs room (docs/operations.md).",
+    )
     clock_skew: Duration = Field(
         timedelta(minutes=5), description="How far in the future a reported time may lie."
     )
