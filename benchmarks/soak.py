@@ -221,8 +221,8 @@ def stack_env(db: Database, args: argparse.Namespace) -> dict[str, str]:
     env = env_for(db, inline=False)
     env.update(
         RISKALERT_WEBHOOK_TIMEOUT=str(args.webhook_timeout),
-        RISKALERT_RETRY_SCHEDULE=json.dumps(args.retry_schedule),
-        RISKALERT_THROTTLE_FLOOR=str(args.throttle_floor),
+        RISKALERT_ALERTS_RETRY_SCHEDULE=json.dumps(args.retry_schedule),
+        RISKALERT_ALERTS_THROTTLE_FLOOR=str(args.throttle_floor),
         # Far above the soak's rate: the limit (per key, per process) is not under test here.
         RISKALERT_RATE_LIMIT="1000000/minute",
         RISKALERT_RATE_LIMIT_UNAUTHENTICATED="1000000/minute",

@@ -122,7 +122,7 @@ def test_an_endpoint_never_has_more_in_flight_than_its_limit_across_workers(api:
 
     taken = [c.endpoint_id for c in first + second]
     assert taken.count(limited) == 3
-    assert taken.count(default) == 2  # RISKALERT_ENDPOINT_SLOTS
+    assert taken.count(default) == 2  # RISKALERT_ALERTS_ENDPOINT_SLOTS
     assert third == []
 
 

@@ -12,17 +12,28 @@ import yaml
 from typer.testing import CliRunner
 
 from services.cli import app
+from services.core.db import upgrade_to_head
 from services.settings import Settings
+from tests.conftest import BACKENDS, scratch_postgres
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
-KNOWN = {f"RISKALERT_{name.upper()}" for name in Settings.model_fields}
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def _variable(name: str, field: FieldInfo) -> str:
+    # A renamed setting's variable is its first alias; its old names are deprecated.
+    alias = field.validation_alias
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"RISKALERT_{name.upper()}"
+
+
+KNOWN = {_variable(name, field) for name, field in Settings.model_fields.items()}
 # What a PostgreSQL deployment with separate processes must say, whatever the defaults.
 PRODUCTION = {
     "RISKALERT_DATABASE_URL": None,
     "RISKALERT_AUTO_MIGRATE": "false",
     "RISKALERT_INLINE_WORKER": "false",
 }
-REQUIRED = {f"RISKALERT_{n.upper()}" for n, f in Settings.model_fields.items() if f.is_required()}
+REQUIRED = {_variable(n, f) for n, f in Settings.model_fields.items() if f.is_required()}
 
 
 def k8s() -> list[dict[str, Any]]:

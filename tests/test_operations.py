@@ -224,6 +224,29 @@ def test_a_malformed_limit_is_refused_at_start_up() -> None:
         PlatformSettings(rate_limit="lots")
 
 
+def test_service_settings_have_prefixed_names_and_old_names_still_work_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.settings import Settings
+
+    monkeypatch.setenv("RISKALERT_ALERTS_CONCURRENCY", "3")
+    monkeypatch.setenv("RISKALERT_LEASE", "7")
+    monkeypatch.setenv("RISKALERT_WORKER_POLL_INTERVAL", "0.5")
+    with pytest.warns(FutureWarning) as warned:
+        settings = Settings()
+    assert (settings.concurrency, settings.lease.total_seconds()) == (3, 7)
+    assert settings.worker_poll_interval.total_seconds() == 0.5
+    assert sorted(str(w.message).split(" is ")[0] for w in warned) == [
+        "RISKALERT_LEASE",
+        "RISKALERT_WORKER_POLL_INTERVAL",
+    ]
+    assert "use RISKALERT_ALERTS_LEASE" in str(warned[0].message)
+    # The new name wins over the old one.
+    monkeypatch.setenv("RISKALERT_ALERTS_LEASE", "9")
+    with pytest.warns(FutureWarning):
+        assert Settings().lease.total_seconds() == 9
+
+
 def test_a_trusted_proxy_that_is_not_an_address_or_network_is_refused_at_start_up() -> None:
     from services.core.settings import PlatformSettings
 

@@ -43,7 +43,7 @@ class Endpoint(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Opaque token of the one-click unsubscribe link (email only).
     unsubscribe_token: Mapped[str | None] = mapped_column(String(64), unique=True)
-    # Deliveries to it in flight at once across every worker; None: RISKALERT_ENDPOINT_SLOTS.
+    # Deliveries to it in flight at once across every worker; None: RISKALERT_ALERTS_ENDPOINT_SLOTS.
     max_in_flight: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

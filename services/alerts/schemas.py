@@ -344,7 +344,7 @@ class EndpointIn(ApiIn):
         None,
         description=(
             "Deliveries sent to it at once, across every worker: what the receiver tolerates. "
-            "Default (null): RISKALERT_ENDPOINT_SLOTS."
+            "Default (null): RISKALERT_ALERTS_ENDPOINT_SLOTS."
         ),
     )
 

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.alerts import retry, ssrf
 from services.core.duration import Duration
-from services.core.settings import PlatformSettings
+from services.core.settings import PlatformSettings, renamed
 
 
 class AlertsSettings(PlatformSettings):
@@ -34,29 +34,61 @@ class AlertsSettings(PlatformSettings):
     secret_rotation_grace: Duration = Field(
         timedelta(hours=24), description="How long a rotated-out secret keeps signing."
     )
-    max_response_bytes: int = Field(4096, ge=0, description="Response body kept per attempt.")
+    max_response_bytes: int = Field(
+        4096,
+        ge=0,
+        description="Response body kept per attempt.",
+        validation_alias=renamed("ALERTS_MAX_RESPONSE_BYTES", "MAX_RESPONSE_BYTES"),
+    )
     # Retries
     retry_schedule: list[Duration] = Field(
         default_factory=lambda: list(retry.DEFAULT_SCHEDULE),
         description="Delay before each attempt; the first is usually 0.",
+        validation_alias=renamed("ALERTS_RETRY_SCHEDULE", "RETRY_SCHEDULE"),
     )
-    retry_jitter: float = Field(retry.DEFAULT_JITTER, ge=0.0, lt=1.0)
+    retry_jitter: float = Field(
+        retry.DEFAULT_JITTER,
+        ge=0.0,
+        lt=1.0,
+        validation_alias=renamed("ALERTS_RETRY_JITTER", "RETRY_JITTER"),
+    )
     throttle_floor: Duration = Field(
-        retry.THROTTLE_FLOOR, description="Least wait after a timeout or a 429."
+        retry.THROTTLE_FLOOR,
+        description="Least wait after a timeout or a 429.",
+        validation_alias=renamed("ALERTS_THROTTLE_FLOOR", "THROTTLE_FLOOR"),
     )
     disable_after: Duration = Field(
-        timedelta(days=5), description="An endpoint failing only for this long is disabled."
+        timedelta(days=5),
+        description="An endpoint failing only for this long is disabled.",
+        validation_alias=renamed("ALERTS_DISABLE_AFTER", "DISABLE_AFTER"),
     )
     replay_window: Duration = Field(
-        timedelta(days=14), description="How far back failed deliveries can be recovered."
+        timedelta(days=14),
+        description="How far back failed deliveries can be recovered.",
+        validation_alias=renamed("ALERTS_REPLAY_WINDOW", "REPLAY_WINDOW"),
     )
     # Workers
-    lease: Duration = Field(timedelta(seconds=45), description="How long a claim is held.")
-    reaper_interval: Duration = Field(timedelta(seconds=15), description="Expired-lease sweep.")
-    poll_interval: Duration = Field(
-        timedelta(seconds=1), description="Fallback polling when no wake-up arrives."
+    lease: Duration = Field(
+        timedelta(seconds=45),
+        description="How long a claim is held.",
+        validation_alias=renamed("ALERTS_LEASE", "LEASE"),
     )
-    concurrency: int = Field(64, ge=1, description="Deliveries in flight per worker process.")
+    reaper_interval: Duration = Field(
+        timedelta(seconds=15),
+        description="Expired-lease sweep.",
+        validation_alias=renamed("ALERTS_REAPER_INTERVAL", "REAPER_INTERVAL"),
+    )
+    poll_interval: Duration = Field(
+        timedelta(seconds=1),
+        description="Fallback polling when no wake-up arrives.",
+        validation_alias=renamed("ALERTS_POLL_INTERVAL", "POLL_INTERVAL"),
+    )
+    concurrency: int = Field(
+        64,
+        ge=1,
+        description="Deliveries in flight per worker process.",
+        validation_alias=renamed("ALERTS_CONCURRENCY", "CONCURRENCY"),
+    )
     endpoint_slots: int = Field(
         2,
         ge=1,
@@ -64,18 +96,34 @@ class AlertsSettings(PlatformSettings):
             "Deliveries in flight per endpoint across every worker, for endpoints without "
             "their own max_in_flight."
         ),
+        validation_alias=renamed("ALERTS_ENDPOINT_SLOTS", "ENDPOINT_SLOTS"),
     )
-    claim_batch: int = Field(100, ge=1, description="Deliveries claimed per query.")
-    feed_batch: int = Field(500, ge=1, description="Feed entries consumed per transaction.")
+    claim_batch: int = Field(
+        100,
+        ge=1,
+        description="Deliveries claimed per query.",
+        validation_alias=renamed("ALERTS_CLAIM_BATCH", "CLAIM_BATCH"),
+    )
+    feed_batch: int = Field(
+        500,
+        ge=1,
+        description="Feed entries consumed per transaction.",
+        validation_alias=renamed("ALERTS_FEED_BATCH", "FEED_BATCH"),
+    )
     reevaluate_interval: Duration = Field(
         timedelta(seconds=15),
         description="How often timers (pending, keep-firing, repeat, snooze) are re-evaluated.",
+        validation_alias=renamed("ALERTS_REEVALUATE_INTERVAL", "REEVALUATE_INTERVAL"),
     )
     digest_interval: Duration = Field(
-        timedelta(days=1), description="How often digests are sent (daily, at UTC midnight)."
+        timedelta(days=1),
+        description="How often digests are sent (daily, at UTC midnight).",
+        validation_alias=renamed("ALERTS_DIGEST_INTERVAL", "DIGEST_INTERVAL"),
     )
     retention: Duration = Field(
-        timedelta(days=30), description="Settled deliveries and their attempts are kept so long."
+        timedelta(days=30),
+        description="Settled deliveries and their attempts are kept so long.",
+        validation_alias=renamed("ALERTS_RETENTION", "RETENTION"),
     )
     shutdown_grace: Duration = Field(
         timedelta(seconds=20), description="How long SIGTERM waits for requests in flight."

@@ -10,7 +10,7 @@ from pydantic import BeforeValidator
 
 
 def _seconds_text(value: object) -> object:
-    """Numbers written as text (`RISKALERT_LEASE=45`) mean seconds, as numbers do."""
+    """Numbers written as text (`RISKALERT_ALERTS_LEASE=45`) mean seconds, as numbers do."""
     if isinstance(value, str):
         try:
             return float(value.strip())

@@ -4,20 +4,46 @@ metrics."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import warnings
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from limits import parse_many
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.core.duration import Duration
 
 
+def renamed(name: str, *old: str) -> AliasChoices:
+    """The variable RISKALERT_<NAME> for a setting, still read (with a warning) under its `old`
+    names for one release."""
+    return AliasChoices(*(f"RISKALERT_{n}" for n in (name, *old)))
+
+
+def deprecated_names(
+    settings: type[BaseSettings], environ: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """(old, new) for each variable in `environ` that names a setting by its old name."""
+    present = {key.upper() for key in environ}
+    found = []
+    for field in settings.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            new, *old = [str(choice) for choice in alias.choices]
+            found += [(name, new) for name in old if name in present]
+    return found
+
+
 class PlatformSettings(BaseSettings):
     """How the processes log, what a client may send and how often, and who reads metrics."""
 
-    model_config = SettingsConfigDict(env_prefix="RISKALERT_", env_file=".env", extra="ignore")
+    # populate_by_name: code and tests pass settings by field name, whatever their variable.
+    model_config = SettingsConfigDict(
+        env_prefix="RISKALERT_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     database_url: str = Field(
         "sqlite:///./riskalert.db",
@@ -86,9 +112,25 @@ class PlatformSettings(BaseSettings):
     )
     metrics_token: SecretStr | None = Field(
         None,
-        description="If set, GET /metrics needs `Authorization: Bearer <token>`; otherwise it "
-        "is open (expose it only inside the cluster).",
+        description="If set, GET /metrics (the API's, and a worker's --metrics-port) needs "
+        "`Authorization: Bearer <token>`; otherwise it is open (expose it only inside the "
+        "cluster). Scrapes without the valid token count against rate_limit_unauthenticated.",
     )
+    metrics_cache_ttl: Duration = Field(
+        timedelta(seconds=5),
+        ge=timedelta(0),
+        description="How long the gauges read from the database are reused by an API process: "
+        "a scrape within it runs no query. 0: read at every scrape.",
+    )
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Warn once per old variable name still in use (read this release, not the next)."""
+        for old, new in deprecated_names(type(self), os.environ):
+            warnings.warn(
+                f"{old} is deprecated and will stop working in the next release: use {new}",
+                FutureWarning,
+                stacklevel=2,
+            )
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.core.duration import Duration
-from services.core.settings import PlatformSettings
+from services.core.settings import PlatformSettings, renamed
 
 
 class ScoringSettings(PlatformSettings):
@@ -22,7 +22,9 @@ class ScoringSettings(PlatformSettings):
         timedelta(minutes=10), description="How often every score is re-evaluated for decay."
     )
     worker_poll_interval: Duration = Field(
-        timedelta(seconds=1), description="Fallback polling of the rescoring queue."
+        timedelta(seconds=1),
+        description="Fallback polling of the rescoring queue.",
+        validation_alias=renamed("SCORING_POLL_INTERVAL", "WORKER_POLL_INTERVAL"),
     )
     rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
     inline_rescore_pause: float = Field(
@@ -36,7 +38,10 @@ class ScoringSettings(PlatformSettings):
         ),
     )
     feed_batch_size: int = Field(
-        1000, ge=1, description="Incident feed entries read per pass to queue their targets."
+        1000,
+        ge=1,
+        description="Incident feed entries read per pass to queue their targets.",
+        validation_alias=renamed("SCORING_FEED_BATCH_SIZE", "FEED_BATCH_SIZE"),
     )
     rescore_lease: Duration = Field(
         timedelta(seconds=60),
@@ -46,6 +51,7 @@ class ScoringSettings(PlatformSettings):
         1.0,
         ge=0,
         description="Smallest score move written to the change feed; band changes always are.",
+        validation_alias=renamed("SCORING_CHANGE_MIN_DELTA", "CHANGE_MIN_DELTA"),
     )
     fit_poll_interval: Duration = Field(
         timedelta(seconds=30), description="How often workers look for model fits to run."

@@ -21,7 +21,7 @@ def mail_with_id(mailbox: Mailbox, address: str, message_id: str) -> list[Mail]:
 def test_email_is_delivered_with_its_headers_550_suppresses_451_retries_and_outages_are_outlasted(
     riskalert: Riskalert, mailbox: Mailbox
 ) -> None:
-    server = riskalert.serve(RISKALERT_RETRY_SCHEDULE=SCHEDULE)
+    server = riskalert.serve(RISKALERT_ALERTS_RETRY_SCHEDULE=SCHEDULE)
     api = Api(server)
     ok = api.create_email("ok", "ok@example.com")
     grey = api.create_email("grey", "grey@example.com")

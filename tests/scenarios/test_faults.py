@@ -562,7 +562,7 @@ def test_answers_received_during_a_long_outage_are_recorded_after_it_not_sent_ag
     # Leases far longer than the outage: a delivery whose answer was dropped would stay
     # `sending` until its lease ran out, then go out again.
     worker = private_stack.worker(
-        "alerts", RISKALERT_LEASE=seconds(60), RISKALERT_WEBHOOK_TIMEOUT=seconds(20)
+        "alerts", RISKALERT_ALERTS_LEASE=seconds(60), RISKALERT_WEBHOOK_TIMEOUT=seconds(20)
     )
     hook = api.create_webhook("ops", receiver.url("/slow"))
     receiver.expect("/slow", hook["secret"])

@@ -18,8 +18,8 @@ def test_hanging_endpoint_holds_two_slots_and_a_healthy_one_is_served_within_one
             # Long enough that nothing hanging comes back during the scenario (an attempt may
             # take 80 % of its lease).
             RISKALERT_WEBHOOK_TIMEOUT=seconds(20),
-            RISKALERT_LEASE=seconds(30),
-            RISKALERT_POLL_INTERVAL=seconds(POLL),
+            RISKALERT_ALERTS_LEASE=seconds(30),
+            RISKALERT_ALERTS_POLL_INTERVAL=seconds(POLL),
         )
     )
     stuck = api.create_webhook("stuck", receiver.url("/stuck"))

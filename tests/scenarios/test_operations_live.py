@@ -45,8 +45,8 @@ def test_three_workers_run_each_tick_once_per_slot(
 ) -> None:
     fast = {
         "RISKALERT_RESCORE_INTERVAL": seconds(0.5),
-        "RISKALERT_REAPER_INTERVAL": seconds(0.5),
-        "RISKALERT_REEVALUATE_INTERVAL": seconds(0.5),
+        "RISKALERT_ALERTS_REAPER_INTERVAL": seconds(0.5),
+        "RISKALERT_ALERTS_REEVALUATE_INTERVAL": seconds(0.5),
         "RISKALERT_LOG_LEVEL": "DEBUG",
     }
     workers = [riskalert.worker("all", **fast) for _ in range(3)]

@@ -37,7 +37,7 @@ def test_replayed_delivery_keeps_its_webhook_id_with_a_new_timestamp(
 def test_recover_replays_every_failed_delivery_since_the_given_time_and_no_older_one(
     riskalert: Riskalert, receiver: Receiver
 ) -> None:
-    api = Api(riskalert.serve(RISKALERT_RETRY_SCHEDULE="[0, 0.2]"))
+    api = Api(riskalert.serve(RISKALERT_ALERTS_RETRY_SCHEDULE="[0, 0.2]"))
     hook = api.create_webhook("ops", receiver.url("/down"))
     receiver.expect("/down", hook["secret"])
     receiver.script("/down", [], then=Reply(500))

@@ -59,8 +59,8 @@ def test_timeout_then_429_then_410_backs_off_disables_cancels_and_emails_the_own
     floor = 0.6  # least wait after a timeout or a 429; more than the schedule's early steps
     api = Api(
         riskalert.serve(
-            RISKALERT_RETRY_SCHEDULE="[0, 0.2, 0.5, 0.5, 0.5]",
-            RISKALERT_THROTTLE_FLOOR=seconds(floor),
+            RISKALERT_ALERTS_RETRY_SCHEDULE="[0, 0.2, 0.5, 0.5, 0.5]",
+            RISKALERT_ALERTS_THROTTLE_FLOOR=seconds(floor),
             RISKALERT_WEBHOOK_TIMEOUT=seconds(1),
         )
     )
@@ -112,8 +112,8 @@ def test_endpoint_failing_for_the_whole_disable_period_is_disabled_and_its_owner
     # Five days of nothing but failures, compressed to one second.
     api = Api(
         riskalert.serve(
-            RISKALERT_DISABLE_AFTER=seconds(1),
-            RISKALERT_RETRY_SCHEDULE="[0, 0.5, 0.5, 0.5, 0.5, 0.5]",
+            RISKALERT_ALERTS_DISABLE_AFTER=seconds(1),
+            RISKALERT_ALERTS_RETRY_SCHEDULE="[0, 0.5, 0.5, 0.5, 0.5, 0.5]",
         )
     )
     hook = api.create_webhook("broken", receiver.url("/broken"))

@@ -15,7 +15,7 @@ SCHEDULE = json.dumps([0] + [0.3] * 40)
 def test_endpoint_down_during_three_state_changes_gets_the_newest_state_last(
     riskalert: Riskalert, database: Database, receiver: Receiver
 ) -> None:
-    api = Api(riskalert.serve(RISKALERT_RETRY_SCHEDULE=SCHEDULE))
+    api = Api(riskalert.serve(RISKALERT_ALERTS_RETRY_SCHEDULE=SCHEDULE))
     site = api.create_site("Mine", *east_of_base(0))
     hook = api.create_webhook("ops", receiver.url("/sup"))
     receiver.expect("/sup", hook["secret"])

@@ -56,7 +56,7 @@ def test_sigterm_lets_the_request_in_flight_finish_and_records_it_once(
     receiver.script("/slow", [Reply(200, delay=1.5)])
     # Timeout and lease (an attempt may take 80 % of it) well beyond the 1.5 s answer.
     worker = riskalert.worker(
-        "alerts", RISKALERT_WEBHOOK_TIMEOUT=seconds(10), RISKALERT_LEASE=seconds(10)
+        "alerts", RISKALERT_WEBHOOK_TIMEOUT=seconds(10), RISKALERT_ALERTS_LEASE=seconds(10)
     )
 
     delivery = api.send_test(endpoint["id"])
@@ -117,7 +117,7 @@ def test_sigterm_abandons_a_request_hanging_past_the_grace_to_its_lease(
         # The attempt would hang on for 80 % of the lease (9.6 s), far past the grace, and
         # past the margin a loaded machine needs to stop the process.
         "RISKALERT_WEBHOOK_TIMEOUT": seconds(20),
-        "RISKALERT_LEASE": seconds(12),
+        "RISKALERT_ALERTS_LEASE": seconds(12),
     }
     worker = riskalert.worker("alerts", **env)
 
