@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -481,16 +482,36 @@ def generate(
 
 
 @app.command()
-def check(database_url: DatabaseOption = None) -> None:
+def check(
+    database_url: DatabaseOption = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="Look again every 2 s for up to this many seconds before giving up (an init "
+            "container waiting for this release's `riskalert migrate`).",
+            min=0,
+        ),
+    ] = 0,
+) -> None:
     """Exit 0 when the database answers at this release's schema (or a later release's), 1
-    otherwise: a worker probe."""
+    otherwise (after --wait seconds): a probe, or an init container's wait for the migration."""
     settings = _settings(database_url)
-    try:
-        at = schema_revision_at(settings.database_url)
-    except SQLAlchemyError as exc:
-        console.print(f"[red]database unavailable[/red]: {type(exc).__name__}")
-        raise typer.Exit(1) from None
-    if schema_state(at) is SchemaState.BEHIND:
-        console.print(f"[red]{schema_note(at)}[/red]")
+
+    def look() -> tuple[bool, str]:
+        try:
+            at = schema_revision_at(settings.database_url)
+        except SQLAlchemyError as exc:
+            return False, f"database unavailable: {type(exc).__name__}"
+        return schema_state(at) is not SchemaState.BEHIND, schema_note(at)
+
+    deadline = time.monotonic() + wait
+    ready, note = look()
+    if not ready and wait > 0:
+        console.print(f"waiting up to {wait:g} s: {note}")
+    while not ready and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(2.0, left))
+        ready, note = look()
+    if not ready:
+        console.print(f"[red]{note}[/red]")
         raise typer.Exit(1)
-    console.print(f"database answers: {schema_note(at)}")
+    console.print(f"database answers: {note}")
