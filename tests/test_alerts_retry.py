@@ -1,18 +1,25 @@
 """Retry decisions: the schedule, jitter, throttling floor, Retry-After and status outcomes."""
 
+import ast
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from random import Random
+from typing import Any, get_args
 
 import pytest
 
+from services.alerts import outbox
 from services.alerts.retry import (
     DEFAULT_JITTER,
     DEFAULT_SCHEDULE,
     THROTTLE_FLOOR,
+    Outcome,
     classify_status,
     next_attempt_delay,
     parse_retry_after,
 )
+from services.alerts.settings import AlertsSettings
+from services.alerts.webhooks import AttemptResult
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -171,3 +178,92 @@ def test_parse_retry_after_needs_an_aware_now() -> None:
 )
 def test_classify_status(status: int | None, outcome: str) -> None:
     assert classify_status(status) == outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# After a failed attempt: the decision, apart from carrying it out (outbox.after_failure)
+
+
+def failure(outcome: Outcome = "retry", **fields: Any) -> AttemptResult:
+    return AttemptResult(outcome, fields.pop("status_code", 500), "http_status", "HTTP 500",
+                         None, 1.0, **fields)  # fmt: skip
+
+
+def after(result: AttemptResult, **facts: Any) -> outbox.AfterFailure:
+    values: dict[str, Any] = {
+        "attempts_made": 1,
+        "endpoint_enabled": True,
+        "failing_since": None,
+        "newer_exists": False,
+        "now": NOW,
+        "settings": AlertsSettings(retry_jitter=0.0),
+        "rng": Random(1),
+    }
+    values.update(facts)
+    return outbox.after_failure(result, **values)
+
+
+def test_a_failed_attempt_is_retried_on_the_schedule_and_the_endpoint_starts_failing() -> None:
+    assert after(failure(), attempts_made=2) == outbox.AfterFailure(
+        outbox.PENDING, next_attempt_at=NOW + 5 * 60 * S, failing_since=NOW
+    )
+
+
+def test_a_throttled_attempt_waits_at_least_the_throttle_floor() -> None:
+    decision = after(failure(status_code=429, throttled=True), attempts_made=1)
+    assert decision.next_attempt_at == NOW + THROTTLE_FLOOR
+
+
+def test_an_attempt_to_a_disabled_endpoint_cancels_its_delivery_and_nothing_else() -> None:
+    assert after(failure(), endpoint_enabled=False) == outbox.AfterFailure(outbox.CANCELLED)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [("gone", "the receiver answered 410 Gone"), ("failed", "address refused permanently")],
+)
+def test_a_permanent_failure_fails_the_delivery_and_disables_the_endpoint(
+    outcome: Outcome, reason: str
+) -> None:
+    decision = after(failure(outcome))
+    assert decision.status == outbox.FAILED
+    assert decision.disable is not None
+    assert decision.disable.startswith(reason)
+
+
+def test_an_endpoint_failing_for_the_whole_disable_period_is_disabled() -> None:
+    since = NOW - AlertsSettings().disable_after
+    decision = after(failure(), failing_since=since)
+    assert (decision.status, decision.failing_since) == (outbox.FAILED, since)
+    assert decision.disable == "only failures since 2025-02-24T12:00:00Z"
+
+
+def test_a_failed_attempt_with_a_newer_state_queued_is_superseded_not_retried() -> None:
+    since = NOW - timedelta(hours=1)
+    assert after(failure(), newer_exists=True, failing_since=since) == outbox.AfterFailure(
+        outbox.SUPERSEDED, failing_since=since
+    )
+
+
+def test_a_spent_schedule_fails_the_delivery_without_disabling_the_endpoint() -> None:
+    decision = after(failure(), attempts_made=len(DEFAULT_SCHEDULE))
+    assert decision == outbox.AfterFailure(outbox.FAILED, failing_since=NOW)
+
+
+def test_the_attempt_outcome_is_defined_once_in_the_alerts_service() -> None:
+    package = Path(outbox.__file__).parent
+    defined = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(package.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.ClassDef) and node.name == "Outcome")
+        or (
+            isinstance(node, ast.Assign | ast.AnnAssign)
+            and any(
+                isinstance(t, ast.Name) and t.id == "Outcome"
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            )
+        )
+    ]
+    assert len(defined) == 1, defined
+    assert get_args(Outcome) == ("delivered", "retry", "gone", "failed")

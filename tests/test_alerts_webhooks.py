@@ -13,6 +13,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from services.alerts import webhooks
 from services.alerts.signing import generate_secret
 from services.alerts.ssrf import resolve
 from services.alerts.webhooks import AttemptResult, Resolver, send_webhook
@@ -276,6 +277,75 @@ def test_whole_attempt_deadline_bounds_a_receiver_that_never_answers(
 
     assert (result.outcome, result.error_class, result.throttled) == ("retry", "timeout", True)
     assert result.duration_ms < WAIT_S * 1000
+
+
+class Unread(httpx.SyncByteStream):
+    """An empty body not read yet, as a real answer's is when the client streams it."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b""
+
+
+class SlowLookups:
+    """A stand-in for the `time` module whose clock jumps while a name is being resolved."""
+
+    def __init__(self, lookup_s: float) -> None:
+        self.now = 1000.0
+        self.lookup_s = lookup_s
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def resolver(self, host: str, port: int) -> list[str]:
+        self.now += self.lookup_s
+        return ["93.184.216.34"]
+
+    @staticmethod
+    def transport(sent: list[httpx.Request]) -> httpx.MockTransport:
+        """A transport answering 204 at once, keeping each request it got in `sent`."""
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            sent.append(request)
+            return httpx.Response(204, stream=Unread())
+
+        return httpx.MockTransport(answer)
+
+
+def test_a_deadline_spent_before_the_request_goes_out_sends_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = SlowLookups(lookup_s=2.0)
+    monkeypatch.setattr(webhooks, "time", clock)
+    sent: list[httpx.Request] = []
+
+    result = deliver(
+        "https://hooks.example.com/hook",
+        resolver=clock.resolver,
+        allowlist=(),
+        transport=clock.transport(sent),
+        total_timeout_s=1.5,
+    )
+
+    assert sent == []
+    assert (result.outcome, result.error_class, result.throttled) == ("retry", "timeout", True)
+    assert result.error == "the attempt's deadline passed before the request was sent"
+
+
+def test_a_lookup_within_the_deadline_still_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = SlowLookups(lookup_s=1.0)
+    monkeypatch.setattr(webhooks, "time", clock)
+    sent: list[httpx.Request] = []
+
+    result = deliver(
+        "https://hooks.example.com/hook",
+        resolver=clock.resolver,
+        allowlist=(),
+        transport=clock.transport(sent),
+        total_timeout_s=1.5,
+    )
+
+    assert result.outcome == "delivered"
+    assert len(sent) == 1
 
 
 def test_redirect_to_internal_address_is_not_followed(receiver: Receiver) -> None:

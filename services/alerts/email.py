@@ -13,7 +13,8 @@ from typing import Any
 import aiosmtplib
 import jinja2
 
-from services.alerts.webhooks import AttemptResult, Outcome, clip
+from services.alerts.retry import Outcome
+from services.alerts.webhooks import AttemptResult, clip
 
 SUBJECT_PREFIX = "[riskalert]"
 MAX_SUBJECT_CHARS = 200

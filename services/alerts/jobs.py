@@ -101,9 +101,28 @@ def drain(factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock
 
 
 def reap(factory: sessionmaker[Session], clock: Clock = utc_now) -> int:
-    """Tick: hand expired leases back."""
+    """Tick: hand expired leases back, and say so, one line per delivery (once committed)."""
     with factory.begin() as session:
-        return outbox.reap(session, clock())
+        reclaimed = outbox.reap(session, clock())
+    for r in reclaimed:
+        log.warning(
+            "delivery %d to endpoint %d: the lease of %s on attempt %d expired %.1f s ago; %s",
+            r.delivery_id,
+            r.endpoint_id,
+            r.owner,
+            r.attempt,
+            r.overdue.total_seconds(),
+            "superseded by a newer state" if r.status == outbox.SUPERSEDED else "queued again",
+            extra={
+                "delivery_id": r.delivery_id,
+                "endpoint_id": r.endpoint_id,
+                "lease_owner": r.owner,
+                "attempt": r.attempt,
+                "overdue_s": round(r.overdue.total_seconds(), 3),
+                "status": r.status,
+            },
+        )
+    return len(reclaimed)
 
 
 def reevaluate(
@@ -137,8 +156,17 @@ def purge(factory: sessionmaker[Session], settings: AlertsSettings, clock: Clock
 
 
 _Done = outbox.Attempted  # a finished attempt waiting to be settled
-# The share of the lease one attempt may take, whatever the configured timeouts.
+# The share of the lease, counted from the claim, within which an attempt must end whatever the
+# configured timeouts: the rest is margin before another worker may take the delivery over.
 LEASE_SHARE = 0.8
+
+
+def send_budget(item: outbox.Claimed, now: datetime) -> timedelta | None:
+    """How long an attempt starting at `now` may take: what is left of `LEASE_SHARE` of its
+    lease, counted from the claim; None when nothing is left and it must not be sent."""
+    deadline = item.leased_at + (item.lease_expires_at - item.leased_at) * LEASE_SHARE
+    left = deadline - now
+    return left if left > timedelta(0) else None
 
 
 async def _within(
@@ -175,9 +203,11 @@ def settle_and_claim(
     then lease up to `limit` due deliveries. An attempt that cannot be recorded is set aside
     (a dead letter) and its delivery closed; the others are recorded and claiming goes on."""
 
+    settled: list[outbox.Settled] = []
+
     def step(session: Session, quarantine: Quarantine | None) -> list[outbox.Claimed]:
         now = clock()
-        outbox.settle(
+        settled[:] = outbox.settle(
             session, batch, now=now, owner=owner, settings=settings, rng=rng, quarantine=quarantine
         )
         if limit <= 0:
@@ -187,7 +217,29 @@ def settle_and_claim(
             slots=settings.endpoint_slots,
         )  # fmt: skip
 
-    return deadletters.run(factory, "alerts.dispatch", step, clock)
+    claimed = deadletters.run(factory, "alerts.dispatch", step, clock)
+    _log_settled(settled, owner)
+    return claimed
+
+
+def _log_settled(settled: list[outbox.Settled], owner: str) -> None:
+    """Tell the operator about attempts that ended after their lease (recorded, deciding
+    nothing) and deliveries handed back unsent; the rest is in the attempt log."""
+    for s in settled:
+        extra = {"delivery_id": s.delivery_id, "attempt": s.attempt, "lease_owner": owner}
+        if s.status == outbox.LEASE_LOST:
+            log.warning(
+                "delivery %d: attempt %s by %s ended (%s) after its lease expired; recorded, "
+                "but the delivery was handed back to the queue and is decided by its next holder",
+                s.delivery_id, s.attempt, owner, s.outcome,
+                extra={**extra, "outcome": s.outcome},
+            )  # fmt: skip
+        elif s.status == outbox.RELEASED:
+            log.info(
+                "delivery %d: not sent (this worker stalled past its lease); handed back, due now",
+                s.delivery_id,
+                extra=extra,
+            )
 
 
 class AlertsWorker:
@@ -406,6 +458,14 @@ class AlertsWorker:
         ):
             done = self._send(item)
             result = done.result
+            if not done.sent:
+                log.warning(
+                    "%s delivery %d not sent: the lease taken at %s for attempt %d had too little "
+                    "left (expires %s); left for the next claim",
+                    item.kind, item.id, item.leased_at.isoformat(), item.attempt,
+                    item.lease_expires_at.isoformat(),
+                )  # fmt: skip
+                return done
             # Successes are the bulk and are stored with their attempt; the rest is news.
             log.log(
                 logging.DEBUG if result.outcome == "delivered" else logging.INFO,
@@ -428,8 +488,13 @@ class AlertsWorker:
         started = self._clock()
         begun = time.perf_counter()
         # An attempt must end well inside its lease, or the reaper would hand the delivery to
-        # another worker while this one is still sending it.
-        budget = settings.lease.total_seconds() * LEASE_SHARE
+        # another worker while this one is still sending it. Counted from the claim: a worker
+        # that stalled after claiming (a pause, a full pool) sends nothing once the lease is
+        # too far gone, and the delivery goes back to the queue unsent.
+        left = send_budget(item, started)
+        if left is None:
+            return _Done(item, _unsent(item), started, sent=False)
+        budget = left.total_seconds()
         try:
             if item.kind == "webhook":
                 body = json.dumps(item.payload, separators=(",", ":"), ensure_ascii=False)
@@ -471,6 +536,18 @@ class AlertsWorker:
                 duration_ms=(time.perf_counter() - begun) * 1000,
             )
         return _Done(item, result, started)
+
+
+def _unsent(item: outbox.Claimed) -> webhooks.AttemptResult:
+    """The result of an attempt never made: its lease was too far gone when its turn came."""
+    return webhooks.AttemptResult(
+        outcome="retry",
+        status_code=None,
+        error_class="lease_expired",
+        error=f"not sent: the lease of {item.leased_at.isoformat()} had too little time left",
+        response_body=None,
+        duration_ms=0.0,
+    )
 
 
 def smtp_config(settings: AlertsSettings) -> email.SmtpConfig:

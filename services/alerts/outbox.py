@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from services.alerts import notify, retry
 from services.alerts.models import Delivery, DeliveryAttempt, DigestItem, Endpoint, EndpointSecret
 from services.alerts.settings import AlertsSettings
-from services.alerts.webhooks import AttemptResult
+from services.alerts.webhooks import AttemptResult, clip
 from services.core import metrics, wake
 from services.core.deadletters import Quarantine
 from services.core.logs import current_request_id
@@ -189,6 +189,10 @@ class Claimed:
     event_type: str
     payload: dict[str, Any]
     unsubscribe_token: str | None
+    # When the lease was taken and when it runs out: an attempt's deadline counts from the
+    # claim, so a worker that stalls after claiming never sends once another could take over.
+    leased_at: datetime
+    lease_expires_at: datetime
     request_id: str | None = None  # of the request that caused it, for the attempt's logs
 
 
@@ -279,7 +283,8 @@ _SECRETS = (
     .order_by(_S.c.endpoint_id, _S.c.id.desc())
 )
 # Attempts are write-only from here and many.
-_ATTEMPTS = insert(cast(Table, DeliveryAttempt.__table__))
+_A = cast(Table, DeliveryAttempt.__table__)
+_ATTEMPTS = insert(_A)
 _ENDPOINTS = select(_E.c.id, _E.c.enabled, _E.c.kind, _E.c.address, _E.c.unsubscribe_token).where(
     _E.c.id.in_(bindparam("ids", expanding=True))
 )
@@ -405,6 +410,8 @@ def claim(
             event_type=row.event_type,
             payload=row.payload,
             unsubscribe_token=endpoints[row.endpoint_id].unsubscribe_token,
+            leased_at=now,
+            lease_expires_at=now + lease,
             request_id=row.request_id,
         )
         for row in chosen
@@ -439,6 +446,16 @@ def active_secrets(session: Session, endpoint_ids: set[int], now: datetime) -> d
     return out
 
 
+# What settling reports besides a delivery's new status.
+LEASE_LOST = "lease-lost"  # the attempt ended after its lease expired: recorded, decides nothing
+RELEASED = "released"  # nothing was sent (the lease was too far gone): handed back, due now
+DELETED = "deleted"  # the delivery was deleted meanwhile (its endpoint was): nothing recorded
+# How the reaper records an attempt whose worker never settled it.
+LOST, REAPER = "lost", "reaper"
+_LATE = "finished after its lease expired; the delivery had been handed back to the queue"
+_NEVER_SENT = "expired before it sent anything: nothing was sent"
+
+
 @dataclass(frozen=True)
 class Settled:
     """What settling one attempt did, for the worker's log and its owner notices."""
@@ -446,15 +463,23 @@ class Settled:
     delivery_id: int
     status: str
     disabled_endpoint: int | None = None
+    attempt: int | None = None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)
 class Attempted:
-    """One finished attempt of a claimed delivery, to be settled."""
+    """One finished attempt of a claimed delivery, to be settled.
+
+    `sent` is False when the worker found its lease too far gone to send at all (it stalled
+    between claim and send): nothing reached the receiver, and the delivery goes back to the
+    queue without counting an attempt.
+    """
 
     claimed: Claimed
     result: AttemptResult
     started_at: datetime
+    sent: bool = True
 
 
 def settle(
@@ -488,6 +513,9 @@ def settle(
 
 def _close(session: Session, attempt: Attempted, now: datetime) -> None:
     """Settle a delivery whose attempt could not be recorded, by the attempt's outcome only."""
+    if not attempt.sent:
+        _release(session, [attempt.claimed.id], now, token=attempt.claimed.token)
+        return
     delivered = attempt.result.outcome == "delivered"
     session.execute(
         update(_D)
@@ -508,6 +536,45 @@ def _close(session: Session, attempt: Attempted, now: datetime) -> None:
     )
 
 
+def _release(
+    session: Session, ids: Sequence[int], now: datetime, *, token: str | None = None
+) -> None:
+    """Hand leased deliveries that were never sent back to the queue, due now; the attempt they
+    were claimed for did not happen, so it is not counted. With a `token`, only where it still
+    holds the lease (without, the caller has checked it under lock)."""
+    held = [_D.c.status == SENDING] + ([_D.c.lease_token == token] if token else [])
+    session.execute(
+        update(_D)
+        .where(_D.c.id.in_(ids), *held)
+        .values(
+            status=PENDING,
+            attempts=_D.c.attempts - 1,
+            next_attempt_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+    )
+    wake.announce(session, DELIVERY_CHANNEL)
+
+
+def _attempt_values(a: Attempted, owner: str) -> dict[str, Any]:
+    """The row recording one attempt."""
+    return {
+        "delivery_id": a.claimed.id,
+        "number": a.claimed.attempt,
+        "started_at": a.started_at,
+        "duration_ms": a.result.duration_ms,
+        "outcome": a.result.outcome,
+        "status_code": a.result.status_code,
+        "error_class": a.result.error_class,
+        "error": (a.result.error or "")[:500] or None,
+        "response_body": a.result.response_body,
+        "worker": owner,
+    }
+
+
 def _settle(
     session: Session,
     attempts: Sequence[Attempted],
@@ -520,43 +587,35 @@ def _settle(
     if not attempts:
         return []
     rows = session.execute(_HOLDERS, {"ids": [a.claimed.id for a in attempts]}).all()
-    # A delivery deleted meanwhile (its endpoint was deleted) has nothing left to record.
     existing = {row.id for row in rows}
     leases = {row.id: row.lease_token for row in rows if row.status == SENDING}
-    if existing:
-        session.execute(
-            _ATTEMPTS,
-            [
-                {
-                    "delivery_id": a.claimed.id,
-                    "number": a.claimed.attempt,
-                    "started_at": a.started_at,
-                    "duration_ms": a.result.duration_ms,
-                    "outcome": a.result.outcome,
-                    "status_code": a.result.status_code,
-                    "error_class": a.result.error_class,
-                    "error": (a.result.error or "")[:500] or None,
-                    "response_body": a.result.response_body,
-                    "worker": owner,
-                }
-                for a in attempts
-                if a.claimed.id in existing
-            ],
-        )
+    # A delivery deleted meanwhile (its endpoint was deleted) has nothing left to record.
+    out = [Settled(a.claimed.id, DELETED) for a in attempts if a.claimed.id not in existing]
+    attempts = [a for a in attempts if a.claimed.id in existing]
     held = [a for a in attempts if leases.get(a.claimed.id) == a.claimed.token]
-    out = [
-        Settled(a.claimed.id, "lease-lost")
-        # The lease expired and the delivery was taken again (or cancelled): its new holder
-        # decides; this attempt is only logged.
-        for a in attempts
-        if leases.get(a.claimed.id) != a.claimed.token
-    ]
+    # The lease expired and the reaper handed the delivery back (it may be another worker's
+    # now): its new holder decides; this attempt is only recorded, in place of the reaper's
+    # "outcome unknown", so the log shows one attempt per claim.
+    for a in attempts:
+        if leases.get(a.claimed.id) != a.claimed.token:
+            _record_late(session, a, owner)
+            out.append(
+                Settled(a.claimed.id, LEASE_LOST, attempt=a.claimed.attempt, outcome=_said(a))
+            )
+    unsent = [a for a in held if not a.sent]
+    if unsent:
+        _release(session, [a.claimed.id for a in unsent], now)
+        out.extend(Settled(a.claimed.id, RELEASED, attempt=a.claimed.attempt) for a in unsent)
+    held = [a for a in held if a.sent]
+    if held:
+        session.execute(_ATTEMPTS, [_attempt_values(a, owner) for a in held])
     delivered = [a for a in held if a.result.outcome == "delivered"]
     failed = [a for a in held if a.result.outcome != "delivered"]
     endpoints: dict[int, Endpoint] = {}
     if failed:
-        # Every endpoint this batch touches, locked once in id order (no deadlock between
-        # workers), and FOR NO KEY UPDATE so delivery inserts that reference them need not wait.
+        # Every endpoint this batch touches, locked once in id order before any is written (no
+        # deadlock between workers), and FOR NO KEY UPDATE so delivery inserts that reference
+        # them need not wait.
         endpoints = {
             e.id: e
             for e in session.execute(
@@ -579,58 +638,93 @@ def _settle(
         )
         out.extend(Settled(a.claimed.id, SUCCEEDED) for a in delivered)
     if failed:
-        deliveries = {
-            d.id: d
-            for d in session.execute(
-                select(Delivery).where(Delivery.id.in_([a.claimed.id for a in failed]))
-            ).scalars()
-        }
-        for a in failed:
-            row = deliveries[a.claimed.id]
-            out.append(
-                _move_on(session, row, endpoints[row.endpoint_id], a.result, now, settings, rng)
-            )
+        out.extend(_fail(session, failed, endpoints, now=now, settings=settings, rng=rng))
     session.flush()
     return out
 
 
-def _move_on(
-    session: Session,
-    row: Delivery,
-    endpoint: Endpoint,
+def _said(a: Attempted) -> str:
+    """The outcome of an attempt as its log line names it."""
+    return a.result.outcome if a.sent else "not sent"
+
+
+def _record_late(session: Session, a: Attempted, owner: str) -> None:
+    """Record an attempt that ended after its lease expired, over the reaper's placeholder for
+    it when there is one (a stale attempt is not a second attempt of the same number)."""
+    placeholder = session.execute(
+        select(_A.c.id)
+        .where(
+            _A.c.delivery_id == a.claimed.id,
+            _A.c.number == a.claimed.attempt,
+            _A.c.outcome == LOST,
+            _A.c.worker == REAPER,
+        )
+        .limit(1)
+    ).scalar_one_or_none()
+    if not a.sent:
+        if placeholder is not None:
+            session.execute(
+                update(_A)
+                .where(_A.c.id == placeholder)
+                .values(error=f"the lease held by {owner} {_NEVER_SENT}")
+            )
+        return
+    values = _attempt_values(a, owner)
+    values["error_class"] = "lease_expired"
+    values["error"] = clip(f"{_LATE}: {a.result.error}" if a.result.error else _LATE, 500)
+    if placeholder is None:
+        session.execute(_ATTEMPTS, [values])
+    else:
+        session.execute(update(_A).where(_A.c.id == placeholder).values(**values))
+
+
+@dataclass(frozen=True)
+class AfterFailure:
+    """What a failed attempt means: the delivery's next status, and what becomes of its
+    endpoint (how long it has been failing, and whether it is disabled, and why)."""
+
+    status: str  # PENDING, FAILED, CANCELLED or SUPERSEDED
+    next_attempt_at: datetime | None = None  # when PENDING
+    failing_since: datetime | None = None  # the endpoint's, when it is set
+    disable: str | None = None  # why the endpoint is disabled, when it is
+
+
+def after_failure(
     result: AttemptResult,
+    *,
+    attempts_made: int,
+    endpoint_enabled: bool,
+    failing_since: datetime | None,
+    newer_exists: bool,
     now: datetime,
     settings: AlertsSettings,
     rng: Random,
-) -> Settled:
-    """The next status of a delivery after a failed attempt (its endpoint locked)."""
-    row.lease_owner = row.lease_token = row.lease_expires_at = None
-    row.updated_at = now
-    row.last_error = (result.error or "")[:300] or None
-    if not endpoint.enabled:
-        row.status, row.settled_at = CANCELLED, now
-        return Settled(row.id, CANCELLED)
+) -> AfterFailure:
+    """Decide what a failed attempt means for its delivery and endpoint (pure).
+
+    `attempts_made` counts the attempts of the delivery's current schedule (since its last
+    replay), this one included; `newer_exists` says whether a newer state of the same alert
+    was enqueued for the same endpoint.
+    """
+    if not endpoint_enabled:
+        return AfterFailure(CANCELLED)
     if result.outcome in ("gone", "failed"):
-        row.status, row.settled_at = FAILED, now
         reason = (
             "the receiver answered 410 Gone"
             if result.outcome == "gone"
             else f"address refused permanently: {result.error}"
         )
-        disable_endpoint(session, endpoint, reason, now)
-        return Settled(row.id, FAILED, disabled_endpoint=endpoint.id)
-    endpoint.failing_since = endpoint.failing_since or now
-    if now - endpoint.failing_since >= settings.disable_after:
-        row.status, row.settled_at = FAILED, now
-        disable_endpoint(
-            session, endpoint, f"only failures since {notify.iso(endpoint.failing_since)}", now
+        return AfterFailure(FAILED, disable=reason)
+    since = failing_since or now
+    if now - since >= settings.disable_after:
+        return AfterFailure(
+            FAILED, failing_since=since, disable=f"only failures since {notify.iso(since)}"
         )
-        return Settled(row.id, FAILED, disabled_endpoint=endpoint.id)
-    if row.alert_id is not None and _newer_exists(session, row):
-        row.status, row.settled_at = SUPERSEDED, now
-        return Settled(row.id, SUPERSEDED)
+    if newer_exists:
+        # Sent again it would arrive after the newer state: the receiver gets that one.
+        return AfterFailure(SUPERSEDED, failing_since=since)
     delay = retry.next_attempt_delay(
-        row.attempts - row.schedule_offset + 1,
+        attempts_made + 1,
         schedule=settings.retry_schedule,
         jitter=settings.retry_jitter,
         retry_after=result.retry_after,
@@ -638,25 +732,88 @@ def _move_on(
         min_after_throttle=settings.throttle_floor if result.throttled else None,
     )
     if delay is None:
-        row.status, row.settled_at = FAILED, now
-        return Settled(row.id, FAILED)
-    row.status, row.next_attempt_at = PENDING, now + delay
-    return Settled(row.id, PENDING)
+        return AfterFailure(FAILED, failing_since=since)
+    return AfterFailure(PENDING, next_attempt_at=now + delay, failing_since=since)
 
 
-def _newer_exists(session: Session, row: Delivery) -> bool:
-    """Whether a newer state of the same alert was enqueued for the same endpoint."""
-    newer = session.execute(
-        select(Delivery.id)
-        .where(
-            Delivery.alert_id == row.alert_id,
-            Delivery.endpoint_id == row.endpoint_id,
-            Delivery.id > row.id,
-            Delivery.status != CANCELLED,
+def _fail(
+    session: Session,
+    failed: Sequence[Attempted],
+    endpoints: Mapping[int, Endpoint],
+    *,
+    now: datetime,
+    settings: AlertsSettings,
+    rng: Random,
+) -> list[Settled]:
+    """Move on the deliveries of failed attempts (their endpoints locked): read the facts,
+    then decide and apply attempt by attempt."""
+    ids = [a.claimed.id for a in failed]
+    deliveries = {
+        d.id: d for d in session.execute(select(Delivery).where(Delivery.id.in_(ids))).scalars()
+    }
+    newer = superseded(session, ids)
+    out: list[Settled] = []
+    for a in failed:
+        row = deliveries[a.claimed.id]
+        endpoint = endpoints[row.endpoint_id]
+        # One at a time: an endpoint disabled by one attempt cancels the next one's delivery.
+        decision = after_failure(
+            a.result,
+            attempts_made=row.attempts - row.schedule_offset,
+            endpoint_enabled=endpoint.enabled,
+            failing_since=endpoint.failing_since,
+            newer_exists=row.id in newer,
+            now=now,
+            settings=settings,
+            rng=rng,
         )
-        .limit(1)
-    ).first()
-    return newer is not None
+        out.append(_apply(session, row, endpoint, decision, a.result, now))
+    return out
+
+
+def _apply(
+    session: Session,
+    row: Delivery,
+    endpoint: Endpoint,
+    decision: AfterFailure,
+    result: AttemptResult,
+    now: datetime,
+) -> Settled:
+    """Carry out the decision on a failed attempt's delivery and endpoint (the endpoint locked)."""
+    row.lease_owner = row.lease_token = row.lease_expires_at = None
+    row.updated_at = now
+    row.last_error = (result.error or "")[:300] or None
+    row.status = decision.status
+    if decision.status == PENDING:
+        row.next_attempt_at = decision.next_attempt_at
+    else:
+        row.settled_at = now
+    if decision.failing_since is not None:
+        endpoint.failing_since = decision.failing_since
+    if decision.disable is None:
+        return Settled(row.id, decision.status)
+    disable_endpoint(session, endpoint, decision.disable, now)
+    return Settled(row.id, decision.status, disabled_endpoint=endpoint.id)
+
+
+_NEWER = _D.alias("newer")
+_SUPERSEDED = select(_D.c.id).where(
+    _D.c.id.in_(bindparam("ids", expanding=True)),
+    exists().where(
+        _NEWER.c.alert_id == _D.c.alert_id,
+        _NEWER.c.endpoint_id == _D.c.endpoint_id,
+        _NEWER.c.id > _D.c.id,
+        _NEWER.c.status != CANCELLED,
+    ),
+)
+
+
+def superseded(session: Session, ids: Sequence[int]) -> set[int]:
+    """Those of the deliveries for which a newer state of the same alert was enqueued for the
+    same endpoint (a delivery of no alert has none)."""
+    if not ids:
+        return set()
+    return set(session.execute(_SUPERSEDED, {"ids": list(ids)}).scalars())
 
 
 def disable_endpoint(session: Session, endpoint: Endpoint, reason: str, now: datetime) -> None:
@@ -700,8 +857,24 @@ def disable_endpoint(session: Session, endpoint: Endpoint, reason: str, now: dat
     )
 
 
-def reap(session: Session, now: datetime, limit: int = 1000) -> int:
-    """Hand deliveries whose lease expired (a dead or stuck worker) back to the queue."""
+@dataclass(frozen=True)
+class Reclaimed:
+    """A delivery whose lease expired, handed back by the reaper, for the operator's log."""
+
+    delivery_id: int
+    endpoint_id: int
+    attempt: int
+    owner: str | None  # the worker that lost it
+    overdue: timedelta  # how long after its lease expired the reaper found it
+    status: str  # PENDING (sent again) or SUPERSEDED (a newer state is queued)
+
+
+def reap(session: Session, now: datetime, limit: int = 1000) -> list[Reclaimed]:
+    """Hand deliveries whose lease expired (a dead or stuck worker) back to the queue.
+
+    Each gets an attempt of outcome `lost` in its log (the worker's own result replaces it,
+    should that worker come back and settle it: `_record_late`).
+    """
     rows = (
         session.execute(
             select(Delivery)
@@ -712,33 +885,40 @@ def reap(session: Session, now: datetime, limit: int = 1000) -> int:
         .scalars()
         .all()
     )
+    newer = superseded(session, [row.id for row in rows if row.alert_id is not None])
+    out: list[Reclaimed] = []
     for row in rows:
+        expired = row.lease_expires_at or now
         session.add(
             DeliveryAttempt(
                 delivery_id=row.id,
                 number=row.attempts,
-                started_at=row.lease_expires_at or now,
+                started_at=expired,
                 duration_ms=0.0,
-                outcome="lost",
+                outcome=LOST,
                 status_code=None,
                 error_class="lease_expired",
                 error=f"lease held by {row.lease_owner} expired; outcome unknown",
                 response_body=None,
-                worker="reaper",
+                worker=REAPER,
             )
         )
+        owner = row.lease_owner
         row.lease_owner = row.lease_token = row.lease_expires_at = None
         row.updated_at = now
-        if row.alert_id is not None and _newer_exists(session, row):
+        if row.id in newer:
             # Sent again it would arrive after the newer state: the receiver has that one.
             row.status, row.settled_at = SUPERSEDED, now
-            continue
-        row.status = PENDING
-        row.next_attempt_at = now
+        else:
+            row.status = PENDING
+            row.next_attempt_at = now
+        out.append(
+            Reclaimed(row.id, row.endpoint_id, row.attempts, owner, now - expired, row.status)
+        )
     session.flush()
     if rows:
         wake.announce(session, DELIVERY_CHANNEL)
-    return len(rows)
+    return out
 
 
 def replay(session: Session, delivery: Delivery, now: datetime) -> None:

@@ -8,6 +8,7 @@ only in memory and a crash replays the batch instead of losing it.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from collections import Counter, defaultdict
@@ -353,20 +354,13 @@ def _seed(
     )
     if sub.scope == "target":
         query = query.where(Target.id == sub.target_id)
+    # The notices say why: a rule seeded while its target already stood above it fires on no
+    # score change, so they carry the current score's own explanation and say so.
+    how = "created" if rule.created_at == rule.updated_at else "changed"
     for target, score in session.execute(query).all():
         if not applies(sub, target):
             continue
-        snapshot: dict[str, Any] = {
-            "feed_id": None,
-            "previous": None,
-            "current": score.fed_value,
-            "previous_band": None,
-            "band": score.fed_band,
-            "as_of": notify.iso(score.as_of),
-            "model_version": score.model_version,
-            "components": {},
-            "top_incidents": [],
-        }
+        snapshot = seed_snapshot(score, how)
         with guard(
             quarantine, f"rule {rule.id}, target {target.id} (seeding)", tenant_id=sub.tenant_id
         ):
@@ -375,6 +369,57 @@ def _seed(
                 session, row, watch, target, score.fed_value, Band(score.fed_band), snapshot, now,
                 settings.public_url,
             )  # fmt: skip
+
+
+def seed_snapshot(score: CurrentScore, how: str) -> dict[str, Any]:
+    """What an alert keeps of a current score it is seeded from (no score change behind it):
+    the score, and its components and top incidents as a score change carries them.
+
+    `previous` stays None: this rule saw no move. `seeded` says how the rule came to be
+    evaluated (`created` or `changed`), for the notice's reason.
+    """
+    components, top = _explanation(score.document)
+    return {
+        "feed_id": None,
+        "previous": None,
+        "current": score.fed_value,
+        "previous_band": None,
+        "band": score.fed_band,
+        "as_of": notify.iso(score.as_of),
+        "model_version": score.model_version,
+        "components": components,
+        "top_incidents": top,
+        "seeded": how,
+    }
+
+
+def _explanation(document: str) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """The components and top contributions of a stored score document (`ScoreOut`), in the
+    shape of a score change's (`services/scoring/feed.entry`)."""
+    try:
+        doc = json.loads(document)
+        components = {str(k): float(v) for k, v in doc.get("components", {}).items()}
+        top = [
+            {"incident_id": c["incident_id"], "category": c["category"], "points": c["points"]}
+            for c in doc.get("contributions", [])[: notify.MAX_TOP_INCIDENTS]
+        ]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # A document this release cannot read still lets the rule fire, unexplained.
+        log.warning("a stored score document could not be read for its explanation")
+        return {}, []
+    return components, top
+
+
+def seeded_reason(
+    decision: rules.Decision, rule: rules.ThresholdRule, change: dict[str, Any] | None
+) -> rules.Decision:
+    """The decision with its reason saying so when a firing comes from seeding: the rule was
+    created or changed while its target already stood above it (pure)."""
+    how = (change or {}).get("seeded")
+    if how is None or decision.kind != "firing" or decision.reason != rule.raising:
+        return decision
+    reason = f"{rule.raising}, where the target already stood when the rule was {how}"
+    return rules.Decision(decision.notify, decision.kind, reason)
 
 
 def reevaluate_due(
@@ -440,13 +485,17 @@ def observe(
     rule = params.threshold()
     before = _state(row)
     after = rules.evaluate(before, rule, params.measure(score, band), band, now)
-    decision = rules.decide(before, after, rule, now)
+    decision = seeded_reason(rules.decide(before, after, rule, now), rule, change)
     row.score, row.band, row.change = score, band.value, change
     notified = "none"
     reason = decision.reason
     muted: str | None = None
     if decision.notify:
-        muted = _muted(row, decision, band, now)
+        # Snoozes that ended are cleared first; what is left may hold the notification back.
+        snooze = snooze_now(Snooze.of(row), band, now)
+        row.snoozed_band = snooze.band.value if snooze.band else None
+        row.snoozed_until = snooze.until
+        muted = held_back(snooze, row.acknowledged_at is not None, decision, now)
         if muted:
             reason = f"{decision.kind} held back: {muted}"
         else:
@@ -478,18 +527,39 @@ def observe(
     row.next_check_at = next_check(row, after, rule, now, held=held)
 
 
-def _muted(row: Alert, decision: rules.Decision, band: Band, now: datetime) -> str | None:
-    """Why a snooze or an acknowledgement holds a notification back, or None."""
-    if row.snoozed_band is not None:
-        if BAND_RANK[band] > BAND_RANK[Band(row.snoozed_band)]:
-            row.snoozed_band = None  # the band rose: the snooze is over
-        else:
-            return f"snoozed until the band rises above {row.snoozed_band}"
-    if row.snoozed_until is not None:
-        if now < row.snoozed_until:
-            return f"snoozed until {notify.iso(row.snoozed_until)}"
-        row.snoozed_until = None
-    if row.acknowledged_at is not None and decision.kind == "repeat":
+@dataclass(frozen=True)
+class Snooze:
+    """An alert's snooze: until its band rises above `band`, or until a time (one at most)."""
+
+    band: Band | None = None
+    until: datetime | None = None
+
+    @classmethod
+    def of(cls, row: Alert) -> Snooze:
+        """The snooze stored on an alert."""
+        return cls(Band(row.snoozed_band) if row.snoozed_band else None, row.snoozed_until)
+
+
+def snooze_now(snooze: Snooze, band: Band, now: datetime) -> Snooze:
+    """The snooze as it stands at `now` with the score in `band`: one that ended is dropped
+    (the band rose above the snoozed band, or the time has come) (pure)."""
+    if snooze.band is not None and BAND_RANK[band] > BAND_RANK[snooze.band]:
+        snooze = Snooze(None, snooze.until)
+    if snooze.until is not None and now >= snooze.until:
+        snooze = Snooze(snooze.band, None)
+    return snooze
+
+
+def held_back(
+    snooze: Snooze, acknowledged: bool, decision: rules.Decision, now: datetime
+) -> str | None:
+    """Why a snooze still running or an acknowledgement holds a notification back, or None
+    (pure: ended snoozes are `snooze_now`'s to drop)."""
+    if snooze.band is not None:
+        return f"snoozed until the band rises above {snooze.band.value}"
+    if snooze.until is not None and now < snooze.until:
+        return f"snoozed until {notify.iso(snooze.until)}"
+    if acknowledged and decision.kind == "repeat":
         return ACKNOWLEDGED
     return None
 
@@ -545,7 +615,13 @@ def _send(
     top = _top_incidents(session, change.get("top_incidents", []))
     state = "resolved" if decision.kind == "resolved" else alert.state.value
     data = notify.alert_data(
-        alert=_alert_part(base_url, row, state, decision.kind, decision.reason, alert.since),
+        alert={
+            **_alert_part(base_url, row, state, decision.kind, decision.reason, alert.since),
+            # Level, not edge: an older notice may have been superseded unsent (an
+            # `alert.escalated` may be the first a receiver gets), so each says whether the
+            # alert is open after it. Receivers open one they do not have on `true`.
+            "open": decision.kind != "resolved",
+        },
         subscription={"id": watch.subscription.id, "name": watch.subscription.name},
         rule=_rule_part(watch),
         target=_feature(target),

@@ -9,7 +9,8 @@ from services.core.http import parse_retry_after
 
 __all__ = ["parse_retry_after"]  # re-exported: the delivery code reads it from here
 
-Outcome = Literal["delivered", "retry", "gone"]
+# What one delivery attempt came to, for webhooks and email alike: the one definition.
+Outcome = Literal["delivered", "retry", "gone", "failed"]
 
 DEFAULT_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(0),

@@ -11,14 +11,13 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
 from urllib.parse import urlsplit
 
 import httpx
 
 from services.alerts import retry, signing, ssrf
+from services.alerts.retry import Outcome
 
-Outcome = Literal["delivered", "retry", "gone", "failed"]
 Resolver = Callable[[str, int], list[str]]
 
 MAX_ERROR_CHARS = 500
@@ -223,6 +222,11 @@ def _post(
     failure: tuple[str, str, bool] | None = None
     candidates: Sequence[str | None] = list(addresses) or [None]
     for index, address in enumerate(candidates):
+        if deadline is not None and time.perf_counter() >= deadline:
+            # Spent on the lookup or on earlier addresses: sending now could reach the receiver
+            # after another worker may have taken the delivery over.
+            failure = ("timeout", "the attempt's deadline passed before the request was sent", True)
+            break
         try:
             target, extra_headers, extensions = _pinned_request(url, address)
         except httpx.InvalidURL as exc:
