@@ -18,7 +18,6 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, TextIO
 
-import prometheus_client
 import typer
 import uvicorn
 from rich.console import Console
@@ -41,6 +40,7 @@ from services.core.db import (
     schema_state,
     upgrade_to_head,
 )
+from services.core.ratelimit import Limiter
 from services.feeds import importer, poller, synth
 from services.feeds.rows import FileError, spreadsheet_cell
 from services.scoring import demo, jobs, scores
@@ -184,6 +184,12 @@ def serve(
         _exit_now()
 
 
+# A worker loop that has not turned for this long is stuck: the metrics port's /healthz answers
+# 503 and Kubernetes restarts the pod. Far above a loop's pass (its poll interval, one batch,
+# its back-off of at most 2 s while the database is away), which a database outage never stops.
+STALLED_AFTER = 120.0
+
+
 @app.command()
 def worker(
     database_url: DatabaseOption = None,
@@ -193,7 +199,10 @@ def worker(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Serve this process's Prometheus metrics on this port.", min=1, max=65535
+            help="Serve this process's Prometheus metrics (GET /metrics, with "
+            "RISKALERT_METRICS_TOKEN if set) and its liveness (GET /healthz) on this port.",
+            min=1,
+            max=65535,
         ),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "127.0.0.1",
@@ -216,8 +225,17 @@ def worker(
         pool_size=settings.db_pool_size,
     )
     factory = make_sessionmaker(engine)
+    loops: list[jobs.RescoreWorker | alert_jobs.AlertsWorker] = []
+    port = None
     if metrics_port is not None:
-        prometheus_client.start_http_server(metrics_port, metrics_host)
+        # Bound now, so a port in use fails the start; it answers once the loops run.
+        port = metrics.MetricsServer(
+            metrics_host,
+            metrics_port,
+            token=settings.metrics_token,
+            limiter=Limiter(settings.rate_limit_unauthenticated, "requests without a valid key"),
+            stalled=lambda: [name for loop in loops for name in loop.stalled(STALLED_AFTER)],
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -230,11 +248,15 @@ def worker(
         rescorer.start()
         rescorer.wake()
         scheduler.start()
+        loops.append(rescorer)
     if role in ("all", "alerts"):
         alerts = alert_jobs.AlertsWorker(factory, settings)
         alert_ticks = alert_jobs.make_scheduler(factory, settings)
         alerts.start()
         alert_ticks.start()
+        loops.append(alerts)
+    if port is not None:
+        port.start()
     console.print(f"worker running ({role}); SIGTERM stops it after the work in hand")
     stop.wait()
     for ticks in (scheduler, alert_ticks):

@@ -140,6 +140,8 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
         "auto_migrate": False,
         "inline_worker": False,
         "key_cache_ttl": 0,
+        # Tests scrape /metrics right after changing what it counts (test_metrics sets a TTL).
+        "metrics_cache_ttl": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -291,6 +292,21 @@ class AlertsWorker:
         self._clients: list[httpx.Client] = []
         self._clients_lock = threading.Lock()
         self.delivered = 0  # attempts settled by this worker, for its log line
+        # When each thread last turned its loop (time.monotonic), by thread name: /healthz.
+        self._turned: dict[str, float] = {}
+
+    def stalled(self, within: float) -> list[str]:
+        """The threads (by name) that are not running or have not turned their loop in the last
+        `within` seconds; none while all is well, database or not (it runs no query)."""
+        now = time.monotonic()
+        return [
+            t.name
+            for t in (*self._consumers, self._dispatcher)
+            if not t.is_alive() or now - self._turned.get(t.name, -math.inf) > within
+        ]
+
+    def _turn(self) -> None:
+        self._turned[threading.current_thread().name] = time.monotonic()
 
     @property
     def listening(self) -> threading.Event | None:
@@ -338,11 +354,13 @@ class AlertsWorker:
         poll = self._settings.poll_interval.total_seconds()
         streak = FailureStreak(log, f"the alert pipeline ({', '.join(inputs)})")
         while not self._stop.is_set():
+            self._turn()
             ready.wait(poll)
             ready.clear()
             try:
                 # Bounded: each pass takes a batch; stop() is honoured between batches.
                 for _ in range(1000):
+                    self._turn()
                     if self._stop.is_set() or not consume(
                         self._factory, self._settings, self._clock, self._reader, inputs
                     ):
@@ -361,6 +379,7 @@ class AlertsWorker:
         done: list[_Done] = []
         failures = FailureStreak(log, "settling and claiming deliveries")
         while True:
+            self._turn()
             # Cleared before looking, so a completion or wake-up from now on is not missed.
             self._kick.clear()
             finished = {f for f in inflight if f.done()}

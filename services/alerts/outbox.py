@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from random import Random
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 from sqlalchemy import Integer, Table, bindparam, exists, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
@@ -961,13 +961,67 @@ def recover(session: Session, tenant_id: int, since: datetime, now: datetime) ->
     return ids
 
 
-@metrics.read_from_database(metrics.QUEUE_DEPTH, metrics.QUEUE_OLDEST)
+ENDPOINT_OLDEST = metrics.DatabaseGauge(
+    "riskalert_endpoint_oldest_undelivered_seconds",
+    "Age of an endpoint's oldest notification not delivered yet (pending, waiting for a retry "
+    "or being sent), from its creation; only the endpoints waiting longest, and only those with "
+    "such a notification.",
+    ("endpoint_id", "tenant_id"),
+)
+ATTEMPTS_RECENT = metrics.DatabaseGauge(
+    "riskalert_delivery_attempts_recent",
+    "Delivery attempts recorded in the last 15 minutes (at most the latest 50,000), by outcome.",
+    ("outcome",),
+)
+# Series of ENDPOINT_OLDEST at most: the endpoints waiting longest, whatever their number.
+AGE_SERIES = 20
+ATTEMPTS_WINDOW = timedelta(minutes=15)
+# delivery_attempt has no index on started_at: the window is looked for among the latest rows
+# by id (the primary key), so a scrape never reads the whole retention.
+ATTEMPTS_SCANNED = 50_000
+ATTEMPT_OUTCOMES = (*get_args(retry.Outcome), LOST)
+
+
+@metrics.read_from_database(
+    metrics.QUEUE_DEPTH, metrics.QUEUE_OLDEST, ENDPOINT_OLDEST, ATTEMPTS_RECENT
+)
 def _gauges(session: Session, now: datetime) -> Iterator[metrics.Reading]:
-    """Deliveries pending or being sent, and how overdue the oldest is."""
+    """Deliveries pending or being sent, how overdue the oldest is, how old each endpoint's
+    oldest undelivered one is (overdue or waiting for a retry), and recent attempts by outcome."""
+    unsettled = Delivery.status.in_((PENDING, SENDING))
     count, first_due = session.execute(
-        select(func.count(), func.min(Delivery.next_attempt_at)).where(
-            Delivery.status.in_((PENDING, SENDING))
-        )
+        select(func.count(), func.min(Delivery.next_attempt_at)).where(unsettled)
     ).one()
     yield metrics.QUEUE_DEPTH, ("delivery",), count
     yield metrics.QUEUE_OLDEST, ("delivery",), metrics.seconds_since(now, first_due)
+    # A delivery waiting for its retry is not overdue, so QUEUE_OLDEST never sees an endpoint
+    # that fails forever; its undelivered notifications only grow older.
+    first = func.min(Delivery.created_at)
+    for endpoint_id, tenant_id, created in session.execute(
+        select(Delivery.endpoint_id, Delivery.tenant_id, first)
+        .where(unsettled)
+        .group_by(Delivery.endpoint_id, Delivery.tenant_id)
+        .order_by(first, Delivery.endpoint_id)
+        .limit(AGE_SERIES)
+    ):
+        labels = (str(endpoint_id), str(tenant_id))
+        yield ENDPOINT_OLDEST, labels, metrics.seconds_since(now, created)
+    floor = (
+        select(DeliveryAttempt.id)
+        .order_by(DeliveryAttempt.id.desc())
+        .offset(ATTEMPTS_SCANNED)
+        .limit(1)
+        .scalar_subquery()
+    )
+    counts = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
+    for outcome, attempts in session.execute(
+        select(DeliveryAttempt.outcome, func.count())
+        .where(
+            DeliveryAttempt.id > func.coalesce(floor, 0),
+            DeliveryAttempt.started_at >= now - ATTEMPTS_WINDOW,
+        )
+        .group_by(DeliveryAttempt.outcome)
+    ):
+        counts[outcome] = attempts
+    for outcome, attempts in counts.items():
+        yield ATTEMPTS_RECENT, (outcome,), attempts

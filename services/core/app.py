@@ -6,7 +6,6 @@ API while it serves); `services/app.py` composes them. Nothing here knows a serv
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -35,7 +34,6 @@ from services.core.db import (
 from services.core.observe import Observe
 from services.core.problems import (
     PROBLEM_MEDIA_TYPE,
-    Problem,
     install_problem_handlers,
     problem_responses,
 )
@@ -157,21 +155,16 @@ def create_app(
             app.include_router(router)
         part.install(app)
 
+    gauges = metrics.DatabaseGauges(clock, settings.metrics_cache_ttl.total_seconds())
+
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request) -> Response:
         """Prometheus metrics (docs/operations.md lists them)."""
-        token = settings.metrics_token
-        if token is not None:
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {token.get_secret_value()}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                raise Problem(
-                    401,
-                    "unauthenticated",
-                    "metrics need the metrics token (Authorization: Bearer)",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        database = metrics.DatabaseCollector(request.app.state.read_sessions, clock)
+        state = request.app.state
+        address = request.client.host if request.client else "unknown"
+        authorization = request.headers.get("authorization")
+        metrics.admit(settings.metrics_token, authorization, state.anonymous_limits, address)
+        database = gauges.read(state.read_sessions)
         return Response(metrics.exposition(database), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")

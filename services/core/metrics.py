@@ -3,20 +3,33 @@
 Counters and histograms live in the process that does the work: the API's request and ingest
 counts, a worker's rescoring and deliveries. `riskalert serve --workers N` sets
 `PROMETHEUS_MULTIPROC_DIR`, so `/metrics` of any uvicorn worker sums all N; a `riskalert worker`
-serves its own on `--metrics-port`. Queue depths, oldest pending ages and feed lag are read
-from the database when `/metrics` is scraped, so they are the same whichever process answers:
-each service registers what it reads (`read_from_database`), and the platform names none of
-their tables.
+serves its own on `--metrics-port` (`MetricsServer`, with its `/healthz`). Queue depths, oldest
+pending ages and feed lag are read from the database when the API's `/metrics` is scraped (at
+most once per `metrics_cache_ttl` in each process), so they are the same whichever process
+answers: each service registers what it reads (`read_from_database`), and the platform names
+none of their tables. Both ports take the same token (`metrics_token`) and count scrapes without
+it against the per-address limit of requests without a valid key.
 """
 
 from __future__ import annotations
 
+import glob
+import hmac
+import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+import platform
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,16 +37,20 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.core.models import DeadLetter
+from services.core.problems import PROBLEM_MEDIA_TYPE, Problem
+from services.core.ratelimit import Limiter
 
 log = logging.getLogger(__name__)
 
@@ -178,48 +195,264 @@ def _dead_letters(session: Session, _now: datetime) -> Iterator[Reading]:
         yield DEAD_LETTERS_OPEN, (pipeline,), count
 
 
-class DatabaseCollector(Collector):
-    """Gauges read from the database at each scrape, from every registered reader."""
+def _read(factory: sessionmaker[Session], now: datetime) -> list[Metric]:
+    """Every registered reader's gauges, and whether the database answered."""
+    up = GaugeMetricFamily(
+        "riskalert_database_up", "1 when the database answered this reading's queries."
+    )
+    families = {
+        name: GaugeMetricFamily(name, g.documentation, labels=list(g.labels))
+        for name, g in _GAUGES.items()
+    }
+    try:
+        with factory() as session:
+            for reader in _READERS:
+                for gauge, labels, value in reader(session, now):
+                    families[gauge.name].add_metric(list(labels), value)
+    except SQLAlchemyError as exc:
+        log.warning("metrics: database unavailable: %s", exc)
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    return [up, *families.values()]
 
-    def __init__(self, factory: sessionmaker[Session], clock: Callable[[], datetime]) -> None:
-        self._factory = factory
+
+class DatabaseGauges:
+    """The gauges read from the database, read at most once per `ttl` seconds in this process:
+    a scrape within it (a second Prometheus, a retry, anyone calling an open /metrics) gets the
+    last reading and runs no query. Concurrent scrapes wait for one reading."""
+
+    def __init__(
+        self,
+        clock: Callable[[], datetime],
+        ttl: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._clock = clock
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._reading: list[Metric] = []
+
+    def read(self, factory: sessionmaker[Session]) -> list[Metric]:
+        """The last reading, read again first when it is `ttl` old (a failed one too)."""
+        with self._lock:
+            started = self._monotonic()
+            if self._read_at is None or started - self._read_at >= self._ttl:
+                self._reading = _read(factory, self._clock())
+                self._read_at = started
+            return self._reading
+
+
+def _release() -> str:
+    try:
+        return version("riskalert")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_info() -> Metric:
+    """`riskalert_build_info{version, python} 1`: which release and interpreter answer."""
+    info = GaugeMetricFamily(
+        "riskalert_build_info",
+        "Always 1: the riskalert release and the Python version of this process.",
+        labels=["version", "python"],
+    )
+    info.add_metric([_release(), platform.python_version()], 1)
+    return info
+
+
+# The files a process writes in the multiprocess directory end in its pid: counter_1234.db.
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent of a live process (None when it is gone, a zombie, or /proc is not there)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == b"Z" else int(fields[1])
+
+
+def _processes(directory: str) -> list[int]:
+    """This process and its live siblings that write metrics to `directory`: the uvicorn
+    workers of one `serve --workers N` (a dead worker's files stay behind; its pid may since
+    belong to someone else, hence the same parent)."""
+    own, parent = os.getpid(), os.getppid()
+    pids = {own}
+    for path in glob.glob(os.path.join(directory, "*.db")):
+        match = _PID_FILE.search(os.path.basename(path))
+        if match:
+            pids.add(int(match[1]))
+    return sorted(p for p in pids if p == own or _parent_of(p) == parent)
+
+
+def _process(pid: int) -> ProcessCollector:
+    return ProcessCollector(pid=lambda: pid, registry=None)
+
+
+class ProcessesCollector(Collector):
+    """The `process_*` metrics of every uvicorn worker in multiprocess mode, labelled by pid
+    (the default registry's process collector, unused there, sees only the answering one)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "riskalert_database_up", "1 when the database answered this scrape's queries."
-        )
-        families = {
-            name: GaugeMetricFamily(name, g.documentation, labels=list(g.labels))
-            for name, g in _GAUGES.items()
-        }
-        try:
-            with self._factory() as session:
-                now = self._clock()
-                for reader in _READERS:
-                    for gauge, labels, value in reader(session, now):
-                        families[gauge.name].add_metric(list(labels), value)
-        except SQLAlchemyError as exc:
-            log.warning("metrics: database unavailable: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
+        families: dict[str, Metric] = {}
+        for pid in _processes(self._directory):
+            for family in _process(pid).collect():
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
         yield from families.values()
 
 
-def exposition(database: Collector | None) -> bytes:
-    """The text of a scrape: this process's (or every uvicorn worker's) metrics and the
-    database's."""
-    if os.environ.get(MULTIPROC_ENV):
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
+
+
+def exposition(database: Iterable[Metric] = ()) -> bytes:
+    """The text of a scrape: this process's (or every uvicorn worker's) metrics, its build, and
+    the `database` gauges when given."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if directory:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(ProcessesCollector(directory))
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)
-    if database is not None:
-        extra = CollectorRegistry()
-        extra.register(database)
-        text += generate_latest(extra)
-    return text
+    extra = CollectorRegistry()
+    extra.register(_Families([build_info(), *database]))
+    return text + generate_latest(extra)
+
+
+def admit(
+    token: SecretStr | None, authorization: str | None, limiter: Limiter, address: str
+) -> None:
+    """Let a scrape in, or raise a problem: 401 without the valid token when one is set, 429
+    when the address made too many scrapes without it (every scrape, when none is set)."""
+    if token is not None:
+        scheme, _, given = (authorization or "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
+            return
+    limiter.hit(address)
+    if token is not None:
+        raise Problem(
+            401,
+            "unauthenticated",
+            "metrics need the metrics token (Authorization: Bearer)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+class MetricsServer:
+    """A worker's metrics port, in a daemon thread: `GET /metrics` (admitted as the API's) and
+    `GET /healthz` (200 while `stalled()` names no loop, 503 naming them otherwise; no token, no
+    database query: a liveness probe)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        token: SecretStr | None,
+        limiter: Limiter,
+        stalled: Callable[[], Sequence[str]],
+    ) -> None:
+        self._http = _Port((host, port), token=token, limiter=limiter, stalled=stalled)
+        self._thread = threading.Thread(
+            target=self._http.serve_forever, name="metrics-port", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port bound (the one asked for, or the one given for 0)."""
+        return int(self._http.server_address[1])
+
+    def start(self) -> None:
+        """Answer requests (the port is bound already, so a busy port fails before this)."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop answering and close the port."""
+        if self._thread.is_alive():
+            self._http.shutdown()
+        self._http.server_close()
+
+
+class _Port(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        token: SecretStr | None,
+        limiter: Limiter,
+        stalled: Callable[[], Sequence[str]],
+    ) -> None:
+        # An IPv6 --metrics-host (`::`) needs an IPv6 socket.
+        family, *_ = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0]
+        self.address_family = family
+        self.token = token
+        self.limiter = limiter
+        self.stalled = stalled
+        super().__init__(address, _Answer)
+
+
+class _Answer(BaseHTTPRequestHandler):
+    server: _Port
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/healthz":
+            stalled = list(self.server.stalled())
+            if stalled:
+                self._json(503, {"status": "stalled", "stalled": stalled})
+            else:
+                self._json(200, {"status": "ok"})
+            return
+        if path != "/metrics":
+            self._problem(Problem(404, "not-found", "this port serves /metrics and /healthz"))
+            return
+        server, address = self.server, self.client_address[0]
+        try:
+            admit(server.token, self.headers.get("Authorization"), server.limiter, address)
+        except Problem as problem:
+            self._problem(problem)
+            return
+        self._send(200, CONTENT_TYPE, exposition())
+
+    def _json(self, status: int, body: Mapping[str, Any]) -> None:
+        self._send(status, "application/json", json.dumps(body).encode())
+
+    def _problem(self, problem: Problem) -> None:
+        body = json.dumps(problem.document(urlsplit(self.path).path)).encode()
+        self._send(problem.status, PROBLEM_MEDIA_TYPE, body, problem.headers)
+
+    def _send(
+        self, status: int, media_type: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", media_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # A probe every few seconds is not news; http.server would print each to stderr.
+        log.debug("metrics port: " + format, *args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -197,6 +198,8 @@ class RescoreWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rescore-worker", daemon=True)
+        # When the thread last turned its loop (time.monotonic): /healthz.
+        self._turned = -math.inf
         self._cache = scores.IncidentCache()
         self._reader = make_sessionmaker(factory.kw["bind"], read_only=True)
         # On PostgreSQL, queueing and new incidents in other processes wake this one too.
@@ -231,6 +234,12 @@ class RescoreWorker:
         if self._listener is not None:
             self._listener.stop(timeout)
 
+    def stalled(self, within: float) -> list[str]:
+        """The thread's name if it is not running or has not turned its loop (a pass, or a batch
+        of a long catch-up) in the last `within` seconds; it runs no query."""
+        quiet = time.monotonic() - self._turned
+        return [self._thread.name] if not self._thread.is_alive() or quiet > within else []
+
     @property
     def listening(self) -> threading.Event | None:
         """Set once LISTEN is in place (PostgreSQL only)."""
@@ -241,6 +250,7 @@ class RescoreWorker:
         the process also served requests or sent alerts, rest for that multiple of the
         batch's time; alone, go on at full speed."""
         while not self._stop.is_set():
+            self._turned = time.monotonic()
             began, seen = time.perf_counter(), activity.mark()
             if not rescore_pending(
                 self._factory, self._settings, cache=self._cache, reader=self._reader
@@ -253,6 +263,7 @@ class RescoreWorker:
         poll = self._settings.worker_poll_interval.total_seconds()
         streak = FailureStreak(log, "rescoring")
         while not self._stop.is_set():
+            self._turned = time.monotonic()
             self._wake.wait(poll)
             self._wake.clear()
             try:

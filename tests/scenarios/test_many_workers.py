@@ -27,7 +27,10 @@ def test_four_workers_send_2000_deliveries_each_exactly_once_and_all_take_part(
     # receiver read them (each a legitimate duplicate under at-least-once, tested elsewhere).
     workers = [
         riskalert.worker(
-            "alerts", wait=False, RISKALERT_ALERTS_LEASE=seconds(30), RISKALERT_WEBHOOK_TIMEOUT=seconds(20)
+            "alerts",
+            wait=False,
+            RISKALERT_ALERTS_LEASE=seconds(30),
+            RISKALERT_WEBHOOK_TIMEOUT=seconds(20),
         )
         for _ in range(processes)
     ]
