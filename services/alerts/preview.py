@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
 from sqlalchemy import select
 from sqlalchemy.engine import Row as SqlRow
 from sqlalchemy.orm import Session
@@ -21,13 +21,21 @@ from sqlalchemy.orm import Session
 from services.alerts import notify, rules, triggers
 from services.alerts.models import Rule, Subscription
 from services.alerts.pipeline import applies
-from services.alerts.schemas import STORED, EventRuleIn, RuleIn, Strict, ThresholdRuleIn, Trigger
+from services.alerts.schemas import (
+    STORED,
+    EventRuleIn,
+    RuleIn,
+    Strict,
+    ThresholdRuleIn,
+    Trigger,
+    duration_schema,
+)
 from services.core.ids import RowId
 from services.core.problems import Problem, field_errors, not_found
 from services.scoring import geo, incidents, risk, scores
 from services.scoring import targets as scoring_targets
 from services.scoring.models import Incident, Target
-from services.scoring.schemas import Timestamp
+from services.scoring.schemas import Timestamp, given
 from services.scoring.taxonomy import Band, Category, Lifecycle
 
 MAX_TARGET_IDS = 1000
@@ -51,6 +59,17 @@ _RULE = TypeAdapter[RuleBody](RuleIn)
 class PreviewIn(Strict):
     """A rule (or a change to a stored one), the targets and the past period to replay it over."""
 
+    # What `check` refuses across fields, said in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {"oneOf": [given("rule"), given("rule_id")]},
+                {"anyOf": [{"not": given("changes")}, given("rule_id")]},
+                {"not": given("subscription_id", "target_ids")},
+            ]
+        }
+    )
+
     rule: RuleIn | None = Field(None, description="A rule body to preview; or give rule_id.")
     rule_id: RowId | None = Field(None, description="One of the tenant's stored rules.")
     changes: dict[str, Any] | None = Field(
@@ -72,7 +91,11 @@ class PreviewIn(Strict):
     )
     since: Timestamp = Field(description="Start of the period (RFC 3339 with a time zone).")
     until: Timestamp = Field(description="End of the period, not in the future.")
-    step: Annotated[timedelta, Field(ge=MIN_STEP, le=MAX_PERIOD)] = Field(
+    step: Annotated[
+        timedelta,
+        Field(ge=MIN_STEP, le=MAX_PERIOD),
+        WithJsonSchema(duration_schema(MIN_STEP, MAX_PERIOD), mode="validation"),
+    ] = Field(
         DEFAULT_STEP,
         description="Time between two evaluations of threshold rules (ISO 8601 duration).",
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -15,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -27,9 +30,72 @@ from services.core.problems import Problem
 from services.scoring import schemas as scoring_schemas
 from services.scoring.taxonomy import BAND_RANK, Band, Category
 
+
+def _digits(low: str, high: str) -> str:
+    """A regex for the numbers from `low` to `high`, both written with as many digits."""
+    width = len(low)
+    if low == high:
+        return low
+    if low == "0" * width and high == "9" * width:
+        return "[0-9]" if width == 1 else f"[0-9]{{{width}}}"
+    if width == 1:
+        return f"[{low}-{high}]"
+    rest = width - 1
+    if low[0] == high[0]:
+        return f"{low[0]}(?:{_digits(low[1:], high[1:])})"
+    parts, first, last, tail = [], int(low[0]), int(high[0]), None
+    if low[1:] != "0" * rest:
+        parts.append(f"{low[0]}(?:{_digits(low[1:], '9' * rest)})")
+        first += 1
+    if high[1:] != "9" * rest:
+        tail = f"{high[0]}(?:{_digits('0' * rest, high[1:])})"
+        last -= 1
+    if first <= last:
+        lead = str(first) if first == last else f"[{first}-{last}]"
+        parts.append(f"{lead}[0-9]{{{rest}}}")
+    return "|".join([*parts, *([tail] if tail else [])])
+
+
+def _whole_numbers(low: int, high: int) -> str:
+    """A regex for the whole numbers from `low` to `high` (leading zeros allowed)."""
+    parts = []
+    for width in range(len(str(low)), len(str(high)) + 1):
+        first, last = max(low, 10 ** (width - 1) if width > 1 else 0), min(high, 10**width - 1)
+        if first <= last:
+            parts.append(_digits(str(first), str(last)))
+    return f"0*(?:{'|'.join(parts)})"
+
+
+_UNITS = (("P", "D", 86400), ("PT", "H", 3600), ("PT", "M", 60), ("PT", "S", 1))
+
+
+def duration_schema(low: timedelta, high: timedelta, *, above: bool = False) -> dict[str, Any]:
+    """The request schema of a duration from `low` (exclusive when `above`) to `high`.
+
+    The schema states ISO 8601 durations of one unit (P3D, PT12H, PT30M, PT90S) and numbers of
+    seconds; the code also reads any other ISO 8601 duration within the same bounds (P1DT6H).
+    """
+    least, most = low.total_seconds(), high.total_seconds()
+    forms = []
+    for prefix, unit, seconds in _UNITS:
+        first = math.floor(least / seconds) + 1 if above else math.ceil(least / seconds)
+        last = math.floor(most / seconds)
+        if first <= last:
+            forms.append(f"{prefix}{_whole_numbers(first, last)}{unit}")
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": f"^(?:{'|'.join(forms)})$"},
+            # A microsecond is the least a duration can be: less would read as no time at all.
+            {"type": "number", "minimum": least + 1e-6 if above else least, "maximum": most},
+        ]
+    }
+
+
+MAX_DURATION = timedelta(days=30)
 Duration = Annotated[
     BodyDuration,
-    Field(ge=timedelta(0), le=timedelta(days=30), description="ISO 8601 duration or seconds."),
+    Field(ge=timedelta(0), le=MAX_DURATION, description="ISO 8601 duration or seconds."),
+    WithJsonSchema(duration_schema(timedelta(0), MAX_DURATION), mode="validation"),
 ]
 
 
@@ -47,7 +113,13 @@ def _level(value: object) -> object:
     raise ValueError(f"must be a score from 0 to 100 or one of the bands: {bands}")
 
 
-Level = Annotated[float | Band, BeforeValidator(_level)]
+_SCORE_LEVEL = {"type": "number", "minimum": 0, "maximum": 100}
+_BAND_LEVEL = {"enum": [b.value for b in Band]}
+Level = Annotated[
+    float | Band,
+    BeforeValidator(_level),
+    WithJsonSchema({"anyOf": [_SCORE_LEVEL, _BAND_LEVEL]}, mode="validation"),
+]
 
 
 class Strict(BaseModel):
@@ -67,14 +139,43 @@ class Metric(StrEnum):
 # stored rule is read (stored rules predating the floor stay readable).
 MIN_REPEAT = timedelta(minutes=15)
 STORED = "stored"
+# New rules repeat no more often than MIN_REPEAT (stored ones may), and flap over some time.
+RepeatEvery = Annotated[
+    Duration, WithJsonSchema(duration_schema(MIN_REPEAT, MAX_DURATION), mode="validation")
+]
+FlapWindow = Annotated[
+    Duration,
+    WithJsonSchema(duration_schema(timedelta(0), MAX_DURATION, above=True), mode="validation"),
+]
 
 
 def _minutes(span: timedelta) -> int:
     return int(span.total_seconds() // 60)
 
 
+def _kind_required(schema: dict[str, Any]) -> None:
+    # A rule body names its kind: it is the discriminator the API reads it by.
+    schema["required"] = ["kind", *schema.get("required", [])]
+
+
+def _threshold_schema(schema: dict[str, Any]) -> None:
+    _kind_required(schema)
+    # Levels are bands when the metric is, scores otherwise. That clear_at is not above
+    # raise_at, JSON Schema cannot say.
+    levels = ("raise_at", "clear_at")
+    schema["if"] = {"properties": {"metric": {"const": Metric.BAND.value}}, "required": ["metric"]}
+    schema["then"] = {
+        "properties": {name: {"anyOf": [_BAND_LEVEL, {"type": "null"}]} for name in levels}
+    }
+    schema["else"] = {
+        "properties": {name: {"anyOf": [_SCORE_LEVEL, {"type": "null"}]} for name in levels}
+    }
+
+
 class ThresholdRuleIn(Strict):
     """Raise when the score (or band) reaches `raise_at`, clear when it falls below `clear_at`."""
+
+    model_config = ConfigDict(json_schema_extra=_threshold_schema)
 
     kind: Literal["threshold"] = "threshold"
     metric: Metric = Metric.SCORE
@@ -93,17 +194,17 @@ class ThresholdRuleIn(Strict):
     cooldown: Duration = Field(
         timedelta(minutes=30), description="Least time between two firings (a band rise bypasses)."
     )
-    repeat_every: Duration | None = Field(
+    repeat_every: RepeatEvery | None = Field(
         None,
         description=(
             "Re-notify while firing, this often: at least every 15 minutes (PT15M), so "
             "repeats stay humane."
         ),
     )
-    flap_changes: int = Field(
+    flap_changes: Annotated[int, scoring_schemas.WholeNumber] = Field(
         2, ge=1, le=100, strict=True, description="Changes tolerated per flap_window."
     )
-    flap_window: Duration = Field(timedelta(minutes=30))
+    flap_window: FlapWindow = Field(timedelta(minutes=30))
 
     @field_validator("repeat_every")
     @classmethod
@@ -180,8 +281,19 @@ class Trigger(StrEnum):
     INCIDENT_NEARBY = "incident_nearby"
 
 
+def _event_schema(schema: dict[str, Any]) -> None:
+    _kind_required(schema)
+    # Categories are what incident_nearby matches, and only it.
+    nearby = {"properties": {"trigger": {"const": Trigger.INCIDENT_NEARBY.value}}}
+    schema["if"] = nearby
+    schema["then"] = {"required": ["categories"], "properties": {"categories": {"minItems": 1}}}
+    schema["else"] = {"properties": {"categories": {"maxItems": 0}}}
+
+
 class EventRuleIn(Strict):
     """Alert at once on a matching incident near (or explicitly threatening) the target."""
+
+    model_config = ConfigDict(json_schema_extra=_event_schema)
 
     kind: Literal["event"] = "event"
     trigger: Trigger
@@ -292,9 +404,24 @@ def _web_url(value: str) -> str:
     return value
 
 
+# The URLs the schema states: an ASCII host name or address and an optional port. The code also
+# takes user info and bracketed IPv6 hosts; the SSRF guard then decides (422 naming url).
+_URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+"
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+    r"([/?#][!-~]*)?$"
+)
 WebhookUrl = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_URL_LENGTH, description="https:// URL of the receiver."),
+    Field(
+        min_length=1,
+        max_length=MAX_URL_LENGTH,
+        description=(
+            "https:// URL of the receiver; its host must resolve to public addresses only "
+            "(the SSRF guard refuses others with a 422 naming url)."
+        ),
+        json_schema_extra={"format": "uri", "pattern": _URL_PATTERN},
+    ),
     AfterValidator(_web_url),
 ]
 
@@ -313,9 +440,19 @@ def _email_address(value: str) -> str:
     return value
 
 
+# The addresses the schema states; the code also takes dotted local parts and longer domains.
+_EMAIL_PATTERN = (
+    rf"^[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@(?:{_LABEL}\.){{1,2}}"
+    r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
 EmailAddress = Annotated[
     str,
-    Field(min_length=3, max_length=MAX_ADDRESS_LENGTH, description="An ASCII email address."),
+    Field(
+        min_length=3,
+        max_length=MAX_ADDRESS_LENGTH,
+        description="An ASCII email address.",
+        json_schema_extra={"format": "email", "pattern": _EMAIL_PATTERN},
+    ),
     AfterValidator(_email_address),
 ]
 
@@ -330,11 +467,32 @@ class EndpointKind(StrEnum):
 # Deliveries in flight to one endpoint: a receiver that takes more is better served by more
 # alerts workers than by one endpoint holding a whole worker's senders.
 MAX_IN_FLIGHT = 32
-MaxInFlight = Annotated[int, Field(ge=1, le=MAX_IN_FLIGHT, strict=True)]
+MaxInFlight = Annotated[
+    int, Field(ge=1, le=MAX_IN_FLIGHT, strict=True), scoring_schemas.WholeNumber
+]
+
+
+def _kind_fields(kind: EndpointKind, wanted: str, other: str) -> dict[str, Any]:
+    return {
+        "allOf": [
+            {"properties": {"kind": {"const": kind.value}}},
+            scoring_schemas.given(wanted),
+            {"not": scoring_schemas.given(other)},
+        ]
+    }
 
 
 class EndpointIn(ApiIn):
     """A new endpoint: `{kind: webhook, name, url}` or `{kind: email, name, address}`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _kind_fields(EndpointKind.WEBHOOK, "url", "address"),
+                _kind_fields(EndpointKind.EMAIL, "address", "url"),
+            ]
+        }
+    )
 
     kind: EndpointKind
     name: Name
@@ -370,8 +528,19 @@ def _kind_errors(
     return errors
 
 
+def _endpoint_patch_schema(schema: dict[str, Any]) -> None:
+    not_nullable("name", "url", "address", "enabled")(schema)
+    # An endpoint has a url (webhook) or an address (email), never both.
+    schema["not"] = scoring_schemas.given("url", "address")
+
+
 class EndpointPatch(ApiIn):
-    """Changes to an endpoint; absent fields stay as they are."""
+    """Changes to an endpoint; absent fields stay as they are.
+
+    `url` applies to webhooks and `address` to email endpoints: the other is refused (422).
+    """
+
+    model_config = ConfigDict(json_schema_extra=_endpoint_patch_schema)
 
     name: Name | None = None
     url: WebhookUrl | None = Field(None, description="Webhooks only; checked again.")
@@ -395,6 +564,19 @@ class EndpointPatch(ApiIn):
         return _kind_errors(kind, url=self.url, address=self.address, new=False)
 
 
+def not_nullable(*names: str) -> Callable[[dict[str, Any]], None]:
+    """A `json_schema_extra` saying that the patch fields `names` may be left out, never null."""
+
+    def drop_null(schema: dict[str, Any]) -> None:
+        for name in names:
+            field = schema["properties"][name]
+            kept = [s for s in field.pop("anyOf") if s != {"type": "null"}]
+            for key, value in (kept[0] if len(kept) == 1 else {"anyOf": kept}).items():
+                field.setdefault(key, value)
+
+    return drop_null
+
+
 def _null_errors(model: BaseModel, not_nullable: set[str]) -> FieldErrors:
     return [
         ((name,), "must not be null")
@@ -406,7 +588,14 @@ def _null_errors(model: BaseModel, not_nullable: set[str]) -> FieldErrors:
 class RotateSecretIn(ApiIn):
     """How long the current secret keeps signing after the rotation."""
 
-    grace: Annotated[timedelta, Field(ge=timedelta(0), le=MAX_GRACE)] | None = Field(
+    grace: (
+        Annotated[
+            BodyDuration,
+            Field(ge=timedelta(0), le=MAX_GRACE),
+            WithJsonSchema(duration_schema(timedelta(0), MAX_GRACE), mode="validation"),
+        ]
+        | None
+    ) = Field(
         None, description="ISO 8601 duration or seconds, at most 7 days; default from settings."
     )
 
@@ -486,6 +675,7 @@ EndpointIds = Annotated[
         min_length=1,
         max_length=MAX_ENDPOINTS_PER_SUBSCRIPTION,
         description="Distinct ids of the tenant's endpoints.",
+        json_schema_extra={"uniqueItems": True},
     ),
 ]
 DigestBands = Annotated[
@@ -495,8 +685,33 @@ DigestBands = Annotated[
 Tag = scoring_schemas.Tag
 
 
+def _scope_fields(scope: SubscriptionScope, *, allowed: str | None) -> dict[str, Any]:
+    """The fields a scope takes: `allowed` (required) and neither of the others."""
+    return {
+        "allOf": [
+            {"properties": {"scope": {"const": scope.value}}},
+            *([scoring_schemas.given(allowed)] if allowed else []),
+            *(
+                {"not": scoring_schemas.given(field)}
+                for field in ("target_id", "tag")
+                if field != allowed
+            ),
+        ]
+    }
+
+
 class SubscriptionIn(ApiIn):
     """What to watch (one target, a tag, or everything), where to notify, and under which rules."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                _scope_fields(SubscriptionScope.TARGET, allowed="target_id"),
+                _scope_fields(SubscriptionScope.TAG, allowed="tag"),
+                _scope_fields(SubscriptionScope.ALL, allowed=None),
+            ]
+        }
+    )
 
     name: Name
     scope: SubscriptionScope
@@ -517,8 +732,30 @@ class SubscriptionIn(ApiIn):
         return self
 
 
+def _subscription_patch_schema(schema: dict[str, Any]) -> None:
+    not_nullable("name", "scope", "endpoint_ids", "digest_bands", "enabled")(schema)
+    # A new scope takes no field of another scope (what the stored scope takes is checked on
+    # the stored subscription); a subscription has a target or a tag, never both.
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"scope": {"const": scope.value}}, "required": ["scope"]},
+            "then": {
+                "not": {"anyOf": [scoring_schemas.given(field) for field in others]},
+            },
+        }
+        for scope, others in (
+            (SubscriptionScope.TARGET, ("tag",)),
+            (SubscriptionScope.TAG, ("target_id",)),
+            (SubscriptionScope.ALL, ("target_id", "tag")),
+        )
+    ]
+    schema["not"] = scoring_schemas.given("target_id", "tag")
+
+
 class SubscriptionPatch(ApiIn):
     """Changes to a subscription; absent fields stay (target_id and tag may be set to null)."""
+
+    model_config = ConfigDict(json_schema_extra=_subscription_patch_schema)
 
     name: Name | None = None
     scope: SubscriptionScope | None = Field(
@@ -651,6 +888,12 @@ class AlertPage(BaseModel):
 
 class SnoozeIn(ApiIn):
     """Hold an alert's notifications until a time, or until its band rises (exactly one)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [scoring_schemas.given("until"), scoring_schemas.given("until_band_rises")]
+        }
+    )
 
     until: Timestamp | None = Field(None, description="A future time, at most 30 days ahead.")
     until_band_rises: Literal[True] | None = Field(

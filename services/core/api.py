@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends, Path, Query, Request
 from pydantic import BaseModel
@@ -72,13 +72,99 @@ Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="Return items after this id.")]
 
 
+# A bound a deployment sets: `deployment_bounds` writes the setting's value into the OpenAPI
+# document, so a schema states this deployment's bound rather than the largest allowed.
+DEPLOYMENT = "x-deployment"
+
+
+def deployment_bound(setting: str, keyword: str | None = None) -> dict[str, Any]:
+    """`json_schema_extra` for a value bounded by `setting`: as the schema's `keyword` (a bound
+    refused beyond), or only described (a cap the code applies)."""
+    return {DEPLOYMENT: {"setting": setting, "keyword": keyword}}
+
+
+def deployment_bounds(document: dict[str, Any], settings: PlatformSettings) -> None:
+    """Write each deployment bound of an OpenAPI document with its value in `settings`."""
+
+    def bind(node: dict[str, Any]) -> str | None:
+        bound = node.get(DEPLOYMENT)
+        if not isinstance(bound, dict) or "setting" not in bound:
+            return None
+        name = bound.pop("setting")
+        value = getattr(settings, name)
+        keyword = bound.pop("keyword", None)
+        if keyword:
+            node[keyword] = value
+        bound.update(variable=f"RISKALERT_{name.upper()}", value=value)
+        return f" Here: {value} ({bound['variable']})."
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            said = bind(node)
+            if said and "description" in node:
+                node["description"] += said
+            for key, value in node.items():
+                if key == "parameters" and isinstance(value, list):
+                    for parameter in value:
+                        said = bind(parameter.get("schema", {}))
+                        if said:
+                            parameter["description"] = parameter.get("description", "") + said
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+
+
+# Durations as the API writes them (pydantic: ISO 8601 with years, weeks and fractions of a
+# second, P1Y1D, PT2H4S, PT0.5S), which JSON Schema's `duration` format (RFC 3339's stricter
+# grammar) refuses.
+ISO_DURATION = {
+    "type": "string",
+    "pattern": r"^-?P([0-9]+Y)?([0-9]+M)?([0-9]+W)?([0-9]+D)?"
+    r"(T([0-9]+H)?([0-9]+M)?([0-9]+(\.[0-9]+)?S)?)?$",
+}
+
+
+def iso_durations(document: dict[str, Any]) -> None:
+    """State each `format: duration` string of an OpenAPI document as the ISO 8601 it is."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "string" and node.get("format") == "duration":
+                for keyword in ("format", "ge", "le"):
+                    node.pop(keyword, None)  # pydantic writes its bounds as ge and le
+                node.update(ISO_DURATION)
+                node.setdefault("description", "An ISO 8601 duration.")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(document)
+
+
+MAX_PAGE_LIMIT = 5000
+
+
 async def page_limit(
     settings: Config,
     limit: Annotated[
-        int, Query(ge=1, le=5000, description="Page size (capped by settings).")
+        int,
+        Query(
+            ge=1,
+            le=MAX_PAGE_LIMIT,
+            description=(
+                "Page size. A page holds at most the deployment's max_page_size items: a "
+                "larger limit is accepted and served as that many."
+            ),
+            json_schema_extra=deployment_bound("max_page_size"),
+        ),
     ] = 100,
 ) -> int:
-    """The page size asked for, within the deployment's cap."""
+    """The page size asked for, within the deployment's cap (a larger one is served capped)."""
     return min(limit, settings.max_page_size)
 
 

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.core import activity, metrics
+from services.core.api import deployment_bounds, iso_durations
 from services.core.auth import KeyCache, hash_key
 from services.core.clock import utc_now
 from services.core.db import (
@@ -142,6 +144,17 @@ def create_app(
         lifespan=lifespan,
     )
     install_problem_handlers(app)
+    documented = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The schema states this deployment's bounds (page size, batch size), not the largest
+        # any deployment may set, and durations as the API writes them.
+        document = documented()
+        deployment_bounds(document, settings)
+        iso_durations(document)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # Requests count as foreground work: a rescoring backlog in this process yields to them.
     app.add_middleware(activity.Touch)
     # Outermost: every request, answered by a route or not, gets an id, a log line, metrics.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import request_params_to_args
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import RouteContext, iter_route_contexts
 from pydantic import BaseModel, Field
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -234,22 +237,61 @@ def _respond(problem: Problem, request: Request) -> JSONResponse:
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method served at the request's path (Starlette names only the first route's)."""
-    path = {
+def _path_params(dependant: Dependant) -> list[Any]:
+    """The path parameters a route's endpoint and its dependencies declare."""
+    found = list(dependant.path_params)
+    for sub in dependant.dependencies:
+        found += [f for f in _path_params(sub) if f.name not in {p.name for p in found}]
+    return found
+
+
+def _takes(route: RouteContext, scope: MutableMapping[str, Any]) -> bool:
+    """Whether `route` answers the path of `scope` with path parameters it accepts.
+
+    /v1/imports/1 fits the template /v1/imports/{format}, but 1 is no format: that route does
+    not serve the path, its sibling /v1/imports/{import_id} does.
+    """
+    match, child = route.matches(scope)
+    if match is Match.NONE:
+        return False
+    dependant = getattr(route, "dependant", None)
+    if not isinstance(dependant, Dependant):
+        return True
+    _, errors = request_params_to_args(_path_params(dependant), child.get("path_params", {}))
+    return not errors
+
+
+def _served_methods(request: Request) -> list[str]:
+    """The methods served at the request's path, by the routes whose path parameters fit it.
+
+    Starlette names only the first matching route's, and counts routes whose parameters do not
+    fit (a sibling template); when no route's parameters fit, every matching route counts.
+    """
+    base = {
         "type": "http",
         "path": request.url.path,
         "root_path": request.scope.get("root_path", ""),
     }
-    allowed = [
+    routes = list(iter_route_contexts(request.app.router.routes))
+    fitting = [r for r in routes if _takes(r, {**base, "method": "GET"})] or routes
+    return [
         method
         for method in _METHODS
-        if any(
-            route.matches({**path, "method": method})[0] is Match.FULL
-            for route in request.app.router.routes
-        )
+        if any(r.matches({**base, "method": method})[0] is Match.FULL for r in fitting)
     ]
-    return ", ".join(allowed)
+
+
+def _wrong_method(request: Request) -> Problem | None:
+    """The 405 for a request whose path parameters fit only routes of other methods."""
+    served = _served_methods(request)
+    if not served or request.method in served:
+        return None
+    return Problem(
+        405,
+        "method-not-allowed",
+        "Method Not Allowed",
+        headers={"Allow": ", ".join(served)},
+    )
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -283,7 +325,15 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _respond(validation_problem(exc.errors()), request)
+        errors = exc.errors()
+        if any(e.get("loc", ())[:1] == ("path",) for e in errors):
+            # The path fits this route's template but not its parameters: if it fits a
+            # sibling's (POST /v1/imports/1 beside GET /v1/imports/{import_id}), the resource
+            # exists and the method is what is wrong.
+            wrong = _wrong_method(request)
+            if wrong is not None:
+                return _respond(wrong, request)
+        return _respond(validation_problem(errors), request)
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -296,7 +346,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            headers["Allow"] = _allowed_methods(request)
+            headers["Allow"] = ", ".join(_served_methods(request))
         problem = Problem(exc.status_code, slug, str(exc.detail), headers=headers)
         return _respond(problem, request)
 

@@ -15,15 +15,20 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     StrictBool,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, ValidationError
 
+from services.core.api import deployment_bound
 from services.core.auth import PLATFORM_ROLES, TENANT_ROLES, Role
 from services.core.ids import RowId
 from services.core.problems import MAX_FIELD_ERRORS, omitted_errors
@@ -81,7 +86,17 @@ Kilometres = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
 SourceValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
-Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema counts 8.0 as the integer 8, and so does the API; no other float is one.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = BeforeValidator(_whole_number)
+Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True), WholeNumber]
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2200
 _NUL = "text must not contain NUL characters"
 # Validation context key: the input holds no NUL characters, so nested models need not look.
@@ -105,16 +120,39 @@ DateTimeText = BeforeValidator(_date_time_text)
 
 
 def _plausible_time(value: datetime) -> datetime:
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError("time out of range") from exc
-    if not EARLIEST_YEAR <= utc.year <= LATEST_YEAR:
+    # The year as written, so that TIMESTAMP_PATTERN states the bound exactly: an offset may
+    # carry the UTC time a few hours past either end.
+    if not EARLIEST_YEAR <= value.year <= LATEST_YEAR:
         raise ValueError(f"time must lie between {EARLIEST_YEAR} and {LATEST_YEAR}")
-    return utc
+    return value.astimezone(UTC)
 
 
-Timestamp = Annotated[AwareDatetime, DateTimeText, AfterValidator(_plausible_time)]
+# RFC 3339 with a time zone, years 1900 to 2200: what Timestamp accepts, as the schema says it
+# (the code also reads a space for T, seconds left out and offsets without a colon).
+TIMESTAMP_PATTERN = (
+    r"^(19[0-9]{2}|2[01][0-9]{2}|2200)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+TIMESTAMP_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": TIMESTAMP_PATTERN,
+    "description": f"RFC 3339 with a time zone, years {EARLIEST_YEAR} to {LATEST_YEAR}.",
+}
+Timestamp = Annotated[
+    AwareDatetime,
+    DateTimeText,
+    AfterValidator(_plausible_time),
+    WithJsonSchema(TIMESTAMP_SCHEMA, mode="validation"),
+]
+
+
+def given(*names: str) -> dict[str, Any]:
+    """The JSON Schema of an object in which each of `names` is present and not null."""
+    return {
+        "required": list(names),
+        "properties": {name: {"not": {"type": "null"}} for name in names},
+    }
 
 
 def _nul_paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
@@ -148,10 +186,38 @@ def _refuse_many_unknown(model: type[BaseModel], data: Any) -> None:
     raise ValidationError.from_exception_data(model.__name__, errors)
 
 
+NUL_FREE_TEXT = "^[^\\x00]*$"
+
+
+def _say_nul_free(node: Any) -> None:
+    """Give each free text of a schema (a string with no pattern, enum or const, and the names
+    of a mapping) the pattern that refuses NUL characters; other models' schemas say their own."""
+    if not isinstance(node, dict) or "$ref" in node:
+        return
+    if node.get("type") == "string" and not {"pattern", "enum", "const"} & node.keys():
+        node["pattern"] = NUL_FREE_TEXT
+    if isinstance(node.get("additionalProperties"), dict):
+        node.setdefault("propertyNames", {}).setdefault("pattern", NUL_FREE_TEXT)
+    for keyword in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        for child in node.get(keyword, []):
+            _say_nul_free(child)
+    for keyword in ("items", "additionalProperties"):
+        _say_nul_free(node.get(keyword))
+
+
 class Strict(BaseModel):
     """Refuses unknown fields (a typo is a 422, not a silent default) and NUL characters."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        for field in handler.resolve_ref_schema(schema).get("properties", {}).values():
+            _say_nul_free(field)
+        return schema
 
     @model_validator(mode="before")
     @classmethod
@@ -176,11 +242,30 @@ class PointGeometry(Strict):
     coordinates: Position
 
 
+# In requests the schema lists distinct positions, which are always accepted. The code asks less
+# (two positions that differ, as a loop repeats one), which JSON Schema has no word for.
+_DISTINCT_POSITIONS = {
+    "type": "array",
+    "items": TypeAdapter(Position).json_schema(),
+    "minItems": 2,
+    "maxItems": MAX_CORRIDOR_POINTS,
+    "uniqueItems": True,
+    "description": (
+        "2 to 1,000 [longitude, latitude] positions, at least two of them different. A position "
+        "may repeat (a loop) but the schema lists distinct ones."
+    ),
+}
+
+
 class LineStringGeometry(Strict):
-    """A GeoJSON LineString of 2 to 1,000 positions."""
+    """A GeoJSON LineString of 2 to 1,000 positions, not all the same."""
 
     type: Literal["LineString"]
-    coordinates: Annotated[list[Position], Field(min_length=2, max_length=MAX_CORRIDOR_POINTS)]
+    coordinates: Annotated[
+        list[Position],
+        Field(min_length=2, max_length=MAX_CORRIDOR_POINTS),
+        WithJsonSchema(_DISTINCT_POSITIONS, mode="validation"),
+    ]
 
     @model_validator(mode="after")
     def _has_length(self) -> LineStringGeometry:
@@ -234,7 +319,13 @@ class Fatalities(Strict):
 
 
 class IncidentIn(Strict):
-    """An incident report; (source, source_id) identifies it, so resending updates it."""
+    """An incident report; (source, source_id) identifies it, so resending updates it.
+
+    It is located by a Point or by an area scope (or both); `reported_at` is not before
+    `occurred_at`, and neither lies in the future (beyond the allowed clock skew).
+    """
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [given("location"), given("scope")]})
 
     source: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
     source_id: Annotated[str, Field(min_length=1, max_length=128)]
@@ -295,8 +386,25 @@ class IncidentBatchIn(Strict):
 
     items: Annotated[
         list[dict[str, Any]],
-        Field(min_length=1, max_length=10_000, description="Incident objects (see IncidentIn)."),
+        Field(
+            min_length=1,
+            max_length=10_000,
+            description=(
+                "Incident objects (see IncidentIn), each refused on its own (NUL characters "
+                "included); more than max_batch_items is a 413."
+            ),
+            json_schema_extra=deployment_bound("max_batch_items", "maxItems"),
+        ),
     ]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_nul(cls, data: Any, info: ValidationInfo) -> Any:
+        # Items are validated one by one, NUL characters and all: a bad one is a rejected
+        # item, not a refused batch (its key is the only other field, and unknown ones are
+        # refused).
+        _refuse_many_unknown(cls, data)
+        return data
 
 
 class SourceReport(BaseModel):
@@ -420,7 +528,9 @@ class SiteIn(Strict):
     type: Literal["Feature"]
     geometry: PointGeometry
     properties: SiteProperties
-    id: StrictInt | StrictStr | None = Field(None, description="Ignored; the service assigns ids.")
+    id: Annotated[StrictInt | StrictStr | None, WholeNumber] = Field(
+        None, description="Ignored; the service assigns ids."
+    )
 
 
 class CorridorIn(Strict):
@@ -429,7 +539,9 @@ class CorridorIn(Strict):
     type: Literal["Feature"]
     geometry: LineStringGeometry
     properties: CorridorProperties
-    id: StrictInt | StrictStr | None = Field(None, description="Ignored; the service assigns ids.")
+    id: Annotated[StrictInt | StrictStr | None, WholeNumber] = Field(
+        None, description="Ignored; the service assigns ids."
+    )
 
 
 class ScoreSummary(BaseModel):
@@ -640,6 +752,15 @@ class BacktestTarget(Strict):
 class BacktestIn(Strict):
     """Score every point (or target) at every time; points have no profile."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"minItems": 1}}}
+                for name in ("points", "targets")
+            ]
+        }
+    )
+
     points: Annotated[list[BacktestPoint], Field(max_length=100_000)] = []
     targets: Annotated[list[BacktestTarget], Field(max_length=1000)] = []
     times: Annotated[list[Timestamp], Field(min_length=1, max_length=10_000)]
@@ -705,8 +826,21 @@ class TenantOut(BaseModel):
     created_at: datetime
 
 
+def _roles(allowed: frozenset[Role]) -> dict[str, Any]:
+    return {"properties": {"roles": {"items": {"enum": sorted(r.value for r in allowed)}}}}
+
+
 class ApiKeyIn(Strict):
     """A new key: for a tenant (scores, targets) or for the platform (tenant_id null)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"allOf": [given("tenant_id"), _roles(TENANT_ROLES)]},
+                {"allOf": [{"not": given("tenant_id")}, _roles(PLATFORM_ROLES)]},
+            ]
+        }
+    )
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     tenant_id: RowId | None = None
@@ -744,7 +878,12 @@ class ApiKeyCreated(ApiKeyOut):
 class ModelVersionIn(Strict):
     """New model parameters (a full parameter document, as GET /v1/model returns)."""
 
-    params: dict[str, Any]
+    params: dict[str, Any] = Field(
+        description=(
+            "Every parameter of the model, each checked against the model's rules "
+            "(docs/scoring.md): start from what GET /v1/model returns."
+        )
+    )
     note: Annotated[str, Field(min_length=1, max_length=500)]
 
 

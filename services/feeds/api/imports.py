@@ -22,6 +22,23 @@ from services.scoring.models import ImportRun
 router = APIRouter(prefix="/v1/imports", tags=["imports"])
 
 MEDIA_TYPES = ("text/csv", "application/json", "text/plain")
+# What each media type carries. Whether a file parses as the source's export (its columns, its
+# pages) no schema says: a file that cannot be imported at all is a 422.
+_TEXT = {"type": "string", "minLength": 1, "description": "The file as exported (CSV)."}
+_FILE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "text/csv": _TEXT,
+    "text/plain": _TEXT,
+    "application/json": {
+        "anyOf": [
+            {"type": "object"},
+            {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        ],
+        "description": (
+            "The source API's JSON page ({data: [...]} for ACLED, {Result: [...]} for UCDP), "
+            "or a list of pages."
+        ),
+    },
+}
 _USE_THE_CLI = "; import the file with `riskalert import`"
 
 
@@ -87,7 +104,7 @@ def _summary(run: ImportRun) -> ImportSummary:
             "required": True,
             "description": "The file as exported: CSV (an HXL tag row is skipped), or the "
             "source API's JSON page(s).",
-            "content": {media: {"schema": {"type": "string"}} for media in MEDIA_TYPES},
+            "content": {media: {"schema": _FILE_SCHEMAS[media]} for media in MEDIA_TYPES},
         }
     },
 )

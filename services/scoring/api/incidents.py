@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import ValidationError
+from pydantic import ValidationError, WithJsonSchema
 from sqlalchemy.orm import Session
 
 from services.core.api import (
@@ -149,11 +149,14 @@ def _ingest_batch(
     return schemas.BatchResult(results=ordered, **counts)
 
 
+_LON = r"-?0*(180(\.0+)?|(1[0-7][0-9]|[0-9]{1,2})(\.[0-9]+)?)"
+_LAT = r"-?0*(90(\.0+)?|[0-8]?[0-9](\.[0-9]+)?)"
 BBox = Annotated[
     str | None,
     Query(
-        pattern=r"^-?\d+(\.\d+)?,-?\d+(\.\d+)?,-?\d+(\.\d+)?,-?\d+(\.\d+)?$",
-        description="min_lon,min_lat,max_lon,max_lat",
+        # Each corner within range, as the pattern says; min <= max it cannot say.
+        pattern=rf"^{_LON},{_LAT},{_LON},{_LAT}$",
+        description="min_lon,min_lat,max_lon,max_lat, each min not above its max.",
     ),
 ]
 
@@ -193,10 +196,16 @@ def list_incidents(
     after: Cursor = 0,
     bbox: BBox = None,
     since: Annotated[
-        datetime | None, Query(description="occurred at or after"), schemas.DateTimeText
+        datetime | None,
+        Query(description="occurred at or after"),
+        schemas.DateTimeText,
+        WithJsonSchema(schemas.TIMESTAMP_SCHEMA, mode="validation"),
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="occurred at or before"), schemas.DateTimeText
+        datetime | None,
+        Query(description="occurred at or before"),
+        schemas.DateTimeText,
+        WithJsonSchema(schemas.TIMESTAMP_SCHEMA, mode="validation"),
     ] = None,
     category: Annotated[list[Category] | None, Query()] = None,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
+from pydantic import ValidationError, WithJsonSchema
 
 from services.core import audit
 from services.core.api import Cursor, Limit, Now, ReadSession, Retryable, WriteSession, next_cursor
@@ -33,6 +33,7 @@ AsOf = Annotated[
     datetime | None,
     Query(description="Score as of this time, from incidents reported by then; default: latest."),
     schemas.DateTimeText,
+    WithJsonSchema(schemas.TIMESTAMP_SCHEMA, mode="validation"),
 ]
 TagFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
 
