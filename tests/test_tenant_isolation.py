@@ -3,6 +3,7 @@ endpoints, subscriptions, alerts and deliveries."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -147,9 +148,12 @@ def request_body(operation: dict[str, Any]) -> dict[str, Any] | None:
     schema = body["content"]["application/json"]["schema"]
     if schema.get("type") == "string":
         return None  # a file posted as is (imports): an empty body is as good as any here
-    # An optional body is anyOf [model, null]; a discriminated union is oneOf its models.
-    choices = [schema] if "$ref" in schema else schema.get("anyOf", []) + schema.get("oneOf", [])
-    name = next(c["$ref"] for c in choices if "$ref" in c).rsplit("/", 1)[-1]
+    # An optional body is anyOf [model, null]; a discriminated union is oneOf its models; a
+    # file import is a string or a list of API pages (no model).
+    refs = re.findall(r'"\$ref": "([^"]+)"', json.dumps(schema))
+    if not refs:
+        return None
+    name = refs[0].rsplit("/", 1)[-1].removesuffix("-Input")
     assert name in BODIES, f"no body for schema {name}: add a minimal valid one to BODIES"
     return BODIES[name]
 
