@@ -184,9 +184,12 @@ def test_database_down_gives_503_problems_not_500(down_url: str) -> None:
     assert alive.status_code == 200
 
 
-def _fill_storage(api: Api) -> None:
-    """From now on, writes that need room fail as they do on a full disk: SQLite's file may
-    not grow (SQLITE_FULL), PostgreSQL answers disk_full (53100) to new targets."""
+@pytest.fixture
+def full_storage(api: Api) -> Iterator[Api]:
+    """The app, on a database where writes that need room fail as on a full disk: SQLite's
+    file may not grow (SQLITE_FULL), PostgreSQL answers disk_full (53100) to new targets. The
+    PostgreSQL trigger is dropped afterwards: the test database outlives this test."""
+    assert api.client.get("/readyz").status_code == 200  # ready before the disk fills
     engine: Engine = api.app.state.engine
     if engine.dialect.name == "sqlite":
         with engine.connect() as connection:
@@ -197,6 +200,7 @@ def _fill_storage(api: Api) -> None:
             dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
 
         engine.dispose()  # pooled connections reconnect with the cap
+        yield api
         return
     with engine.begin() as connection:
         connection.execute(
@@ -208,11 +212,18 @@ def _fill_storage(api: Api) -> None:
         connection.execute(
             text("CREATE TRIGGER disk_full BEFORE INSERT ON target EXECUTE FUNCTION disk_full()")
         )
+    try:
+        yield api
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TRIGGER disk_full ON target"))
+            connection.execute(text("DROP FUNCTION disk_full()"))
 
 
-def test_a_full_database_disk_is_named_507_storage_full_and_readyz_says_so(api: Api) -> None:
-    assert api.client.get("/readyz").status_code == 200
-    _fill_storage(api)
+def test_a_full_database_disk_is_named_507_storage_full_and_readyz_says_so(
+    full_storage: Api,
+) -> None:
+    api = full_storage
     # Bounded: SQLite first fills the free pages it has, then refuses to grow.
     statuses = []
     for n in range(200):
