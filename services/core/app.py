@@ -1,7 +1,7 @@
 """The platform's app factory: the database, keys, limits, problems, health and metrics.
 
-Each service hands it a `Part` (its routes, what it installs on the app, what runs beside the
-API while it serves); `services/app.py` composes them. Nothing here knows a service.
+Each service hands it a `Part` (its routes, and what runs beside the API while it serves);
+`services/app.py` composes them. Nothing here knows a service.
 """
 
 from __future__ import annotations
@@ -53,21 +53,15 @@ log = logging.getLogger(__name__)
 Running = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def _installs_nothing(_app: FastAPI) -> None:
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class Part:
     """What one service adds to the platform's app.
 
-    `install` runs when the app is built (hooks, exception handlers); `running` is entered in
-    the lifespan, in the order the parts are given, once the database is set up, and left in
-    reverse order before the engine is disposed.
+    `running` is entered in the lifespan, in the order the parts are given, once the database
+    is set up, and left in reverse order before the engine is disposed.
     """
 
     routers: Sequence[APIRouter] = ()
-    install: Callable[[FastAPI], None] = _installs_nothing
     running: Running | None = None
 
 
@@ -166,7 +160,6 @@ def create_app(
     for part in parts:
         for router in part.routers:
             app.include_router(router)
-        part.install(app)
 
     gauges = metrics.DatabaseGauges(clock, settings.metrics_cache_ttl.total_seconds())
 
