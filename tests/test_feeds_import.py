@@ -1065,6 +1065,12 @@ FILE_PROBLEMS: list[Any] = [
     pytest.param(b'{"data": [\n {"event_id_cnty": "MLI1",}\n]}', "application/json", 2,
                  "unreadable JSON: Expecting property name enclosed in double quotes (column 27)",
                  id="bad-json"),
+    pytest.param(b'{"status": 200, "data": []}', "application/json", 1,
+                 "the JSON has no records (no `data` list with a row)", id="json-no-records"),
+    pytest.param(b'[{"count": 0}, {"count": 0}]', "application/json", 1,
+                 "the JSON has no records (no `data` list with a row)", id="json-no-data"),
+    pytest.param(b'{"data": "MLI1"}', "application/json", 1,
+                 "`data` is not a list of records", id="json-data-not-a-list"),
 ]  # fmt: skip
 
 

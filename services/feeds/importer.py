@@ -120,6 +120,7 @@ def records(fmt: Format, stream: Text) -> Iterator[tuple[int, dict[str, str]] | 
         head = stream.read(1)
     if head in ("{", "["):
         pages = _json_pages(head + stream.read())
+        _check_listed(pages, "Result" if fmt == "ucdp" else "data")
         return ucdp.rows_from_pages(pages) if fmt == "ucdp" else acled.rows_from_pages(pages)
     return csv_rows(_prepend(head, stream))
 
@@ -146,6 +147,16 @@ def _json_pages(body: str) -> list[dict[str, Any]]:
     if not all(isinstance(p, dict) for p in pages):
         raise FileError(1, "expected an API page (an object) or a list of pages")
     return pages
+
+
+def _check_listed(pages: list[dict[str, Any]], key: str) -> None:
+    """API pages list their rows under `key`: anything else, or no row at all, is no file to
+    import (as a CSV with a header and no record is not)."""
+    for page in pages:
+        if not isinstance(page.get(key, []), list):
+            raise FileError(1, f"`{key}` is not a list of records")
+    if not any(page.get(key) for page in pages):
+        raise NoRecords(1, f"the JSON has no records (no `{key}` list with a row)")
 
 
 def parse_rows(
