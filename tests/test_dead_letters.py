@@ -356,6 +356,19 @@ def test_dead_letters_are_listed_shown_and_resolved_by_an_admin(
     assert [e["action"] for e in audit][-1] == "dead_letter.resolve"
 
 
+def test_a_resolution_note_with_a_nul_character_is_refused_naming_the_field(
+    api: Api, set_aside: DeadLetter
+) -> None:
+    refused = api.client.post(
+        f"/v1/dead-letters/{set_aside.id}/resolve", json={"note": "fixed\x00"}, headers=api.admin
+    )
+
+    doc = assert_problem(refused, 422)
+    assert [e["field"] for e in doc["errors"]] == ["note"]
+    assert [d["id"] for d in api.client.get("/v1/dead-letters", headers=api.admin).json()[
+        "dead_letters"]] == [set_aside.id]  # fmt: skip
+
+
 def test_dead_letters_are_for_admins_only(api: Api, set_aside: DeadLetter) -> None:
     assert_problem(api.client.get("/v1/dead-letters", headers=api.a), 403)
     assert_problem(api.client.post(f"/v1/dead-letters/{set_aside.id}/resolve", json={},

@@ -986,9 +986,7 @@ class DeadLetterPage(BaseModel):
     next_cursor: int | None
 
 
-class DeadLetterResolveIn(BaseModel):
+class DeadLetterResolveIn(Strict):
     """Marks a dead letter dealt with, saying how."""
-
-    model_config = ConfigDict(extra="forbid")
 
     note: str | None = Field(None, max_length=500, description="What was done about it.")
