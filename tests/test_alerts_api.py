@@ -197,12 +197,16 @@ def test_patch_rechecks_the_url_and_re_enabling_clears_the_failure_record(hooks:
     )
     assert error_fields(doc) == {"url"}
     assert "private" in doc["errors"][0]["reason"]
+    # Valid for an email endpoint, so not a 422: it conflicts with this endpoint's kind.
     doc = assert_problem(
-        hooks.client.patch(url, json={"address": "a@example.com"}, headers=hooks.a), 422
+        hooks.client.patch(url, json={"address": "a@example.com"}, headers=hooks.a), 409
     )
     assert error_fields(doc) == {"address"}
+    assert doc["type"].endswith("/endpoint-kind")
     doc = assert_problem(hooks.client.patch(url, json={"name": None}, headers=hooks.a), 422)
     assert error_fields(doc) == {"name"}
+    doc = assert_problem(hooks.client.patch(url, json={"enabled": 0}, headers=hooks.a), 422)
+    assert error_fields(doc) == {"enabled"}
 
     moved = hooks.client.patch(url, json={"url": NAMED_HOOK, "name": "moved"}, headers=hooks.a)
     assert moved.status_code == 200, moved.text
@@ -337,7 +341,7 @@ def test_creating_an_endpoint_with_the_same_idempotency_key_returns_it_once_with
         json={"kind": "webhook", "name": "another", "url": HOOK},
         headers={**hooks.a, "Idempotency-Key": "create-hook-1"},
     )
-    assert assert_problem(other, 422)["type"].endswith("idempotency-key-reused")
+    assert assert_problem(other, 409)["type"].endswith("idempotency-key-reused")
 
 
 def test_subscriptions_and_rules_are_created_once_per_idempotency_key(api: Api) -> None:
@@ -458,6 +462,7 @@ def test_invalid_subscriptions_are_422_naming_the_fields(api: Api) -> None:
         ({"rules": [{"kind": "threshold"}]}, {"rules.0.threshold.raise_at"}),
         ({"digest_bands": ["severe"]}, {"digest_bands.0"}),
         ({"colour": "red"}, {"colour"}),
+        ({"enabled": 0}, {"enabled"}),
     ]
     for fields, named in cases:
         body = {"name": "w", "scope": "all", "endpoint_ids": [mine], "rules": [ALWAYS], **fields}

@@ -395,7 +395,7 @@ def test_idempotency_key_reused_with_different_body_is_422_and_changes_nothing(
         "/v1/incidents", json={**body, "fatalities": {"best": 99}}, headers=headers
     )
 
-    doc = assert_problem(other, 422)
+    doc = assert_problem(other, 409)
     assert doc["type"].endswith("/idempotency-key-reused")
     one = api.client.get(f"/v1/incidents/{first['id']}", headers=api.ingest).json()
     assert one["properties"]["revision"] == 1

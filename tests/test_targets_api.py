@@ -573,7 +573,7 @@ def test_idempotency_key_on_site_create_replays_without_second_site(api: Api) ->
 
     assert replay.status_code == 201
     assert replay.json() == first.json()
-    assert assert_problem(other, 422)["type"].endswith("/idempotency-key-reused")
+    assert assert_problem(other, 409)["type"].endswith("/idempotency-key-reused")
     assert [f["id"] for f in get(api, "/v1/sites", api.a)["features"]] == [first.json()["id"]]
 
 
@@ -656,6 +656,10 @@ def test_incident_numbers_flags_and_countries_are_strict_but_integers_are_number
     for body, field in cases:
         doc = assert_problem(api.client.post("/v1/incidents", json=body, headers=api.ingest), 422)
         assert error_fields(doc) == {field}, (body, doc)
+    # A long string of digits is text too long, not a number (a union names each of its types).
+    too_long = incident(source_fields={"code": "1" * 2001})
+    doc = assert_problem(api.client.post("/v1/incidents", json=too_long, headers=api.ingest), 422)
+    assert "source_fields.code.constrained-str" in error_fields(doc), doc
     # JSON integers are numbers: whole-degree coordinates and a reliability of 1.
     accepted = incident(location={"type": "Point", "coordinates": [-2, 14]}, source_reliability=1)
     assert post(api, "/v1/incidents", accepted, api.ingest)["geometry"]["coordinates"] == [-2, 14]

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -372,15 +373,16 @@ def invalid(errors: FieldErrors, title: str) -> ValidationError:
     )
 
 
-def invalid_body(errors: FieldErrors) -> Problem:
-    """The 422 problem naming each body field at fault (checks that need the database)."""
+def invalid_body(errors: FieldErrors, *, status: int = 422, slug: str = "validation") -> Problem:
+    """The problem naming each body field at fault (checks that need the database): 422, or
+    409 where the request is valid but conflicts with what is stored."""
     located = [
         (".".join(str(p) for p in loc), "".join(f"/{p}" for p in loc), reason)
         for loc, reason in errors
     ]
     return Problem(
-        422,
-        "validation",
+        status,
+        slug,
         f"invalid value in: {', '.join(sorted({field for field, _, _ in located}))}",
         errors=[
             {"in": "body", "pointer": pointer, "field": field, "reason": reason}
@@ -545,7 +547,7 @@ class EndpointPatch(ApiIn):
     name: Name | None = None
     url: WebhookUrl | None = Field(None, description="Webhooks only; checked again.")
     address: EmailAddress | None = Field(None, description="Email only.")
-    enabled: bool | None = Field(
+    enabled: StrictBool | None = Field(
         None, description="true re-enables a disabled endpoint and forgets its failures."
     )
     max_in_flight: MaxInFlight | None = Field(
@@ -720,7 +722,7 @@ class SubscriptionIn(ApiIn):
     endpoint_ids: EndpointIds
     rules: Annotated[list[RuleIn], Field(min_length=1, max_length=MAX_RULES_PER_SUBSCRIPTION)]
     digest_bands: DigestBands = []
-    enabled: bool = True
+    enabled: StrictBool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> SubscriptionIn:
@@ -765,7 +767,7 @@ class SubscriptionPatch(ApiIn):
     tag: Tag | None = None
     endpoint_ids: EndpointIds | None = None
     digest_bands: DigestBands | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> SubscriptionPatch:

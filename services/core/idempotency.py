@@ -75,8 +75,10 @@ def lookup(
     if row is None:
         return None
     if row.request_hash != fingerprint:
+        # 409 rather than the draft standard's 422: the request itself is valid; it conflicts
+        # with the one stored under this key (a new key sends it).
         raise Problem(
-            422,
+            409,
             "idempotency-key-reused",
             "this Idempotency-Key was already used for a different request",
             errors=[

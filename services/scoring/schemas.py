@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     GetJsonSchemaHandler,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -85,7 +86,8 @@ StoredCountryCode = Annotated[
 Kilometres = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 ShortText = Annotated[str, Field(max_length=100)]
 Tag = Annotated[str, Field(min_length=1, max_length=64)]
-SourceValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
+# Strict: a long string of digits must not slip past max_length by reading as a number.
+SourceValue = Annotated[str, Field(max_length=2000)] | StrictInt | StrictFloat | StrictBool | None
 
 
 def _whole_number(value: Any) -> Any:

@@ -60,12 +60,13 @@ class ScreenedPatch:
     refusal: str | None
 
     def check(self, endpoint: Endpoint) -> None:
-        """Refuse the patch (422 naming the field) when it does not fit `endpoint`."""
+        """Refuse the patch, naming the field: 409 when it does not fit `endpoint`'s kind (a
+        valid patch for another endpoint), 422 when the SSRF guard refuses its URL."""
         errors = self.data.kind_errors(EndpointKind(endpoint.kind))
-        if not errors and self.refusal is not None:
-            errors = [(("url",), self.refusal)]
         if errors:
-            raise invalid_body(errors)
+            raise invalid_body(errors, status=409, slug="endpoint-kind")
+        if self.refusal is not None:
+            raise invalid_body([(("url",), self.refusal)])
 
 
 def _screen_patch(principal: Writer, data: EndpointPatch, settings: AlertsConfig) -> ScreenedPatch:

@@ -117,7 +117,9 @@ def get_endpoint(endpoint: ReadableEndpoint, session: ReadSession, now: Now) -> 
     return _out(session, endpoint, now)
 
 
-@router.patch("/{endpoint_id}", responses=problem_responses(400, 404), summary="Change an endpoint")
+@router.patch(
+    "/{endpoint_id}", responses=problem_responses(400, 404, 409), summary="Change an endpoint"
+)
 def patch_endpoint(
     patch: ScreenedEndpointPatch,
     endpoint: WritableEndpoint,
