@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -175,6 +176,8 @@ def test_webhook_urls_refused_by_the_ssrf_guard_are_422_naming_url(
         ({"kind": "email", "name": "x", "address": "not-an-address"}, "address"),
         ({"kind": "email", "name": "x", "address": "a@b.co\r\nBcc: x@y.co"}, "address"),
         ({"kind": "email", "name": "x", "address": "a" * 250 + "@b.co"}, "address"),
+        ({"kind": "email", "name": "x", "address": "a@b.co\n"}, "address"),
+        ({"kind": "email", "name": "x", "address": "first..last@b.co"}, "address"),
         ({"kind": "webhook", "name": "x", "url": "ftp://127.0.0.1/x"}, "url"),
         ({"kind": "webhook", "name": "x", "url": "http://127.0.0.1/" + "a" * 2048}, "url"),
         ({"kind": "webhook", "name": "", "url": HOOK}, "name"),
@@ -187,6 +190,17 @@ def test_invalid_endpoint_bodies_are_422_naming_the_field(
 ) -> None:
     doc = assert_problem(hooks.client.post("/v1/endpoints", json=body, headers=hooks.a), 422)
     assert error_fields(doc) == {field}
+
+
+@pytest.mark.parametrize(
+    "address", ["first.last+alerts@mail.example.com", "ops@a--b.example", "o'neil@mine.ml"]
+)
+def test_an_address_the_schema_pattern_states_is_accepted_as_it_is(api: Api, address: str) -> None:
+    pattern = api.client.get("/openapi.json").json()["components"]["schemas"]["EndpointIn"][
+        "properties"]["address"]["anyOf"][0]["pattern"]  # fmt: skip
+    assert re.search(pattern, address)
+
+    assert email(api, address=address)["address"] == address
 
 
 def test_patch_rechecks_the_url_and_re_enabling_clears_the_failure_record(hooks: Api) -> None:
