@@ -538,8 +538,10 @@ def test_rules_are_added_replaced_and_deleted_but_never_the_last_one(api: Api) -
         assert rule.params["raise_at"] == 90
 
     event = {"kind": "event", "trigger": "kidnapping_nearby"}
-    doc = assert_problem(api.client.put(f"{base}/{added['id']}", json=event, headers=api.a), 422)
+    # A valid rule, but of another kind than the stored one: a conflict, not a bad request.
+    doc = assert_problem(api.client.put(f"{base}/{added['id']}", json=event, headers=api.a), 409)
     assert error_fields(doc) == {"kind"}
+    assert doc["type"].endswith("/rule-kind")
 
     assert api.client.delete(f"{base}/{first}", headers=api.a).status_code == 204
     doc = assert_problem(api.client.delete(f"{base}/{added['id']}", headers=api.a), 409)

@@ -276,6 +276,14 @@ def test_a_body_of_110000_unknown_keys_gets_the_first_50_and_a_count_of_the_rest
     assert api.client.get("/v1/sites", headers=api.a).json()["features"] == []
 
 
+def test_a_member_named_by_the_empty_string_is_named_so_in_the_problem(api: Api) -> None:
+    response = api.client.post("/v1/sites", json={**SITE, "": True}, headers=api.a)
+
+    doc = problem_document(response, 422)
+    assert [(e["field"], e["pointer"]) for e in doc["errors"]] == [('""', "/")]
+    assert doc["errors"][0]["reason"] == "Extra inputs are not permitted"
+
+
 def test_a_flood_of_unknown_fields_costs_pydantic_only_the_errors_a_document_lists() -> None:
     # Building one error per field, which the document would not list, held the event loop
     # for seconds: validation stops at the first MAX_FIELD_ERRORS, and counts the rest.

@@ -179,8 +179,13 @@ def replace_rule(session: Session, rule: Rule, body: RuleBody, now: datetime) ->
     """Replace a rule's body (of the same kind); the pipeline seeds it again."""
     if body.kind != rule.kind:
         # Its alerts were kept under the old kind's meaning (a state per target, or one per
-        # incident): a different kind is a different rule.
-        raise invalid_body([(("kind",), f"stays {rule.kind}; add a new rule and delete this one")])
+        # incident): a different kind is a different rule. A valid rule, then, that conflicts
+        # with the stored one (409, not 422).
+        raise invalid_body(
+            [(("kind",), f"stays {rule.kind}; add a new rule and delete this one")],
+            status=409,
+            slug="rule-kind",
+        )
     rule.params = body.model_dump(mode="json")
     rule.seeded = False
     rule.updated_at = now

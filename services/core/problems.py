@@ -204,7 +204,8 @@ def field_errors(
                 "pointer": "".join(
                     "/" + part.replace("~", "~0").replace("/", "~1") for part in loc
                 ),
-                "field": ".".join(loc) if loc else where,
+                # A member named "" (JSON allows it) is named so, not left blank.
+                "field": ".".join(part or '""' for part in loc) if loc else where,
                 "reason": str(error.get("msg", "invalid")),
             }
         )

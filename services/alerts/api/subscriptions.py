@@ -205,7 +205,7 @@ def add_rule(
 
 @router.put(
     "/{subscription_id}/rules/{rule_id}",
-    responses=problem_responses(400, 404),
+    responses=problem_responses(400, 404, 409),
     summary="Replace a rule",
 )
 def replace_rule(
