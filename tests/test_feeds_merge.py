@@ -9,7 +9,7 @@ from random import Random
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.alerts.models import Alert
@@ -351,21 +351,28 @@ def event_sources(session: Session, ids: list[int]) -> list[list[str]]:
     return list(events.values())
 
 
+@pytest.mark.parametrize(
+    "sizes", [(1, 4), (21, 60)], ids=["ingests-read-candidates", "batches-read-days"]
+)
 def test_one_ingest_merges_as_if_it_had_read_every_day_around(
-    sessions: sessionmaker[Session],
+    sessions: sessionmaker[Session], sizes: tuple[int, int]
 ) -> None:
-    # The same stream, in the same requests of 1 to 4 reports, stored twice far apart in time:
-    # once with indexes that read whole days (as an import does), once with the ingest's.
+    # The same stream, in the same requests of 1 to 4 reports (or batches of 21 to 60), stored
+    # twice, the first run's reports deleted before the second: once with indexes that read
+    # whole days (as an import does), once with the ingest's.
     now = DAY + timedelta(days=5000)
     results = []
     sources: list[list[str]] = []
-    for shift, whole_days in ((timedelta(0), True), (timedelta(days=2000), False)):
-        rows = stream_values(seed=5, count=240, shift=shift, now=now)
+    for whole_days in (True, False):
+        with sessions.begin() as session:
+            session.execute(update(Incident).values(merged_into_id=None))
+            session.execute(delete(Incident))
+        rows = stream_values(seed=5, count=240, shift=timedelta(0), now=now)
         chunks = Random(9)
         ids: list[int] = []
         start = 0
         while start < len(rows):
-            size = chunks.randint(1, 4)
+            size = chunks.randint(*sizes)
             with sessions.begin() as session:
                 index = merge.Index() if whole_days else None
                 done = incidents.upsert_rows(session, rows[start : start + size], now, index)

@@ -221,14 +221,31 @@ class Index:
     def load(self, session: Session, reports: Sequence[Report], rows: Sequence[Any]) -> None:
         """Read the stored reports that could match any of `reports` (stored as `rows`).
 
-        An import's index reads whole days in the cells around, each day once. One ingest's
-        index reads only the reports each of its own could pair with, whatever else lies
-        near: its cost follows the matches, not the reports around them.
+        An import's index reads the located reports of whole days, each day once. One
+        ingest's index (up to 20 located reports) reads only the reports each of its own could
+        pair with, whatever else lies near: its cost follows the matches, not the reports
+        around them. A larger batch's reads whole days, as an import's does.
         """
         # `rows` is not read: matching needs no more of a stored report than `Report` holds.
         if self._local:
-            self._load_candidates(session, reports)
+            located = [r for r in reports if r.lat is not None]
+            own = {r.id for r in reports} | {
+                r.merged_into_id for r in reports if r.merged_into_id is not None
+            }
+            if len(located) <= _LOCAL_QUERY:
+                if located:
+                    self._read(session, or_(*(_pairable(r) for r in located)))
+                # The whole events of the candidates too: what `best_event` reads.
+                own |= {r.event_id for r in self._reports.values()}
+            else:
+                # A large batch: a query of one condition per report costs more to build
+                # (compiled and parsed in Python) than reading its days, events and all.
+                self._load_days(session, located)
+            self._load_events(session, sorted(own))
             return
+        self._load_days(session, reports)
+
+    def _load_days(self, session: Session, reports: Sequence[Report]) -> None:
         span = 2 * MAX_TIME_SLACK.days
         wanted: set[int] = set()
         for r in reports:
@@ -251,18 +268,10 @@ class Index:
             self._read(session, or_(*conditions), Incident.lat.is_not(None))
         self._days |= wanted
 
-    def _load_candidates(self, session: Session, reports: Sequence[Report]) -> None:
-        located = [r for r in reports if r.lat is not None]
-        for start in range(0, len(located), _PER_QUERY):
-            self._read(session, or_(*(_pairable(r) for r in located[start : start + _PER_QUERY])))
-        # Whole events: what `best_event` and a revision's splits read of the other reports.
-        events = sorted(
-            {r.event_id for r in self._reports.values()}
-            | {r.id for r in reports}
-            | {r.merged_into_id for r in reports if r.merged_into_id is not None}
-        )
-        for start in range(0, len(events), _PER_QUERY * 5):
-            chunk = events[start : start + _PER_QUERY * 5]
+    def _load_events(self, session: Session, events: Sequence[int]) -> None:
+        # Whole events: a revision's splits and promotions read the other reports of its own.
+        for start in range(0, len(events), _EVENTS_QUERY):
+            chunk = events[start : start + _EVENTS_QUERY]
             self._read(session, or_(Incident.id.in_(chunk), Incident.merged_into_id.in_(chunk)))
 
     def _read(self, session: Session, *where: ColumnElement[bool]) -> None:
@@ -343,7 +352,10 @@ class Index:
 
 
 _TICK = timedelta(microseconds=1)
-_PER_QUERY = 100  # reports whose candidates one query reads
+# Up to this many located reports, a local index reads each one's candidates (one query);
+# above, whole days as an import does.
+_LOCAL_QUERY = 20
+_EVENTS_QUERY = 500  # event ids per query
 
 
 def _pairable(report: Report) -> ColumnElement[bool]:
