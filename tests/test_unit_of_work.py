@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from services.app import create_app
+from services.core.db import make_engine
 from tests.conftest import ADMIN_KEY, Api, make_settings
 
 DJIBO = [-1.63, 14.10]
@@ -253,3 +254,19 @@ def test_readyz_fails_when_the_sqlite_file_system_has_less_room_than_the_wal_nee
         return
     assert ready.status_code == 503
     assert "MiB free beside the SQLite database" in ready.json()["detail"]
+
+
+def test_a_sqlite_pool_keeps_its_connections_open_through_a_burst(tmp_path: Path) -> None:
+    # Reopening a SQLite connection re-runs its PRAGMAs: 64 readers at once must not pay that
+    # again on the next burst. (PostgreSQL keeps its pool small: connections are a budget.)
+    engine = make_engine(f"sqlite:///{tmp_path / 'pool.db'}", pool_size=10)
+    opened: list[object] = []
+    event.listen(engine, "connect", lambda conn, _record: opened.append(conn))
+    try:
+        for _ in range(2):
+            held = [engine.connect() for _ in range(64)]
+            for conn in held:
+                conn.close()
+        assert len(opened) == 64
+    finally:
+        engine.dispose()
