@@ -495,3 +495,20 @@ def test_api_answers_are_not_cached_by_browsers_or_proxies(api: Api) -> None:
     # The dashboard's own files may be cached (and revalidated); health checks are not data.
     assert api.client.get("/dashboard/").headers["cache-control"] == "no-cache"
     assert "cache-control" not in api.client.get("/healthz").headers
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("key rak_abcdefgh1234 used", "key [redacted] used"),
+        ("whsec_QUJDREVGR0g= signs", "[redacted] signs"),
+        ("postgresql://app:pw@db/x", "postgresql://app:[redacted]@db/x"),
+        ("BEARER abcdefgh12345", "Bearer [redacted]"),
+        ("PASSWORD=hunter22", "PASSWORD=[redacted]"),
+        ('"Api-Key": "k-123"', '"Api-Key": "[redacted]"'),
+        ("Token: t0k3n", "Token: [redacted]"),
+        ("GET /v1/sites/{site_id}/score 200", "GET /v1/sites/{site_id}/score 200"),
+    ],
+)
+def test_every_secret_pattern_is_scrubbed_whatever_its_case(text: str, kept: str) -> None:
+    assert logs.scrub(None, "info", {"event": text}) == {"event": kept}

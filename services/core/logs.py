@@ -44,7 +44,14 @@ _SECRETS = (
 )
 
 
+# What each of the patterns above needs to match: most strings hold none of these, and one
+# search is a fifth of the cost of trying every pattern (a log line per request pays it).
+_ANY_SECRET = re.compile(r"(?i)rak_|whsec_|://|bearer|passw|secret|api[_-]?key|token")
+
+
 def _scrub_text(text: str) -> str:
+    if not _ANY_SECRET.search(text):
+        return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
