@@ -11,7 +11,6 @@ process and scratch database this script starts is stopped or dropped at the end
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -269,8 +268,11 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def start_api(db: Database, worker: str, logs: Path, worker_processes: int = 1) -> Server:
-    """`riskalert serve` (and `riskalert worker`s when separate) on a free loopback port."""
+def start_api(
+    db: Database, worker: str, logs: Path, worker_processes: int = 1, serve_workers: int = 1
+) -> Server:
+    """`riskalert serve` (with `serve_workers` uvicorn processes, and `riskalert worker`s when
+    separate) on a free loopback port."""
     env = dict(os.environ)
     env.update(
         RISKALERT_DATABASE_URL=db.url,
@@ -283,10 +285,9 @@ def start_api(db: Database, worker: str, logs: Path, worker_processes: int = 1) 
         RISKALERT_RATE_LIMIT="",
     )
     port = free_port()
-    log_path = logs / f"api-{db.backend}.log"
-    proc = start_process(
-        [str(BIN / "riskalert"), "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
-    )
+    log_path = logs / f"api-{db.backend}-{serve_workers}.log"
+    command = [str(BIN / "riskalert"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = start_process([*command, "--workers", str(serve_workers)], env, log_path)
     server = Server(f"riskalert serve ({db.backend})", proc, port, log_path)
     if worker == "separate":
         for n in range(worker_processes):
@@ -303,12 +304,20 @@ def start_api(db: Database, worker: str, logs: Path, worker_processes: int = 1) 
     return server
 
 
-def start_bare(logs: Path) -> Server:
+def start_bare(logs: Path, workers: int = 1) -> Server:
     """The bare FastAPI baseline, served the same way."""
     port = free_port()
-    log_path = logs / "bare.log"
+    log_path = logs / f"bare-{workers}.log"
     proc = start_process(
-        [sys.executable, "-m", "benchmarks.bare_app", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bare_app",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         dict(os.environ),
         log_path,
     )
@@ -452,84 +461,19 @@ def bulk_ingest(
     }
 
 
-async def _hammer(
-    base: str, paths: list[str], headers: dict[str, str], concurrency: int
-) -> tuple[float, list[float], Counter[int]]:
-    """GET every path once over `concurrency` connections; wall time, latencies, statuses."""
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    next_index = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=60.0
-    ) as client:
-
-        async def worker() -> None:
-            nonlocal next_index
-            while next_index < len(paths):
-                path = paths[next_index]
-                next_index += 1
-                t0 = time.perf_counter()
-                r = await client.get(path)
-                latencies.append(time.perf_counter() - t0)
-                statuses[r.status_code] += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies, statuses
-
-
-def throughput(
-    base: str, paths: list[str], headers: dict[str, str], concurrency: int
-) -> dict[str, Any]:
-    """Requests per second of one fixed-count round."""
-    wall, latencies, statuses = asyncio.run(_hammer(base, paths, headers, concurrency))
-    if set(statuses) != {200}:
-        raise RuntimeError(f"non-200 answers from {base}: {dict(statuses)}")
-    return {
-        "requests": len(paths),
-        "wall_s": wall,
-        "rps": len(paths) / wall,
-        "p50_ms": 1000 * pct(latencies, 50),
-        "p99_ms": 1000 * pct(latencies, 99),
-    }
-
-
 def score_reads(
-    api: Server, bare: Server, keys: Keys, site_ids: list[int], n: int, concurrency: int,
-    rounds: int, seed: int,
+    api: Server, bare: Server, keys: Keys, site_ids: list[int], rounds: int, seconds: int,
+    seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """Alternate rounds of GET /v1/sites/{id}/score and of the bare endpoints; medians, ratios."""
+    """GET /v1/sites/{id}/score against the bare async endpoint, with wrk (benchmarks.reads)."""
     import random
 
+    from benchmarks import reads
+
     rng = random.Random(seed)
-    auth = {"Authorization": f"Bearer {keys.reader}"}
-    score_paths = [f"/v1/sites/{rng.choice(site_ids)}/score" for _ in range(n)]
-    # Warm both servers (key cache, connection pool, imports) before measuring.
-    throughput(api.base, score_paths[:200], auth, concurrency)
-    throughput(bare.base, ["/constant"] * 200, {}, concurrency)
-    throughput(bare.base, ["/constant-sync"] * 200, {}, concurrency)
-    runs: dict[str, list[dict[str, Any]]] = {"score": [], "bare_async": [], "bare_sync": []}
-    for _ in range(rounds):
-        runs["score"].append(throughput(api.base, score_paths, auth, concurrency))
-        runs["bare_async"].append(throughput(bare.base, ["/constant"] * n, {}, concurrency))
-        runs["bare_sync"].append(throughput(bare.base, ["/constant-sync"] * n, {}, concurrency))
-    med = {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()}
-    sample = httpx.get(api.base + score_paths[0], headers=auth, timeout=30.0)
-    return {
-        "requests_per_round": n,
-        "concurrency": concurrency,
-        "rounds": rounds,
-        "score_rps": med["score"],
-        "bare_async_rps": med["bare_async"],
-        "bare_sync_rps": med["bare_sync"],
-        "ratio_vs_bare_async": med["score"] / med["bare_async"],
-        "ratio_vs_bare_sync": med["score"] / med["bare_sync"],
-        "score_p50_ms": statistics.median(r["p50_ms"] for r in runs["score"]),
-        "score_p99_ms": statistics.median(r["p99_ms"] for r in runs["score"]),
-        "score_document_bytes": len(sample.content),
-        "runs": runs,
-    }
+    paths = [f"/v1/sites/{rng.choice(site_ids)}/score" for _ in range(1000)]
+    headers = {"Authorization": f"Bearer {keys.reader}"}
+    return reads.compare(api, bare, paths, headers, rounds=rounds, seconds=seconds)
 
 
 def backtest(
@@ -669,11 +613,11 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
             log(f"{backend}: score reads")
             prof = Profiler(args.profile, [api.proc.pid], logs, f"{backend}-reads")
             out["reads"] = score_reads(
-                api, bare, keys, site_ids, args.reads, args.concurrency, args.rounds, args.seed
+                api, bare, keys, site_ids, args.rounds, args.read_seconds, args.seed
             )
             profiles["reads"] = prof.stop()
             log(f"{backend}: reads {out['reads']['score_rps']:.0f}/s, "
-                f"ratio {out['reads']['ratio_vs_bare_async']:.2f}")  # fmt: skip
+                f"ratio {out['reads']['ratio']:.2f}")  # fmt: skip
 
             log(f"{backend}: backtests")
             prof = Profiler(args.profile, [api.proc.pid], logs, f"{backend}-backtest")
@@ -772,13 +716,15 @@ def table(results: dict[str, Any]) -> str:
         "{:.0f}")  # fmt: skip
     row("single: POST to scores current, median (s)",
         lambda r: r["single"]["one_at_a_time"]["scores_current_median_s"])  # fmt: skip
-    row("reads: GET site score (req/s)", lambda r: r["reads"]["score_rps"], "{:.0f}")
-    row("reads: bare async endpoint (req/s)", lambda r: r["reads"]["bare_async_rps"], "{:.0f}")
-    row("reads: bare sync endpoint (req/s)", lambda r: r["reads"]["bare_sync_rps"], "{:.0f}")
-    row("reads: ratio vs bare async", lambda r: r["reads"]["ratio_vs_bare_async"])
-    row("reads: ratio vs bare sync", lambda r: r["reads"]["ratio_vs_bare_sync"])
+    row("reads: GET site score (req/s, wrk -c64)", lambda r: r["reads"]["score_rps"], "{:.0f}")
+    row("reads: bare async endpoint (req/s, wrk -c64)", lambda r: r["reads"]["bare_rps"], "{:.0f}")
+    row("reads: ratio vs bare async", lambda r: r["reads"]["ratio"])
+    row("reads: server CPU per request (ms)",
+        lambda r: r["reads"]["score_server_ms_per_request"])  # fmt: skip
+    row("reads: wrk cores, score runs", lambda r: r["reads"]["score_wrk_cores"])
+    row("reads: wrk cores, bare runs", lambda r: r["reads"]["bare_wrk_cores"])
     row(f"  target ratio >= {t['read_ratio']}",
-        lambda r: verdict(r["reads"]["ratio_vs_bare_async"] >= t["read_ratio"]))  # fmt: skip
+        lambda r: verdict(r["reads"]["ratio"] >= t["read_ratio"]))  # fmt: skip
     row("backtest: pairs per request", lambda r: r["backtest"]["pairs_per_request"], "{}")
     row("backtest: median request (s)", lambda r: r["backtest"]["median_s"])
     row(f"  target < {t['backtest_s']:.0f} s",
@@ -807,9 +753,8 @@ def main() -> None:
         default=20,
         help="of --single, how many are each waited on until scores are current",
     )
-    p.add_argument("--reads", type=int, default=3_000, help="GETs per throughput round")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--read-seconds", type=int, default=10, help="seconds of each wrk run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of reads")
     p.add_argument("--backtest-points", type=int, default=300)
     p.add_argument("--backtest-times", type=int, default=100)
     p.add_argument("--backtest-requests", type=int, default=3)
