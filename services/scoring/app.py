@@ -15,6 +15,7 @@ from services.core.app import Part
 from services.core.db import SchemaState
 from services.scoring import jobs, scores
 from services.scoring.api import router
+from services.scoring.readcache import ScoreDocuments
 from services.scoring.settings import ScoringSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def part(settings: ScoringSettings, clock: Callable[[], datetime]) -> Part:
 
     @asynccontextmanager
     async def running(app: FastAPI) -> AsyncIterator[None]:
+        app.state.score_documents = ScoreDocuments(settings.read_cache_ttl.total_seconds())
         try:
             # Not on a schema behind this release (its tables may not exist yet): /readyz says
             # to migrate, and the first request after that creates the model version.

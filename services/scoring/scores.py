@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.core import audit, metrics, modelchange
 from services.core.auth import Principal, Role
 from services.core.problems import Problem
-from services.scoring import feed, geo, incidents, queue, risk, schemas, targets
+from services.scoring import feed, geo, incidents, queue, readcache, risk, schemas, targets
 from services.scoring.models import (
     CurrentScore,
     Incident,
@@ -526,6 +526,8 @@ def store(
             if fed:
                 old.fed_value, old.fed_band = doc.score, doc.band.value
     session.flush()
+    # This process serves the new documents from now on (other processes within their TTL).
+    readcache.changed(c.target.id for c in computed)
     feed.append(session, changes)
     for change in changes:
         metrics.SCORE_CHANGES.labels(

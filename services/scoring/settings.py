@@ -27,6 +27,16 @@ class ScoringSettings(PlatformSettings):
         validation_alias=renamed("SCORING_POLL_INTERVAL", "WORKER_POLL_INTERVAL"),
     )
     rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
+    read_cache_ttl: Duration = Field(
+        timedelta(seconds=5),
+        le=timedelta(minutes=5),
+        description=(
+            "How long a process serves a current score document it read without reading it "
+            "again (0: always read). Its own writes drop it at once; other processes' writes "
+            "show within this time."
+        ),
+        validation_alias=renamed("SCORING_READ_CACHE_TTL"),
+    )
     inline_rescore_pause: float = Field(
         3.0,
         ge=0,

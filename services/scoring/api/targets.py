@@ -8,11 +8,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError, WithJsonSchema
+from sqlalchemy.orm import Session
 
 from services.core import audit
-from services.core.api import Cursor, Limit, Now, ReadSession, Retryable, WriteSession, next_cursor
-from services.core.problems import Problem, field_errors, problem_responses
-from services.scoring import feed, queue, schemas, scores, targets
+from services.core.api import (
+    Cursor,
+    Id,
+    Limit,
+    Now,
+    ReadSession,
+    Retryable,
+    WriteSession,
+    next_cursor,
+)
+from services.core.problems import Problem, field_errors, not_found, problem_responses
+from services.scoring import feed, queue, readcache, schemas, scores, targets
 from services.scoring.api.deps import (
     Located,
     Model,
@@ -25,6 +35,7 @@ from services.scoring.api.deps import (
     active_model,
 )
 from services.scoring.models import CurrentScore, Target
+from services.scoring.readcache import Document, ScoreDocuments
 from services.scoring.taxonomy import TargetKind
 
 router = APIRouter(prefix="/v1", tags=["sites and corridors"])
@@ -54,11 +65,24 @@ def _checked_time(value: datetime, field: str) -> datetime:
 
 
 async def _score_response(
-    request: Request, session: ReadSession, located: Located, as_of: datetime | None, now: datetime
+    request: Request,
+    principal: TenantReader,
+    kind: TargetKind,
+    target_id: int,
+    as_of: datetime | None,
 ) -> Response:
-    if as_of is None and located.score is not None:
-        # Served as stored, on the event loop: no scoring, no re-serialising, no thread hop.
-        return Response(located.score.document, media_type="application/json")
+    """A target's score: the stored document (kept per process, see `readcache`), or one
+    computed as of a past time."""
+    assert principal.tenant_id is not None
+    tenant_id = principal.tenant_id
+    if as_of is None:
+        cache: ScoreDocuments = request.app.state.score_documents
+        document = cache.get(tenant_id, kind, target_id)
+        if document is None:
+            document = await run_in_threadpool(_stored, request, tenant_id, kind, target_id)
+        if document is not None:
+            return _document_response(request, document)
+    now: datetime = request.app.state.clock()
     when = now if as_of is None else _checked_time(as_of, "as_of")
     skew: timedelta = request.app.state.settings.clock_skew
     if when > now + skew:
@@ -68,15 +92,46 @@ async def _score_response(
             errors=[{"in": "query", "pointer": "/as_of", "field": "as_of",
                      "reason": f"later than now + {skew}"}],
         )  # fmt: skip
-    body = await run_in_threadpool(_compute_score, request, session, located.target, when, now)
+    body = await run_in_threadpool(_compute_score, request, tenant_id, kind, target_id, when, now)
     return Response(body, media_type="application/json")
 
 
+def _document_response(request: Request, document: Document) -> Response:
+    headers = {"ETag": document.etag}
+    if document.etag in request.headers.get("if-none-match", "").replace("W/", "").split(", "):
+        return Response(status_code=304, headers=headers)
+    return Response(document.body, media_type="application/json", headers=headers)
+
+
+def _located(session: Session, tenant_id: int, kind: TargetKind, target_id: int) -> Located:
+    found = targets.get_with_score(session, tenant_id, kind, target_id)
+    if found is None:
+        raise not_found(kind.value)
+    return Located(*found)
+
+
+def _stored(request: Request, tenant_id: int, kind: TargetKind, target_id: int) -> Document | None:
+    """The stored current document (kept for the next reads), or None before the first score."""
+    with request.app.state.read_sessions.begin() as session:
+        located = _located(session, tenant_id, kind, target_id)
+    if located.score is None:
+        return None
+    cache: ScoreDocuments = request.app.state.score_documents
+    return cache.put(tenant_id, kind, target_id, located.score.document)
+
+
 def _compute_score(
-    request: Request, session: ReadSession, target: Target, as_of: datetime, now: datetime
+    request: Request,
+    tenant_id: int,
+    kind: TargetKind,
+    target_id: int,
+    as_of: datetime,
+    now: datetime,
 ) -> str:
     model = active_model(request, now)
-    return scores.score_as_of(session, model, target, as_of).model_dump_json()
+    with request.app.state.read_sessions.begin() as session:
+        target = _located(session, tenant_id, kind, target_id).target
+        return scores.score_as_of(session, model, target, as_of).model_dump_json()
 
 
 def _history(
@@ -168,6 +223,7 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
     feed.record_removal(session, target, now)
     session.delete(target)
     session.flush()
+    readcache.changed([target.id])
     audit.record(
         session,
         principal,
@@ -264,10 +320,11 @@ def delete_site(
     summary="A site's score, now or as of a past time",
 )
 async def get_site_score(
-    request: Request, site: ReadableSite, session: ReadSession, now: Now, as_of: AsOf = None
+    request: Request, site_id: Id, principal: TenantReader, as_of: AsOf = None
 ) -> Response:
-    """The score with components and contributing incidents."""
-    return await _score_response(request, session, site, as_of, now)
+    """The score with components and contributing incidents. The current score carries an
+    ETag: `If-None-Match` with it answers 304 while the score is unchanged."""
+    return await _score_response(request, principal, TargetKind.SITE, site_id, as_of)
 
 
 @router.get(
@@ -377,14 +434,11 @@ def delete_corridor(
     summary="A corridor's score and hotspot segments, now or as of a past time",
 )
 async def get_corridor_score(
-    request: Request,
-    corridor: ReadableCorridor,
-    session: ReadSession,
-    now: Now,
-    as_of: AsOf = None,
+    request: Request, corridor_id: Id, principal: TenantReader, as_of: AsOf = None
 ) -> Response:
-    """The score with components, contributing incidents and hotspot segments."""
-    return await _score_response(request, session, corridor, as_of, now)
+    """The score with components, contributing incidents and hotspot segments. The current
+    score carries an ETag: `If-None-Match` with it answers 304 while the score is unchanged."""
+    return await _score_response(request, principal, TargetKind.CORRIDOR, corridor_id, as_of)
 
 
 @router.get(
