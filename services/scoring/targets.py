@@ -127,6 +127,20 @@ def get_with_score(
     return None if row is None else (row[0], row[1])
 
 
+def stored_document(
+    session: Session, tenant_id: int, kind: TargetKind, target_id: int
+) -> tuple[str | None] | None:
+    """A tenant's target's stored score document (None before its first score), or None when
+    there is no such target: the two columns a current score read needs, no ORM objects."""
+    row = session.execute(
+        select(CurrentScore.document)
+        .select_from(Target)
+        .outerjoin(CurrentScore, CurrentScore.target_id == Target.id)
+        .where(Target.id == target_id, Target.tenant_id == tenant_id, Target.kind == kind.value)
+    ).first()
+    return None if row is None else (row[0],)
+
+
 def page(
     session: Session, tenant_id: int, kind: TargetKind, *, tag: str | None, after: int, limit: int
 ) -> list[tuple[Target, CurrentScore | None]]:

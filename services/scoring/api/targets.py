@@ -113,11 +113,14 @@ def _located(session: Session, tenant_id: int, kind: TargetKind, target_id: int)
 def _stored(request: Request, tenant_id: int, kind: TargetKind, target_id: int) -> Document | None:
     """The stored current document (kept for the next reads), or None before the first score."""
     with request.app.state.read_sessions.begin() as session:
-        located = _located(session, tenant_id, kind, target_id)
-    if located.score is None:
+        found = targets.stored_document(session, tenant_id, kind, target_id)
+    if found is None:
+        raise not_found(kind.value)
+    (document,) = found
+    if document is None:
         return None
     cache: ScoreDocuments = request.app.state.score_documents
-    return cache.put(tenant_id, kind, target_id, located.score.document)
+    return cache.put(tenant_id, kind, target_id, document)
 
 
 def _compute_score(
