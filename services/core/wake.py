@@ -83,6 +83,9 @@ class Listener:
         self._retry_s = retry_s
         self._stop = threading.Event()
         self.listening = threading.Event()
+        # Connections that have listened so far: notifications sent between two of them were
+        # missed, which a cache keyed by this count notices.
+        self.connections = 0
         self._thread = threading.Thread(target=self._run, name="wake-listener", daemon=True)
 
     def start(self) -> None:
@@ -101,6 +104,7 @@ class Listener:
                 with psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as conn:
                     for channel in self._channels:
                         conn.execute(f"LISTEN {channel}")
+                    self.connections += 1
                     self.listening.set()
                     streak.succeeded()
                     while not self._stop.is_set():

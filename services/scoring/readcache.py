@@ -1,13 +1,14 @@
 """Current score documents kept in each process, so a score read opens no transaction.
 
 A read of `/v1/sites/{id}/score` (or a corridor's) without `as_of` serves the stored document
-as it was stored: the cache keeps it, keyed by tenant, kind and id, with an ETag, for
-`RISKALERT_SCORING_READ_CACHE_TTL` (5 s by default; 0 turns the cache off). A miss reads the
-database once, as before. Within a process, storing a score or changing or deleting a target
-drops the entry at once; another process (a separate worker, another uvicorn worker) may
-serve a document up to the TTL older than the stored one, and a document says when it was
-computed (`as_of`). The tenant is part of the key: another tenant's id is a miss, which the
-database then answers 404 as before.
+as it was stored: the cache keeps it, keyed by tenant, kind and id, with an ETag. Every unit of
+work that stores scores announces `CHANNEL` when it commits (`services.core.wake`): in this
+process that empties the cache at once, and on PostgreSQL a `NOTIFY` does the same in every
+other process that listens. While a process's listener is not connected its cache serves
+nothing, and what it kept before a reconnection is dropped (notifications may have been
+missed meanwhile). `RISKALERT_SCORING_READ_CACHE_TTL` (60 s; 0 turns the cache off) bounds
+how long a document is kept whatever happens. The tenant is part of the key: another tenant's
+id is a miss, which the database then answers 404 as before.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from services.scoring.taxonomy import TargetKind
 
+CHANNEL = "riskalert_scores"
 # Entries per process at most: a document is ~6 KB, so about 300 MB at the bound.
 MAX_ENTRIES = 50_000
 
@@ -32,6 +34,7 @@ class Document:
     body: bytes
     etag: str
     expires: float
+    epoch: int
 
 
 def etag_of(body: bytes) -> str:
@@ -39,41 +42,63 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
+def always() -> int:
+    """The epoch of a process that hears every change (SQLite's one process)."""
+    return 0
+
+
+def never() -> None:
+    """The epoch of a process that cannot hear changes made elsewhere (SQLite with a separate
+    worker): nothing is kept."""
+    return None
+
+
 class ScoreDocuments:
-    """The current score documents this process served lately, each for `ttl` seconds."""
+    """The current score documents this process served lately.
+
+    `epoch()` is None while changes made elsewhere may go unheard (nothing is served then),
+    and changes whenever they may have been missed (what was kept before is not served).
+    """
 
     def __init__(
-        self, ttl: float, *, clock: Callable[[], float] = time.monotonic, size: int = MAX_ENTRIES
+        self,
+        ttl: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        epoch: Callable[[], int | None] = always,
+        size: int = MAX_ENTRIES,
     ) -> None:
         self._ttl = ttl
         self._clock = clock
+        self._epoch = epoch
         self._size = size
         self._entries: dict[tuple[int, TargetKind, int], Document] = {}
         self._by_target: dict[int, tuple[int, TargetKind, int]] = {}
-        # Puts run on the event loop, drops in worker threads too: writes take the lock.
+        # Bumped by every clear: a document read before a change committed is not kept after.
+        self.generation = 0
+        # Puts run on the event loop, clears and drops in other threads too: writes lock.
         self._lock = threading.Lock()
         _LIVE.add(self)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether documents are kept at all."""
-        return self._ttl > 0
-
     def get(self, tenant_id: int, kind: TargetKind, target_id: int) -> Document | None:
-        """The tenant's target's document, if kept and not expired."""
+        """The tenant's target's document, if kept, not expired and still trusted."""
         found = self._entries.get((tenant_id, kind, target_id))
-        if found is None or found.expires <= self._clock():
+        if found is None or found.expires <= self._clock() or found.epoch != self._epoch():
             return None
         return found
 
-    def put(self, tenant_id: int, kind: TargetKind, target_id: int, body: str) -> Document:
-        """Keep a document read from the database, and return it."""
+    def put(
+        self, tenant_id: int, kind: TargetKind, target_id: int, body: str, generation: int
+    ) -> Document:
+        """Keep a document read from the database since `generation`, and return it."""
         raw = body.encode()
-        document = Document(raw, etag_of(raw), self._clock() + self._ttl)
-        if not self.enabled:
-            return document
+        epoch = self._epoch()
+        expires = self._clock() + self._ttl
+        document = Document(raw, etag_of(raw), expires, -1 if epoch is None else epoch)
         key = (tenant_id, kind, target_id)
         with self._lock:
+            if self._ttl <= 0 or epoch is None or generation != self.generation:
+                return document  # served once, not kept
             if len(self._entries) >= self._size:
                 # The oldest entry goes (dicts keep insertion order): enough for a bound.
                 oldest = next(iter(self._entries))
@@ -84,19 +109,27 @@ class ScoreDocuments:
         return document
 
     def drop(self, target_ids: Iterable[int]) -> None:
-        """Forget the documents of these targets (a score stored, a target changed)."""
+        """Forget the documents of these targets (a target changed or deleted here)."""
         with self._lock:
             for target_id in target_ids:
                 key = self._by_target.pop(target_id, None)
                 if key is not None:
                     self._entries.pop(key, None)
 
+    def set(self) -> None:
+        """Forget everything: scores were stored (a `wake` ring of CHANNEL)."""
+        with self._lock:
+            self.generation += 1
+            self._entries.clear()
+            self._by_target.clear()
+
 
 _LIVE: weakref.WeakSet[ScoreDocuments] = weakref.WeakSet()
 
 
 def changed(target_ids: Iterable[int]) -> None:
-    """Drop these targets' documents from every cache of this process."""
+    """Drop these targets' documents from every cache of this process, before the change
+    commits (the commit's ring then empties the caches again)."""
     ids = list(target_ids)
     for cache in list(_LIVE):
         cache.drop(ids)

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core import audit, metrics, modelchange
+from services.core import audit, metrics, modelchange, wake
 from services.core.auth import Principal, Role
 from services.core.problems import Problem
 from services.scoring import feed, geo, incidents, queue, readcache, risk, schemas, targets
@@ -526,8 +526,9 @@ def store(
             if fed:
                 old.fed_value, old.fed_band = doc.score, doc.band.value
     session.flush()
-    # This process serves the new documents from now on (other processes within their TTL).
+    # Every process serves the new documents once this commits (readcache).
     readcache.changed(c.target.id for c in computed)
+    wake.announce(session, readcache.CHANNEL)
     feed.append(session, changes)
     for change in changes:
         metrics.SCORE_CHANGES.labels(

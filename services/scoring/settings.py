@@ -28,12 +28,12 @@ class ScoringSettings(PlatformSettings):
     )
     rescore_batch_size: int = Field(500, ge=1, description="Targets rescored per batch.")
     read_cache_ttl: Duration = Field(
-        timedelta(seconds=5),
-        le=timedelta(minutes=5),
+        timedelta(seconds=60),
+        le=timedelta(hours=1),
         description=(
-            "How long a process serves a current score document it read without reading it "
-            "again (0: always read). Its own writes drop it at once; other processes' writes "
-            "show within this time."
+            "The longest a process serves a current score document it read without reading it "
+            "again (0: always read). Storing scores empties every process's cache when it "
+            "commits (NOTIFY on PostgreSQL); this bounds what a missed notice could cost."
         ),
         validation_alias=renamed("SCORING_READ_CACHE_TTL"),
     )

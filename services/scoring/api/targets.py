@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError, WithJsonSchema
 from sqlalchemy.orm import Session
 
-from services.core import audit
+from services.core import audit, wake
 from services.core.api import (
     Cursor,
     Id,
@@ -112,6 +112,8 @@ def _located(session: Session, tenant_id: int, kind: TargetKind, target_id: int)
 
 def _stored(request: Request, tenant_id: int, kind: TargetKind, target_id: int) -> Document | None:
     """The stored current document (kept for the next reads), or None before the first score."""
+    cache: ScoreDocuments = request.app.state.score_documents
+    generation = cache.generation
     with request.app.state.read_sessions.begin() as session:
         found = targets.stored_document(session, tenant_id, kind, target_id)
     if found is None:
@@ -119,8 +121,7 @@ def _stored(request: Request, tenant_id: int, kind: TargetKind, target_id: int) 
     (document,) = found
     if document is None:
         return None
-    cache: ScoreDocuments = request.app.state.score_documents
-    return cache.put(tenant_id, kind, target_id, document)
+    return cache.put(tenant_id, kind, target_id, document, generation)
 
 
 def _compute_score(
@@ -227,6 +228,7 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
     session.delete(target)
     session.flush()
     readcache.changed([target.id])
+    wake.announce(session, readcache.CHANNEL)
     audit.record(
         session,
         principal,
