@@ -96,6 +96,9 @@ def test_if_none_match_with_the_current_etag_answers_304_without_a_body(cached: 
     assert (unchanged.status_code, unchanged.content) == (304, b"")
     assert unchanged.headers["etag"] == etag
     assert other.status_code == 200
+    for listed in (f'"x", W/{etag}', "*"):
+        matched = api.client.get(path, headers={**api.a, "If-None-Match": listed})
+        assert matched.status_code == 304, listed
 
 
 def test_another_tenant_gets_404_for_a_cached_score(cached: Api) -> None:

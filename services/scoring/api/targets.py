@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError, WithJsonSchema
-from sqlalchemy.orm import Session
 
 from services.core import audit, wake
 from services.core.api import (
@@ -24,7 +23,6 @@ from services.core.api import (
 from services.core.problems import Problem, field_errors, not_found, problem_responses
 from services.scoring import feed, queue, readcache, schemas, scores, targets
 from services.scoring.api.deps import (
-    Located,
     Model,
     ReadableCorridor,
     ReadableSite,
@@ -98,16 +96,13 @@ async def _score_response(
 
 def _document_response(request: Request, document: Document) -> Response:
     headers = {"ETag": document.etag}
-    if document.etag in request.headers.get("if-none-match", "").replace("W/", "").split(", "):
+    sent = request.headers.get("if-none-match", "")
+    # RFC 9110 13.1.2: a weak comparison, and `*` matches any current representation.
+    if sent.strip() == "*" or document.etag in (
+        t.strip().removeprefix("W/") for t in sent.split(",")
+    ):
         return Response(status_code=304, headers=headers)
     return Response(document.body, media_type="application/json", headers=headers)
-
-
-def _located(session: Session, tenant_id: int, kind: TargetKind, target_id: int) -> Located:
-    found = targets.get_with_score(session, tenant_id, kind, target_id)
-    if found is None:
-        raise not_found(kind.value)
-    return Located(*found)
 
 
 def _stored(request: Request, tenant_id: int, kind: TargetKind, target_id: int) -> Document | None:
@@ -134,7 +129,9 @@ def _compute_score(
 ) -> str:
     model = active_model(request, now)
     with request.app.state.read_sessions.begin() as session:
-        target = _located(session, tenant_id, kind, target_id).target
+        target = targets.get(session, tenant_id, kind, target_id)
+        if target is None:
+            raise not_found(kind.value)
         return scores.score_as_of(session, model, target, as_of).model_dump_json()
 
 
@@ -319,7 +316,17 @@ def delete_site(
     response_model=schemas.ScoreOut,
     response_class=Response,
     responses={
-        200: {"content": {"application/json": {}}, "model": schemas.ScoreOut},
+        200: {
+            "content": {"application/json": {}},
+            "model": schemas.ScoreOut,
+            "headers": {
+                "ETag": {
+                    "description": "Of the current score (not with as_of).",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        304: {"description": "The current score is the one whose ETag If-None-Match sent."},
         **problem_responses(404),
     },
     summary="A site's score, now or as of a past time",
@@ -433,7 +440,17 @@ def delete_corridor(
     response_model=schemas.ScoreOut,
     response_class=Response,
     responses={
-        200: {"content": {"application/json": {}}, "model": schemas.ScoreOut},
+        200: {
+            "content": {"application/json": {}},
+            "model": schemas.ScoreOut,
+            "headers": {
+                "ETag": {
+                    "description": "Of the current score (not with as_of).",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        304: {"description": "The current score is the one whose ETag If-None-Match sent."},
         **problem_responses(404),
     },
     summary="A corridor's score and hotspot segments, now or as of a past time",
