@@ -2,7 +2,7 @@
 
 A read of `/v1/sites/{id}/score` (or a corridor's) without `as_of` serves the stored document
 as it was stored: the cache keeps it, keyed by tenant, kind and id, with an ETag. Every unit of
-work that stores scores announces `CHANNEL` when it commits (`services.core.wake`): in this
+work that stores scores or deletes a target announces `CHANNEL` when it commits (`services.core.wake`): in this
 process that empties the cache at once, and on PostgreSQL a `NOTIFY` does the same in every
 other process that listens. While a process's listener is not connected its cache serves
 nothing, and what it kept before a reconnection is dropped (notifications may have been
@@ -16,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.scoring.taxonomy import TargetKind
@@ -73,12 +72,10 @@ class ScoreDocuments:
         self._epoch = epoch
         self._size = size
         self._entries: dict[tuple[int, TargetKind, int], Document] = {}
-        self._by_target: dict[int, tuple[int, TargetKind, int]] = {}
         # Bumped by every clear: a document read before a change committed is not kept after.
         self.generation = 0
-        # Puts run on the event loop, clears and drops in other threads too: writes lock.
+        # Puts run on the event loop and in request threads, clears in any thread: writes lock.
         self._lock = threading.Lock()
-        _LIVE.add(self)
 
     def get(self, tenant_id: int, kind: TargetKind, target_id: int) -> Document | None:
         """The tenant's target's document, if kept, not expired and still trusted."""
@@ -101,35 +98,12 @@ class ScoreDocuments:
                 return document  # served once, not kept
             if len(self._entries) >= self._size:
                 # The oldest entry goes (dicts keep insertion order): enough for a bound.
-                oldest = next(iter(self._entries))
-                del self._entries[oldest]
-                self._by_target.pop(oldest[2], None)
+                del self._entries[next(iter(self._entries))]
             self._entries[key] = document
-            self._by_target[target_id] = key
         return document
-
-    def drop(self, target_ids: Iterable[int]) -> None:
-        """Forget the documents of these targets (a target changed or deleted here)."""
-        with self._lock:
-            for target_id in target_ids:
-                key = self._by_target.pop(target_id, None)
-                if key is not None:
-                    self._entries.pop(key, None)
 
     def set(self) -> None:
         """Forget everything: scores were stored (a `wake` ring of CHANNEL)."""
         with self._lock:
             self.generation += 1
             self._entries.clear()
-            self._by_target.clear()
-
-
-_LIVE: weakref.WeakSet[ScoreDocuments] = weakref.WeakSet()
-
-
-def changed(target_ids: Iterable[int]) -> None:
-    """Drop these targets' documents from every cache of this process, before the change
-    commits (the commit's ring then empties the caches again)."""
-    ids = list(target_ids)
-    for cache in list(_LIVE):
-        cache.drop(ids)

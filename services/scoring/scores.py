@@ -526,8 +526,7 @@ def store(
             if fed:
                 old.fed_value, old.fed_band = doc.score, doc.band.value
     session.flush()
-    # Every process serves the new documents once this commits (readcache).
-    readcache.changed(c.target.id for c in computed)
+    # Every process's cache of documents is emptied when this commits (readcache).
     wake.announce(session, readcache.CHANNEL)
     feed.append(session, changes)
     for change in changes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -44,6 +44,21 @@ AsOf = Annotated[
     schemas.DateTimeText,
     WithJsonSchema(schemas.TIMESTAMP_SCHEMA, mode="validation"),
 ]
+# A score route's answers: the document (with the ETag of a current one), 304, or 404.
+SCORE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/json": {}},
+        "model": schemas.ScoreOut,
+        "headers": {
+            "ETag": {
+                "description": "Of the current score (not with as_of).",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    304: {"description": "The current score is the one whose ETag If-None-Match sent."},
+    **problem_responses(404),
+}
 TagFilter = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[^\x00]*$")]
 
 
@@ -224,7 +239,6 @@ def _delete(session: WriteSession, principal: TenantWriter, target: Target, now:
     feed.record_removal(session, target, now)
     session.delete(target)
     session.flush()
-    readcache.changed([target.id])
     wake.announce(session, readcache.CHANNEL)
     audit.record(
         session,
@@ -315,20 +329,7 @@ def delete_site(
     "/sites/{site_id}/score",
     response_model=schemas.ScoreOut,
     response_class=Response,
-    responses={
-        200: {
-            "content": {"application/json": {}},
-            "model": schemas.ScoreOut,
-            "headers": {
-                "ETag": {
-                    "description": "Of the current score (not with as_of).",
-                    "schema": {"type": "string"},
-                }
-            },
-        },
-        304: {"description": "The current score is the one whose ETag If-None-Match sent."},
-        **problem_responses(404),
-    },
+    responses=SCORE_RESPONSES,
     summary="A site's score, now or as of a past time",
 )
 async def get_site_score(
@@ -439,20 +440,7 @@ def delete_corridor(
     "/corridors/{corridor_id}/score",
     response_model=schemas.ScoreOut,
     response_class=Response,
-    responses={
-        200: {
-            "content": {"application/json": {}},
-            "model": schemas.ScoreOut,
-            "headers": {
-                "ETag": {
-                    "description": "Of the current score (not with as_of).",
-                    "schema": {"type": "string"},
-                }
-            },
-        },
-        304: {"description": "The current score is the one whose ETag If-None-Match sent."},
-        **problem_responses(404),
-    },
+    responses=SCORE_RESPONSES,
     summary="A corridor's score and hotspot segments, now or as of a past time",
 )
 async def get_corridor_score(
