@@ -2,13 +2,13 @@
 
 A read of `/v1/sites/{id}/score` (or a corridor's) without `as_of` serves the stored document
 as it was stored: the cache keeps it, keyed by tenant, kind and id, with an ETag. Every unit of
-work that stores scores or deletes a target announces `CHANNEL` when it commits (`services.core.wake`): in this
-process that empties the cache at once, and on PostgreSQL a `NOTIFY` does the same in every
-other process that listens. While a process's listener is not connected its cache serves
-nothing, and what it kept before a reconnection is dropped (notifications may have been
-missed meanwhile). `RISKALERT_SCORING_READ_CACHE_TTL` (60 s; 0 turns the cache off) bounds
-how long a document is kept whatever happens. The tenant is part of the key: another tenant's
-id is a miss, which the database then answers 404 as before.
+work that stores scores or deletes a target announces `CHANNEL` when it commits
+(`services.core.wake`): in this process that empties the cache at once, and on PostgreSQL a
+`NOTIFY` does the same in every other process that listens. While a process's listener is not
+connected its cache serves nothing, and what it kept before a reconnection is dropped
+(notifications may have been missed meanwhile). `RISKALERT_SCORING_READ_CACHE_TTL` (60 s; 0
+turns the cache off) bounds how long a document is kept whatever happens. The tenant is part of
+the key: another tenant's id is a miss, which the database then answers 404 as before.
 """
 
 from __future__ import annotations
