@@ -7,18 +7,19 @@ a consumer reading `id > cursor` never skips an entry. A commit that appends rin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, event, select, text
 from sqlalchemy.orm import Session
 
 from services.core import wake
 from services.core.db import bulk_insert
-from services.scoring import schemas
+from services.scoring import risk
 from services.scoring.models import CurrentScore, IncidentChange, ScoreChange, Target
-from services.scoring.taxonomy import Band
+from services.scoring.taxonomy import Band, Category, Component
 
 # Held while change rows are inserted, so feed ids become visible in commit order on Postgres.
 CHANGE_FEED_LOCK = 0x5C0E_FEED
@@ -30,7 +31,74 @@ FEED_CHANNEL = "riskalert_feed"
 INCIDENT_CHANNEL = "riskalert_incidents"
 
 
-def worth_recording(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: float) -> bool:
+class Listed(Protocol):
+    """A contribution as the feed records it."""
+
+    @property
+    def incident_id(self) -> int: ...
+    @property
+    def category(self) -> Category: ...
+    @property
+    def points(self) -> float: ...
+
+
+class Scored(Protocol):
+    """A score as the feed records it: a served ScoreOut, or a rescore's Summary."""
+
+    @property
+    def score(self) -> float: ...
+    @property
+    def band(self) -> Band: ...
+    @property
+    def model_version(self) -> int: ...
+    @property
+    def as_of(self) -> datetime: ...
+    @property
+    def components(self) -> Mapping[Component, float]: ...
+    @property
+    def contributions(self) -> Sequence[Listed]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Top:
+    """A contribution's incident, category and points (rounded as served)."""
+
+    incident_id: int
+    category: Category
+    points: float
+
+
+# Contributions a feed entry lists.
+TOP_LISTED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the feed records of a freshly computed score, rounded as the served document is."""
+
+    score: float
+    band: Band
+    model_version: int
+    as_of: datetime
+    components: Mapping[Component, float]
+    contributions: tuple[Top, ...]
+
+    @classmethod
+    def of(cls, score: risk.Score, version: int) -> Summary:
+        return cls(
+            score=score.value,
+            band=score.band,
+            model_version=version,
+            as_of=score.as_of,
+            components={k: round(v, 2) for k, v in score.components.items()},
+            contributions=tuple(
+                Top(c.incident_id, c.category, round(c.points, 2))
+                for c in score.contributions[:TOP_LISTED]
+            ),
+        )
+
+
+def worth_recording(old: CurrentScore | None, new: Scored, min_delta: float) -> bool:
     """Whether a new score is a move to record: first score, new band or model, or a real move."""
     if old is None:
         return True
@@ -42,7 +110,7 @@ def worth_recording(old: CurrentScore | None, new: schemas.ScoreOut, min_delta: 
 
 
 def entry(
-    target: Target, old: CurrentScore | None, doc: schemas.ScoreOut, cause: str, now: datetime
+    target: Target, old: CurrentScore | None, doc: Scored, cause: str, now: datetime
 ) -> ScoreChange:
     """A feed entry for a target whose score moved."""
     return ScoreChange(
@@ -58,7 +126,7 @@ def entry(
         components={k.value: v for k, v in doc.components.items()},
         top_incidents=[
             {"incident_id": c.incident_id, "category": c.category.value, "points": c.points}
-            for c in doc.contributions[:5]
+            for c in doc.contributions[:TOP_LISTED]
         ],
         cause=cause,
         created_at=now,

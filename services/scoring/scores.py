@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
+import pydantic_core
 from sqlalchemy import (
     or_,
     select,
@@ -324,62 +325,85 @@ def influence_box(
     return geo.bbox_spanning(min(lats), max(lats), min(lons), max(lons), reach)
 
 
-def document(
+def served(
     ref: schemas.TargetRef,
     score: risk.Score,
     version: int,
-    rows: dict[int, incidents.Row],
-) -> schemas.ScoreOut:
-    """The served form of a score, with incident sources and hotspot geometries."""
+    rows: Mapping[int, incidents.Row],
+) -> dict[str, Any]:
+    """The served form of a score as plain data (ScoreOut's fields, in its order), with
+    incident sources and hotspot geometries.
+
+    Rescoring serialises this directly (pydantic_core.to_json, the serialiser model_dump_json
+    uses): validating ten contributions per target, on every rescore, cost more than computing
+    them. tests/test_score_documents.py holds it to the validated ScoreOut, byte for byte."""
     contributions = []
     for c in score.contributions:
         row = rows[c.incident_id]
         contributions.append(
-            schemas.ContributionOut(
-                incident_id=c.incident_id,
-                source=row.source,
-                source_id=row.source_id,
-                title=row.title,
-                category=c.category,
-                component=c.component,
-                points=round(c.points, 2),
-                share=round(c.share, 4),
-                factors=dict(c.factors),
-                why=c.why,
-            )
+            {
+                "incident_id": c.incident_id,
+                "source": row.source,
+                "source_id": row.source_id,
+                "title": row.title,
+                "category": c.category.value,
+                "component": c.component.value,
+                "points": round(c.points, 2),
+                "share": round(c.share, 4),
+                "factors": dict(c.factors),
+                "why": c.why,
+            }
         )
     hotspots = [
-        schemas.HotspotFeature(
-            geometry=schemas.LineStringGeometry(type="LineString", coordinates=list(h.coordinates)),
-            properties=schemas.HotspotProperties(
-                index=h.index, score=h.score, band=h.band, incident_count=h.incident_count
-            ),
-        )
+        {
+            "type": "Feature",
+            "geometry": {"type": "LineString", "coordinates": [list(p) for p in h.coordinates]},
+            "properties": {
+                "index": h.index,
+                "score": h.score,
+                "band": h.band.value,
+                "incident_count": h.incident_count,
+            },
+        }
         for h in score.hotspots
     ]
-    return schemas.ScoreOut(
-        target=ref,
-        score=score.value,
-        probability=round(score.probability, 6),
-        generic_probability=round(score.generic_probability, 6),
-        band=score.band,
-        model_version=version,
-        as_of=score.as_of,
-        forecast=schemas.ForecastOut(
-            distance_km=score.forecast_distance_km, horizon_days=score.forecast_horizon_days
-        ),
-        components={k: round(v, 2) for k, v in score.components.items()},
-        adjustments=[
-            schemas.AdjustmentOut(
-                kind=a.kind, odds_factor=a.factor, incident_ids=list(a.incident_ids), why=a.why
-            )
+    return {
+        "target": {"kind": ref.kind.value, "id": ref.id, "name": ref.name},
+        "score": score.value,
+        "probability": round(score.probability, 6),
+        "generic_probability": round(score.generic_probability, 6),
+        "band": score.band.value,
+        "model_version": version,
+        "as_of": score.as_of,
+        "forecast": {
+            "distance_km": score.forecast_distance_km,
+            "horizon_days": score.forecast_horizon_days,
+        },
+        "components": {k.value: round(v, 2) for k, v in score.components.items()},
+        "adjustments": [
+            {
+                "kind": a.kind,
+                "odds_factor": a.factor,
+                "incident_ids": list(a.incident_ids),
+                "why": a.why,
+            }
             for a in score.adjustments
         ],
-        escalation={k: round(v, 4) for k, v in score.escalation.items()},
-        incident_count=score.incident_count,
-        contributions=contributions,
-        hotspots=hotspots,
-    )
+        "escalation": {k: round(v, 4) for k, v in score.escalation.items()},
+        "incident_count": score.incident_count,
+        "contributions": contributions,
+        "hotspots": hotspots,
+    }
+
+
+def document(
+    ref: schemas.TargetRef,
+    score: risk.Score,
+    version: int,
+    rows: Mapping[int, incidents.Row],
+) -> schemas.ScoreOut:
+    """The served form of a score, validated."""
+    return schemas.ScoreOut.model_validate(served(ref, score, version, rows))
 
 
 def ref_for(target: Target) -> schemas.TargetRef:
@@ -439,10 +463,12 @@ def _score_spec(
 
 @dataclass(frozen=True, slots=True)
 class Computed:
-    """A target's freshly computed score, ready to store."""
+    """A target's freshly computed score, ready to store: what the feed records of it, and
+    the served document, serialised."""
 
     target: Target
-    doc: schemas.ScoreOut
+    summary: feed.Summary
+    body: str
 
 
 def compute(
@@ -465,17 +491,23 @@ def compute(
             [c for t in rows for c in t.coordinates], max(t.radius_km for t in rows), model.params
         )
         loaded = load_incidents(session, model.params, box=box, until=now, since=now)
-    out = []
-    for target in rows:
-        score = risk.score_target(
-            targets.to_model(target),
-            loaded.incident_set,
-            now,
-            model.params,
-            explain_top=EXPLAIN_TOP,
+    computed = risk.score_targets(
+        [targets.to_model(t) for t in rows],
+        loaded.incident_set,
+        now,
+        model.params,
+        explain_top=EXPLAIN_TOP,
+    )
+    return [
+        Computed(
+            target,
+            feed.Summary.of(score, model.version),
+            pydantic_core.to_json(
+                served(ref_for(target), score, model.version, loaded.rows)
+            ).decode(),
         )
-        out.append(Computed(target, document(ref_for(target), score, model.version, loaded.rows)))
-    return out
+        for target, score in zip(rows, computed, strict=True)
+    ]
 
 
 def store(
@@ -498,7 +530,7 @@ def store(
     }
     changes: list[ScoreChange] = []
     for item in computed:
-        target, doc = item.target, item.doc
+        target, doc, body = item.target, item.summary, item.body
         old = current.get(target.id)
         if target.id not in alive or (old is not None and old.as_of > doc.as_of):
             # Deleted meanwhile, or another worker already stored a newer score: keep it.
@@ -506,7 +538,6 @@ def store(
         fed = feed.worth_recording(old, doc, min_delta)
         if fed:
             changes.append(feed.entry(target, old, doc, causes[target.id], now))
-        body = doc.model_dump_json()
         if old is None:
             session.add(
                 CurrentScore(

@@ -19,7 +19,13 @@ from services.scoring.risk.incidentset import (
     max_influence_km,
 )
 from services.scoring.risk.params import DEFAULT_PARAMS, VIOLENT, ModelParams, is_current
-from services.scoring.risk.scoring import intensities, probabilities, score_points, score_target
+from services.scoring.risk.scoring import (
+    intensities,
+    probabilities,
+    score_points,
+    score_target,
+    score_targets,
+)
 from services.scoring.risk.terms import band_for
 from services.scoring.risk.types import (
     Adjustment,
@@ -54,4 +60,5 @@ __all__ = [
     "probabilities",
     "score_points",
     "score_target",
+    "score_targets",
 ]

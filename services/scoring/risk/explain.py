@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from services.scoring.geo import FloatArray
-from services.scoring.risk.incidentset import IncidentSet, IndexArray
+from services.scoring.risk.incidentset import IncidentSet
 from services.scoring.risk.params import component_of
 from services.scoring.risk.types import Contribution, Incident, Target
 from services.scoring.taxonomy import (
@@ -19,9 +18,6 @@ from services.scoring.taxonomy import (
     TargetType,
     TimePrecision,
 )
-
-if TYPE_CHECKING:
-    from services.scoring.risk.scoring import Profile
 
 _LABELS = {Category.IED: "IED", Category.VBIED: "VBIED"}
 _MODE_PHRASE = {Mode.ROAD: "a road", Mode.AIR: "an air", Mode.RIVER: "a river"}
@@ -35,12 +31,38 @@ def days_phrase(age_days: float) -> str:
     return "1 day ago" if days == 1 else f"{days} days ago"
 
 
-def _where(incidents: IncidentSet, i: int, k_point: bool, distance: float, target: Target) -> str:
-    inc = incidents.incidents[i]
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What explaining one (target, incident) pair reads, as plain numbers (gathered for a
+    whole batch at once: reading numpy arrays one element at a time costs more)."""
+
+    incident: int
+    point: bool
+    distance: float
+    d_eff: float
+    age: float
+    weight: float
+    kernel: float
+    decay: float
+    profile_match: float
+    mode_factor: float
+    expat_kidnap: bool
+    victim_sector: bool
+    foreign_firm: bool
+    mining: bool
+    airfield: bool
+    strength: float
+    odds_factor: float
+    points: float
+
+
+def _where(incidents: IncidentSet, facts: Facts, target: Target) -> str:
+    inc = incidents.incidents[facts.incident]
     noun = "site" if target.kind is TargetKind.SITE else "route"
-    if not k_point:
+    if not facts.point:
         scope = ", ".join(sorted(inc.scope_countries | inc.scope_admin1)) or "no area limit"
         return f"area-wide ({scope})"
+    distance = facts.distance
     if target.kind is TargetKind.SITE and distance <= target.radius_km:
         return f"inside the site's radius ({distance:.0f} km from its centre)"
     return f"{distance:.0f} km {'away' if noun == 'site' else 'from the route'}"
@@ -52,55 +74,45 @@ def _quality_notes(incidents: IncidentSet, i: int, k_point: bool) -> list[str]:
     if inc.lifecycle is Lifecycle.DEVELOPING:
         notes.append("report still developing")
     if inc.location_precision is not LocationPrecision.EXACT and k_point:
-        notes.append(f"location approximate (+/-{float(incidents.sigma_km[i]):.0f} km)")
+        notes.append(f"location approximate (+/-{incidents.columns.sigma_km[i]:.0f} km)")
     if inc.occurred_precision is not TimePrecision.DAY:
         notes.append(f"date known to the {inc.occurred_precision.value}")
     return notes
 
 
 def contribution(
-    incidents: IncidentSet,
-    idx: IndexArray,
-    k: int,
-    target: Target,
-    distance: FloatArray,
-    d_eff: FloatArray,
-    age: FloatArray,
-    kernel_basis: FloatArray,
-    c: FloatArray,
-    profile: Profile,
-    points: float,
-    score: float,
+    incidents: IncidentSet, target: Target, facts: Facts, score: float
 ) -> Contribution:
     """One fitted incident's contribution with its factors and a sentence saying why."""
-    i = int(idx[k])
+    i = facts.incident
     inc = incidents.incidents[i]
     params = incidents.params
-    k_point = i < incidents.n_point
-    dist = float(distance[k]) if k_point else math.nan
-    fatalities = float(incidents.fatalities_used[i])
+    columns = incidents.columns
+    k_point = facts.point
+    dist = facts.distance
+    fatalities = columns.fatalities_used[i]
     basis = incidents.fatalities_basis[i]
     noun = "site" if target.kind is TargetKind.SITE else "route"
 
     parts = [_LABELS.get(inc.category, inc.category.value.replace("_", " "))]
-    parts.append(_where(incidents, i, k_point, dist, target))
-    parts.append(days_phrase(float(age[k])))
+    parts.append(_where(incidents, facts, target))
+    parts.append(days_phrase(facts.age))
     if basis == "independent":
         parts.append(f"{fatalities:.0f} killed (independent figure)")
     elif basis == "claimed, discounted":
         parts.append(f"{inc.fatalities_claimed} killed claimed, counted as {fatalities:g}")
     notes = []
-    if profile.expat_kidnap[k]:
+    if facts.expat_kidnap:
         notes.append(f"{noun} has expatriate staff")
-    if profile.victim_sector[k] and target.sector is not None:
+    if facts.victim_sector and target.sector is not None:
         notes.append(f"victim in the {noun}'s sector ({target.sector.value})")
-    if profile.foreign_firm[k]:
+    if facts.foreign_firm:
         notes.append(f"aimed at foreign firms; {noun} is foreign-owned")
-    if profile.mining[k]:
+    if facts.mining:
         notes.append("aimed at mining; site is a mine")
-    mode_factor = float(profile.mode_factor[k])
+    mode_factor = facts.mode_factor
     if mode_factor != 1.0 and target.mode is not None:
-        where = " near an airfield" if bool(profile.airfield[k]) else ""
+        where = " near an airfield" if facts.airfield else ""
         notes.append(f"x{mode_factor:.2g} on {_MODE_PHRASE[target.mode]} corridor{where}")
     notes += _quality_notes(incidents, i, k_point)
     why = ", ".join(parts) + ("; " + "; ".join(notes) if notes else "")
@@ -109,48 +121,34 @@ def contribution(
 
     # The fitted space-time weight, and how much of it distance and age leave: kernel is the
     # weight at this distance over the weight at 0 km (both at age 0), decay the rest.
-    B = incidents.coef[i].reshape(kernel_basis.shape[1], -1)
-    weight = float(c[k] / incidents.static[i]) if incidents.static[i] > 0.0 else 0.0
-    peak = float(B.sum())  # every basis kernel is 1 at 0 km, every decay 1 at age 0
-    here = float(kernel_basis[k] @ B.sum(axis=1))
     factors: dict[str, float | str | None] = {
         "distance_km": None if not k_point else round(dist, 3),
         "distance_basis": "area" if not k_point else noun,
-        "effective_distance_km": round(float(d_eff[k]), 3),
+        "effective_distance_km": round(facts.d_eff, 3),
         "group": params.groups[inc.category],
-        "fitted_weight": weight,
-        "kernel": here / peak if peak > 0.0 else 0.0,
-        "age_days": round(float(age[k]), 3),
-        "decay": weight / here if here > 0.0 else 0.0,
-        "severity": float(incidents.severity[i]),
+        "fitted_weight": facts.weight,
+        "kernel": facts.kernel,
+        "age_days": round(facts.age, 3),
+        "decay": facts.decay,
+        "severity": columns.severity[i],
         "fatalities_used": None if math.isnan(fatalities) else fatalities,
         "fatalities_basis": basis,
-        "precision": float(incidents.precision[i]),
-        "time_precision": float(incidents.time_precision[i]),
-        "credibility": float(incidents.credibility[i]),
-        "profile_match": float(profile.factor[k]),
+        "precision": columns.precision[i],
+        "time_precision": columns.time_precision[i],
+        "credibility": columns.credibility[i],
+        "profile_match": facts.profile_match,
         "mode_factor": mode_factor,
     }
-    return _made(inc, points, score, factors, why)
+    return _made(inc, facts.points, score, factors, why)
 
 
 def threat_contribution(
-    incidents: IncidentSet,
-    idx: IndexArray,
-    k: int,
-    target: Target,
-    distance: FloatArray,
-    age: FloatArray,
-    strength: float,
-    factor: float,
-    points: float,
-    score: float,
+    incidents: IncidentSet, target: Target, facts: Facts, score: float
 ) -> Contribution:
     """A threat aimed at the target: it adjusts the odds; its factors say by how much."""
-    i = int(idx[k])
+    i = facts.incident
     inc = incidents.incidents[i]
-    k_point = i < incidents.n_point
-    dist = float(distance[k]) if k_point else math.nan
+    k_point = facts.point
     noun = "site" if target.kind is TargetKind.SITE else "route"
     aimed = []
     if target.foreign_owned and (
@@ -161,23 +159,23 @@ def threat_contribution(
         aimed.append(f"names the {target.sector.value} sector")
     parts = [
         "explicit threat",
-        _where(incidents, i, k_point, dist, target),
-        days_phrase(float(age[k])),
+        _where(incidents, facts, target),
+        days_phrase(facts.age),
     ]
     notes = aimed + _quality_notes(incidents, i, k_point)
     why = ", ".join(parts) + ("; " + "; ".join(notes) if notes else "")
     if inc.title:
         why = f"{inc.title}: {why}"
     factors: dict[str, float | str | None] = {
-        "distance_km": None if not k_point else round(dist, 3),
+        "distance_km": None if not k_point else round(facts.distance, 3),
         "distance_basis": "area" if not k_point else noun,
-        "age_days": round(float(age[k]), 3),
-        "credibility": float(incidents.credibility[i]),
-        "threat_strength": strength,
-        "odds_factor": factor,
+        "age_days": round(facts.age, 3),
+        "credibility": incidents.columns.credibility[i],
+        "threat_strength": facts.strength,
+        "odds_factor": facts.odds_factor,
         "adjustment": "threats",
     }
-    return _made(inc, points, score, factors, why)
+    return _made(inc, facts.points, score, factors, why)
 
 
 def _made(

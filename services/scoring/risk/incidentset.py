@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -98,6 +99,20 @@ def profile_admits(incident: Incident, target: Target) -> bool:
     return not (incident.target_sectors and target.sector not in incident.target_sectors)
 
 
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Per-incident figures as Python lists, for code that reads them one at a time (a
+    numpy array read element by element costs more)."""
+
+    sigma_km: list[float]
+    fatalities_used: list[float]
+    severity: list[float]
+    precision: list[float]
+    time_precision: list[float]
+    credibility: list[float]
+    is_threat: list[bool]
+
+
 class IncidentSet:
     """Incidents as column arrays, built once and scored against many targets and times."""
 
@@ -172,6 +187,12 @@ class IncidentSet:
         self.coef: FloatArray = np.where(
             self.fitted[:, None], by_group[np.maximum(self.group, 0)], 0.0
         ).reshape(len(rows), by_group.shape[1])
+        self.ids = ints([i.id for i in rows])
+        # A threat's target profile: foreign-owned firms only, and the sectors it names (bits).
+        self.target_foreign_only = bools([i.target_foreign_owned_only for i in rows])
+        self.target_sector_mask = ints(
+            [sum(1 << SECTOR_INDEX[s] for s in i.target_sectors) for i in rows]
+        )
         self.is_threat = bools([i.category is Category.EXPLICIT_THREAT for i in rows])
         self.forecast = bools([i.category in params.forecast_categories for i in rows])
         self.is_kidnapping = bools([i.category is Category.KIDNAPPING for i in rows])
@@ -190,6 +211,16 @@ class IncidentSet:
                 if not i.scope_countries and not i.scope_admin1 and self.fitted[self.n_point + j]
             ],
             dtype=np.intp,
+        )
+
+        self.columns = Columns(
+            sigma_km=self.sigma_km.tolist(),
+            fatalities_used=self.fatalities_used.tolist(),
+            severity=self.severity.tolist(),
+            precision=self.precision.tolist(),
+            time_precision=self.time_precision.tolist(),
+            credibility=self.credibility.tolist(),
+            is_threat=self.is_threat.tolist(),
         )
 
         cat_idx = self.category

@@ -7,6 +7,7 @@ only score_target adds the firm-specific adjustments, which bare points never ha
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -20,24 +21,26 @@ from services.scoring.geo import (
     point_to_polyline_km,
     split_polyline,
 )
+from services.scoring.risk import pairs as pairs_mod
 from services.scoring.risk import terms
-from services.scoring.risk.explain import contribution, threat_contribution
+from services.scoring.risk.explain import Facts, contribution, threat_contribution
 from services.scoring.risk.incidentset import (
     COMPONENT_INDEX,
     COMPONENTS,
+    NONE,
     SECTOR_INDEX,
     TARGET_TYPE_INDEX,
     BoolArray,
     IncidentSet,
     IndexArray,
-    area_scope_covers,
+    IntArray,
     check_params,
     epoch_s,
-    profile_admits,
 )
+from services.scoring.risk.pairs import Pairs
 from services.scoring.risk.params import ModelParams
 from services.scoring.risk.types import Adjustment, Hotspot, Score, Target
-from services.scoring.taxonomy import Category, Component, Mode, Sector, TargetKind, TargetType
+from services.scoring.taxonomy import Component, Mode, Sector, TargetKind, TargetType
 
 # score_points groups its pairs into cells this many degrees wide, so one candidate search and
 # one distance matrix serve every point in the cell.
@@ -49,21 +52,9 @@ NOTABLE_FACTOR = 0.005
 _MAX_MATRIX_CELLS = 1_000_000
 
 
-def _target_lonlat(target: Target) -> FloatArray:
-    """Target coordinates as an (n, 2) array, checked against the kind."""
-    coords = np.asarray(target.coordinates, dtype=np.float64).reshape(-1, 2)
-    if target.kind is TargetKind.SITE and coords.shape[0] != 1:
-        raise ValueError("a site has exactly one (lon, lat) pair")
-    if target.kind is TargetKind.CORRIDOR and coords.shape[0] < 2:
-        raise ValueError("a corridor has at least two (lon, lat) pairs")
-    if target.radius_km < 0.0:
-        raise ValueError("radius_km must be non-negative")
-    return coords
-
-
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """Firm-specific factors of candidate incidents for one target (1 where none applies)."""
+    """Firm-specific factors of each (target, incident) pair (1 where none applies)."""
 
     factor: FloatArray
     mode_factor: FloatArray
@@ -74,65 +65,95 @@ class Profile:
     airfield: BoolArray
 
 
+@dataclass(frozen=True, slots=True)
+class _Profiles:
+    """The targets' profiles as columns, one entry per target of the batch."""
+
+    expat: BoolArray
+    sector: IntArray
+    foreign: BoolArray
+    mining: BoolArray
+    mode: IntArray
+    # (lon, lat) of the first and the last vertex.
+    first: FloatArray
+    last: FloatArray
+
+    @classmethod
+    def of(cls, targets: Sequence[Target], coords: Sequence[FloatArray]) -> _Profiles:
+        return cls(
+            expat=np.array([t.expat_staff for t in targets], dtype=np.bool_),
+            sector=np.array(
+                [NONE if t.sector is None else SECTOR_INDEX[t.sector] for t in targets],
+                dtype=np.int64,
+            ),
+            foreign=np.array([t.foreign_owned for t in targets], dtype=np.bool_),
+            mining=np.array([t.sector is Sector.MINING for t in targets], dtype=np.bool_),
+            mode=np.array(
+                [
+                    _MODE_INDEX[t.mode]
+                    if t.kind is TargetKind.CORRIDOR and t.mode is not None
+                    else NONE
+                    for t in targets
+                ],
+                dtype=np.int64,
+            ),
+            first=np.array([c[0] for c in coords], dtype=np.float64).reshape(-1, 2),
+            last=np.array([c[-1] for c in coords], dtype=np.float64).reshape(-1, 2),
+        )
+
+
+_MODES = tuple(Mode)
+_MODE_INDEX = {m: i for i, m in enumerate(_MODES)}
+_MINING = TARGET_TYPE_INDEX[TargetType.MINING]
+_FOREIGN_FIRM = TARGET_TYPE_INDEX[TargetType.FOREIGN_FIRM]
+
+
 def _profile(
-    incidents: IncidentSet,
-    idx: IndexArray,
-    n_pt: int,
-    target: Target,
-    coords: FloatArray,
-    params: ModelParams,
+    incidents: IncidentSet, pairs: Pairs, profiles: _Profiles, params: ModelParams
 ) -> Profile:
-    """The adjustment factors of fitted candidates: victim and target profile, corridor mode."""
-    n = idx.shape[0]
-    none = np.zeros(n, dtype=np.bool_)
-    expat_kidnap = (
-        incidents.is_kidnapping[idx] & incidents.victim_expatriate[idx]
-        if target.expat_staff
-        else none
-    )
-    if target.sector is not None:
-        victim_sector = incidents.victim_sector[idx] == SECTOR_INDEX[target.sector]
-    else:
-        victim_sector = none
-    mining = (
-        incidents.target_type[idx] == TARGET_TYPE_INDEX[TargetType.MINING]
-        if target.sector is Sector.MINING
-        else none
-    )
-    foreign_firm = (
-        incidents.target_type[idx] == TARGET_TYPE_INDEX[TargetType.FOREIGN_FIRM]
-        if target.foreign_owned
-        else none
-    )
+    """The adjustment factors of every pair: victim and target profile, corridor mode."""
+    i, t = pairs.incident, pairs.target
+    expat_kidnap = incidents.is_kidnapping[i] & incidents.victim_expatriate[i] & profiles.expat[t]
+    sector = profiles.sector[t]
+    victim_sector = (sector != NONE) & (incidents.victim_sector[i] == sector)
+    mining = profiles.mining[t] & (incidents.target_type[i] == _MINING)
+    foreign_firm = profiles.foreign[t] & (incidents.target_type[i] == _FOREIGN_FIRM)
     factor = (
         np.where(expat_kidnap, params.expat_kidnapping_factor, 1.0)
         * np.where(victim_sector, params.victim_sector_factor, 1.0)
         * np.where(foreign_firm, params.foreign_firm_target_factor, 1.0)
         * np.where(mining, params.mining_target_factor, 1.0)
     )
-    mode = target.mode if target.kind is TargetKind.CORRIDOR else None
+    n = i.shape[0]
+    mode_factor = np.ones(n)
     airfield = np.zeros(n, dtype=np.bool_)
-    if mode is None:
-        mode_factor = np.ones(n)
-    elif mode is Mode.AIR:
+    modes = profiles.mode[t]
+    for mode in _MODES:
+        sel = np.flatnonzero(modes == _MODE_INDEX[mode])
+        if sel.shape[0] == 0:
+            continue
+        si = i[sel]
+        by_type = incidents.mode_target_type_factor[mode][si]
+        if mode is not Mode.AIR:
+            mode_factor[sel] = incidents.mode_category_factor[mode][si] * by_type
+            continue
         # Near the airfields at either end the air factors apply; en route, ground violence
         # weighs less (except anti-aircraft fire, which threatens the whole leg).
-        lat, lon = incidents.lat[idx[:n_pt]], incidents.lon[idx[:n_pt]]
+        pt = sel[pairs.point[sel]]
+        pi, ptt = i[pt], t[pt]
+        lat, lon = incidents.lat[pi], incidents.lon[pi]
         d_field = np.minimum(
-            haversine_km(coords[0, 1], coords[0, 0], lat, lon),
-            haversine_km(coords[-1, 1], coords[-1, 0], lat, lon),
+            haversine_km(profiles.first[ptt, 1], profiles.first[ptt, 0], lat, lon),
+            haversine_km(profiles.last[ptt, 1], profiles.last[ptt, 0], lat, lon),
         )
-        airfield[:n_pt] = d_field <= params.airfield_km + incidents.sigma_km[idx[:n_pt]]
-        enroute = np.concatenate((incidents.air_enroute_factor[idx[:n_pt]], np.ones(n - n_pt)))
-        mode_factor = np.where(airfield, incidents.mode_category_factor[mode][idx], enroute)
-        mode_factor = mode_factor * incidents.mode_target_type_factor[mode][idx]
-    else:
-        mode_factor = (
-            incidents.mode_category_factor[mode][idx] * incidents.mode_target_type_factor[mode][idx]
+        airfield[pt] = d_field <= params.airfield_km + incidents.sigma_km[pi]
+        enroute = np.where(pairs.point[sel], incidents.air_enroute_factor[si], 1.0)
+        mode_factor[sel] = (
+            np.where(airfield[sel], incidents.mode_category_factor[mode][si], enroute) * by_type
         )
     return Profile(
         factor=np.asarray(factor),
-        mode_factor=np.asarray(mode_factor),
+        mode_factor=mode_factor,
         expat_kidnap=expat_kidnap,
         victim_sector=victim_sector,
         foreign_firm=foreign_firm,
@@ -141,35 +162,86 @@ def _profile(
     )
 
 
-def _aimed_at(incidents: IncidentSet, i: int, target: Target) -> bool:
-    """Whether a threat names the target: its owner or its sector, and its profile admits it."""
-    inc = incidents.incidents[i]
-    if not profile_admits(inc, target):
-        return False
-    if inc.target_foreign_owned_only and target.foreign_owned:
-        return True
-    if target.sector is not None and target.sector in inc.target_sectors:
-        return True
-    return (inc.target_type is TargetType.FOREIGN_FIRM and target.foreign_owned) or (
-        inc.target_type is TargetType.MINING and target.sector is Sector.MINING
+@dataclass(frozen=True, slots=True)
+class _Threats:
+    """Threats aimed at the targets: the pairs, their strength and factor on the odds."""
+
+    aimed: IndexArray
+    strength: FloatArray
+    factor: FloatArray
+
+
+def _threats(
+    incidents: IncidentSet,
+    pairs: Pairs,
+    profiles: _Profiles,
+    age: FloatArray,
+    params: ModelParams,
+) -> _Threats:
+    """Which threat pairs name their target (its owner or its sector, and its profile admits
+    it), and how strongly each weighs at the target's distance and the threat's age."""
+    n = pairs.incident.shape[0]
+    k = np.flatnonzero(incidents.is_threat[pairs.incident])
+    i, t = pairs.incident[k], pairs.target[k]
+    sector = profiles.sector[t]
+    has_sector = sector != NONE
+    sectors = incidents.target_sector_mask[i]
+    named = has_sector & ((sectors >> np.where(has_sector, sector, 0)) & 1).astype(np.bool_)
+    only_foreign = incidents.target_foreign_only[i]
+    foreign = profiles.foreign[t]
+    admits = ~(only_foreign & ~foreign) & ((sectors == 0) | named)
+    kind = incidents.target_type[i]
+    aimed = admits & (
+        (only_foreign & foreign)
+        | named
+        | ((kind == _FOREIGN_FIRM) & foreign)
+        | ((kind == _MINING) & profiles.mining[t])
     )
+    k, named = k[aimed], named[aimed]
+    strength = np.zeros(n)
+    factor = np.ones(n)
+    if k.shape[0]:
+        d_eff = pairs.d_eff[k]
+        k_space = np.where(
+            pairs.point[k],
+            np.exp(-d_eff / params.threat_scale_km)
+            * terms.taper(d_eff, params.reach_km, params.taper_share),
+            1.0,
+        )
+        k_time = 0.5 ** (age[k] / params.threat_half_life_days) * terms.taper(
+            age[k], params.lookback_days, params.taper_share
+        )
+        strength[k] = incidents.credibility[pairs.incident[k]] * k_space * k_time
+        factor[k] = params.threat_factor * np.where(named, params.threat_sector_named_factor, 1.0)
+    return _Threats(k, strength, factor)
 
 
-def _distances(
-    incidents: IncidentSet, idx: IndexArray, target: Target, coords: FloatArray
-) -> FloatArray:
-    """Distance (km) of point candidates from the target's geometry (point or line)."""
-    lat, lon = incidents.lat[idx], incidents.lon[idx]
-    if target.kind is TargetKind.SITE:
-        return np.asarray(haversine_km(coords[0, 1], coords[0, 0], lat, lon))
-    distance, _ = point_to_polyline_km(lat, lon, [(a, b) for a, b in coords])
-    return np.asarray(distance)
+def _sums(pairs: Pairs, *columns: FloatArray) -> FloatArray:
+    """Sums of pair weights by target, one column per weight: (targets, columns)."""
+    n = pairs.starts.shape[0] - 1
+    out = np.zeros((n, len(columns)))
+    filled = pairs.starts[1:] > pairs.starts[:-1]
+    if filled.any():
+        at = pairs.starts[:-1][filled]
+        for k, column in enumerate(columns):
+            out[filled, k] = np.add.reduceat(column, at)
+    return out
 
 
-def _split(total: float, weights: FloatArray) -> FloatArray:
-    """total shared in proportion to weights (zeros when they sum to 0)."""
-    s = float(np.sum(weights))
-    return np.asarray(total * weights / s) if s != 0.0 else np.zeros_like(weights)
+def _shares(total: FloatArray, weights: FloatArray, sums: FloatArray, pairs: Pairs) -> FloatArray:
+    """Each target's total shared among its pairs in proportion to weights (whose sums by target
+    are `sums`); 0 where they sum to 0."""
+    s = sums[pairs.target]
+    safe = np.where(s != 0.0, s, 1.0)
+    return np.where(s != 0.0, total[pairs.target] * weights / safe, 0.0)
+
+
+def _adjust_odds(probability: FloatArray, factor: FloatArray) -> FloatArray:
+    """terms.adjust_odds of many (probability, factor)."""
+    unmoved = (factor == 1.0) | (probability <= 0.0) | (probability >= 1.0)
+    p = np.where(unmoved, 0.0, probability)
+    odds = p / (1.0 - p) * factor
+    return np.where(unmoved, probability, odds / (1.0 + odds))
 
 
 def score_target(
@@ -181,171 +253,205 @@ def score_target(
     explain_top: int = 20,
 ) -> Score:
     """Score one site or corridor as of a time, with components, explanation and hotspots."""
-    check_params(incidents, params)
-    t = epoch_s(as_of, "as_of")
-    coords = _target_lonlat(target)
-    box = bbox_spanning(
-        float(coords[:, 1].min()),
-        float(coords[:, 1].max()),
-        float(coords[:, 0].min()),
-        float(coords[:, 0].max()),
-        incidents.max_influence_km,
-    )
-    # Area-scoped incidents where their area covers the target; a target profile scopes only
-    # threats (the fitted part never hides an incident from anyone).
-    area = [
-        incidents.n_point + j
-        for j, inc in enumerate(incidents.incidents[incidents.n_point :])
-        if area_scope_covers(inc, target)
-        and (inc.category is not Category.EXPLICIT_THREAT or profile_admits(inc, target))
-    ]
-    idx = np.concatenate((incidents.point_candidates(box), np.array(area, dtype=np.intp)))
-    age = (t - incidents.occurred_s[idx]) / terms.DAY_S
-    valid = (incidents.reported_s[idx] <= t) & (age >= 0.0) & (age <= params.lookback_days)
-    idx, age = idx[valid], age[valid]
-    n_pt = int(np.count_nonzero(idx < incidents.n_point))
-    point_distance = _distances(incidents, idx[:n_pt], target, coords)
-    point_d_eff = terms.effective_distance(point_distance, incidents.sigma_km[idx[:n_pt]])
-    # Beyond the reach every term is 0 (the box around the target is wider than the circle).
-    near = np.concatenate((point_d_eff < params.reach_km, np.ones(idx.shape[0] - n_pt, bool)))
-    idx, age = idx[near], age[near]
-    n_pt = int(np.count_nonzero(near[:n_pt]))
-    n = idx.shape[0]
-    kept = near[: point_distance.shape[0]]
-    distance = np.concatenate((point_distance[kept], np.full(n - n_pt, np.nan)))
-    d_eff = np.concatenate((point_d_eff[kept], np.full(n - n_pt, params.area_distance_km)))
-    kernel_basis = incidents.kernel_basis(d_eff)
-    decay_basis = incidents.decay_basis(age)
-    coefficients = incidents.coef[idx]
-    fitted = incidents.fitted[idx]
-    c = incidents.static[idx] * terms.space_time_weight(kernel_basis, decay_basis, coefficients)
+    return score_targets([target], incidents, as_of, params, explain_top=explain_top)[0]
 
-    local_w = incidents.static[idx] * terms.escalation_kernel(d_eff, params) * fitted
+
+def score_targets(
+    targets: Sequence[Target],
+    incidents: IncidentSet,
+    as_of: datetime,
+    params: ModelParams,
+    *,
+    explain_top: int = 20,
+) -> list[Score]:
+    """Score sites and corridors as of one time, each with components, explanation and hotspots.
+
+    Every target is scored as it would be alone: the batch only shares the work."""
+    check_params(incidents, params)
+    t_s = epoch_s(as_of, "as_of")
+    coords = [pairs_mod.coordinates(t) for t in targets]
+    age_all = (t_s - incidents.occurred_s) / terms.DAY_S
+    usable = (incidents.reported_s <= t_s) & (age_all >= 0.0) & (age_all <= params.lookback_days)
+    pairs = pairs_mod.build(targets, coords, incidents, usable, params)
+    i, tgt = pairs.incident, pairs.target
+    age = age_all[i]
+    d_eff = pairs.d_eff
+    kernel_basis = incidents.kernel_basis(d_eff)
+    # The decay depends on the incident and the time only: each incident's weight per spatial
+    # scale is computed once, and a pair's weight is its kernel times those.
+    decay = incidents.decay_basis(np.where(usable, age_all, -1.0))
+    per_scale = incidents.static[:, None] * np.einsum(
+        "nsh,nh->ns",
+        incidents.coef.reshape(len(incidents), kernel_basis.shape[1], decay.shape[1]),
+        decay,
+    )
+    c = np.einsum("ps,ps->p", kernel_basis, per_scale[i])
+
+    local_w = incidents.static[i] * terms.escalation_kernel(d_eff, params) * incidents.fitted[i]
     regional_w = np.where(
-        np.arange(n) < n_pt,
-        incidents.static[idx]
-        * (incidents.forecast[idx] & (d_eff <= params.escalation_regional_km)),
+        pairs.point,
+        incidents.static[i] * (incidents.forecast[i] & (d_eff <= params.escalation_regional_km)),
         0.0,
     )
-    everything = np.ones(n, dtype=np.bool_)
-    local_recent, local_base = terms.window_sums(local_w, age, everything, params)
-    regional_recent, regional_base = terms.window_sums(regional_w, age, everything, params)
-    ratio_l, ratio_r, e_arr = terms.escalation(
-        local_recent, local_base, regional_recent, regional_base, params
+    recent_all, baseline_all = terms.windows(age_all, usable, params)
+    recent, baseline = recent_all[i], baseline_all[i]
+    sums = _sums(
+        pairs, c, local_w * recent, local_w * baseline, regional_w * recent, regional_w * baseline
     )
-    raw = float(np.sum(c))
-    e = float(e_arr) if raw > 0.0 else 0.0
+    ratio_l, ratio_r, e_arr = terms.escalation(
+        sums[:, 1], sums[:, 2], sums[:, 3], sums[:, 4], params
+    )
+    raw = sums[:, 0]
+    has = raw > 0.0
+    safe_raw = np.where(has, raw, 1.0)
+    e = np.where(has, e_arr, 0.0)
     total = raw * (1.0 + e)
     p_background = float(terms.calibrate(np.asarray(0.0), params))
-    p_generic = float(terms.calibrate(np.asarray(total), params))
+    p_generic = terms.calibrate(total, params)
 
     # Firm-specific adjustments on the odds: fitted incidents matching the profile or the mode
     # (their c-weighted mean factor), and threats aimed at the target.
-    profile = _profile(incidents, idx, n_pt, target, coords, params)
+    profiles = _Profiles.of(targets, coords)
+    profile = _profile(incidents, pairs, profiles, params)
     f = profile.factor * profile.mode_factor
-    m_incidents = float(np.sum(c * f) / raw) if raw > 0.0 else 1.0
-    threat_k = np.flatnonzero(incidents.is_threat[idx])
-    threat_k = np.array(
-        [k for k in threat_k if _aimed_at(incidents, int(idx[k]), target)], dtype=np.intp
-    )
-    strength = np.zeros(n)
-    threat_factor = np.ones(n)
-    if threat_k.shape[0]:
-        ti = idx[threat_k]
-        k_space = np.where(
-            threat_k < n_pt,
-            np.exp(-d_eff[threat_k] / params.threat_scale_km)
-            * terms.taper(d_eff[threat_k], params.reach_km, params.taper_share),
-            1.0,
-        )
-        k_time = 0.5 ** (age[threat_k] / params.threat_half_life_days) * terms.taper(
-            age[threat_k], params.lookback_days, params.taper_share
-        )
-        strength[threat_k] = incidents.credibility[ti] * k_space * k_time
-        named = np.array(
-            [
-                target.sector is not None and target.sector in incidents.incidents[i].target_sectors
-                for i in ti
-            ]
-        )
-        threat_factor[threat_k] = params.threat_factor * np.where(
-            named, params.threat_sector_named_factor, 1.0
-        )
-    m_threats = 1.0 + float(np.sum((threat_factor - 1.0) * strength))
+    threats = _threats(incidents, pairs, profiles, age, params)
+    by_profile = c * (f - 1.0)
+    by_threat = (threats.factor - 1.0) * threats.strength
+    sums = _sums(pairs, c * f, by_profile, by_threat)
+    m_incidents = np.where(has, sums[:, 0] / safe_raw, 1.0)
+    m_threats = 1.0 + sums[:, 2]
     limit = params.max_odds_factor
-    m_total = min(limit, max(1.0 / limit, m_incidents * m_threats))
-    m_incidents_capped = min(limit, max(1.0 / limit, m_incidents))
-    p_after_incidents = terms.adjust_odds(p_generic, m_incidents_capped)
-    probability = terms.adjust_odds(p_generic, m_total)
-    value = float(terms.percent(np.asarray(probability)))
+    m_total = np.minimum(limit, np.maximum(1.0 / limit, m_incidents * m_threats))
+    m_incidents_capped = np.minimum(limit, np.maximum(1.0 / limit, m_incidents))
+    p_after_incidents = _adjust_odds(p_generic, m_incidents_capped)
+    probability = _adjust_odds(p_generic, m_total)
+    values = terms.percent(probability)
 
     # Points: background, the fitted part by incident and escalation, then the adjustments.
-    generic_points = 100.0 * max(0.0, p_generic - p_background)
-    incident_points = (generic_points * c / raw / (1.0 + e) if raw > 0.0 else np.zeros(n)) + _split(
-        100.0 * (p_after_incidents - p_generic), c * (f - 1.0)
+    generic_points = 100.0 * np.maximum(0.0, p_generic - p_background)
+    incident_points = (
+        np.where(has[tgt], generic_points[tgt] * c / safe_raw[tgt] / (1.0 + e[tgt]), 0.0)
+        + _shares(100.0 * (p_after_incidents - p_generic), by_profile, sums[:, 1], pairs)
+        + _shares(100.0 * (probability - p_after_incidents), by_threat, sums[:, 2], pairs)
     )
-    incident_points = incident_points + _split(
-        100.0 * (probability - p_after_incidents), (threat_factor - 1.0) * strength
+    component = incidents.component[i]
+    sums = _sums(
+        pairs,
+        *(np.where(component == k, incident_points, 0.0) for k in range(len(COMPONENTS))),
+        (np.abs(incident_points) >= params.negligible_points).astype(np.float64),
     )
-    comp_points = {comp: 0.0 for comp in Component}
-    by_comp = np.bincount(
-        incidents.component[idx], weights=incident_points, minlength=len(COMPONENTS)
-    )
-    for comp, i in COMPONENT_INDEX.items():
-        comp_points[comp] = round(float(by_comp[i]), 2)
-    comp_points[Component.ESCALATION] = round(generic_points * e / (1.0 + e), 2)
-    comp_points[Component.BACKGROUND] = round(100.0 * min(p_background, p_generic), 2)
-
-    top = _largest(np.abs(incident_points), explain_top)
-    contributions = tuple(
-        threat_contribution(
-            incidents, idx, k, target, distance, age, float(strength[k]),
-            float(threat_factor[k]), float(incident_points[k]), value,
-        )
-        if incidents.is_threat[idx[k]]
-        else contribution(
-            incidents, idx, k, target, distance, d_eff, age, kernel_basis, c, profile,
-            float(incident_points[k]), value,
-        )
-        for k in top
+    by_comp, counted = sums[:, : len(COMPONENTS)], sums[:, len(COMPONENTS)]
+    top = _largest(pairs, np.abs(incident_points), explain_top)
+    adjustments = _adjustments(incidents, pairs, profile, c, threats, m_threats, raw, params)
+    facts = _facts(
+        incidents, pairs, [k for ks in top for k in ks], c, kernel_basis, age, incident_points,
+        profile, threats,
     )  # fmt: skip
-    adjustments = _adjustments(incidents, idx, profile, c, threat_k, strength, m_threats, params)
-    hotspots: tuple[Hotspot, ...] = ()
-    if target.kind is TargetKind.CORRIDOR and raw > 0.0 and n_pt > 0:
-        hotspots = _hotspots(coords, incidents, idx[:n_pt], c[:n_pt], incident_points, e, params)
 
-    return Score(
-        value=value,
-        band=terms.band_for(value, params),
-        components=MappingProxyType(comp_points),
-        as_of=as_of,
-        incident_count=int(np.count_nonzero(np.abs(incident_points) >= params.negligible_points)),
-        contributions=contributions,
-        hotspots=hotspots,
-        escalation=MappingProxyType(
-            {"local_ratio": float(ratio_l), "regional_ratio": float(ratio_r), "factor": e}
-        ),
-        probability=probability,
-        generic_probability=p_generic,
-        adjustments=adjustments,
-        forecast_distance_km=params.forecast_distance_km,
-        forecast_horizon_days=params.forecast_horizon_days,
-    )
+    is_threat = incidents.columns.is_threat
+    remaining = len(facts)
+    out = []
+    for j, target in enumerate(targets):
+        value = float(values[j])
+        comp_points = {comp: 0.0 for comp in Component}
+        for comp, k in COMPONENT_INDEX.items():
+            comp_points[comp] = round(float(by_comp[j, k]), 2)
+        e_j = float(e[j])
+        comp_points[Component.ESCALATION] = round(float(generic_points[j]) * e_j / (1.0 + e_j), 2)
+        comp_points[Component.BACKGROUND] = round(100.0 * min(p_background, float(p_generic[j])), 2)
+        contributions = tuple(
+            threat_contribution(incidents, target, fact, value)
+            if is_threat[fact.incident]
+            else contribution(incidents, target, fact, value)
+            for fact in facts[len(facts) - remaining : len(facts) - remaining + len(top[j])]
+        )
+        remaining -= len(top[j])
+        hotspots: tuple[Hotspot, ...] = ()
+        start, n_pt = int(pairs.starts[j]), int(pairs.n_point[j])
+        if target.kind is TargetKind.CORRIDOR and float(raw[j]) > 0.0 and n_pt > 0:
+            hotspots = _hotspots(
+                coords[j],
+                incidents,
+                i[start : start + n_pt],
+                c[start : start + n_pt],
+                incident_points[start : int(pairs.starts[j + 1])],
+                e_j,
+                params,
+            )
+        out.append(
+            Score(
+                value=value,
+                band=terms.band_for(value, params),
+                components=MappingProxyType(comp_points),
+                as_of=as_of,
+                incident_count=int(counted[j]),
+                contributions=contributions,
+                hotspots=hotspots,
+                escalation=MappingProxyType(
+                    {
+                        "local_ratio": float(ratio_l[j]),
+                        "regional_ratio": float(ratio_r[j]),
+                        "factor": e_j,
+                    }
+                ),
+                probability=float(probability[j]),
+                generic_probability=float(p_generic[j]),
+                adjustments=adjustments[j],
+                forecast_distance_km=params.forecast_distance_km,
+                forecast_horizon_days=params.forecast_horizon_days,
+            )
+        )
+    return out
+
+
+def _facts(
+    incidents: IncidentSet,
+    pairs: Pairs,
+    chosen: list[int],
+    c: FloatArray,
+    kernel_basis: FloatArray,
+    age: FloatArray,
+    points: FloatArray,
+    profile: Profile,
+    threats: _Threats,
+) -> list[Facts]:
+    """What explaining the chosen pairs reads, gathered as plain numbers in one pass."""
+    if not chosen:
+        return []
+    k = np.asarray(chosen, dtype=np.intp)
+    i = pairs.incident[k]
+    # Each basis kernel is 1 at 0 km and each decay 1 at age 0: the weight at age 0 and this
+    # distance, over the same at 0 km, is the kernel; what age leaves of it, the decay.
+    coef = incidents.coef[i].reshape(i.shape[0], kernel_basis.shape[1], -1)
+    here = np.einsum("ps,ps->p", kernel_basis[k], coef.sum(axis=2))
+    peak = coef.sum(axis=(1, 2))
+    static = incidents.static[i]
+    weight = np.where(static > 0.0, c[k] / np.where(static > 0.0, static, 1.0), 0.0)
+    columns = (
+        i, pairs.point[k], pairs.distance[k], pairs.d_eff[k], age[k], weight,
+        np.where(peak > 0.0, here / np.where(peak > 0.0, peak, 1.0), 0.0),
+        np.where(here > 0.0, weight / np.where(here > 0.0, here, 1.0), 0.0),
+        profile.factor[k], profile.mode_factor[k], profile.expat_kidnap[k],
+        profile.victim_sector[k], profile.foreign_firm[k], profile.mining[k], profile.airfield[k],
+        threats.strength[k], threats.factor[k], points[k],
+    )  # fmt: skip
+    return [Facts(*row) for row in zip(*(col.tolist() for col in columns), strict=True)]
 
 
 def _adjustments(
     incidents: IncidentSet,
-    idx: IndexArray,
+    pairs: Pairs,
     profile: Profile,
     c: FloatArray,
-    threat_k: IndexArray,
-    strength: FloatArray,
-    m_threats: float,
+    threats: _Threats,
+    m_threats: FloatArray,
+    raw: FloatArray,
     params: ModelParams,
-) -> tuple[Adjustment, ...]:
-    """The adjustments on the odds, each with the incidents behind it, largest first."""
-    out: list[Adjustment] = []
-    raw = float(np.sum(c))
+) -> list[tuple[Adjustment, ...]]:
+    """Each target's adjustments on the odds, each with the incidents behind it, largest first."""
+    n = raw.shape[0]
+    found: list[list[Adjustment]] = [[] for _ in range(n)]
+    safe_raw = np.where(raw > 0.0, raw, 1.0)
     kinds = (
         ("expatriate_kidnapping", profile.expat_kidnap, params.expat_kidnapping_factor,
          "kidnappings of expatriates nearby"),
@@ -356,37 +462,87 @@ def _adjustments(
         ("mining_targeted", profile.mining, params.mining_target_factor,
          "attacks aimed at mining"),
     )  # fmt: skip
-    if raw > 0.0:
-        for kind, mask, factor, why in kinds:
-            if not mask.any():
-                continue
-            # The factor this match alone gives: the c-weighted mean of its own factor.
-            solo = float(np.sum(c * np.where(mask, factor, 1.0)) / raw)
-            ids = tuple(incidents.incidents[int(i)].id for i in idx[mask & (c > 0.0)])
-            if ids and abs(solo - 1.0) >= NOTABLE_FACTOR:
-                out.append(Adjustment(kind, round(solo, 4), ids, why))
-        moded = profile.mode_factor != 1.0
-        if moded.any() and np.sum(c[moded]) > 0.0:
-            solo = float(np.sum(c * profile.mode_factor) / raw)
-            ids = tuple(incidents.incidents[int(i)].id for i in idx[moded & (c > 0.0)])
-            if abs(solo - 1.0) >= NOTABLE_FACTOR:
-                out.append(Adjustment("corridor_mode", round(solo, 4), ids, "the corridor's mode"))
-    if threat_k.shape[0] and m_threats != 1.0:
-        ids = tuple(incidents.incidents[int(idx[k])].id for k in threat_k if strength[k] > 0.0)
-        out.append(Adjustment("threats", round(m_threats, 4), ids, "threats aimed at the target"))
-    return tuple(sorted(out, key=lambda a: -abs(math.log(a.factor)) if a.factor > 0 else 0.0))
-
-
-def _largest(points: FloatArray, k: int) -> list[int]:
-    """Indices of the k largest positive points, largest first (ties by index)."""
-    if k <= 0 or points.shape[0] == 0:
-        return []
-    # A partial selection first: a full sort of thousands of candidates per target is waste.
-    head = (
-        np.argpartition(-points, k - 1)[:k] if points.shape[0] > k else np.arange(points.shape[0])
+    moded = profile.mode_factor != 1.0
+    aimed = np.zeros(pairs.incident.shape[0], dtype=np.bool_)
+    aimed[threats.aimed] = True
+    # The factor each match alone gives: the c-weighted mean of its own factor.
+    sums = _sums(
+        pairs,
+        *(c * np.where(mask, factor, 1.0) for _, mask, factor, _ in kinds),
+        c * profile.mode_factor,
+        np.where(moded, c, 0.0),
+        aimed.astype(np.float64),
     )
-    head = head[np.lexsort((head, -points[head]))]
-    return [int(i) for i in head if points[i] > 0.0]
+    for k, (kind, mask, _, why) in enumerate(kinds):
+        solo = sums[:, k] / safe_raw
+        _collect(found, kind, why, solo, mask & (c > 0.0), raw > 0.0, incidents, pairs)
+    solo = sums[:, len(kinds)] / safe_raw
+    weighs = (raw > 0.0) & (sums[:, len(kinds) + 1] > 0.0)
+    _collect(found, "corridor_mode", "the corridor's mode", solo, moded & (c > 0.0), weighs,
+             incidents, pairs)  # fmt: skip
+    has_threat = sums[:, len(kinds) + 2] > 0.0
+    for j in np.flatnonzero(has_threat & (m_threats != 1.0)):
+        s, e = int(pairs.starts[j]), int(pairs.starts[j + 1])
+        ids = incidents.ids[pairs.incident[s:e][aimed[s:e] & (threats.strength[s:e] > 0.0)]]
+        found[j].append(
+            Adjustment(
+                "threats",
+                round(float(m_threats[j]), 4),
+                tuple(ids.tolist()),
+                "threats aimed at the target",
+            )
+        )
+    return [
+        tuple(sorted(f, key=lambda a: -abs(math.log(a.factor)) if a.factor > 0 else 0.0))
+        if f
+        else ()
+        for f in found
+    ]
+
+
+def _collect(
+    found: list[list[Adjustment]],
+    kind: str,
+    why: str,
+    solo: FloatArray,
+    behind: BoolArray,
+    eligible: BoolArray,
+    incidents: IncidentSet,
+    pairs: Pairs,
+) -> None:
+    """Add an adjustment to each eligible target with incidents behind it and a notable factor."""
+    k = np.flatnonzero(behind)
+    if k.shape[0] == 0:
+        return
+    bounds = np.searchsorted(pairs.target[k], np.arange(solo.shape[0] + 1))
+    ids = incidents.ids[pairs.incident[k]]
+    notable = eligible & (bounds[1:] > bounds[:-1]) & (np.abs(solo - 1.0) >= NOTABLE_FACTOR)
+    for j in np.flatnonzero(notable):
+        found[j].append(
+            Adjustment(
+                kind,
+                round(float(solo[j]), 4),
+                tuple(ids[bounds[j] : bounds[j + 1]].tolist()),
+                why,
+            )
+        )
+
+
+def _largest(pairs: Pairs, points: FloatArray, k: int) -> list[list[int]]:
+    """Per target, its k pairs with the largest positive points, largest first (ties by
+    position)."""
+    out: list[list[int]] = []
+    for j in range(pairs.starts.shape[0] - 1):
+        s, e = int(pairs.starts[j]), int(pairs.starts[j + 1])
+        if k <= 0 or e == s:
+            out.append([])
+            continue
+        mine = points[s:e]
+        # A partial selection first: a full sort of thousands of candidates per target is waste.
+        head = np.argpartition(-mine, k - 1)[:k] if e - s > k else np.arange(e - s)
+        head = head[np.lexsort((head, -mine[head]))]
+        out.append([s + int(h) for h in head if mine[h] > 0.0])
+    return out
 
 
 def _hotspots(
