@@ -98,7 +98,18 @@ class Summary:
         )
 
 
-def worth_recording(old: CurrentScore | None, new: Scored, min_delta: float) -> bool:
+class Fed(Protocol):
+    """What a stored current score says about the target's last feed entry."""
+
+    @property
+    def model_version(self) -> int: ...
+    @property
+    def fed_value(self) -> float: ...
+    @property
+    def fed_band(self) -> str: ...
+
+
+def worth_recording(old: Fed | None, new: Scored, min_delta: float) -> bool:
     """Whether a new score is a move to record: first score, new band or model, or a real move."""
     if old is None:
         return True
@@ -109,9 +120,7 @@ def worth_recording(old: CurrentScore | None, new: Scored, min_delta: float) -> 
     )
 
 
-def entry(
-    target: Target, old: CurrentScore | None, doc: Scored, cause: str, now: datetime
-) -> ScoreChange:
+def entry(target: Target, old: Fed | None, doc: Scored, cause: str, now: datetime) -> ScoreChange:
     """A feed entry for a target whose score moved."""
     return ScoreChange(
         tenant_id=target.tenant_id,

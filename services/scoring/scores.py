@@ -11,6 +11,7 @@ from typing import Any, cast
 import numpy as np
 import pydantic_core
 from sqlalchemy import (
+    insert,
     or_,
     select,
     update,
@@ -522,13 +523,22 @@ def store(
     ids = [c.target.id for c in computed]
     # A target deleted since it was computed has nothing left to store.
     alive = set(session.execute(select(Target.id).where(Target.id.in_(ids))).scalars())
+    # Rows, not ORM objects: building and flushing 500 of them cost as much as scoring them.
     current = {
-        s.target_id: s
-        for s in session.execute(
-            select(CurrentScore).where(CurrentScore.target_id.in_(ids))
-        ).scalars()
+        row.target_id: row
+        for row in session.execute(
+            select(
+                CurrentScore.target_id,
+                CurrentScore.as_of,
+                CurrentScore.model_version,
+                CurrentScore.fed_value,
+                CurrentScore.fed_band,
+            ).where(CurrentScore.target_id.in_(ids))
+        )
     }
     changes: list[ScoreChange] = []
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
     for item in computed:
         target, doc, body = item.target, item.summary, item.body
         old = current.get(target.id)
@@ -538,24 +548,22 @@ def store(
         fed = feed.worth_recording(old, doc, min_delta)
         if fed:
             changes.append(feed.entry(target, old, doc, causes[target.id], now))
-        if old is None:
-            session.add(
-                CurrentScore(
-                    target_id=target.id,
-                    model_version=doc.model_version,
-                    value=doc.score,
-                    band=doc.band.value,
-                    as_of=doc.as_of,
-                    document=body,
-                    fed_value=doc.score,
-                    fed_band=doc.band.value,
-                )
-            )
-        else:
-            old.model_version, old.value, old.band = doc.model_version, doc.score, doc.band.value
-            old.as_of, old.document = doc.as_of, body
-            if fed:
-                old.fed_value, old.fed_band = doc.score, doc.band.value
+        values = {
+            "target_id": target.id,
+            "model_version": doc.model_version,
+            "value": doc.score,
+            "band": doc.band.value,
+            "as_of": doc.as_of,
+            "document": body,
+        }
+        if fed or old is None:
+            values.update(fed_value=doc.score, fed_band=doc.band.value)
+        (inserts if old is None else updates).append(values)
+    if inserts:
+        session.execute(insert(CurrentScore), inserts)
+    if updates:
+        # By primary key, one executemany per set of columns.
+        session.execute(update(CurrentScore), updates)
     session.flush()
     # Every process's cache of documents is emptied when this commits (readcache).
     wake.announce(session, readcache.CHANNEL)
