@@ -270,22 +270,76 @@ def score_targets(
     check_params(incidents, params)
     t_s = epoch_s(as_of, "as_of")
     coords = [pairs_mod.coordinates(t) for t in targets]
-    age_all = (t_s - incidents.occurred_s) / terms.DAY_S
-    usable = (incidents.reported_s <= t_s) & (age_all >= 0.0) & (age_all <= params.lookback_days)
-    pairs = pairs_mod.build(targets, coords, incidents, usable, params)
+    at = _AtTime.of(incidents, t_s, params)
+    # Neighbours together, a few dozen at a time: the pair arrays of a chunk stay within a few
+    # MB (a whole batch's reached hundreds), and neighbours share their candidate searches.
+    order = sorted(range(len(targets)), key=lambda j: _cell_of(coords[j]))
+    out: list[Score | None] = [None] * len(targets)
+    for start in range(0, len(order), _CHUNK_TARGETS):
+        chunk = order[start : start + _CHUNK_TARGETS]
+        scored = _score_chunk(
+            [targets[j] for j in chunk], [coords[j] for j in chunk], incidents, at, as_of,
+            params, explain_top,
+        )  # fmt: skip
+        for j, score in zip(chunk, scored, strict=True):
+            out[j] = score
+    return [score for score in out if score is not None]
+
+
+# Targets scored together (their pairs, a few thousand each, in arrays of at most a few MB).
+_CHUNK_TARGETS = 64
+
+
+def _cell_of(coords: FloatArray) -> tuple[float, float]:
+    """The one-degree cell of a target's first vertex."""
+    return (
+        float(np.floor(coords[0, 1] / pairs_mod.CELL_DEGREES)),
+        float(np.floor(coords[0, 0] / pairs_mod.CELL_DEGREES)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _AtTime:
+    """Everything about the incidents at one time that no target changes."""
+
+    age: FloatArray
+    usable: BoolArray
+    # Each incident's weight per spatial scale at this time (static x decay x coefficients).
+    per_scale: FloatArray
+    recent: FloatArray
+    baseline: FloatArray
+
+    @classmethod
+    def of(cls, incidents: IncidentSet, t_s: float, params: ModelParams) -> _AtTime:
+        age = (t_s - incidents.occurred_s) / terms.DAY_S
+        usable = (incidents.reported_s <= t_s) & (age >= 0.0) & (age <= params.lookback_days)
+        # The decay depends on the incident and the time only: each incident's weight per
+        # spatial scale is computed once, and a pair's weight is its kernel times those.
+        decay = incidents.decay_basis(np.where(usable, age, -1.0))
+        n_s = incidents.scales.shape[0]
+        per_scale = incidents.static[:, None] * np.einsum(
+            "nsh,nh->ns", incidents.coef.reshape(len(incidents), n_s, decay.shape[1]), decay
+        )
+        recent, baseline = terms.windows(age, usable, params)
+        return cls(age, usable, per_scale, recent, baseline)
+
+
+def _score_chunk(
+    targets: Sequence[Target],
+    coords: Sequence[FloatArray],
+    incidents: IncidentSet,
+    at: _AtTime,
+    as_of: datetime,
+    params: ModelParams,
+    explain_top: int,
+) -> list[Score]:
+    """score_targets of a few targets."""
+    pairs = pairs_mod.build(targets, coords, incidents, at.usable, params)
     i, tgt = pairs.incident, pairs.target
-    age = age_all[i]
+    age = at.age[i]
     d_eff = pairs.d_eff
     kernel_basis = incidents.kernel_basis(d_eff)
-    # The decay depends on the incident and the time only: each incident's weight per spatial
-    # scale is computed once, and a pair's weight is its kernel times those.
-    decay = incidents.decay_basis(np.where(usable, age_all, -1.0))
-    per_scale = incidents.static[:, None] * np.einsum(
-        "nsh,nh->ns",
-        incidents.coef.reshape(len(incidents), kernel_basis.shape[1], decay.shape[1]),
-        decay,
-    )
-    c = np.einsum("ps,ps->p", kernel_basis, per_scale[i])
+    c = np.einsum("ps,ps->p", kernel_basis, at.per_scale[i])
 
     local_w = incidents.static[i] * terms.escalation_kernel(d_eff, params) * incidents.fitted[i]
     regional_w = np.where(
@@ -293,8 +347,7 @@ def score_targets(
         incidents.static[i] * (incidents.forecast[i] & (d_eff <= params.escalation_regional_km)),
         0.0,
     )
-    recent_all, baseline_all = terms.windows(age_all, usable, params)
-    recent, baseline = recent_all[i], baseline_all[i]
+    recent, baseline = at.recent[i], at.baseline[i]
     sums = _sums(
         pairs, c, local_w * recent, local_w * baseline, regional_w * recent, regional_w * baseline
     )
@@ -641,6 +694,9 @@ def intensities(
     order = np.argsort(cell, kind="stable")
     bounds = np.flatnonzero(np.diff(cell[order])) + 1
     n_h = incidents.half_lives.shape[0]
+    # The decays depend on the incident and the time only: computed once for all cells (when
+    # they fit the bound), each cell copies its incidents' instead of computing them again.
+    shared = _SharedDecays.of(t_arr, incidents, params)
     for rows in np.split(order, bounds):
         glat, glon, gt = lat_arr[rows], lon_arr[rows], t_arr[rows]
         box = bbox_spanning(
@@ -692,24 +748,91 @@ def intensities(
             ),
             axis=1,
         )
-        occurred = incidents.occurred_s[idx]
-        reported = incidents.reported_s[idx]
         total = np.empty((pts.shape[0], times.shape[0]))
         chunk = max(1, _MAX_MATRIX_CELLS // (n_i * n_h))
         for start in range(0, times.shape[0], chunk):
-            t = times[start : start + chunk, None]
-            age = (t - occurred) / terms.DAY_S
-            valid = (reported <= t) & (age >= 0.0) & (age <= params.lookback_days)
-            decay = incidents.decay_basis(np.where(valid, age, -1.0))
-            raw = spatial @ decay.reshape(t.shape[0], n_i * n_h).T
-            recent, baseline = terms.windows(age, valid, params)
+            t = times[start : start + chunk]
+            part = _decays(t, idx, incidents, params) if shared is None else shared.take(t, idx)
+            raw = spatial @ part.decay.reshape(t.shape[0], n_i * n_h).T
             _, _, e = terms.escalation(
-                local_w @ recent.T,
-                local_w @ baseline.T,
-                regional_w @ recent.T,
-                regional_w @ baseline.T,
+                local_w @ part.recent.T,
+                local_w @ part.baseline.T,
+                regional_w @ part.recent.T,
+                regional_w @ part.baseline.T,
                 params,
             )
             total[:, start : start + chunk] = raw * (1.0 + np.where(raw > 0.0, e, 0.0))
         out[rows] = total[at_point, at_time]
     return out
+
+
+# Upper bound on the decays intensities computes once for all its cells: (times x incidents x
+# (half-lives + 2 windows)) values, 64 MB; beyond it each cell computes its own.
+_MAX_SHARED_CELLS = 8_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Decays:
+    """What depends on the incident and the time only: the decay, (times, incidents,
+    half-lives), and the escalation windows, (times, incidents)."""
+
+    decay: FloatArray
+    recent: FloatArray
+    baseline: FloatArray
+
+
+def _decays(
+    times: FloatArray, idx: IndexArray, incidents: IncidentSet, params: ModelParams
+) -> _Decays:
+    """The decays of incidents `idx` at `times`."""
+    t = times[:, None]
+    age = (t - incidents.occurred_s[idx]) / terms.DAY_S
+    valid = (incidents.reported_s[idx] <= t) & (age >= 0.0) & (age <= params.lookback_days)
+    recent, baseline = terms.windows(age, valid, params)
+    return _Decays(incidents.decay_basis(np.where(valid, age, -1.0)), recent, baseline)
+
+
+@dataclass(frozen=True, slots=True)
+class _SharedDecays:
+    """The decays of every incident that can count at some time asked for, at every such time."""
+
+    times: FloatArray
+    # Each incident's column in `decays`, -1 for those that cannot count.
+    column: IndexArray
+    decays: _Decays
+
+    @classmethod
+    def of(
+        cls, as_of: FloatArray, incidents: IncidentSet, params: ModelParams
+    ) -> _SharedDecays | None:
+        """Those of the times `as_of`, or None when they would exceed the bound."""
+        times = np.unique(as_of)
+        idx = np.concatenate((np.arange(incidents.n_point, dtype=np.intp), incidents.bare_area))
+        # The cells' filter at the earliest and the latest time: it keeps every cell's incidents.
+        idx = idx[
+            incidents.fitted[idx]
+            & (incidents.reported_s[idx] <= times[-1])
+            & (incidents.occurred_s[idx] <= times[-1])
+            & (incidents.occurred_s[idx] >= times[0] - params.lookback_days * terms.DAY_S)
+        ]
+        if times.shape[0] * idx.shape[0] * (incidents.half_lives.shape[0] + 2) > _MAX_SHARED_CELLS:
+            return None
+        column = np.full(len(incidents), -1, dtype=np.intp)
+        column[idx] = np.arange(idx.shape[0])
+        return cls(times, column, _decays(times, idx, incidents, params))
+
+    def take(self, times: FloatArray, idx: IndexArray) -> _Decays:
+        """The decays of incidents `idx` (all kept by `of`) at `times` (distinct, sorted)."""
+        at = np.searchsorted(self.times, times)
+        columns = self.column[idx]
+        decays = self.decays
+        if at[-1] - at[0] + 1 == at.shape[0]:
+            # A run of the times (in a backtest, all of them): a view, then copy the columns.
+            run = slice(int(at[0]), int(at[-1]) + 1)
+            return _Decays(
+                np.take(decays.decay[run], columns, axis=1),
+                np.take(decays.recent[run], columns, axis=1),
+                np.take(decays.baseline[run], columns, axis=1),
+            )
+        picked = np.ix_(at, columns)
+        return _Decays(decays.decay[picked], decays.recent[picked], decays.baseline[picked])
