@@ -518,6 +518,27 @@ def test_backtest_returns_points_by_times_matrix(api: Api) -> None:
     assert result["model_version"] >= 1
 
 
+def test_backtest_of_several_targets_gives_each_its_score_as_of_each_time(api: Api) -> None:
+    for n, days in enumerate((12, 3)):
+        at = dict(occurred_at=iso(ago(days=days)), reported_at=iso(ago(days=days)))
+        post(api, "/v1/incidents", incident(f"evt-{n}", **at), api.ingest)
+    near = post(api, "/v1/sites", site("Djibo camp", DJIBO, "BFA", radius_km=10), api.a)["id"]
+    far = post(api, "/v1/sites", site(), api.a)["id"]
+    road = post(api, "/v1/corridors", corridor(), api.a)["id"]
+    times = [iso(ago(days=d)) for d in (20, 8, 1)]
+    refs = [("site", near), ("site", far), ("corridor", road)]
+    body = {"targets": [{"kind": k, "id": i} for k, i in refs], "times": times}
+
+    result = post(api, "/v1/backtests", body, api.a)
+
+    expected = [
+        [get(api, f"/v1/{kind}s/{target_id}/score", api.a, as_of=t)["score"] for t in times]
+        for kind, target_id in refs
+    ]
+    assert result["scores"] == expected
+    assert result["scores"][0][0] < result["scores"][0][2], "the incidents raise the near site"
+
+
 def test_backtest_never_uses_an_incident_before_it_was_reported(api: Api) -> None:
     site_id = post(api, "/v1/sites", site(), api.a)["id"]
     body_incident = incident(occurred_at=iso(ago(days=10)), reported_at=iso(ago(days=5)))

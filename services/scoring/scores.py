@@ -610,14 +610,14 @@ def backtest(
             lats, lons, stamps, loaded.incident_set, model.params, radius_km=data.radius_km
         )
         scores.extend(values.reshape(n, m).round(1).tolist())
-    for target in stored:
-        spec = targets.to_model(target)
-        scores.append(
-            [
-                risk.score_target(spec, loaded.incident_set, t, model.params, explain_top=0).value
-                for t in data.times
-            ]
-        )
+    if stored:
+        # All stored targets at one time are one batch.
+        specs = [targets.to_model(target) for target in stored]
+        by_time = [
+            risk.score_targets(specs, loaded.incident_set, t, model.params, explain_top=0)
+            for t in data.times
+        ]
+        scores.extend([at[k].value for at in by_time] for k in range(len(stored)))
     bands = [[risk.band_for(v, model.params) for v in row] for row in scores]
     return schemas.BacktestOut(
         model_version=model.version, times=list(data.times), scores=scores, bands=bands
