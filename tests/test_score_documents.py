@@ -3,120 +3,31 @@
 Rescoring stores pydantic_core.to_json(scores.served(...)), plain data never validated: a value
 of another type, a float left unrounded, a key out of order or a naive time would be stored as
 is. scores.document (the validated ScoreOut the API serves) once skipped validation too, with
-model_construct. These tests score a realistic mix and hold both to the validated form.
+model_construct. These tests score tests.riskmix's realistic mix and hold both to the validated
+form.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
 from types import SimpleNamespace
-from typing import TypeVar
 
 import numpy as np
 import pydantic_core
 import pytest
 
 from services.scoring import incidents, schemas
-from services.scoring.risk import (
-    DEFAULT_PARAMS,
-    Incident,
-    IncidentSet,
-    Score,
-    Target,
-    score_targets,
-)
+from services.scoring.risk import DEFAULT_PARAMS, IncidentSet, Score, score_targets
 from services.scoring.scores import document, served
-from services.scoring.taxonomy import (
-    Category,
-    Lifecycle,
-    LocationPrecision,
-    Mode,
-    Sector,
-    TargetKind,
-    TargetType,
-    TimePrecision,
-)
+from services.scoring.taxonomy import Category
+from tests.riskmix import AS_OF, random_incidents, random_targets
 
-AS_OF = datetime(2025, 6, 10, 12, 0, tzinfo=UTC)
 SEEDS = (41, 2)
 VERSION = 7
-COUNTRIES = ("MLI", "BFA", "NER")
-ADMIN1 = ("Mopti", "Gao", "Sahel", "Tillaberi")
-# Where incidents cluster, (lon, lat): central Mali, Liptako-Gourma, Niger.
-CLUSTERS = ((-4.2, 14.5), (-0.5, 14.2), (2.5, 13.8))
-
-T = TypeVar("T")
-
-
-def pick(rng: np.random.Generator, options: Sequence[T]) -> T:
-    """One of `options`, uniformly."""
-    return options[int(rng.integers(len(options)))]
-
-
-def random_incidents(rng: np.random.Generator) -> list[Incident]:
-    """About 200 incidents of every category over the Sahel and the year before AS_OF."""
-    categories = list(Category)
-    out = []
-    for k in range(200):
-        category = categories[k] if k < len(categories) else pick(rng, categories)
-        area = rng.random() < 0.1
-        c_lon, c_lat = pick(rng, CLUSTERS)
-        occurred = AS_OF - timedelta(days=float(rng.uniform(0.0, 365.0)))
-        threat = category is Category.EXPLICIT_THREAT
-        out.append(
-            Incident(
-                id=1 + k,
-                category=category,
-                occurred_at=occurred,
-                occurred_precision=pick(rng, list(TimePrecision)),
-                reported_at=occurred + timedelta(hours=float(rng.uniform(0.0, 72.0))),
-                lat=None if area else c_lat + float(rng.normal(0.0, 0.6)),
-                lon=None if area else c_lon + float(rng.normal(0.0, 0.6)),
-                location_precision=pick(rng, list(LocationPrecision)),
-                scope_countries=frozenset({pick(rng, COUNTRIES)}) if area else frozenset(),
-                scope_admin1=frozenset({pick(rng, ADMIN1)}) if area and k % 2 else frozenset(),
-                target_foreign_owned_only=threat and bool(rng.random() < 0.5),
-                target_sectors=frozenset({pick(rng, list(Sector))}) if threat else frozenset(),
-                target_type=pick(rng, [TargetType.FOREIGN_FIRM, TargetType.MINING, *TargetType]),
-                victim_expatriate=category is Category.KIDNAPPING and bool(rng.random() < 0.5),
-                victim_sector=pick(rng, [*Sector, None]),
-                fatalities_claimed=int(rng.integers(0, 100)) if rng.random() < 0.4 else None,
-                fatalities_best=int(rng.integers(0, 30)) if rng.random() < 0.5 else None,
-                source_reliability=float(rng.uniform(0.0, 1.0)),
-                lifecycle=Lifecycle.DEVELOPING if rng.random() < 0.2 else Lifecycle.CONFIRMED,
-                title=f"Incident {1 + k}" if k % 3 else "",
-            )
-        )
-    return out
-
-
-def random_targets(rng: np.random.Generator) -> list[Target]:
-    """Sites and corridors of every mode and profile near the clusters, and one far from all."""
-    out = [Target(TargetKind.SITE, ((-30.0, 15.0),), 5.0)]
-    for k in range(24):
-        c_lon, c_lat = CLUSTERS[k % len(CLUSTERS)]
-        start = (c_lon + float(rng.normal(0.0, 0.5)), c_lat + float(rng.normal(0.0, 0.5)))
-        site = Target(
-            TargetKind.SITE,
-            (start,),
-            float(rng.uniform(0.0, 20.0)),
-            sector=pick(rng, [Sector.MINING, Sector.LOGISTICS, Sector.ENERGY, None]),
-            foreign_owned=bool(rng.random() < 0.6),
-            expat_staff=bool(rng.random() < 0.6),
-            countries=frozenset({pick(rng, COUNTRIES)}),
-            admin1=frozenset({pick(rng, ADMIN1)}),
-        )
-        if k % 2:
-            end = (start[0] + float(rng.uniform(-2.0, 2.0)), start[1] + float(rng.uniform(-1, 1)))
-            mode = list(Mode)[k // 2 % len(Mode)]
-            site = replace(site, kind=TargetKind.CORRIDOR, coordinates=(start, end), mode=mode)
-        out.append(site)
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +56,11 @@ def scored(seed: int) -> Scored:
         schemas.TargetRef(kind=t.kind, id=j + 1, name=f"target {j + 1}")
         for j, t in enumerate(targets)
     )
+    # A third of the rows untitled, as an incident may be stored without a title.
     rows = {
-        i.id: SimpleNamespace(source="acled", source_id=f"MLI{i.id:05d}", title=i.title)
+        i.id: SimpleNamespace(
+            source="acled", source_id=f"MLI{i.id:05d}", title=i.title if i.id % 3 else ""
+        )
         for i in mix
     }
     return Scored(refs, tuple(scores), rows)
