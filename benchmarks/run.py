@@ -38,6 +38,7 @@ from sqlalchemy.engine import Engine
 
 from benchmarks import data
 from services.core.auth import Role, generate_key
+from services.core.clock import utc_now
 from services.core.db import make_engine, make_sessionmaker, upgrade_to_head
 from services.core.models import ApiKey, Tenant
 from services.scoring import jobs, schemas, scores, targets
@@ -138,7 +139,7 @@ def preload(db: Database, n_sites: int, n_corridors: int, seed: int) -> tuple[Ke
     factory = make_sessionmaker(engine)
     settings = ScoringSettings(database_url=db.url)
     figures: dict[str, Any] = {}
-    now = jobs.utc_now()
+    now = utc_now()
     site_bodies = [schemas.SiteIn.model_validate(b) for b in data.sites(n_sites, seed=seed)]
     corridor_bodies = [
         schemas.CorridorIn.model_validate(b) for b in data.corridors(n_corridors, seed=seed + 1)
