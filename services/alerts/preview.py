@@ -548,11 +548,13 @@ def score_series(
     )
     loaded = scores.load_incidents(session, params, box=box, until=times[-1], since=times[0])
     specs = {t.id: scoring_targets.to_model(t) for t in found}
-    samples: dict[int, list[Sample]] = {}
-    for target_id, spec in specs.items():
-        samples[target_id] = []
-        for at in times:
-            score = risk.score_target(spec, loaded.incident_set, at, params, explain_top=0)
+    samples: dict[int, list[Sample]] = {target_id: [] for target_id in specs}
+    # Every target at one step is one batch.
+    for at in times:
+        scored = risk.score_targets(
+            list(specs.values()), loaded.incident_set, at, params, explain_top=0
+        )
+        for target_id, score in zip(specs, scored, strict=True):
             samples[target_id].append(Sample(at, score.value, score.band))
     return Series(model, loaded, specs, samples)
 
