@@ -274,6 +274,8 @@ class IncidentCache:
         self._overlap = overlap
         self._full_reload = full_reload
         self._rows: dict[int, incidents.Row] = {}
+        # The model form of each row, converted once (a top-up converts only what changed).
+        self._models: dict[int, risk.Incident] = {}
         self._params: risk.ModelParams | None = None
         self._full_at: datetime | None = None
         self._seen: datetime | None = None
@@ -293,6 +295,7 @@ class IncidentCache:
         query = query.where(Incident.occurred_at >= now - timedelta(days=params.lookback_days))
         if full:
             self._rows = {}
+            self._models = {}
             self._full_at = now
         else:
             assert self._seen is not None
@@ -307,10 +310,9 @@ class IncidentCache:
         self._seen = now
         if full or changed:
             self._rows.update(changed)
+            self._models.update((i, incidents.to_model(r)) for i, r in changed.items())
             self._params = params
-            incident_set = risk.IncidentSet(
-                [incidents.to_model(r) for r in self._rows.values()], params
-            )
+            incident_set = risk.IncidentSet(list(self._models.values()), params)
             self._loaded = LoadedIncidents(incident_set, dict(self._rows))
         assert self._loaded is not None
         return self._loaded
