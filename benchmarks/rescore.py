@@ -125,7 +125,9 @@ def incident_at(town: str, category: str, n: int) -> schemas.IncidentIn:
         "source": "rescore-bench",
         "source_id": f"{category}-{n}-{time.time_ns()}",
         "category": category,
-        "occurred_at": (now - timedelta(minutes=5)).isoformat(),
+        # Three days apart for each run: reports of one place at close times would be merged
+        # into one event, and the later ones would move no score.
+        "occurred_at": (now - timedelta(minutes=5, days=3 * n)).isoformat(),
         "reported_at": now.isoformat(),
         "location": {"type": "Point", "coordinates": [place.lon, place.lat]},
         "location_precision": "exact",
@@ -192,8 +194,10 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
         results: dict[str, dict[str, list[dict[str, Any]]]] = {
             label: {"full_pass": [], "threat": [], "attack": []} for label, _ in codes
         }
+        town = out["prepare"]["town"]
         for r in range(args.rounds):
-            for label, code in codes:
+            for k, (label, code) in enumerate(codes):
+                run = r * len(codes) + k
                 proc = start_worker(db, code, logs, f"{label}-{r}")
                 try:
                     engine = make_engine(db.url)
@@ -205,12 +209,8 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
                     assert depth == 0, depth
                     found = results[label]
                     found["full_pass"].append(phase(db, proc.pid, full_pass))
-                    found["threat"].append(
-                        phase(db, proc.pid, one(out["prepare"]["town"], "explicit_threat", r))
-                    )
-                    found["attack"].append(
-                        phase(db, proc.pid, one(out["prepare"]["town"], "armed_assault", r))
-                    )
+                    found["threat"].append(phase(db, proc.pid, one(town, "explicit_threat", run)))
+                    found["attack"].append(phase(db, proc.pid, one(town, "armed_assault", run)))
                     log(f"{backend}: round {r} {label}: "
                         f"{json.dumps({k: v[-1] for k, v in found.items()})}")  # fmt: skip
                 finally:
