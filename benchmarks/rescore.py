@@ -15,6 +15,9 @@ and, once its /healthz answers:
 2. **one threat**: an explicit threat to foreign firms at the town with the most sites;
 3. **one attack**: an armed assault at the same place.
 
+The generated history ends 40 days before the run, so the phases' incidents (one source, two
+hours apart) are never merged into an event it already holds.
+
 For 2 and 3 the incident is written in this process (as an ingest request would) and timed
 until the worker has emptied the queue; *targets* counts the current scores computed since.
 The worker's own CPU seconds over each phase (from /proc) give the CPU per target, which the
@@ -71,7 +74,9 @@ def prepare(db: Database, args: argparse.Namespace) -> dict[str, Any]:
     engine = make_engine(db.url)
     factory = make_sessionmaker(engine)
     now = utc_now()
-    bodies = data.incidents(args.incidents, now - timedelta(minutes=1), seed=args.seed + 2)
+    # The history ends 40 days ago: the phases' own incidents must not be taken for reports of
+    # an event it holds (merge.py: a month's slack at most), or they would move no score.
+    bodies = data.incidents(args.incidents, now - timedelta(days=40), seed=args.seed + 2)
     started = time.perf_counter()
     try:
         for start in range(0, len(bodies), 1000):
@@ -125,9 +130,9 @@ def incident_at(town: str, category: str, n: int) -> schemas.IncidentIn:
         "source": "rescore-bench",
         "source_id": f"{category}-{n}-{time.time_ns()}",
         "category": category,
-        # Three days apart for each run: reports of one place at close times would be merged
-        # into one event, and the later ones would move no score.
-        "occurred_at": (now - timedelta(minutes=5, days=3 * n)).isoformat(),
+        # Two hours apart for each run, from one source (whose reports never merge), and
+        # more than a month after the generated history (so none of it is the same event).
+        "occurred_at": (now - timedelta(minutes=5, hours=2 * n)).isoformat(),
         "reported_at": now.isoformat(),
         "location": {"type": "Point", "coordinates": [place.lon, place.lat]},
         "location_precision": "exact",
