@@ -180,13 +180,14 @@ def preload(db: Database, n_sites: int, n_corridors: int, seed: int) -> tuple[Ke
 def queue_depth(engine: Engine) -> int:
     """Rescoring work waiting (committed): targets queued, plus incident feed entries the
     rescoring worker has not read yet (it queues their targets when it reads them)."""
+    # One statement, so one snapshot: counted apart, a worker committing in between (reading
+    # the feed entry and queueing its targets at once) could be missed by both counts.
     with engine.connect() as conn:
-        marks = conn.exec_driver_sql("SELECT count(*) FROM rescore_mark").scalar_one()
-        unread = conn.exec_driver_sql(
-            "SELECT count(*) FROM incident_change WHERE id > COALESCE("
-            "(SELECT position FROM feed_cursor WHERE name = 'rescore'), 0)"
+        depth = conn.exec_driver_sql(
+            "SELECT (SELECT count(*) FROM rescore_mark) + (SELECT count(*) FROM incident_change"
+            " WHERE id > COALESCE((SELECT position FROM feed_cursor WHERE name = 'rescore'), 0))"
         ).scalar_one()
-    return int(marks) + int(unread)
+    return int(depth)
 
 
 def rescored_since(engine: Engine, moment: datetime) -> int:
