@@ -7,8 +7,10 @@
 Latency: kidnappings are posted at a steady rate near subscribed sites (each subscription has a
 `kidnapping_nearby` event rule and a band threshold rule); for every signed webhook the
 receiver gets about such an incident, latency = arrival - the moment the POST was answered.
-Fan-out: deliveries are written to the outbox in one transaction, then the workers start;
-the receiver counts every `webhook-id` (duplicates and losses are reported).
+Fan-out: once the workers run (idle), deliveries are written to the outbox in one transaction;
+the receiver counts every `webhook-id` (duplicates and losses are reported). Just before and
+just after, the reference: one plain synchronous httpx.Client on one connection posts the same
+notifications, signed, to the same receiver; the ratio of the two rates is the figure to watch.
 Burst: one endpoint watches 200 sites with a `kidnapping_nearby` rule; every few seconds a new
 threshold rule on those sites fires for all 200 at once, while kidnappings near them are posted
 at a steady rate: latency of the kidnapping webhooks behind the bulk notices to that endpoint.
@@ -32,7 +34,7 @@ from random import Random
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from benchmarks.run import (
@@ -52,7 +54,7 @@ from benchmarks.run import (
     stop_server,
     wait_ready,
 )
-from services.alerts import outbox
+from services.alerts import outbox, signing
 from services.alerts.models import Delivery, Endpoint, EndpointSecret, Rule, Subscription
 from services.alerts.schemas import parse_rule
 from services.alerts.signing import generate_secret
@@ -144,7 +146,7 @@ def subscribe(
                 )  # fmt: skip
                 session.add(sub)
                 session.flush()
-                bodies = [
+                bodies: list[tuple[str, dict[str, Any]]] = [
                     ("threshold", {"kind": "threshold", "metric": "band", "raise_at": "high",
                                    "clear_at": "elevated"}),
                     ("event", {"kind": "event", "trigger": "kidnapping_nearby",
@@ -181,8 +183,11 @@ def site_points(db: Database, ids: list[int]) -> list[tuple[float, float]]:
     return [(by_id[i][0][1], by_id[i][0][0]) for i in ids if i in by_id]
 
 
-def start_stack(db: Database, logs: Path, roles: list[str]) -> Server:
-    """The API, plus one `riskalert worker --role R` per role; no roles: the inline default."""
+def start_stack(
+    db: Database, logs: Path, roles: list[str], *, wait_workers: bool = False
+) -> Server:
+    """The API, plus one `riskalert worker --role R` per role; no roles: the inline default.
+    With `wait_workers`, each worker serves /healthz on a port of its own and is waited for."""
     workers = len(roles)
     inline = workers == 0
     env = env_for(db, inline)
@@ -192,19 +197,23 @@ def start_stack(db: Database, logs: Path, roles: list[str]) -> Server:
         [str(BIN / "riskalert"), "serve", "--host", "127.0.0.1", "--port", str(port)], env, log_path
     )
     server = Server(f"riskalert serve ({db.backend})", proc, port, log_path)
+    health: list[Server] = []
     for n, role in enumerate(roles):
         # Rescoring is catch-up work and delivery is not: the scoring worker runs at a lower
         # priority, as deploy/README.md recommends, so a backlog cannot starve delivery.
         nice = ["nice", "-n", "10"] if role == "scoring" else []
-        server.extra.append(
-            start_process(
-                [*nice, str(BIN / "riskalert"), "worker", "--role", role],
-                env,
-                logs / f"worker-{db.backend}-{n}.log",
-            )
+        ports = ["--metrics-port", str(free_port())] if wait_workers else []
+        worker_log = logs / f"worker-{db.backend}-{n}.log"
+        worker = start_process(
+            [*nice, str(BIN / "riskalert"), "worker", "--role", role, *ports], env, worker_log
         )
+        server.extra.append(worker)
+        if ports:
+            health.append(Server(f"worker {n}", worker, int(ports[1]), worker_log))
     try:
         wait_ready(server, "/readyz")
+        for worker_health in health:
+            wait_ready(worker_health, "/healthz")
     except Exception:
         stop_server(server)
         raise
@@ -340,8 +349,65 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace) -> dict[str, Any]:
-    """Write n deliveries across every endpoint at once, then let the workers send them."""
+def fanout_payload(endpoint_id: int, n: int, now: datetime) -> dict[str, Any]:
+    """The notification of the fan-out's n-th delivery (the reference posts the same)."""
+    return {"type": "endpoint.test", "timestamp": now.isoformat(),
+            "data": {"endpoint": {"id": endpoint_id}, "n": n}}  # fmt: skip
+
+
+def reference(
+    receiver: Server, secret: str, targets: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any]:
+    """One plain synchronous httpx.Client on one keep-alive connection POSTs the fan-out's
+    notifications to the same receiver, signed and with the headers a delivery has.
+
+    Bodies and message ids are made before the clock starts (the outbox holds them too); each
+    request is signed as it is sent, with its own timestamp, as every delivery attempt is.
+    Timed like the fan-out: from the first to the last arrival at the receiver.
+    """
+    prepared = [
+        (url, outbox.new_message_id(), json.dumps(p, separators=(",", ":")).encode())
+        for url, p in targets
+    ]
+    httpx.post(receiver.base + "/reset", timeout=10)
+    failed = 0
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    headers = {"user-agent": "riskalert-webhooks/1"}
+    with httpx.Client(limits=limits, headers=headers, timeout=15, trust_env=False) as client:
+        receiver_before, client_before = cpu_seconds(receiver.proc.pid), time.thread_time()
+        started = time.perf_counter()
+        for url, message_id, body in prepared:
+            signed = signing.headers([secret], message_id, int(time.time()), body)
+            signed["accept-encoding"] = "identity"
+            if client.post(url, content=body, headers=signed).status_code != 204:
+                failed += 1
+        elapsed = time.perf_counter() - started
+        client_cpu = time.thread_time() - client_before
+        receiver_cpu = cpu_seconds(receiver.proc.pid) - receiver_before
+    arrivals = sorted(r["at"] for r in receiver_stats(receiver)["records"])
+    span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else None
+    return {
+        "requests": len(prepared),
+        "received": len(arrivals),
+        "failed": failed,
+        "body_bytes_mean": round(statistics.mean(len(b) for _, _, b in prepared), 1),
+        "per_s_first_to_last": round(len(arrivals) / span, 1) if span else None,
+        "per_s_client": round(len(prepared) / elapsed, 1),
+        # Shares of one core over the client's run: together about 1, each request waits for
+        # the other side; whichever is larger is what sets the pace.
+        "client_cpu_share": round(client_cpu / elapsed, 2),
+        "receiver_cpu_share": round(receiver_cpu / elapsed, 2),
+        "client_cpu_us_per_request": round(client_cpu / len(prepared) * 1e6),
+        "receiver_cpu_us_per_request": round(receiver_cpu / len(prepared) * 1e6),
+    }
+
+
+def fanout(
+    db: Database, logs: Path, receiver: Server, secret: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Start the workers and wait until they run, then write n deliveries across every
+    endpoint in one transaction and time how they are sent; the reference (one plain client
+    posting the same notifications) runs just before and just after."""
     engine = make_engine(db.url)
     factory = make_sessionmaker(engine)
     now = datetime.now(UTC)
@@ -349,32 +415,56 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
         with factory.begin() as session:
             # Whatever the latency phase left behind is not part of this measurement.
             session.execute(
-                Delivery.__table__.update()
+                update(Delivery)
                 .where(Delivery.status.in_(("pending", "sending")))
                 .values(status="cancelled")
             )
             endpoints = list(session.execute(select(Endpoint).order_by(Endpoint.id)).scalars())
-            for i in range(args.fanout):
-                endpoint = endpoints[i % len(endpoints)]
-                outbox.enqueue(
-                    session, tenant_id=endpoint.tenant_id, endpoints=[endpoint], alert_id=None,
-                    event_type="endpoint.test", sequence=0,
-                    payload={"type": "endpoint.test", "timestamp": now.isoformat(),
-                             "data": {"endpoint": {"id": endpoint.id}, "n": i}},
-                    now=now,
-                )  # fmt: skip
+            session.expunge_all()
+        payloads = [
+            (
+                endpoints[i % len(endpoints)],
+                fanout_payload(endpoints[i % len(endpoints)].id, i, now),
+            )
+            for i in range(args.fanout)
+        ]
+        log(f"{db.backend}: reference before the fan-out")
+        before = reference(receiver, secret, [(e.address, p) for e, p in payloads])
+        log(f"{db.backend}: reference {before['per_s_first_to_last']}/s")
         httpx.post(receiver.base + "/reset", timeout=10)
         workers = 0 if db.backend == "sqlite" else args.fanout_workers
-        started = time.time()
-        receiver_cpu_before = cpu_seconds(receiver.proc.pid)
-        stack = start_stack(db, logs, ["alerts"] * workers)
+        begun = time.perf_counter()
+        stack = start_stack(db, logs, ["alerts"] * workers, wait_workers=True)
+        ready_s = time.perf_counter() - begun
+        senders = [p.pid for p in stack.extra] or [stack.proc.pid]
         try:
+            with factory.begin() as session:
+                for endpoint, payload in payloads:
+                    outbox.enqueue(
+                        session, tenant_id=endpoint.tenant_id, endpoints=[endpoint],
+                        alert_id=None, event_type="endpoint.test", sequence=0, payload=payload,
+                        now=now, flush=False,
+                    )  # fmt: skip
+            # The commit wakes the workers (NOTIFY on PostgreSQL, polling on SQLite).
+            committed = time.time()
+            receiver_cpu_before = cpu_seconds(receiver.proc.pid)
             deadline = time.perf_counter() + args.drain_deadline
+            # The senders' CPU from the first poll that saw a delivery to the one that saw all.
+            first: tuple[int, float] | None = None
+            got = 0
             while time.perf_counter() < deadline:
-                if receiver_counts(receiver)["by_type"].get("endpoint.test", 0) >= args.fanout:
+                got = receiver_counts(receiver)["by_type"].get("endpoint.test", 0)
+                if got and first is None:
+                    first = (got, sum(cpu_seconds(pid) for pid in senders))
+                if got >= args.fanout:
                     break
                 time.sleep(0.25)
             receiver_cpu = cpu_seconds(receiver.proc.pid) - receiver_cpu_before
+            sender_cpu = (
+                (sum(cpu_seconds(pid) for pid in senders) - first[1]) / max(1, got - first[0])
+                if first
+                else None
+            )
             # Anything still in flight or duplicated arrives now.
             time.sleep(1.0)
             stats = receiver_stats(receiver)
@@ -386,7 +476,7 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
                     select(Delivery.status, func.count()).group_by(Delivery.status)
                 ).all()
             )
-            by_worker = dict(
+            by_worker: dict[str, int] = dict(
                 session.execute(
                     text("SELECT worker, count(*) FROM delivery_attempt GROUP BY worker")
                 ).all()
@@ -402,6 +492,9 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
                     )
                 ).all()
             }
+        log(f"{db.backend}: reference after the fan-out")
+        after = reference(receiver, secret, [(e.address, p) for e, p in payloads])
+        log(f"{db.backend}: reference {after['per_s_first_to_last']}/s")
     finally:
         engine.dispose()
     # Only this phase's notifications: the latency phase may still have alerts in its feeds.
@@ -409,17 +502,27 @@ def fanout(db: Database, logs: Path, receiver: Server, args: argparse.Namespace)
     ids = [r["id"] for r in records]
     arrivals = sorted(r["at"] for r in records)
     span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else None
+    rate = round(len(ids) / span, 1) if span else None
+    references = [r["per_s_first_to_last"] for r in (before, after) if r["per_s_first_to_last"]]
+    reference_rate = round(statistics.mean(references), 1) if references else None
     return {
         "deliveries": args.fanout,
         "received": len(ids),
         "unique": len(set(ids)),
         "duplicates": len(ids) - len(set(ids)),
         "lost": args.fanout - len(set(ids)),
-        "per_s_first_to_last": round(len(ids) / span, 1) if span else None,
-        "per_s_including_start": round(len(ids) / (arrivals[-1] - started), 1)
-        if arrivals
-        else None,
+        "per_s_first_to_last": rate,
+        # From the commit of the outbox rows (the workers running and idle) to the last arrival.
+        "per_s_from_commit": round(len(ids) / (arrivals[-1] - committed), 1) if arrivals else None,
+        "workers_ready_s": round(ready_s, 1),
+        # One plain client posting the same notifications to the same receiver, just before
+        # and just after the fan-out; the ratio is against the mean of the two.
+        "reference_per_s": reference_rate,
+        "ratio_to_reference": round(rate / reference_rate, 2) if rate and reference_rate else None,
+        "reference_before": before,
+        "reference_after": after,
         "workers": workers or "inline (1 process)",
+        "sender_cpu_ms_per_delivery": round(sender_cpu * 1000, 3) if sender_cpu else None,
         # The receiver's CPU from the first to the last arrival, as a share of one core: well
         # under 1, it was not what limited the rate (it is one single-threaded process).
         "receiver_cpu_share": round(receiver_cpu / span, 2) if span else None,
@@ -615,8 +718,17 @@ def run_backend(backend: str, args: argparse.Namespace, logs: Path) -> dict[str,
                 log(f"{backend}: {out['burst']}")
             if "fanout" in args.phases:
                 log(f"{backend}: fan-out of {args.fanout}")
-                out["fanout"] = fanout(db, logs, receiver, args)
+                out["fanout"] = fanout(db, logs, receiver, secret, args)
                 log(f"{backend}: {out['fanout']}")
+                f = out["fanout"]
+                before, after = f["reference_before"], f["reference_after"]
+                log(
+                    f"{backend}: fan-out {f['per_s_first_to_last']}/s, reference "
+                    f"{f['reference_per_s']}/s (before {before['per_s_first_to_last']}, after "
+                    f"{after['per_s_first_to_last']}), ratio {f['ratio_to_reference']}; "
+                    f"{f['lost']} lost, {f['duplicates']} duplicated; senders' CPU "
+                    f"{f['sender_cpu_ms_per_delivery']} ms per delivery"
+                )
     finally:
         stop_process(receiver.proc)
     return out

@@ -134,20 +134,15 @@ def deliver(
     secrets: Sequence[str] = (SECRET,),
     allowlist: Sequence[str] = LOOPBACK,
     timeout: float = WAIT_S,
-    follow_redirects: bool = False,
     transport: httpx.BaseTransport | None = None,
     **kwargs: Any,
 ) -> AttemptResult:
-    """One send_webhook call with a fresh client, as the worker would make it."""
-    with httpx.Client(
-        timeout=timeout,
-        follow_redirects=follow_redirects,
-        trust_env=False,
-        transport=transport,
-    ) as client:
+    """One send_webhook call through a fresh transport, as the worker's sender threads make it."""
+    with transport or httpx.HTTPTransport(trust_env=False) as sender:
         return send_webhook(
-            client,
+            sender,
             url=url,
+            timeout_s=timeout,
             secrets=secrets,
             message_id=MSG_ID,
             body=BODY,
@@ -351,8 +346,7 @@ def test_a_lookup_within_the_deadline_still_sends(monkeypatch: pytest.MonkeyPatc
 def test_redirect_to_internal_address_is_not_followed(receiver: Receiver) -> None:
     receiver.reply = Reply(status=302, headers={"Location": "http://10.0.0.1/"}, body=b"")
 
-    # Even a client configured to follow redirects must not follow this one.
-    result = deliver(receiver.url, follow_redirects=True, timeout=2.0)
+    result = deliver(receiver.url, timeout=2.0)
 
     assert result.outcome == "retry"
     assert result.status_code == 302
@@ -475,9 +469,9 @@ def test_a_lookup_failing_inside_the_http_client_is_a_dns_failure_too() -> None:
 
 
 def test_http_is_refused_unless_allowed(receiver: Receiver) -> None:
-    with httpx.Client(trust_env=False) as client:
+    with httpx.HTTPTransport(trust_env=False) as transport:
         result = send_webhook(
-            client,
+            transport,
             url=receiver.url,
             secrets=[SECRET],
             message_id=MSG_ID,

@@ -2,8 +2,9 @@
 
 The consumer runs `pipeline` (evaluate, decide, enqueue) in one thread. The dispatcher runs in
 another: claim (leases) and settle (by lease token) in one short transaction per cycle, and
-deliver (httpx / aiosmtplib, outside any transaction) on a pool of threads. Both are woken the
-moment new work commits (`services.core.wake`) and poll as a fallback. APScheduler 3 runs the
+deliver (httpx / aiosmtplib, outside any transaction) on lanes, threads of a pool that each send
+claimed deliveries one after another. Both are woken the moment new work commits
+(`services.core.wake`) and poll as a fallback. APScheduler 3 runs the
 ticks; each is safe to run in several processes at once (row locks with SKIP LOCKED, unique
 dedupe keys).
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -243,6 +246,128 @@ def _log_settled(settled: list[outbox.Settled], owner: str) -> None:
             )
 
 
+# A cycle that only settles waits for this many finished attempts, or this long after the first
+# (seconds), while there is other work to send: one transaction records many. With nothing left
+# to send it runs at once, since settling may free an endpoint's places for its next delivery.
+SETTLE_BATCH = 64
+SETTLE_WAIT = 0.2
+# Attempts one lane makes before it hands over to a new one (a bound on its loop).
+LANE_TURNS = 10_000
+
+
+class Lanes:
+    """Claimed deliveries waiting to be sent, most urgent first, and the lanes sending them.
+
+    A lane is a pool thread that takes waiting deliveries one after another until none is
+    left. Lanes are opened while fewer than `active` are busy with an attempt younger than
+    `slow_after` seconds (one waiting for a slow endpoint stops counting, so the others are not
+    held up by it), never more than `limit` in all; a lane stops when there are more than
+    `active` without such an attempt, so a moment when some were slow does not leave the
+    process with more lanes than it can keep busy. Thread-safe; the clock is passed in.
+    """
+
+    def __init__(self, *, active: int, limit: int, slow_after: float, prefetch: int) -> None:
+        self.active, self.limit, self.slow_after = active, limit, slow_after
+        self.capacity = limit + prefetch  # deliveries held: in flight or waiting
+        self.low = self.capacity - max(1, prefetch // 2)  # held up to this: claim more
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[int, int, outbox.Claimed]] = []  # a heap
+        self._order = itertools.count()
+        self._lane_ids = itertools.count(1)
+        self._open = 0  # lanes running
+        self._busy: dict[int, float] = {}  # lane -> when its attempt started
+        self._finished: list[_Done] = []
+
+    def add(self, items: list[outbox.Claimed]) -> None:
+        """Queue claimed deliveries (in claim order, within their priority)."""
+        with self._lock:
+            for item in items:
+                key = (outbox.priority_of(item.event_type), next(self._order), item)
+                heapq.heappush(self._waiting, key)
+
+    def take(self, lane: int, now: float) -> outbox.Claimed | None:
+        """The next delivery for `lane`, busy from `now`; None when none waits or the lane is
+        one too many (it should stop)."""
+        with self._lock:
+            if not self._waiting or self._open - self._slow(now) > self.active:
+                return None
+            self._busy[lane] = now
+            return heapq.heappop(self._waiting)[2]
+
+    def _slow(self, now: float) -> int:
+        return sum(1 for started in self._busy.values() if now - started >= self.slow_after)
+
+    def finish(self, lane: int, done: _Done) -> bool:
+        """Keep `lane`'s finished attempt; whether the dispatcher should look now (a batch to
+        record, or few deliveries left to send)."""
+        with self._lock:
+            self._busy.pop(lane, None)
+            self._finished.append(done)
+            held = len(self._waiting) + len(self._busy)
+            return (
+                len(self._finished) >= SETTLE_BATCH
+                or held <= self.low
+                or len(self._waiting) < self.active
+            )
+
+    def open(self, now: float) -> list[int]:
+        """The lanes to start now for the deliveries waiting (as many as may run), counted as
+        running from now on."""
+        with self._lock:
+            slow = self._slow(now)
+            between = self._open - len(self._busy)  # just started, or between two attempts
+            wanted = len(self._waiting) - between
+            n = max(0, min(wanted, self.active - (self._open - slow), self.limit - self._open))
+            self._open += n
+            return [next(self._lane_ids) for _ in range(n)]
+
+    def closed(self, lane: int) -> None:
+        """`lane` has stopped."""
+        with self._lock:
+            self._busy.pop(lane, None)
+            self._open -= 1
+
+    def collect(self) -> list[_Done]:
+        """The finished attempts, handed over once."""
+        with self._lock:
+            done, self._finished = self._finished, []
+            return done
+
+    def withdraw(self) -> list[outbox.Claimed]:
+        """Every delivery still waiting (none has been sent), in order; none waits after."""
+        with self._lock:
+            items = [heapq.heappop(self._waiting)[2] for _ in range(len(self._waiting))]
+            return items
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries claimed and not yet started."""
+        return len(self._waiting)
+
+    @property
+    def held(self) -> int:
+        """Deliveries this process holds a lease on and has not finished: waiting or sending."""
+        with self._lock:
+            return len(self._waiting) + len(self._busy)
+
+    @property
+    def running(self) -> int:
+        """Lanes running."""
+        return self._open
+
+
+class _NewWork:
+    """Set when a commit enqueued deliveries (this process, or NOTIFY): a claim may find some."""
+
+    def __init__(self, kick: threading.Event) -> None:
+        self.flag = threading.Event()
+        self._kick = kick
+
+    def set(self) -> None:
+        self.flag.set()
+        self._kick.set()
+
+
 class AlertsWorker:
     """The consumer thread and the delivery threads of one process."""
 
@@ -260,8 +385,10 @@ class AlertsWorker:
         self._reader = make_sessionmaker(factory.kw["bind"], read_only=True)
         self._stop = threading.Event()
         self._feed_wakes = [threading.Event(), threading.Event()]
-        # Set by a commit that enqueued (this process, or NOTIFY) and by every finished attempt.
+        # Set by a commit that enqueued (this process, or NOTIFY), and by lanes when there is
+        # a batch to settle or little left to send.
         self._kick = threading.Event()
+        self._new_work = _NewWork(self._kick)
         self._consumers = [
             threading.Thread(
                 target=self._consume, args=(inputs, ready), name=f"alerts-{kind}", daemon=True
@@ -279,18 +406,25 @@ class AlertsWorker:
                 settings.database_url, [FEED_CHANNEL, outbox.DELIVERY_CHANNEL]
             )
         self._rng = Random()  # noqa: S311 -- retry jitter, not a secret
-        # Attempts run on threads with httpx's blocking client: per process it sends about
+        # Attempts run on threads with httpx's blocking transport: per process it sends about
         # three times what its asyncio client does here (docs/benchmarks.md).
         self._pool = ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="alerts-send"
         )
-        # One HTTP client per sender thread. Threads sharing one httpcore pool can have a
-        # connection closed under a request already sent (encode/httpcore#1110): the attempt
+        self._lanes = Lanes(
+            active=min(settings.active_sends, settings.concurrency),
+            limit=settings.concurrency,
+            slow_after=settings.slow_send_after.total_seconds(),
+            prefetch=settings.claim_batch,
+        )
+        self._lane_futures: set[Future[None]] = set()
+        # One HTTP connection pool per sender thread. Threads sharing one httpcore pool can have
+        # a connection closed under a request already sent (encode/httpcore#1110): the attempt
         # then fails after the receiver got it, and the retry is a duplicate. Seen here as
         # "ReadError [Errno 9] Bad file descriptor" in the fan-out benchmark.
         self._local = threading.local()
-        self._clients: list[httpx.Client] = []
-        self._clients_lock = threading.Lock()
+        self._transports: list[httpx.HTTPTransport] = []
+        self._transports_lock = threading.Lock()
         self.delivered = 0  # attempts settled by this worker, for its log line
         # When each thread last turned its loop (time.monotonic), by thread name: /healthz.
         self._turned: dict[str, float] = {}
@@ -317,7 +451,7 @@ class AlertsWorker:
         """Start consuming and delivering."""
         for ready in self._feed_wakes:
             wake.subscribe(FEED_CHANNEL, ready)
-        wake.subscribe(outbox.DELIVERY_CHANNEL, self._kick)
+        wake.subscribe(outbox.DELIVERY_CHANNEL, self._new_work)
         if self._listener is not None:
             self._listener.start()
         for consumer in self._consumers:
@@ -339,12 +473,12 @@ class AlertsWorker:
         # Attempts still running past the grace are abandoned to their leases.
         self._pool.shutdown(wait=False, cancel_futures=True)
         if not self._dispatcher.is_alive():
-            with self._clients_lock:
-                for client in self._clients:
-                    client.close()
+            with self._transports_lock:
+                for transport in self._transports:
+                    transport.close()
         for ready in self._feed_wakes:
             wake.unsubscribe(FEED_CHANNEL, ready)
-        wake.unsubscribe(outbox.DELIVERY_CHANNEL, self._kick)
+        wake.unsubscribe(outbox.DELIVERY_CHANNEL, self._new_work)
         if self._listener is not None:
             self._listener.stop()
 
@@ -370,66 +504,123 @@ class AlertsWorker:
                 # The unit of work rolled back: the cursor did not move, the batch comes again.
                 streak.failed()
 
-    # The dispatcher: claim, deliver (on the pool), settle ------------------------------------
+    # The dispatcher: claim, deliver (on lanes), settle -----------------------------------------
 
     def _dispatch(self) -> None:
         settings = self._settings
         poll = settings.poll_interval.total_seconds()
-        inflight: set[Future[_Done]] = set()
+        lanes = self._lanes
         done: list[_Done] = []
+        done_since = 0.0  # when the oldest attempt in `done` finished (time.monotonic)
+        # Whether a claim may find something: not after one came back short, until new work is
+        # announced, settling frees places, or a poll interval has passed.
+        due, claimed_at = True, -math.inf
         failures = FailureStreak(log, "settling and claiming deliveries")
         while True:
             self._turn()
             # Cleared before looking, so a completion or wake-up from now on is not missed.
             self._kick.clear()
-            finished = {f for f in inflight if f.done()}
-            inflight -= finished
-            done.extend(f.result() for f in finished)
+            if self._new_work.flag.is_set():
+                self._new_work.flag.clear()
+                due = True
+            now = time.monotonic()
             stopping = self._stop.is_set()
-            limit = (
-                0 if stopping else min(settings.concurrency - len(inflight), settings.claim_batch)
+            if stopping:
+                # Claimed but not started: handed back unsent, due at once for another worker.
+                left = lanes.withdraw()
+                done.extend(_Done(i, _unsent(i), self._clock(), sent=False) for i in left)
+            finished = lanes.collect()
+            if finished and not done:
+                done_since = now
+            done.extend(finished)
+            # Up to `concurrency` in flight and a claim's worth waiting: the lanes must not run
+            # dry during a cycle, which takes tens of milliseconds when the sending threads keep
+            # the dispatcher waiting for the interpreter. Claimed again when there is room for
+            # half a claim, or at once when few are left to send (the places may be held by
+            # attempts to slow endpoints).
+            room = 0 if stopping else lanes.capacity - lanes.held
+            claim = (
+                room > 0
+                and (room >= settings.claim_batch // 2 or lanes.waiting < lanes.active)
+                and (due or now - claimed_at >= poll)
+            )
+            settle = bool(done) and (
+                claim
+                or stopping
+                or len(done) >= SETTLE_BATCH
+                or lanes.waiting == 0
+                or now - done_since >= SETTLE_WAIT
             )
             claimed: list[outbox.Claimed] = []
-            if done or limit > 0:
-                batch, done = done, []
+            limit = min(room, settings.claim_batch) if claim else 0
+            if claim or settle:
+                batch, done = (done, []) if settle else ([], done)
                 try:
                     # One short transaction settles what finished and claims what is due.
                     claimed = self._cycle(batch, limit)
                     self.delivered += len(batch)
                     failures.succeeded()
+                    if claim:
+                        claimed_at = now
+                    # Settling may have freed an endpoint's places; a full claim may leave more.
+                    due = bool(batch) or (claim and len(claimed) == limit)
                 except Exception:
                     failures.failed()
                     # Keep the finished attempts until they are recorded, however long the
                     # database is away: dropping them would have them sent again after their
-                    # leases. Nothing new is claimed meanwhile, so they are at most
-                    # `concurrency`; settling by lease token records only those still held.
+                    # leases. Nothing new is claimed meanwhile, so they are at most what the
+                    # lanes hold; settling by lease token records only those still held.
                     done = batch + done
+                    done_since = now
+                    claim = False
                     self._stop.wait(min(0.05 * failures.count, 2.0))
-            if stopping and not done:
+            if stopping and not done and not lanes.waiting:
                 break
             if claimed:
                 # Deliveries someone waits for (reading feeds is not: a rescoring backlog
                 # produces score changes itself, and must not slow down for them).
                 activity.touch()
-            for lease in claimed:
-                future = self._pool.submit(self._attempt, lease)
-                future.add_done_callback(lambda _: self._kick.set())
-                inflight.add(future)
-            if limit > 0 and len(claimed) == limit:
+                lanes.add(claimed)
+            self._open_lanes()
+            if claim and len(claimed) == limit:
                 continue  # more may be due right now
-            self._kick.wait(poll)
-            if len(inflight) > 1:
-                # Let a few more finish, so one transaction settles several.
-                time.sleep(0.002)
-        self._finish(inflight)
+            if done:
+                timeout = max(0.001, SETTLE_WAIT - (time.monotonic() - done_since))
+            elif lanes.waiting:
+                timeout = lanes.slow_after  # an attempt turning slow lets another lane open
+            else:
+                timeout = poll
+            self._kick.wait(timeout)
+        self._finish()
 
-    def _finish(self, inflight: set[Future[_Done]]) -> None:
+    def _open_lanes(self) -> None:
+        """Start lanes for the deliveries waiting, as many as `Lanes.open` allows."""
+        for lane in self._lanes.open(time.monotonic()):
+            future = self._pool.submit(self._lane, lane)
+            self._lane_futures.add(future)
+            future.add_done_callback(self._lane_futures.discard)
+
+    def _lane(self, lane: int) -> None:
+        """Send waiting deliveries one after another until none is left."""
+        lanes = self._lanes
+        try:
+            for _ in range(LANE_TURNS):
+                item = lanes.take(lane, time.monotonic())
+                if item is None:
+                    break
+                if lanes.finish(lane, self._attempt(item)):
+                    self._kick.set()
+        finally:
+            lanes.closed(lane)
+            self._kick.set()
+
+    def _finish(self) -> None:
         """Graceful stop: requests in flight finish and are recorded; no new claims."""
-        if not inflight:
-            return
         grace = self._settings.shutdown_grace.total_seconds()
-        finished, _ = wait(inflight, timeout=grace)
-        last = [f.result() for f in finished]
+        wait(list(self._lane_futures), timeout=grace)
+        last = self._lanes.collect()
+        if not last:
+            return
         for _ in range(5):
             try:
                 self._cycle(last, 0)
@@ -450,56 +641,39 @@ class AlertsWorker:
             clock=self._clock,
         )
 
-    def _http(self) -> httpx.Client:
-        """This sender thread's HTTP client (made on first use)."""
-        client: httpx.Client | None = getattr(self._local, "client", None)
-        if client is None:
-            settings = self._settings
-            slots = settings.endpoint_slots
-            client = httpx.Client(
-                timeout=settings.webhook_timeout.total_seconds(),
-                follow_redirects=False,
+    def _transport(self) -> httpx.HTTPTransport:
+        """This sender thread's HTTP connection pool (made on first use)."""
+        transport: httpx.HTTPTransport | None = getattr(self._local, "transport", None)
+        if transport is None:
+            slots = self._settings.endpoint_slots
+            transport = httpx.HTTPTransport(
                 # A thread sends one request at a time; a few idle connections let it go
                 # back to the endpoints it sends to most without a new handshake.
                 limits=httpx.Limits(max_connections=slots * 2, max_keepalive_connections=slots * 2),
-                headers={"user-agent": "riskalert-webhooks/1"},
                 trust_env=False,
             )
-            self._local.client = client
-            with self._clients_lock:
-                self._clients.append(client)
-        return client
+            self._local.transport = transport
+            with self._transports_lock:
+                self._transports.append(transport)
+        return transport
 
     def _attempt(self, item: outbox.Claimed) -> _Done:
-        # Its logs name the delivery, its webhook id and the request that caused it.
-        with working_for(
-            [item.request_id], delivery_id=item.id, webhook_id=item.message_id, attempt=item.attempt
-        ):
-            done = self._send(item)
-            result = done.result
-            if not done.sent:
-                log.warning(
-                    "%s delivery %d not sent: the lease taken at %s for attempt %d had too little "
-                    "left (expires %s); left for the next claim",
-                    item.kind, item.id, item.leased_at.isoformat(), item.attempt,
-                    item.lease_expires_at.isoformat(),
-                )  # fmt: skip
-                return done
-            # Successes are the bulk and are stored with their attempt; the rest is news.
-            log.log(
-                logging.DEBUG if result.outcome == "delivered" else logging.INFO,
-                "%s attempt: %s",
-                item.kind,
-                result.outcome,
-                extra={
-                    "status_code": result.status_code,
-                    "error_class": result.error_class,
-                    "error": result.error,
-                    "ms": round(result.duration_ms, 1),
-                },
-            )
-        metrics.DELIVERIES.labels(item.kind, done.result.outcome).inc()
-        metrics.DELIVERY_SECONDS.labels(item.kind).observe(done.result.duration_ms / 1000)
+        done = self._send(item)
+        result = done.result
+        # Successes are the bulk and are stored with their attempt; the rest is news. The log
+        # context is bound only for a line that will be written.
+        if not done.sent:
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if result.outcome == "delivered" else logging.INFO
+        if log.isEnabledFor(level):
+            with working_for(
+                [item.request_id], delivery_id=item.id, webhook_id=item.message_id,
+                attempt=item.attempt,
+            ):  # fmt: skip
+                _log_attempt(item, done, level)
+        metrics.DELIVERIES.labels(item.kind, result.outcome).inc()
+        metrics.DELIVERY_SECONDS.labels(item.kind).observe(result.duration_ms / 1000)
         return done
 
     def _send(self, item: outbox.Claimed) -> _Done:
@@ -518,7 +692,7 @@ class AlertsWorker:
             if item.kind == "webhook":
                 body = json.dumps(item.payload, separators=(",", ":"), ensure_ascii=False)
                 result = webhooks.send_webhook(
-                    self._http(),
+                    self._transport(),
                     url=item.address,
                     secrets=item.secrets,
                     message_id=item.message_id,
@@ -526,6 +700,7 @@ class AlertsWorker:
                     now=started,
                     allow_http=settings.webhook_allow_http,
                     allowlist=settings.webhook_allowlist,
+                    timeout_s=settings.webhook_timeout.total_seconds(),
                     max_response_bytes=settings.max_response_bytes,
                     total_timeout_s=budget,
                 )
@@ -545,7 +720,11 @@ class AlertsWorker:
                 )
         except Exception as exc:
             # A bug, not a receiver's answer: log it and retry on the schedule.
-            log.exception("delivery %s raised", item.id)
+            with working_for(
+                [item.request_id], delivery_id=item.id, webhook_id=item.message_id,
+                attempt=item.attempt,
+            ):  # fmt: skip
+                log.exception("delivery %s raised", item.id)
             result = webhooks.AttemptResult(
                 outcome="retry",
                 status_code=None,
@@ -555,6 +734,31 @@ class AlertsWorker:
                 duration_ms=(time.perf_counter() - begun) * 1000,
             )
         return _Done(item, result, started)
+
+
+def _log_attempt(item: outbox.Claimed, done: _Done, level: int) -> None:
+    """The attempt's log line (its context bound by the caller)."""
+    if not done.sent:
+        log.warning(
+            "%s delivery %d not sent: the lease taken at %s for attempt %d had too little "
+            "left (expires %s); left for the next claim",
+            item.kind, item.id, item.leased_at.isoformat(), item.attempt,
+            item.lease_expires_at.isoformat(),
+        )  # fmt: skip
+        return
+    result = done.result
+    log.log(
+        level,
+        "%s attempt: %s",
+        item.kind,
+        result.outcome,
+        extra={
+            "status_code": result.status_code,
+            "error_class": result.error_class,
+            "error": result.error,
+            "ms": round(result.duration_ms, 1),
+        },
+    )
 
 
 def _unsent(item: outbox.Claimed) -> webhooks.AttemptResult:

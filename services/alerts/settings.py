@@ -86,8 +86,27 @@ class AlertsSettings(PlatformSettings):
     concurrency: int = Field(
         64,
         ge=1,
-        description="Deliveries in flight per worker process.",
+        description=(
+            "Deliveries in flight per worker process (sending threads); up to claim_batch more "
+            "wait, claimed, for a thread."
+        ),
         validation_alias=renamed("ALERTS_CONCURRENCY", "CONCURRENCY"),
+    )
+    active_sends: int = Field(
+        12,
+        ge=1,
+        description=(
+            "Deliveries a worker process sends at once while they are answered promptly; one "
+            "still unanswered after slow_send_after stops counting, so slow endpoints can take "
+            "up to concurrency. Past a dozen, threads of one process that all have an answer to "
+            "read mostly wait for each other (the interpreter lock): more send less."
+        ),
+        validation_alias=renamed("ALERTS_ACTIVE_SENDS"),
+    )
+    slow_send_after: Duration = Field(
+        timedelta(milliseconds=100),
+        description="When an attempt in flight stops counting against active_sends.",
+        validation_alias=renamed("ALERTS_SLOW_SEND_AFTER"),
     )
     endpoint_slots: int = Field(
         2,

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets as secrets_module
@@ -52,12 +53,19 @@ def decode_secret(secret: str) -> bytes:
 
 def _digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
     # The body is signed as sent, byte for byte: re-encoding it would break receivers.
-    return hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    # One-shot HMAC in C: a fifth of what building an `hmac.HMAC` object costs per message.
+    return hmac.digest(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+
+
+@functools.lru_cache(maxsize=1024)
+def _key(secret: str) -> bytes:
+    """The HMAC key of a secret, decoded once per process (every attempt signs)."""
+    return decode_secret(secret)
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """Return the `v1,<base64>` signature of one message under one secret."""
-    digest = _digest(decode_secret(secret), msg_id, timestamp, body)
+    digest = _digest(_key(secret), msg_id, timestamp, body)
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode('ascii')}"
 
 
