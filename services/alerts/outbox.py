@@ -340,18 +340,18 @@ _HOLDERS = (
     .order_by(_D.c.id)
     .with_for_update()
 )
+# What a delivered attempt leaves on its delivery: settled, its lease released.
+_SUCCEEDED_VALUES: dict[str, Any] = {
+    "status": SUCCEEDED,
+    "settled_at": bindparam("now"),
+    "updated_at": bindparam("now"),
+    "lease_owner": None,
+    "lease_token": None,
+    "lease_expires_at": None,
+    "last_error": None,
+}
 _SUCCEEDED = (
-    update(_D)
-    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
-    .values(
-        status=SUCCEEDED,
-        settled_at=bindparam("now"),
-        updated_at=bindparam("now"),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
-        last_error=None,
-    )
+    update(_D).where(_D.c.id.in_(bindparam("ids", expanding=True))).values(_SUCCEEDED_VALUES)
 )
 # Delivered attempts whose worker still holds the lease (by delivery id and lease token), closed
 # in one statement; the ids it closed come back, the rest take the general path.
@@ -361,15 +361,7 @@ _DELIVERED = (
         tuple_(_D.c.id, _D.c.lease_token).in_(bindparam("held", expanding=True)),
         _D.c.status == SENDING,
     )
-    .values(
-        status=SUCCEEDED,
-        settled_at=bindparam("now"),
-        updated_at=bindparam("now"),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
-        last_error=None,
-    )
+    .values(_SUCCEEDED_VALUES)
     .returning(_D.c.id)
 )
 _DELIVERED_PG = text(
