@@ -242,7 +242,7 @@ def design(
         features[:, :, :, s, :] = product.transpose(0, 3, 1, 2)
     names = [(g, s, h) for g in groups for s in range(n_s) for h in range(n_h)]
 
-    # Tempo, with the same windows as terms.window_sums.
+    # Tempo, with the same windows as terms.windows.
     recent = valid & (age <= params.escalation_recent_days)
     base = (
         valid

@@ -25,7 +25,8 @@ from services.scoring.risk.params import ModelParams
 from services.scoring.risk.types import Target
 from services.scoring.taxonomy import Category, TargetKind
 
-# Sites are grouped into cells this many degrees wide.
+# Sites (and score_points' bare points) are grouped into cells this many degrees wide: one
+# candidate search and one distance matrix serve every point of a cell.
 CELL_DEGREES = 1.0
 # Upper bound on a (sites x candidates) distance matrix built at once.
 MAX_MATRIX_CELLS = 1_000_000

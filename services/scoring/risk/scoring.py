@@ -42,9 +42,6 @@ from services.scoring.risk.params import ModelParams
 from services.scoring.risk.types import Adjustment, Hotspot, Score, Target
 from services.scoring.taxonomy import Component, Mode, Sector, TargetKind, TargetType
 
-# score_points groups its pairs into cells this many degrees wide, so one candidate search and
-# one distance matrix serve every point in the cell.
-_CELL_DEGREES = 1.0
 # An adjustment whose factor is closer to 1 than this (its incidents are too far or too old to
 # weigh) is not listed.
 NOTABLE_FACTOR = 0.005
@@ -236,14 +233,6 @@ def _shares(total: FloatArray, weights: FloatArray, sums: FloatArray, pairs: Pai
     return np.where(s != 0.0, total[pairs.target] * weights / safe, 0.0)
 
 
-def _adjust_odds(probability: FloatArray, factor: FloatArray) -> FloatArray:
-    """terms.adjust_odds of many (probability, factor)."""
-    unmoved = (factor == 1.0) | (probability <= 0.0) | (probability >= 1.0)
-    p = np.where(unmoved, 0.0, probability)
-    odds = p / (1.0 - p) * factor
-    return np.where(unmoved, probability, odds / (1.0 + odds))
-
-
 def score_target(
     target: Target,
     incidents: IncidentSet,
@@ -376,8 +365,8 @@ def _score_chunk(
     limit = params.max_odds_factor
     m_total = np.minimum(limit, np.maximum(1.0 / limit, m_incidents * m_threats))
     m_incidents_capped = np.minimum(limit, np.maximum(1.0 / limit, m_incidents))
-    p_after_incidents = _adjust_odds(p_generic, m_incidents_capped)
-    probability = _adjust_odds(p_generic, m_total)
+    p_after_incidents = terms.adjust_odds(p_generic, m_incidents_capped)
+    probability = terms.adjust_odds(p_generic, m_total)
     values = terms.percent(probability)
 
     # Points: background, the fitted part by incident and escalation, then the adjustments.
@@ -690,7 +679,9 @@ def intensities(
 
     lookback_s = params.lookback_days * terms.DAY_S
     reach_km = incidents.max_influence_km
-    cell = np.floor(lat_arr / _CELL_DEGREES) * 1000.0 + np.floor(lon_arr / _CELL_DEGREES)
+    cell = np.floor(lat_arr / pairs_mod.CELL_DEGREES) * 1000.0 + np.floor(
+        lon_arr / pairs_mod.CELL_DEGREES
+    )
     order = np.argsort(cell, kind="stable")
     bounds = np.flatnonzero(np.diff(cell[order])) + 1
     n_h = incidents.half_lives.shape[0]

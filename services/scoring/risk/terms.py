@@ -67,18 +67,6 @@ def coefficient_tensor(params: ModelParams) -> tuple[FloatArray, tuple[str, ...]
     ), names
 
 
-def space_time_weight(
-    kernel_basis: FloatArray, decay_basis: FloatArray, coefficients: FloatArray
-) -> FloatArray:
-    """Sum over (s, h) of B[s, h] k_s D_h per incident: kernel (n, S), decay (n, H), and each
-    incident's B flattened (n, S*H)."""
-    n, n_s = kernel_basis.shape
-    outer = (kernel_basis[:, :, None] * decay_basis[:, None, :]).reshape(
-        n, n_s * decay_basis.shape[1]
-    )
-    return np.asarray(np.sum(outer * coefficients, axis=1))
-
-
 def escalation_kernel(d_eff_km: FloatArray, params: ModelParams) -> FloatArray:
     """The fixed kernel tempo is measured with: exp(-d/escalation_scale_km), tapered at reach."""
     return np.asarray(
@@ -99,17 +87,6 @@ def windows(
         & (age_days <= recent_days + params.escalation_baseline_days)
     )
     return recent.astype(np.float64), baseline.astype(np.float64)
-
-
-def window_sums(
-    weights: FloatArray, age_days: FloatArray, valid: BoolArray, params: ModelParams
-) -> tuple[FloatArray, FloatArray]:
-    """Sums of weights over the recent window and over the baseline window before it."""
-    recent, baseline = windows(age_days, valid, params)
-    return (
-        np.asarray(np.sum(weights * recent, axis=-1)),
-        np.asarray(np.sum(weights * baseline, axis=-1)),
-    )
 
 
 def escalation(
@@ -142,12 +119,12 @@ def calibrate(total: FloatArray, params: ModelParams) -> FloatArray:
     return np.asarray(np.interp(total, xs, ys))
 
 
-def adjust_odds(probability: float, factor: float) -> float:
-    """A probability with its odds multiplied by factor."""
-    if factor == 1.0 or probability <= 0.0:
-        return probability
-    odds = probability / (1.0 - probability) * factor
-    return odds / (1.0 + odds)
+def adjust_odds(probability: FloatArray, factor: FloatArray) -> FloatArray:
+    """Probabilities with their odds multiplied by factor (elementwise); 0 and 1 stay put."""
+    unmoved = (factor == 1.0) | (probability <= 0.0) | (probability >= 1.0)
+    p = np.where(unmoved, 0.0, probability)
+    odds = p / (1.0 - p) * factor
+    return np.asarray(np.where(unmoved, probability, odds / (1.0 + odds)))
 
 
 def percent(probability: FloatArray) -> FloatArray:
