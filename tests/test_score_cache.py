@@ -6,10 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import fastapi.routing
 import pytest
 from sqlalchemy import event, update
 
+from services.core import metrics
+from services.core.auth import Role
 from services.scoring.models import CurrentScore
 from services.scoring.readcache import ScoreDocuments
 from services.scoring.taxonomy import TargetKind
@@ -192,3 +196,113 @@ def test_the_cache_keeps_at_most_its_size_dropping_the_oldest() -> None:
     assert cache.get(7, TargetKind.SITE, 2) is not None
     assert cache.get(7, TargetKind.SITE, 3) is not None
     assert cache.get(8, TargetKind.SITE, 3) is None
+
+
+# The shortcut (services.scoring.api.cached): a kept document read with a key this process
+# resolved lately is answered before routing; anything else goes to the route.
+
+
+@pytest.fixture
+def shortcut(api_factory: Callable[..., Api]) -> Api:
+    """A caching app that also keeps resolved keys, as deployments do (tests turn that off)."""
+    api = api_factory(inline_worker=True, rate_limit="", key_cache_ttl=60)
+    listener = api.app.state.score_listener
+    if listener is not None:
+        assert listener.listening.wait(10), "the score listener did not connect"
+    return api
+
+
+@contextmanager
+def routed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The requests that reached a route (FastAPI solved their dependencies) in the block."""
+    seen: list[str] = []
+    solve = fastapi.routing.solve_dependencies
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["request"].url.path)
+        return await solve(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fastapi.routing, "solve_dependencies", counted)
+        yield seen
+
+
+def answer(response: Any) -> tuple[int, bytes, dict[str, str]]:
+    """Status, body and headers, without the ones that differ per request."""
+    headers = {k: v for k, v in response.headers.items() if k not in ("x-request-id", "date")}
+    return response.status_code, response.content, headers
+
+
+def test_a_kept_score_read_with_a_resolved_key_never_reaches_the_route_and_answers_alike(
+    shortcut: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = shortcut
+    site_id = post(api, "/v1/sites", site(), api.a)["id"]
+    path = f"/v1/sites/{site_id}/score"
+    with routed(monkeypatch) as seen:
+        first = api.client.get(path, headers=api.a)
+        assert seen == [path]
+        etag = first.headers["etag"]
+        # A key not resolved yet goes to the route, which answers 304; then it is resolved.
+        route_304 = api.client.get(path, headers={**api.a_read, "If-None-Match": etag})
+        assert seen == [path, path]
+
+        second = api.client.get(path, headers=api.a)
+        shortcut_304 = api.client.get(path, headers={**api.a_read, "If-None-Match": etag})
+
+    assert seen == [path, path]
+    assert answer(second) == answer(first)
+    assert answer(shortcut_304) == answer(route_304)
+    assert route_304.status_code == 304
+    assert second.headers["x-request-id"] != first.headers["x-request-id"]
+
+
+def test_what_the_shortcut_answers_is_counted_under_the_route_template(shortcut: Api) -> None:
+    api = shortcut
+    corridor_id = post(api, "/v1/corridors", corridor(), api.a)["id"]
+    counter = metrics.HTTP_REQUESTS.labels("GET", "/v1/corridors/{corridor_id}/score", "200")
+    before = counter._value.get()
+
+    for _ in range(3):
+        assert api.client.get(f"/v1/corridors/{corridor_id}/score", headers=api.a).is_success
+
+    assert counter._value.get() == before + 3
+
+
+def test_the_shortcut_counts_each_read_against_the_keys_rate_limit(
+    api_factory: Callable[..., Api], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = api_factory(inline_worker=True, rate_limit="4/minute", key_cache_ttl=60)
+    site_id = post(api, "/v1/sites", site(), api.b)["id"]  # tenant b's key: a's are spared
+    path = f"/v1/sites/{site_id}/score"
+
+    with routed(monkeypatch) as seen:
+        answers = [api.client.get(path, headers=api.b) for _ in range(4)]
+
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert len(seen) < 3  # the reads in between were the shortcut's
+    refused = assert_problem(answers[-1], 429)
+    assert "retry" in refused["detail"]
+    assert int(answers[-1].headers["retry-after"]) >= 1
+
+
+def test_the_shortcut_leaves_other_tenants_roles_and_doubtful_credentials_to_the_route(
+    shortcut: Api,
+) -> None:
+    api = shortcut
+    site_id = post(api, "/v1/sites", site(), api.a)["id"]
+    path = f"/v1/sites/{site_id}/score"
+    with api.app.state.sessions.begin() as session:
+        alerts_only = Api._key(session, api.tenant_a, [Role.ALERTS_READ])
+    raw = api.a["Authorization"].removeprefix("Bearer ")
+    for _ in range(2):  # the second time, every key is resolved and the document kept
+        assert api.client.get(path, headers=api.a).status_code == 200
+        assert_problem(api.client.get(path, headers=api.b), 404)
+        assert_problem(api.client.get(f"/v1/corridors/{site_id}/score", headers=api.a), 404)
+        assert_problem(api.client.get(path, headers=alerts_only), 403)
+        assert_problem(api.client.get(path, headers={"Authorization": f"Token {raw}"}), 401)
+        both = {**api.a, "X-API-Key": api.b["Authorization"].removeprefix("Bearer ")}
+        assert_problem(api.client.get(path, headers=both), 400)
+        assert api.client.get(path, headers={"X-API-Key": raw}).status_code == 200
+        assert api.client.get(path, headers=api.admin).status_code == 403
+        assert api.client.get(path + "?as_of=2020-01-01T00:00:00Z", headers=api.a).is_success

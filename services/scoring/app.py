@@ -16,6 +16,7 @@ from services.core.app import Part
 from services.core.db import SchemaState, is_sqlite
 from services.scoring import jobs, scores
 from services.scoring.api import router
+from services.scoring.api.cached import CachedScoreReads
 from services.scoring.readcache import CHANNEL, ScoreDocuments, always, never
 from services.scoring.settings import ScoringSettings
 
@@ -60,7 +61,7 @@ def part(settings: ScoringSettings, clock: Callable[[], datetime]) -> Part:
         finally:
             worker.stop()
 
-    return Part(routers=[router], running=running)
+    return Part(routers=[router], running=running, middleware=[CachedScoreReads])
 
 
 @asynccontextmanager

@@ -41,6 +41,14 @@ def etag_of(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
 
 
+def not_modified(document: Document, if_none_match: str) -> bool:
+    """Whether `If-None-Match` names the document: RFC 9110 13.1.2's weak comparison, and `*`
+    matches any current representation."""
+    if if_none_match.strip() == "*":
+        return True
+    return document.etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+
+
 def always() -> int:
     """The epoch of a process that hears every change (SQLite's one process)."""
     return 0

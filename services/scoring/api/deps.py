@@ -24,7 +24,9 @@ Settings = Annotated[ScoringSettings, Depends(settings_of(ScoringSettings))]
 AnyReader = Annotated[
     Principal, Depends(require(Role.SCORES_READ, Role.TARGETS_WRITE, Role.INCIDENTS_WRITE))
 ]
-TenantReader = Annotated[Principal, Depends(require_tenant(Role.SCORES_READ, Role.TARGETS_WRITE))]
+# Who may read a tenant's targets and scores.
+READER_ROLES = (Role.SCORES_READ, Role.TARGETS_WRITE)
+TenantReader = Annotated[Principal, Depends(require_tenant(*READER_ROLES))]
 TenantWriter = Annotated[Principal, Depends(require_tenant(Role.TARGETS_WRITE))]
 
 

@@ -33,7 +33,7 @@ from services.scoring.api.deps import (
     active_model,
 )
 from services.scoring.models import CurrentScore, Target
-from services.scoring.readcache import Document, ScoreDocuments
+from services.scoring.readcache import Document, ScoreDocuments, not_modified
 from services.scoring.taxonomy import TargetKind
 
 router = APIRouter(prefix="/v1", tags=["sites and corridors"])
@@ -111,11 +111,7 @@ async def _score_response(
 
 def _document_response(request: Request, document: Document) -> Response:
     headers = {"ETag": document.etag}
-    sent = request.headers.get("if-none-match", "")
-    # RFC 9110 13.1.2: a weak comparison, and `*` matches any current representation.
-    if sent.strip() == "*" or document.etag in (
-        t.strip().removeprefix("W/") for t in sent.split(",")
-    ):
+    if not_modified(document, request.headers.get("if-none-match", "")):
         return Response(status_code=304, headers=headers)
     return Response(document.body, media_type="application/json", headers=headers)
 
