@@ -350,14 +350,17 @@ def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0) -> bool:
 def test_inline_worker_raises_site_score_after_incident_post_without_drain(
     api_factory: Callable[..., Api],
 ) -> None:
-    # Polled as fast as a score is read (from this process's cache): no per-key limit.
-    api = api_factory(inline_worker=True, rate_limit="")
+    # Polled as fast as a score is read (from this process's cache): no per-key limit, and no
+    # rest after a batch shared with requests, which the polling itself would cause (the rest
+    # has its own test below).
+    api = api_factory(inline_worker=True, rate_limit="", inline_rescore_pause=0)
     site = create_site(api, "site", *east_of_base(20))
     assert site_score(api, site) == 0
 
     post_incident(api, incident_body("near-base", BASE_LAT, BASE_LON))
 
-    assert wait_until(lambda: site_score(api, site) > 0), "the worker did not rescore in 10 s"
+    rescored = wait_until(lambda: site_score(api, site) > 0, timeout=30)
+    assert rescored, "the worker did not rescore in 30 s"
 
 
 def test_inline_worker_rests_after_a_batch_only_when_it_shared_the_process(
