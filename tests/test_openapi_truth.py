@@ -423,3 +423,24 @@ def test_an_import_sent_as_json_is_described_as_api_pages(api: Api) -> None:
     assert json_body.is_valid([{"Result": []}])
     assert not json_body.is_valid("a,b,c")
     assert not Draft202012Validator(content["text/csv"]["schema"]).is_valid("")
+
+
+def test_a_body_that_is_not_utf8_gets_a_400_every_json_operation_documents(api: Api) -> None:
+    doc = document(api)
+    wrong = {}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" not in content:
+                continue
+            response = api.client.request(
+                method.upper(),
+                concrete(path),
+                content=b"\xa7D\xfe\xff",
+                headers={**key_for(api, path), "Content-Type": "application/json"},
+            )
+            if str(response.status_code) not in operation["responses"]:
+                wrong[f"{method.upper()} {path}"] = response.status_code
+            elif response.status_code == 400:
+                assert_problem(response, 400)
+    assert wrong == {}

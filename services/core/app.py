@@ -39,6 +39,7 @@ from services.core.problems import (
     PROBLEM_MEDIA_TYPE,
     install_problem_handlers,
     problem_responses,
+    unreadable_bodies,
 )
 from services.core.ratelimit import Limiter
 from services.core.settings import PlatformSettings
@@ -150,6 +151,7 @@ def create_app(
         document = documented()
         deployment_bounds(document, settings)
         iso_durations(document)
+        unreadable_bodies(document)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

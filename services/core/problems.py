@@ -81,6 +81,16 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"description": _TITLES.get(s, "Error"), "content": content} for s in statuses}
 
 
+def unreadable_bodies(document: dict[str, Any]) -> None:
+    """Declare the 400 of an unreadable body (not UTF-8 text) on every operation that takes a
+    JSON body: FastAPI answers it before any route runs, so no route can forget it."""
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                operation.setdefault("responses", {}).setdefault("400", problem_responses(400)[400])
+
+
 class Problem(Exception):
     """An expected failure that becomes a problem document."""
 
