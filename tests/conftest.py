@@ -36,6 +36,15 @@ ADMIN_KEY = "rak_test_admin_key"
 BACKENDS = [b for b in os.environ.get("RISKALERT_TEST_BACKENDS", "sqlite,postgresql").split(",")]
 
 
+# The longest single tests (the fuzzer, about 90 s per engine): run first, beside the others,
+# rather than last, when the other worker of `-n 2` has nothing left to do.
+LONGEST_FIRST = ("test_schemathesis.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: order kept
+
+
 def _libpq(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://")
 

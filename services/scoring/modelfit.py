@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,8 +27,10 @@ from services.core import audit
 from services.core.auth import Principal, Role
 from services.scoring import history, risk, scores
 from services.scoring.models import Incident, ModelFit, ModelVersion
-from services.scoring.risk import fit as fitting
 from services.scoring.settings import ScoringSettings
+
+if TYPE_CHECKING:
+    from services.scoring.risk import fit as fitting
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class Request:
 
     def options(self) -> fitting.FitOptions:
         """The fit's sampling options."""
+        from services.scoring.risk import fit as fitting  # imported late: see compute
+
         return fitting.FitOptions(
             origins=self.origins, folds=self.folds, max_places=self.max_places
         )
@@ -81,6 +85,10 @@ def inputs(session: Session) -> Inputs:
 
 def compute(data: Inputs, request: Request, now: datetime) -> fitting.FitResult:
     """Fit on the inputs (no database), starting from the structure of the version in force."""
+    # Imported here: SciPy and scikit-learn take about a second to import, and every process
+    # (API, workers, CLI) imports this module while only a fit needs them.
+    from services.scoring.risk import fit as fitting
+
     base = data.active.params if data.active is not None else risk.DEFAULT_PARAMS
     return fitting.fit(
         data.incidents,
