@@ -475,6 +475,18 @@ def test_incident_query_filters_by_bbox_time_category_and_country(api: Api) -> N
     assert _names(api, ids, combined) == {"mahou"}
 
 
+def test_a_bbox_with_its_corners_swapped_is_refused_naming_the_swapped_pair(api: Api) -> None:
+    for bbox, reason in (
+        ("-1,13,-2,15", "min_lon above max_lon"),
+        ("-2,15,-1,13", "min_lat above max_lat"),
+    ):
+        response = api.client.get("/v1/incidents", params={"bbox": bbox}, headers=api.a)
+        problem = assert_problem(response, 422)
+        assert problem["errors"] == [
+            {"in": "query", "pointer": "/bbox", "field": "bbox", "reason": reason}
+        ]
+
+
 def test_incident_pages_follow_next_cursor_to_the_end(api: Api) -> None:
     ids = _seed_for_queries(api)
     seen: list[int] = []

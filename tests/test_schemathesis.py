@@ -65,6 +65,7 @@ UNSTATABLE: list[tuple[str, str, str]] = [
     ("until", r"must be after since|the period must not exceed", "a period's two ends"),
     ("reported_at", r"reported_at is before occurred_at", "two times of one incident"),
     ("fatalities", r"low <= best <= high", "three counts of one incident"),
+    ("bbox", r"^min_(lon|lat) above max_(lon|lat)$", "a box's two corners, in one string"),
     (
         r"(rules\.\d+\.)?threshold",
         r"clear_at must not be (a higher band than|above) raise_at",
@@ -76,6 +77,11 @@ UNSTATABLE: list[tuple[str, str, str]] = [
         r"endpoint_ids\.\d+|target_id",
         r"^no such (endpoint|target|site or corridor)$",
         "ids must be the tenant's",
+    ),
+    (
+        "target_id|tag",
+        r"^required when scope is (target|tag)$",
+        "a PATCH of the scope alone keeps the stored target or tag, if there is one",
     ),
     # The network.
     (

@@ -165,22 +165,22 @@ def _parse_bbox(bbox: str | None) -> tuple[float, float, float, float] | None:
     if bbox is None:
         return None
     min_lon, min_lat, max_lon, max_lat = (float(v) for v in bbox.split(","))
-    ok = (-180 <= min_lon <= max_lon <= 180) and (-90 <= min_lat <= max_lat <= 90)
-    if not ok:
-        raise Problem(
-            422,
-            "validation",
-            "bbox must be min_lon,min_lat,max_lon,max_lat within range",
-            errors=[
-                {
-                    "in": "query",
-                    "pointer": "/bbox",
-                    "field": "bbox",
-                    "reason": "corners out of order or out of range",
-                }
-            ],
-        )
-    return min_lon, min_lat, max_lon, max_lat
+    if not (-180 <= min(min_lon, max_lon) <= max(min_lon, max_lon) <= 180) or not (
+        -90 <= min(min_lat, max_lat) <= max(min_lat, max_lat) <= 90
+    ):
+        reason = "a corner out of range"  # the pattern allows none: kept as a guard
+    elif min_lon > max_lon:
+        reason = "min_lon above max_lon"
+    elif min_lat > max_lat:
+        reason = "min_lat above max_lat"
+    else:
+        return min_lon, min_lat, max_lon, max_lat
+    raise Problem(
+        422,
+        "validation",
+        "bbox must be min_lon,min_lat,max_lon,max_lat within range",
+        errors=[{"in": "query", "pointer": "/bbox", "field": "bbox", "reason": reason}],
+    )
 
 
 class _Window(schemas.Strict):
