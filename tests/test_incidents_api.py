@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from services.core.db import STALE_GROWTH, STALE_MIN_PAGES, is_sqlite, refresh_statistics
 from tests.conftest import Api, assert_problem, error_fields, setter
 
 DJIBO = (-1.63, 14.10)
@@ -570,3 +572,33 @@ def test_admin_key_can_post_incidents(api: Api) -> None:
     response = api.client.post("/v1/incidents", json=incident(), headers=api.admin)
 
     assert response.status_code == 201, response.text
+
+
+def test_batches_that_grow_the_incident_table_leave_its_planner_statistics_current(
+    api: Api, db_url: str
+) -> None:
+    factory = api.app.state.sessions
+    for batch in range(2):
+        items = [
+            incident(
+                f"grow-{batch}-{i}",
+                location={"type": "Point", "coordinates": [-1 - i / 1000, 12 + i / 1000]},
+            )
+            for i in range(1000)
+        ]
+        response = api.client.post("/v1/incidents/batch", json={"items": items}, headers=api.ingest)
+        assert response.json()["created"] == 1000, response.text
+
+    if is_sqlite(db_url):
+        assert refresh_statistics(factory, "incident") is False  # no statistics to keep
+        return
+    with factory() as session:
+        pages, analyzed = session.execute(
+            text(
+                "SELECT pg_relation_size('incident') / current_setting('block_size')::int, "
+                "relpages FROM pg_class WHERE relname = 'incident'"
+            )
+        ).one()
+    assert pages >= STALE_MIN_PAGES  # the batches grew it past the bound: analyzed since
+    assert pages <= STALE_GROWTH * analyzed
+    assert refresh_statistics(factory, "incident") is False  # current: nothing to do

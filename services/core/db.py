@@ -27,6 +27,7 @@ from sqlalchemy import (
     create_engine,
     event,
     insert,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, make_url
@@ -338,3 +339,39 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
         # As SQLAlchemy would raise it (IntegrityError, OperationalError, ...), so callers and
         # the API's problem handlers see the same errors whichever way rows went in.
         raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+# A table that grows fast (a bulk load into a new database) keeps the planner statistics of
+# its former, smaller self until autovacuum's next round, a minute or more later: PostgreSQL
+# then reads a range of it by scanning all of it, and each batch costs more than the last.
+STALE_GROWTH = 1.2  # analyzed again once its pages grow by a fifth since the last analysis
+STALE_MIN_PAGES = 32  # and past 256 KiB (8 KiB pages; about 1,000 incidents): below, no matter
+
+
+def refresh_statistics(factory: sessionmaker[Session], table: str) -> bool:
+    """Analyze `table` on PostgreSQL when it has grown by a fifth since it was last analyzed
+    (its size now against the size the last analysis recorded: exact, no counters that lag).
+    Skipped at once while another process analyzes it. Whether it analyzed; nothing to do on
+    SQLite, whose planner takes an index on a range without statistics."""
+    with factory() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return False
+        pages, analyzed = session.execute(
+            text(
+                "SELECT pg_relation_size(c.oid) / current_setting('block_size')::int, c.relpages "
+                "FROM pg_class c WHERE c.oid = CAST(:name AS regclass)"
+            ),
+            {"name": table},
+        ).one()
+        if pages < max(STALE_MIN_PAGES, STALE_GROWTH * analyzed):
+            return False
+        try:
+            session.execute(text("SET LOCAL lock_timeout = '100ms'"))
+            session.execute(text(f'ANALYZE "{table}"'))
+            session.commit()
+        except DBAPIError as exc:
+            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                raise
+            return False
+    log.info("analyzed %s (%d pages, %d at its last analysis)", table, pages, analyzed)
+    return True

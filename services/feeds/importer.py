@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.core.db import refresh_statistics
 from services.feeds import acled, ucdp
 from services.feeds.rows import (
     Deletion,
@@ -527,6 +528,8 @@ def _write(
                     counts["unchanged"] += 1  # nothing stored under that id: nothing to undo
                 else:
                     counts["retracted" if retracted.outcome == "updated" else "unchanged"] += 1
+    # A first import fills an empty table far faster than autovacuum analyzes it.
+    refresh_statistics(factory, Incident.__tablename__)
     # Counted once committed: a chunk retried row by row is not counted twice.
     summary.inserted += counts["created"]
     summary.updated += counts["updated"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 from pydantic import ValidationError, WithJsonSchema
 from sqlalchemy.orm import Session
 
@@ -20,9 +20,11 @@ from services.core.api import (
     WriteSession,
     next_cursor,
 )
+from services.core.db import refresh_statistics
 from services.core.problems import Problem, field_errors, not_found, problem_responses
 from services.scoring import incidents, schemas
 from services.scoring.api.deps import AnyReader, Settings
+from services.scoring.models import Incident
 from services.scoring.taxonomy import Category
 
 router = APIRouter(prefix="/v1/incidents", tags=["incidents"])
@@ -79,8 +81,12 @@ def post_batch(
     now: Now,
     settings: Settings,
     retries: Retryable,
+    request: Request,
+    after: BackgroundTasks,
 ) -> schemas.BatchResult:
     """Validate and upsert each item on its own; the result lists every item by index."""
+    # Once answered: batches that grow the table fast must not outrun the planner's view of it.
+    after.add_task(refresh_statistics, request.app.state.sessions, Incident.__tablename__)
     if len(data.items) > settings.max_batch_items:
         raise Problem(
             413,
