@@ -44,7 +44,12 @@ def cached(api_factory: Callable[..., Api]) -> Api:
     """An app that keeps score documents: with its own rescoring worker (on SQLite, a process
     without one cannot hear the scores another stores, and keeps nothing), once its score
     listener (PostgreSQL) hears notices."""
-    api = api_factory(inline_worker=True, rate_limit="")
+    return caching_app(api_factory)
+
+
+def caching_app(api_factory: Callable[..., Api], **overrides: Any) -> Api:
+    """An app with its own rescoring worker, once its score listener (PostgreSQL) listens."""
+    api = api_factory(inline_worker=True, rate_limit="", **overrides)
     listener = api.app.state.score_listener
     if listener is not None:
         assert listener.listening.wait(10), "the score listener did not connect"
@@ -205,11 +210,7 @@ def test_the_cache_keeps_at_most_its_size_dropping_the_oldest() -> None:
 @pytest.fixture
 def shortcut(api_factory: Callable[..., Api]) -> Api:
     """A caching app that also keeps resolved keys, as deployments do (tests turn that off)."""
-    api = api_factory(inline_worker=True, rate_limit="", key_cache_ttl=60)
-    listener = api.app.state.score_listener
-    if listener is not None:
-        assert listener.listening.wait(10), "the score listener did not connect"
-    return api
+    return caching_app(api_factory, key_cache_ttl=60)
 
 
 @contextmanager
