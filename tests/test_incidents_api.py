@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from services.core.db import STALE_GROWTH, STALE_MIN_PAGES, is_sqlite, refresh_statistics
+from services.core.db import (
+    STALE_GROWTH,
+    STALE_MIN_PAGES,
+    is_sqlite,
+    make_engine,
+    make_sessionmaker,
+    refresh_statistics,
+)
 from tests.conftest import Api, assert_problem, error_fields, setter
 
 DJIBO = (-1.63, 14.10)
@@ -602,3 +609,14 @@ def test_batches_that_grow_the_incident_table_leave_its_planner_statistics_curre
     assert pages >= STALE_MIN_PAGES  # the batches grew it past the bound: analyzed since
     assert pages <= STALE_GROWTH * analyzed
     assert refresh_statistics(factory, "incident") is False  # current: nothing to do
+
+
+def test_refreshing_statistics_of_an_unreachable_database_reports_it_and_raises_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2")
+    try:
+        assert refresh_statistics(make_sessionmaker(engine), "incident") is False
+    finally:
+        engine.dispose()
+    assert "could not analyze incident" in caplog.text

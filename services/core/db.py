@@ -352,26 +352,30 @@ def refresh_statistics(factory: sessionmaker[Session], table: str) -> bool:
     """Analyze `table` on PostgreSQL when it has grown by a fifth since it was last analyzed
     (its size now against the size the last analysis recorded: exact, no counters that lag).
     Skipped at once while another process analyzes it. Whether it analyzed; nothing to do on
-    SQLite, whose planner takes an index on a range without statistics."""
-    with factory() as session:
-        if session.get_bind().dialect.name != "postgresql":
-            return False
-        pages, analyzed = session.execute(
-            text(
-                "SELECT pg_relation_size(c.oid) / current_setting('block_size')::int, c.relpages "
-                "FROM pg_class c WHERE c.oid = CAST(:name AS regclass)"
-            ),
-            {"name": table},
-        ).one()
-        if pages < max(STALE_MIN_PAGES, STALE_GROWTH * analyzed):
-            return False
-        try:
+    SQLite, whose planner takes an index on a range without statistics.
+
+    Never raises: it only helps the planner, and the write before it has committed already.
+    """
+    try:
+        with factory() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return False
+            pages, analyzed = session.execute(
+                text(
+                    "SELECT pg_relation_size(c.oid) / current_setting('block_size')::int, "
+                    "c.relpages FROM pg_class c WHERE c.oid = CAST(:name AS regclass)"
+                ),
+                {"name": table},
+            ).one()
+            if pages < max(STALE_MIN_PAGES, STALE_GROWTH * analyzed):
+                return False
             session.execute(text("SET LOCAL lock_timeout = '100ms'"))
             session.execute(text(f'ANALYZE "{table}"'))
             session.commit()
-        except DBAPIError as exc:
-            if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
-                raise
-            return False
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None)
+        if not isinstance(cause, psycopg.errors.LockNotAvailable):
+            log.warning("could not analyze %s: %s", table, exc)
+        return False
     log.info("analyzed %s (%d pages, %d at its last analysis)", table, pages, analyzed)
     return True
