@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -536,3 +538,13 @@ def test_violent_categories_are_the_ones_docs_scoring_lists() -> None:
             f"`{category.value}`" in text.split("## What the probability counts")[1].split("##")[0]
         )
         assert listed == (category in risk.VIOLENT), category
+
+
+def test_a_process_that_does_not_fit_never_imports_scipy_or_scikit_learn() -> None:
+    # Every riskalert process imports the app; only a fit needs these (about a second).
+    code = "import sys, services.cli; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert "'sklearn'" not in loaded
+    assert "'scipy'" not in loaded
